@@ -1,0 +1,227 @@
+/*
+ * msq_kernels.h — the C kernels under MSQ's Swift layer.
+ *
+ * Conventions (every kernel):
+ *   - Tensors are dense float32, row-major, activations NCHW.
+ *   - Arguments: outputs first, then inputs, then dimensions.
+ *   - `*_backward` kernels ACCUMULATE into every gradient they write (dx += ..., dw += ...).
+ *     The caller zeroes a gradient buffer before the first contribution. This lets residual
+ *     branches and shared tensors sum their gradients without extra copies.
+ *   - Fast kernels are OpenMP-parallel on outer loops only. Every fast kernel has a plain,
+ *     single-threaded scalar `_ref` twin with the same signature; tests compare them.
+ *   - Reductions use a fixed partition of work per thread count, so results are
+ *     deterministic for a given `msq_set_num_threads` value (needed for bit-identical resume).
+ */
+#ifndef MSQ_KERNELS_H
+#define MSQ_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- runtime (runtime.c) */
+
+/** Sets the number of OpenMP threads the kernels use. OpenBLAS is pinned to one thread,
+ *  because the kernels call it from inside their own parallel regions. n < 1 means "all cores". */
+void msq_set_num_threads(int n);
+/** The number of OpenMP threads the kernels use. */
+int msq_get_num_threads(void);
+
+/* ---------------------------------------------------------------- GEMM (gemm.c) */
+
+/** c[m,n] = alpha * op(a) * op(b) + beta * c[m,n], row-major.
+ *  op(a) is a[m,k] (trans_a = 0) or a[k,m]^T (trans_a = 1); op(b) is b[k,n] or b[n,k]^T.
+ *  cblas_sgemm underneath; rows of c split across OpenMP threads when that pays. */
+void msq_gemm(float *c, const float *a, const float *b, int trans_a, int trans_b,
+              int m, int n, int k, float alpha, float beta);
+void msq_gemm_ref(float *c, const float *a, const float *b, int trans_a, int trans_b,
+                  int m, int n, int k, float alpha, float beta);
+
+/* ---------------------------------------------------------------- conv2d (conv.c) */
+
+/** Geometry of a 2-D convolution over NCHW input with OIHW weights.
+ *  x[n, c_in, h_in, w_in], w[c_out, c_in/groups, kh, kw], y[n, c_out, h_out, w_out],
+ *  h_out = (h_in + 2 pad_h - kh) / stride_h + 1 (likewise w_out). c_in and c_out are
+ *  multiples of groups; groups == c_in == c_out is depthwise. */
+typedef struct msq_conv2d_shape {
+    int n, c_in, h_in, w_in;
+    int c_out, h_out, w_out;
+    int kh, kw, stride_h, stride_w, pad_h, pad_w, groups;
+} msq_conv2d_shape;
+
+/** Fills every field of a shape from the free ones; returns 0, or -1 when the geometry is
+ *  invalid (non-positive sizes, channels not divisible by groups, empty output). */
+int msq_conv2d_make_shape(msq_conv2d_shape *s, int n, int c_in, int h_in, int w_in, int c_out,
+                          int kh, int kw, int stride, int pad, int groups);
+
+/** Bytes of scratch memory the fast conv2d kernels need for shape s at the current thread count.
+ *  Passing a NULL workspace makes the kernel allocate (and free) it itself. */
+size_t msq_conv2d_workspace_size(const msq_conv2d_shape *s);
+
+/** y = conv(x, w) + bias. y[n,c_out,h_out,w_out] is overwritten; bias[c_out] may be NULL. */
+void msq_conv2d_forward(float *y, const float *x, const float *w, const float *bias,
+                        const msq_conv2d_shape *s, void *workspace);
+void msq_conv2d_forward_ref(float *y, const float *x, const float *w, const float *bias,
+                            const msq_conv2d_shape *s, void *workspace);
+
+/** dx[n,c_in,h_in,w_in] += conv_transpose(dy, w). */
+void msq_conv2d_backward_input(float *dx, const float *dy, const float *w,
+                               const msq_conv2d_shape *s, void *workspace);
+void msq_conv2d_backward_input_ref(float *dx, const float *dy, const float *w,
+                                   const msq_conv2d_shape *s, void *workspace);
+
+/** dw[c_out,c_in/groups,kh,kw] += correlation of x with dy; dbias[c_out] += sum of dy (may be NULL). */
+void msq_conv2d_backward_weight(float *dw, float *dbias, const float *dy, const float *x,
+                                const msq_conv2d_shape *s, void *workspace);
+void msq_conv2d_backward_weight_ref(float *dw, float *dbias, const float *dy, const float *x,
+                                    const msq_conv2d_shape *s, void *workspace);
+
+/* ---------------------------------------------------------------- linear (linear.c) */
+
+/** y[n,out] = x[n,in] * w[out,in]^T + b[out]; b may be NULL. */
+void msq_linear_forward(float *y, const float *x, const float *w, const float *b,
+                        int n, int in_features, int out_features);
+void msq_linear_forward_ref(float *y, const float *x, const float *w, const float *b,
+                            int n, int in_features, int out_features);
+/** dx[n,in] += dy * w; dw[out,in] += dy^T * x; db[out] += sum_n dy. Any output may be NULL. */
+void msq_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                         const float *w, int n, int in_features, int out_features);
+void msq_linear_backward_ref(float *dx, float *dw, float *db, const float *dy, const float *x,
+                             const float *w, int n, int in_features, int out_features);
+
+/* ---------------------------------------------------------------- batch norm (batchnorm.c) */
+
+/** Training-mode batch norm over x[n,c,hw] with per-channel batch statistics.
+ *  y = gamma * (x - mean) * invstd + beta, invstd = 1/sqrt(var_biased + eps).
+ *  Writes save_mean[c], save_invstd[c] for backward and updates the running averages
+ *  PyTorch's way: running = (1 - momentum) * running + momentum * stat, with the unbiased
+ *  variance (m/(m-1), m = n*hw) going into running_var. */
+void msq_batchnorm_forward_train(float *y, float *save_mean, float *save_invstd,
+                                 float *running_mean, float *running_var,
+                                 const float *x, const float *gamma, const float *beta,
+                                 int n, int c, int hw, float momentum, float eps);
+void msq_batchnorm_forward_train_ref(float *y, float *save_mean, float *save_invstd,
+                                     float *running_mean, float *running_var,
+                                     const float *x, const float *gamma, const float *beta,
+                                     int n, int c, int hw, float momentum, float eps);
+
+/** Inference-mode batch norm: y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta. */
+void msq_batchnorm_forward_eval(float *y, const float *x, const float *gamma, const float *beta,
+                                const float *running_mean, const float *running_var,
+                                int n, int c, int hw, float eps);
+void msq_batchnorm_forward_eval_ref(float *y, const float *x, const float *gamma, const float *beta,
+                                    const float *running_mean, const float *running_var,
+                                    int n, int c, int hw, float eps);
+
+/** Backward of the training-mode forward (batch statistics depend on x).
+ *  dx += gamma*invstd/m * (m*dy - sum(dy) - xhat*sum(dy*xhat)); dgamma += sum(dy*xhat); dbeta += sum(dy). */
+void msq_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                            const float *x, const float *gamma, const float *save_mean,
+                            const float *save_invstd, int n, int c, int hw);
+void msq_batchnorm_backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                const float *x, const float *gamma, const float *save_mean,
+                                const float *save_invstd, int n, int c, int hw);
+
+/** Backward of the inference-mode forward (statistics are constants): dx += dy*gamma*invstd,
+ *  dgamma += sum(dy*xhat), dbeta += sum(dy). Used for Hessian-vector products in eval mode. */
+void msq_batchnorm_backward_eval(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                 const float *x, const float *gamma, const float *running_mean,
+                                 const float *running_var, int n, int c, int hw, float eps);
+void msq_batchnorm_backward_eval_ref(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                     const float *x, const float *gamma, const float *running_mean,
+                                     const float *running_var, int n, int c, int hw, float eps);
+
+/* ---------------------------------------------------------------- activations (activation.c) */
+
+typedef enum msq_activation {
+    MSQ_ACT_RELU = 0,      /* max(x, 0) */
+    MSQ_ACT_RELU6 = 1,     /* min(max(x, 0), 6) */
+    MSQ_ACT_HARDSWISH = 2, /* x * relu6(x + 3) / 6 */
+    MSQ_ACT_GELU = 3,      /* x * Phi(x), exact erf form (PyTorch's default) */
+} msq_activation;
+
+/** y[i] = act(x[i]) for i < count. */
+void msq_activation_forward(float *y, const float *x, size_t count, msq_activation kind);
+void msq_activation_forward_ref(float *y, const float *x, size_t count, msq_activation kind);
+/** dx[i] += dy[i] * act'(x[i]). At kinks the derivative is PyTorch's (relu'(0) = 0). */
+void msq_activation_backward(float *dx, const float *dy, const float *x, size_t count,
+                             msq_activation kind);
+void msq_activation_backward_ref(float *dx, const float *dy, const float *x, size_t count,
+                                 msq_activation kind);
+
+/* ---------------------------------------------------------------- pooling (pool.c) */
+
+/** Geometry of 2-D pooling over x[n,c,h_in,w_in] -> y[n,c,h_out,w_out],
+ *  h_out = (h_in + 2 pad_h - kh) / stride_h + 1 (likewise w_out). */
+typedef struct msq_pool2d_shape {
+    int n, c, h_in, w_in, h_out, w_out;
+    int kh, kw, stride_h, stride_w, pad_h, pad_w;
+} msq_pool2d_shape;
+
+/** Fills a pooling shape; returns 0, or -1 when the geometry is invalid (pad > k/2 included). */
+int msq_pool2d_make_shape(msq_pool2d_shape *s, int n, int c, int h_in, int w_in,
+                          int k, int stride, int pad);
+
+/** Max pooling; padding never wins. argmax[n,c,h_out,w_out] holds the flat index into the
+ *  input plane (h*w_in + w) of the maximum, first one on ties. */
+void msq_maxpool2d_forward(float *y, int32_t *argmax, const float *x, const msq_pool2d_shape *s);
+void msq_maxpool2d_forward_ref(float *y, int32_t *argmax, const float *x, const msq_pool2d_shape *s);
+/** dx[plane, argmax] += dy. */
+void msq_maxpool2d_backward(float *dx, const float *dy, const int32_t *argmax, const msq_pool2d_shape *s);
+void msq_maxpool2d_backward_ref(float *dx, const float *dy, const int32_t *argmax, const msq_pool2d_shape *s);
+
+/** Average pooling, padding counted in the divisor (PyTorch's count_include_pad = True). */
+void msq_avgpool2d_forward(float *y, const float *x, const msq_pool2d_shape *s);
+void msq_avgpool2d_forward_ref(float *y, const float *x, const msq_pool2d_shape *s);
+void msq_avgpool2d_backward(float *dx, const float *dy, const msq_pool2d_shape *s);
+void msq_avgpool2d_backward_ref(float *dx, const float *dy, const msq_pool2d_shape *s);
+
+/** Global average pooling: y[n,c] = mean over hw of x[n,c,hw]. */
+void msq_global_avgpool_forward(float *y, const float *x, int n, int c, int hw);
+void msq_global_avgpool_forward_ref(float *y, const float *x, int n, int c, int hw);
+/** dx[n,c,i] += dy[n,c] / hw. */
+void msq_global_avgpool_backward(float *dx, const float *dy, int n, int c, int hw);
+void msq_global_avgpool_backward_ref(float *dx, const float *dy, int n, int c, int hw);
+
+/* ---------------------------------------------------------------- loss (loss.c) */
+
+/** Softmax cross-entropy with optional label smoothing eps, mean over the batch:
+ *  target_j = (1 - eps) * [j == label] + eps / k;  loss = -(1/n) sum_i sum_j target_ij log p_ij.
+ *  Writes probs[n,k] (softmax of logits[n,k]) and *loss. Returns 0, or -1 if a label is
+ *  outside [0, k) (then *loss is NaN and probs are unspecified). */
+int msq_softmax_cross_entropy_forward(float *loss, float *probs, const float *logits,
+                                      const int32_t *labels, int n, int k, float label_smoothing);
+int msq_softmax_cross_entropy_forward_ref(float *loss, float *probs, const float *logits,
+                                          const int32_t *labels, int n, int k, float label_smoothing);
+/** dlogits[n,k] += scale * (probs - target) / n. */
+void msq_softmax_cross_entropy_backward(float *dlogits, const float *probs, const int32_t *labels,
+                                        int n, int k, float label_smoothing, float scale);
+void msq_softmax_cross_entropy_backward_ref(float *dlogits, const float *probs, const int32_t *labels,
+                                            int n, int k, float label_smoothing, float scale);
+
+/* ---------------------------------------------------------------- optimizer (sgd.c) */
+
+/** One SGD step with PyTorch's semantics (dampening 0):
+ *  g = grad + weight_decay * w;  buf = momentum * buf + g;
+ *  g = nesterov ? g + momentum * buf : buf;  w -= lr * g.
+ *  With momentum == 0, buf is not touched and g = grad + weight_decay * w. */
+void msq_sgd_step(float *w, float *momentum_buf, const float *grad, size_t count,
+                  float lr, float momentum, float weight_decay, int nesterov);
+void msq_sgd_step_ref(float *w, float *momentum_buf, const float *grad, size_t count,
+                      float lr, float momentum, float weight_decay, int nesterov);
+
+/* ---------------------------------------------------------------- elementwise (elementwise.c) */
+
+/** y[i] = a[i] + b[i] (y may alias a or b). */
+void msq_add_forward(float *y, const float *a, const float *b, size_t count);
+/** dst[i] += src[i]. */
+void msq_accumulate(float *dst, const float *src, size_t count);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MSQ_KERNELS_H */

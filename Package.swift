@@ -1,0 +1,49 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// OpenMP comes from Debian's libomp-dev (LLVM 14's runtime); OpenBLAS from libopenblas-dev.
+// These are unsafe flags, so SwiftPM refuses this package as a versioned dependency:
+// depend on MSQ by `path:` or `branch:` (see README, "Using MSQ as a library").
+let openMPInclude = "/usr/lib/llvm-14/lib/clang/14.0.6/include"
+let openMPLib = "/usr/lib/llvm-14/lib"
+
+let package = Package(
+    name: "MSQ",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "MSQ", targets: ["MSQ"]),
+        .library(name: "CKernels", targets: ["CKernels"]),
+        .executable(name: "msq", targets: ["MSQCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        .target(
+            name: "CKernels",
+            path: "CKernels",
+            cSettings: [
+                // -O2 even in debug builds: the tests train small models. No -ffast-math and no FMA
+                // contraction: quantizer rounding must match MSQ-SPEC bit for bit.
+                .unsafeFlags(["-O2", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-I\(openMPInclude)"]),
+            ],
+            linkerSettings: [
+                .linkedLibrary("omp"),
+                .linkedLibrary("openblas"),
+                .unsafeFlags(["-L\(openMPLib)", "-Xlinker", "-rpath", "-Xlinker", openMPLib]),
+            ]
+        ),
+        .target(
+            name: "CGzip",
+            path: "Sources/CGzip",
+            linkerSettings: [.linkedLibrary("z")]
+        ),
+        .target(name: "MSQ", dependencies: ["CKernels", "CGzip"]),
+        .executableTarget(
+            name: "MSQCLI",
+            dependencies: ["MSQ", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .testTarget(name: "CKernelsTests", dependencies: ["CKernels"]),
+        .testTarget(name: "MSQTests", dependencies: ["MSQ", "CKernels"]),
+    ]
+)

@@ -1,0 +1,120 @@
+/// Contiguous, 64-byte aligned Float storage shared by ``Tensor`` values.
+///
+/// A reference type so that large buffers are never copied by accident; ``Tensor`` adds
+/// copy-on-write value semantics on top.
+public final class TensorStorage: @unchecked Sendable {
+    /// Number of Float elements.
+    public let count: Int
+    /// Start of the buffer; valid for `count` elements for the storage's lifetime.
+    public let pointer: UnsafeMutablePointer<Float>
+
+    /// Allocates `count` elements, zero-filled.
+    public init(count: Int) {
+        precondition(count >= 0, "TensorStorage: negative element count \(count)")
+        self.count = count
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Float>.stride,
+                                                   alignment: 64)
+        pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        pointer.initialize(repeating: 0, count: max(count, 1))
+    }
+
+    deinit { UnsafeMutableRawPointer(pointer).deallocate() }
+}
+
+/// A dense, row-major Float32 tensor with value semantics (copy on write).
+///
+/// Activations are NCHW, convolution weights OIHW, linear weights `[out, in]`.
+public struct Tensor: @unchecked Sendable {
+    /// Extent of each dimension, outermost first.
+    public private(set) var shape: [Int]
+    @usableFromInline var storage: TensorStorage
+
+    /// Number of elements: the product of `shape`.
+    @inlinable public var count: Int { storage.count }
+
+    /// A tensor of the given shape with every element equal to `value`.
+    public init(shape: [Int], repeating value: Float = 0) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "Tensor: negative dimension in \(shape)")
+        self.shape = shape
+        storage = TensorStorage(count: shape.reduce(1, *))
+        if value != 0 { storage.pointer.update(repeating: value, count: storage.count) }
+    }
+
+    /// A tensor of the given shape holding `scalars` in row-major order.
+    public init(shape: [Int], scalars: [Float]) {
+        precondition(shape.reduce(1, *) == scalars.count,
+                     "Tensor: \(scalars.count) scalars do not fill shape \(shape)")
+        self.init(shape: shape)
+        scalars.withUnsafeBufferPointer { src in
+            if let base = src.baseAddress { storage.pointer.update(from: base, count: src.count) }
+        }
+    }
+
+    /// All zeros.
+    public static func zeros(_ shape: [Int]) -> Tensor { Tensor(shape: shape) }
+
+    /// The elements in row-major order.
+    public var scalars: [Float] { Array(UnsafeBufferPointer(start: storage.pointer, count: count)) }
+
+    /// Read-only pointer to the elements, valid for the duration of `body`.
+    @inlinable
+    public func withUnsafePointer<R>(_ body: (UnsafePointer<Float>) throws -> R) rethrows -> R {
+        try body(UnsafePointer(storage.pointer))
+    }
+
+    /// Mutable pointer to the elements, copying the storage first if it is shared.
+    @inlinable
+    public mutating func withUnsafeMutablePointer<R>(_ body: (UnsafeMutablePointer<Float>) throws -> R) rethrows -> R {
+        if !isKnownUniquelyReferenced(&storage) { makeUnique() }
+        return try body(storage.pointer)
+    }
+
+    @usableFromInline mutating func makeUnique() {
+        let copy = TensorStorage(count: storage.count)
+        copy.pointer.update(from: storage.pointer, count: storage.count)
+        storage = copy
+    }
+
+    /// The element at a flat row-major index.
+    @inlinable public subscript(flat index: Int) -> Float {
+        get {
+            precondition(index >= 0 && index < count, "Tensor: flat index \(index) out of range 0..<\(count)")
+            return storage.pointer[index]
+        }
+        set {
+            precondition(index >= 0 && index < count, "Tensor: flat index \(index) out of range 0..<\(count)")
+            if !isKnownUniquelyReferenced(&storage) { makeUnique() }
+            storage.pointer[index] = newValue
+        }
+    }
+
+    /// The same elements viewed with another shape of equal element count (no copy).
+    public func reshaped(_ newShape: [Int]) -> Tensor {
+        precondition(newShape.reduce(1, *) == count, "Tensor: cannot reshape \(shape) to \(newShape)")
+        var t = self
+        t.shape = newShape
+        return t
+    }
+
+    /// Sets every element to zero in place.
+    public mutating func zero() {
+        let n = count
+        withUnsafeMutablePointer { $0.update(repeating: 0, count: n) }
+    }
+
+    /// Sum of squares of the elements, accumulated in Double.
+    public func squaredNorm() -> Double {
+        withUnsafePointer { p in
+            var s = 0.0
+            for i in 0..<count { s += Double(p[i]) * Double(p[i]) }
+            return s
+        }
+    }
+}
+
+extension Tensor: CustomStringConvertible {
+    public var description: String {
+        let head = scalars.prefix(8).map { String($0) }.joined(separator: ", ")
+        return "Tensor(shape: \(shape), [\(head)\(count > 8 ? ", …" : "")])"
+    }
+}

@@ -1,0 +1,9 @@
+import ArgumentParser
+import MSQ
+
+@main
+struct MSQCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "msq",
+        abstract: "Train mixed-precision quantized networks with MSQ on the CPU.")
+}
