@@ -1,0 +1,236 @@
+import Foundation
+
+/// Why a checkpoint could not be written or read, in words a user can act on.
+public enum CheckpointError: Error, CustomStringConvertible, Equatable {
+    /// The file does not exist or cannot be opened.
+    case unreadable(path: String, reason: String)
+    /// The file does not start with the checkpoint magic.
+    case notACheckpoint(path: String)
+    /// The file was written by a format version this build does not read.
+    case unsupportedVersion(path: String, found: UInt32, supported: UInt32)
+    /// The file is shorter than its header says or its checksum does not match.
+    case corrupt(path: String, reason: String)
+    /// The checkpoint belongs to another model or another run configuration.
+    case mismatch(path: String, reason: String)
+    /// Writing the file failed.
+    case writeFailed(path: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case let .unreadable(path, reason): return "cannot read checkpoint \(path): \(reason)"
+        case let .notACheckpoint(path): return "\(path) is not an MSQ checkpoint (bad magic number)"
+        case let .unsupportedVersion(path, found, supported):
+            return "checkpoint \(path) has format version \(found); this build reads version \(supported)"
+        case let .corrupt(path, reason): return "checkpoint \(path) is corrupt: \(reason)"
+        case let .mismatch(path, reason):
+            return "checkpoint \(path) does not belong to this run: \(reason). Use another --out directory, or the original settings."
+        case let .writeFailed(path, reason): return "cannot write checkpoint \(path): \(reason)"
+        }
+    }
+}
+
+/// One named tensor in a checkpoint.
+public struct CheckpointTensor: Codable, Sendable, Equatable {
+    /// Path such as `layer1.0.conv1.weight` or `optimizer.momentum.fc.weight`.
+    public var name: String
+    /// Shape of the tensor.
+    public var shape: [Int]
+
+    /// Names a tensor of the given shape.
+    public init(name: String, shape: [Int]) {
+        self.name = name
+        self.shape = shape
+    }
+}
+
+/// A training checkpoint: a JSON header (run identity and progress), named float tensors, a checksum.
+///
+/// File layout (little-endian): magic `MSQCKPT\0` · UInt32 format version · UInt64 header length ·
+/// header JSON · Float32 data of each tensor in header order · UInt64 FNV-1a hash of all preceding bytes.
+/// Written atomically (temporary file, fsync, rename, fsync of the directory), so a crash leaves
+/// either the old checkpoint or the new one, never a torn file.
+public struct Checkpoint {
+    /// Format version written by this build.
+    public static let formatVersion: UInt32 = 1
+    static let magic: [UInt8] = Array("MSQCKPT\0".utf8)
+
+    /// Progress and identity, stored as JSON.
+    public struct Header: Codable, Sendable, Equatable {
+        /// Identity of the run: a checkpoint is only resumed by a run with the same fingerprint.
+        public var runFingerprint: String
+        /// Human-readable description of the fingerprint's fields, for error messages.
+        public var runDescription: [String: String]
+        /// Epochs completed when this checkpoint was written.
+        public var epochsCompleted: Int
+        /// Optimizer steps taken so far.
+        public var globalStep: Int
+        /// Wall-clock seconds spent training (excluding evaluation) so far, across resumes.
+        public var trainSeconds: Double
+        /// Images processed in training so far.
+        public var trainImagesSeen: Int
+        /// State of the trainer's random generator.
+        public var rngState: [UInt64]
+        /// Extra state of the training method (JSON), e.g. quantizer precisions.
+        public var methodState: String
+        /// The tensors that follow the header, in order.
+        public var tensors: [CheckpointTensor]
+
+        /// A header from all its fields.
+        public init(runFingerprint: String, runDescription: [String: String], epochsCompleted: Int, globalStep: Int,
+                    trainSeconds: Double, trainImagesSeen: Int, rngState: [UInt64], methodState: String,
+                    tensors: [CheckpointTensor]) {
+            self.runFingerprint = runFingerprint
+            self.runDescription = runDescription
+            self.epochsCompleted = epochsCompleted
+            self.globalStep = globalStep
+            self.trainSeconds = trainSeconds
+            self.trainImagesSeen = trainImagesSeen
+            self.rngState = rngState
+            self.methodState = methodState
+            self.tensors = tensors
+        }
+    }
+
+    /// Progress and identity.
+    public var header: Header
+    /// Tensor data in header order.
+    public var tensorData: [Tensor]
+
+    /// A checkpoint from its parts; `tensorData` must match `header.tensors` in order and shape.
+    public init(header: Header, tensorData: [Tensor]) {
+        precondition(header.tensors.count == tensorData.count
+                     && zip(header.tensors, tensorData).allSatisfy { $0.shape == $1.shape },
+                     "Checkpoint: tensor list does not match header")
+        self.header = header
+        self.tensorData = tensorData
+    }
+
+    /// The tensor with `name`, if present.
+    public func tensor(named name: String) -> Tensor? {
+        header.tensors.firstIndex { $0.name == name }.map { tensorData[$0] }
+    }
+
+    /// Serialises and writes atomically to `path`.
+    public func write(to path: String) throws(CheckpointError) {
+        var bytes = Checkpoint.magic
+        withUnsafeBytes(of: Checkpoint.formatVersion.littleEndian) { bytes += $0 }
+        let json: Data
+        do {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.sortedKeys]
+            json = try enc.encode(header)
+        } catch {
+            throw .writeFailed(path: path, reason: "header encoding failed: \(error)")
+        }
+        withUnsafeBytes(of: UInt64(json.count).littleEndian) { bytes += $0 }
+        bytes += json
+        bytes.reserveCapacity(bytes.count + tensorData.reduce(0) { $0 + 4 * $1.count } + 8)
+        for t in tensorData {
+            t.withUnsafePointer { p in
+                UnsafeRawBufferPointer(start: p, count: 4 * t.count).withMemoryRebound(to: UInt8.self) { bytes += $0 }
+            }
+        }
+        let hash = fnv1a64(bytes)
+        withUnsafeBytes(of: hash.littleEndian) { bytes += $0 }
+        try writeAtomically(bytes, to: path)
+    }
+
+    /// Reads and verifies a checkpoint (magic, version, sizes, checksum).
+    public static func read(from path: String) throws(CheckpointError) -> Checkpoint {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw .unreadable(path: path, reason: FileManager.default.fileExists(atPath: path)
+                              ? "permission denied or not a regular file" : "no such file")
+        }
+        let bytes = [UInt8](data)
+        guard bytes.count >= magic.count, Array(bytes[0..<magic.count]) == magic else { throw .notACheckpoint(path: path) }
+        guard bytes.count >= magic.count + 4 + 8 + 8 else {
+            throw .corrupt(path: path, reason: "file is only \(bytes.count) bytes")
+        }
+        let version = readLE(UInt32.self, bytes, at: magic.count)
+        guard version == formatVersion else {
+            throw .unsupportedVersion(path: path, found: version, supported: formatVersion)
+        }
+        let stored = readLE(UInt64.self, bytes, at: bytes.count - 8)
+        guard fnv1a64(bytes[0..<(bytes.count - 8)]) == stored else {
+            throw .corrupt(path: path, reason: "checksum mismatch (the file was truncated or modified)")
+        }
+        let headerLength = Int(readLE(UInt64.self, bytes, at: magic.count + 4))
+        let headerStart = magic.count + 12
+        guard headerLength >= 0, headerStart + headerLength <= bytes.count - 8 else {
+            throw .corrupt(path: path, reason: "header length \(headerLength) exceeds the file")
+        }
+        let header: Header
+        do {
+            header = try JSONDecoder().decode(Header.self, from: Data(bytes[headerStart..<(headerStart + headerLength)]))
+        } catch {
+            throw .corrupt(path: path, reason: "unreadable header: \(error)")
+        }
+        var offset = headerStart + headerLength
+        var tensors: [Tensor] = []
+        for entry in header.tensors {
+            guard entry.shape.allSatisfy({ $0 >= 0 }) else {
+                throw .corrupt(path: path, reason: "negative dimension in \(entry.name)")
+            }
+            let count = entry.shape.reduce(1, *)
+            guard offset + 4 * count <= bytes.count - 8 else {
+                throw .corrupt(path: path, reason: "data of \(entry.name) runs past the end of the file")
+            }
+            var t = Tensor(shape: entry.shape)
+            t.withUnsafeMutablePointer { p in
+                bytes.withUnsafeBytes { raw in
+                    UnsafeMutableRawPointer(p).copyMemory(from: raw.baseAddress! + offset, byteCount: 4 * count)
+                }
+            }
+            tensors.append(t)
+            offset += 4 * count
+        }
+        guard offset == bytes.count - 8 else {
+            throw .corrupt(path: path, reason: "\(bytes.count - 8 - offset) unexpected bytes after the tensor data")
+        }
+        return Checkpoint(header: header, tensorData: tensors)
+    }
+}
+
+/// FNV-1a, 64-bit: cheap, dependency-free, and enough to detect truncation and bit rot.
+func fnv1a64<C: Collection>(_ bytes: C) -> UInt64 where C.Element == UInt8 {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in bytes { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
+    return h
+}
+
+private func readLE<T: FixedWidthInteger>(_: T.Type, _ bytes: [UInt8], at offset: Int) -> T {
+    var v: T = 0
+    for i in 0..<MemoryLayout<T>.size { v |= T(bytes[offset + i]) << (8 * i) }
+    return v
+}
+
+/// Writes `bytes` to `path` so that readers see either the old file or the complete new one.
+func writeAtomically(_ bytes: [UInt8], to path: String) throws(CheckpointError) {
+    let tmp = path + ".tmp-\(getpid())"
+    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    guard fd >= 0 else { throw .writeFailed(path: path, reason: String(cString: strerror(errno))) }
+    var written = 0
+    let ok = bytes.withUnsafeBytes { raw -> Bool in
+        while written < raw.count {
+            let n = Foundation.write(fd, raw.baseAddress! + written, raw.count - written)
+            if n <= 0 { return false }
+            written += n
+        }
+        return fsync(fd) == 0
+    }
+    let err = String(cString: strerror(errno))
+    close(fd)
+    guard ok else {
+        unlink(tmp)
+        throw .writeFailed(path: path, reason: err)
+    }
+    guard rename(tmp, path) == 0 else {
+        let err = String(cString: strerror(errno))
+        unlink(tmp)
+        throw .writeFailed(path: path, reason: err)
+    }
+    // The rename itself is durable only once the directory entry is flushed.
+    let dir = (path as NSString).deletingLastPathComponent
+    let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY)
+    if dfd >= 0 { fsync(dfd); close(dfd) }
+}

@@ -1,0 +1,102 @@
+/// Everything that defines a training run: model, data, recipe and seed.
+///
+/// Two runs with the same configuration (and thread count) produce bit-identical weights; a
+/// checkpoint is only resumed by a run whose ``fingerprint`` matches.
+public struct TrainingConfig: Codable, Sendable, Equatable {
+    /// Model name, e.g. `resnet20` (see ``ModelKind``).
+    public var model: String
+    /// Dataset name: `fashion-mnist`, `cifar10` or `synthetic`.
+    public var dataset: String
+    /// Training method name (`fp` here; later issues add quantized methods).
+    public var method: String = "fp"
+    /// Number of passes over the training set.
+    public var epochs: Int
+    /// Images per optimizer step.
+    public var batchSize: Int
+    /// Peak learning rate.
+    public var learningRate: Double
+    /// SGD momentum.
+    public var momentum: Double = 0.9
+    /// Weight decay (not applied to batch-norm parameters and biases).
+    public var weightDecay: Double = 5e-4
+    /// Nesterov momentum.
+    public var nesterov: Bool = false
+    /// Linear warm-up length in epochs (fractional allowed); cosine annealing follows.
+    public var warmupEpochs: Double = 0.5
+    /// Label smoothing ε of the cross-entropy loss.
+    public var labelSmoothing: Double = 0
+    /// Random crop padding in pixels (0 = no crop augmentation).
+    public var cropPadding: Int = 2
+    /// Random horizontal flips.
+    public var horizontalFlip: Bool = true
+    /// Use only the first N training images.
+    public var limitTrain: Int?
+    /// Use only the first N test images.
+    public var limitTest: Int?
+    /// Seed for initialisation, shuffling and augmentation.
+    public var seed: UInt64 = 0
+    /// OpenMP threads for the kernels (0 = all cores). Part of the fingerprint because reduction
+    /// order, and so the last bits of the weights, depend on it.
+    public var threads: Int = 0
+
+    /// A configuration with the required fields; the rest take their defaults.
+    public init(model: String, dataset: String, epochs: Int, batchSize: Int, learningRate: Double) {
+        self.model = model
+        self.dataset = dataset
+        self.epochs = epochs
+        self.batchSize = batchSize
+        self.learningRate = learningRate
+    }
+
+    /// The fields that must match for a checkpoint to be resumed, as name → value.
+    public var identity: [String: String] {
+        [
+            "model": model, "dataset": dataset, "method": method, "epochs": String(epochs),
+            "batch_size": String(batchSize), "lr": String(learningRate), "momentum": String(momentum),
+            "weight_decay": String(weightDecay), "nesterov": String(nesterov),
+            "warmup_epochs": String(warmupEpochs), "label_smoothing": String(labelSmoothing),
+            "crop_padding": String(cropPadding), "flip": String(horizontalFlip),
+            "limit_train": limitTrain.map(String.init) ?? "all", "limit_test": limitTest.map(String.init) ?? "all",
+            "seed": String(seed), "threads": String(threads),
+        ]
+    }
+
+    /// A stable string over ``identity``.
+    public var fingerprint: String {
+        identity.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ";")
+    }
+
+    /// Checks ranges a user can get wrong; the message names the option.
+    public func validate() throws(TrainingError) {
+        if epochs < 1 { throw .invalidOption("--epochs must be at least 1 (got \(epochs))") }
+        if batchSize < 1 { throw .invalidOption("--batch-size must be at least 1 (got \(batchSize))") }
+        if !(learningRate > 0) || !learningRate.isFinite { throw .invalidOption("--lr must be a positive number (got \(learningRate))") }
+        if !(0..<1).contains(momentum) { throw .invalidOption("--momentum must be in [0, 1) (got \(momentum))") }
+        if weightDecay < 0 || !weightDecay.isFinite { throw .invalidOption("--weight-decay must be ≥ 0 (got \(weightDecay))") }
+        if warmupEpochs < 0 || warmupEpochs > Double(epochs) { throw .invalidOption("--warmup-epochs must be in [0, epochs] (got \(warmupEpochs))") }
+        if !(0..<1).contains(labelSmoothing) { throw .invalidOption("--label-smoothing must be in [0, 1) (got \(labelSmoothing))") }
+        if cropPadding < 0 { throw .invalidOption("--crop-padding must be ≥ 0 (got \(cropPadding))") }
+        if let n = limitTrain, n < 1 { throw .invalidOption("--limit-train must be at least 1 (got \(n))") }
+        if let n = limitTest, n < 1 { throw .invalidOption("--limit-test must be at least 1 (got \(n))") }
+        if threads < 0 { throw .invalidOption("--threads must be ≥ 0 (got \(threads); 0 means all cores)") }
+    }
+}
+
+/// Why a training run could not start or continue.
+public enum TrainingError: Error, CustomStringConvertible {
+    /// An option is out of range.
+    case invalidOption(String)
+    /// The output directory cannot be used.
+    case outputDirectory(String)
+    /// The loss became NaN or infinite.
+    case diverged(epoch: Int, step: Int, loss: Float)
+
+    public var description: String {
+        switch self {
+        case let .invalidOption(m): return m
+        case let .outputDirectory(m): return m
+        case let .diverged(epoch, step, loss):
+            return "training diverged at epoch \(epoch), step \(step): loss is \(loss). Try a lower --lr or a longer --warmup-epochs."
+        }
+    }
+}

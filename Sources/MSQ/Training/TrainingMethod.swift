@@ -1,0 +1,34 @@
+/// What a training method adds to plain float training: extra loss terms and gradients,
+/// decisions between epochs, and state that checkpoints must carry.
+///
+/// The ``Trainer`` owns the loop; a method hooks into it. Float training is the identity method.
+public protocol TrainingMethod: AnyObject {
+    /// Name recorded in `summary.json` (`fp`, `msq`, …).
+    var name: String { get }
+    /// Called once before the first step (or after a checkpoint restore).
+    func prepare(model: Module) throws
+    /// Called after the task loss's backward and before the optimizer step; may add gradient
+    /// terms into the parameters. Returns the value of any extra loss term (0 if none).
+    func afterBackward(model: Module, epoch: Int, step: Int) -> Double
+    /// Called after each epoch's evaluation; may change the model (e.g. its precisions).
+    func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws
+    /// Method state as JSON, stored in checkpoints.
+    func encodeState() throws -> String
+    /// Restores state saved by ``encodeState()``.
+    func restoreState(_ json: String) throws
+    /// Extra fields for `summary.json`.
+    func summaryFields() -> [String: Any]
+}
+
+/// Plain float training: no extra terms, no state.
+public final class FloatTraining: TrainingMethod {
+    /// Creates the identity method.
+    public init() {}
+    public var name: String { "fp" }
+    public func prepare(model: Module) throws {}
+    public func afterBackward(model: Module, epoch: Int, step: Int) -> Double { 0 }
+    public func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws {}
+    public func encodeState() throws -> String { "{}" }
+    public func restoreState(_ json: String) throws {}
+    public func summaryFields() -> [String: Any] { [:] }
+}

@@ -1,0 +1,9 @@
+import ArgumentParser
+
+@main
+struct MSQBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "msq-bench",
+        abstract: "Benchmarks for MSQ's kernels and training steps.",
+        subcommands: [KernelsCommand.self])
+}
