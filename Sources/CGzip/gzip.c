@@ -65,3 +65,31 @@ int msq_read_file_maybe_gzip(const char *path, unsigned char **out, size_t *out_
 }
 
 void msq_gzip_free(unsigned char *buffer) { free(buffer); }
+
+int msq_write_file_gzip(const char *path, const unsigned char *data, size_t len,
+                        char *err, size_t err_len) {
+    gzFile f = gzopen(path, "wb");
+    if (!f) {
+        snprintf(err, err_len, "cannot create: %s", strerror(errno));
+        return -1;
+    }
+    /* gzwrite takes an unsigned count, so large buffers go in chunks. */
+    size_t done = 0;
+    while (done < len) {
+        size_t chunk = len - done > (1u << 30) ? (1u << 30) : len - done;
+        int put = gzwrite(f, data + done, (unsigned)chunk);
+        if (put <= 0) {
+            int code = 0;
+            const char *msg = gzerror(f, &code);
+            snprintf(err, err_len, "write error: %s", msg ? msg : "unknown zlib error");
+            gzclose(f);
+            return -2;
+        }
+        done += (size_t)put;
+    }
+    if (gzclose(f) != Z_OK) {
+        snprintf(err, err_len, "write error while closing: %s", strerror(errno));
+        return -2;
+    }
+    return 0;
+}

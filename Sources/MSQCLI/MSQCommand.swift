@@ -5,5 +5,6 @@ import MSQ
 struct MSQCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "msq",
-        abstract: "Train mixed-precision quantized networks with MSQ on the CPU.")
+        abstract: "Train mixed-precision quantized networks with MSQ on the CPU.",
+        subcommands: [TrainCommand.self, InspectCommand.self])
 }

@@ -110,6 +110,19 @@ public struct Checkpoint {
         header.tensors.firstIndex { $0.name == name }.map { tensorData[$0] }
     }
 
+    /// FNV-1a hash over the model tensors' bytes (names excluded, optimizer state excluded):
+    /// equal for two runs exactly when their weights and batch-norm statistics are bit-identical.
+    public func weightsHash() -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for (entry, t) in zip(header.tensors, tensorData) where !entry.name.hasPrefix("optimizer.") {
+            t.withUnsafePointer { p in
+                let raw = UnsafeRawBufferPointer(start: p, count: 4 * t.count)
+                for b in raw { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
+            }
+        }
+        return h
+    }
+
     /// Serialises and writes atomically to `path`.
     public func write(to path: String) throws(CheckpointError) {
         var bytes = Checkpoint.magic

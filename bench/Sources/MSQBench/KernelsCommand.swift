@@ -60,11 +60,10 @@ struct KernelsCommand: ParsableCommand {
     var seconds: Double = 0.5
 
     func run() throws {
-        setvbuf(stdout, nil, _IOLBF, 0)
         msq_set_num_threads(Int32(threads))
         let t = Int(msq_get_num_threads())
-        print("threads \(t); GFLOP/s = 2·M·N·K / time; ratio = conv / sgemm at the same M, N, K")
-        print(pad("layer", 28) + pad("batch", 6) + pad("M×N×K", 20) + pad("sgemm", 8) + pad("fwd", 8) + pad("ratio", 7)
+        writeLine("threads \(t); GFLOP/s = 2·M·N·K / time; ratio = conv / sgemm at the same M, N, K")
+        writeLine(pad("layer", 28) + pad("batch", 6) + pad("M×N×K", 20) + pad("sgemm", 8) + pad("fwd", 8) + pad("ratio", 7)
               + pad("bwd-in", 8) + pad("ratio", 7) + pad("bwd-w", 8) + pad("ratio", 7))
         for model in models.split(separator: ",").map(String.init) {
             guard ["resnet20", "resnet18"].contains(model) else {
@@ -115,7 +114,7 @@ struct KernelsCommand: ParsableCommand {
                 msq_conv2d_backward_weight(dwp, nil, dyp, xp, &s, workspace) } } }
         }
         let g = flops / gemm / 1e9, f = flops / fwd / 1e9, bi = flops / bin / 1e9, bwg = flops / bw / 1e9
-        print(pad(c.name, 28) + pad("\(batch)", 6) + pad("\(m)×\(n)×\(k)", 20) + pad(fmt(g), 8)
+        writeLine(pad(c.name, 28) + pad("\(batch)", 6) + pad("\(m)×\(n)×\(k)", 20) + pad(fmt(g), 8)
               + pad(fmt(f), 8) + pad(fmt(f / g, 2), 7) + pad(fmt(bi), 8) + pad(fmt(bi / g, 2), 7)
               + pad(fmt(bwg), 8) + pad(fmt(bwg / g, 2), 7))
     }

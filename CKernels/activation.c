@@ -1,0 +1,101 @@
+/* activation.c — pointwise activations and their PyTorch derivatives.
+ * The per-element functions are shared by the fast and reference kernels, so both agree
+ * bit for bit; the fast ones hoist the switch out of the loop (so the loops vectorise) and
+ * split large arrays across threads. NaN propagates through the forward as in PyTorch. */
+#include "msq_kernels.h"
+#include <math.h>
+
+/* Spelled out: M_SQRT1_2 and friends are not ISO C. */
+#define SQRT1_2 0.70710678118654752440f
+#define INV_SQRT_2PI 0.39894228040143267794f
+#define ACT_PARALLEL_MIN 65536 /* elements; below this a parallel region costs more than it saves */
+
+static inline float relu_f(float x) { return x < 0.0f ? 0.0f : x; }
+static inline float relu6_f(float x) { return x < 0.0f ? 0.0f : (x > 6.0f ? 6.0f : x); }
+static inline float hardswish_f(float x) {
+    float r = x + 3.0f;
+    r = r < 0.0f ? 0.0f : (r > 6.0f ? 6.0f : r);
+    return x * r / 6.0f;
+}
+static inline float gelu_f(float x) { return x * 0.5f * (1.0f + erff(x * SQRT1_2)); }
+
+/* dy * act'(x), written as selects so a zero derivative gives exactly 0 even for inf dy.
+   Kinks follow PyTorch: threshold_backward (relu'(0) = 0), hardtanh_backward (relu6' = 0 at 0
+   and 6), hardswish_backward (x < -3: 0; x <= 3: x/3 + 1/2; else 1). */
+static inline float relu_b(float dy, float x) { return x <= 0.0f ? 0.0f : dy; }
+static inline float relu6_b(float dy, float x) { return (x <= 0.0f || x >= 6.0f) ? 0.0f : dy; }
+static inline float hardswish_b(float dy, float x) {
+    return x < -3.0f ? 0.0f : (x <= 3.0f ? dy * (x / 3.0f + 0.5f) : dy);
+}
+static inline float gelu_b(float dy, float x) {
+    float cdf = 0.5f * (1.0f + erff(x * SQRT1_2));
+    float pdf = INV_SQRT_2PI * expf(x * x * -0.5f);
+    return dy * (cdf + x * pdf);
+}
+
+static inline float act_fwd(float x, msq_activation kind) {
+    switch (kind) {
+    case MSQ_ACT_RELU: return relu_f(x);
+    case MSQ_ACT_RELU6: return relu6_f(x);
+    case MSQ_ACT_HARDSWISH: return hardswish_f(x);
+    case MSQ_ACT_GELU: return gelu_f(x);
+    }
+    return x;
+}
+
+static inline float act_bwd(float dy, float x, msq_activation kind) {
+    switch (kind) {
+    case MSQ_ACT_RELU: return relu_b(dy, x);
+    case MSQ_ACT_RELU6: return relu6_b(dy, x);
+    case MSQ_ACT_HARDSWISH: return hardswish_b(dy, x);
+    case MSQ_ACT_GELU: return gelu_b(dy, x);
+    }
+    return dy;
+}
+
+void msq_activation_forward_ref(float *y, const float *x, size_t count, msq_activation kind) {
+    for (size_t i = 0; i < count; i++) y[i] = act_fwd(x[i], kind);
+}
+
+void msq_activation_backward_ref(float *dx, const float *dy, const float *x, size_t count,
+                                 msq_activation kind) {
+    for (size_t i = 0; i < count; i++) dx[i] += act_bwd(dy[i], x[i], kind);
+}
+
+#define FWD_LOOP(f)                                                                  \
+    _Pragma("omp parallel for simd schedule(static) if (count > ACT_PARALLEL_MIN)") \
+    for (size_t i = 0; i < count; i++) y[i] = f(x[i])
+
+#define BWD_LOOP(f)                                                                  \
+    _Pragma("omp parallel for simd schedule(static) if (count > ACT_PARALLEL_MIN)") \
+    for (size_t i = 0; i < count; i++) dx[i] += f(dy[i], x[i])
+
+/* erff/expf have no vector form here, so GELU is threaded but not simd. */
+#define FWD_LOOP_SCALAR(f)                                                      \
+    _Pragma("omp parallel for schedule(static) if (count > ACT_PARALLEL_MIN)") \
+    for (size_t i = 0; i < count; i++) y[i] = f(x[i])
+
+#define BWD_LOOP_SCALAR(f)                                                      \
+    _Pragma("omp parallel for schedule(static) if (count > ACT_PARALLEL_MIN)") \
+    for (size_t i = 0; i < count; i++) dx[i] += f(dy[i], x[i])
+
+void msq_activation_forward(float *y, const float *x, size_t count, msq_activation kind) {
+    switch (kind) {
+    case MSQ_ACT_RELU: FWD_LOOP(relu_f); break;
+    case MSQ_ACT_RELU6: FWD_LOOP(relu6_f); break;
+    case MSQ_ACT_HARDSWISH: FWD_LOOP(hardswish_f); break;
+    case MSQ_ACT_GELU: FWD_LOOP_SCALAR(gelu_f); break;
+    default: msq_activation_forward_ref(y, x, count, kind); break;
+    }
+}
+
+void msq_activation_backward(float *dx, const float *dy, const float *x, size_t count,
+                             msq_activation kind) {
+    switch (kind) {
+    case MSQ_ACT_RELU: BWD_LOOP(relu_b); break;
+    case MSQ_ACT_RELU6: BWD_LOOP(relu6_b); break;
+    case MSQ_ACT_HARDSWISH: BWD_LOOP(hardswish_b); break;
+    case MSQ_ACT_GELU: BWD_LOOP_SCALAR(gelu_b); break;
+    default: msq_activation_backward_ref(dx, dy, x, count, kind); break;
+    }
+}

@@ -1,0 +1,229 @@
+/* batchnorm.c — per-channel batch normalisation over x[n, c, hw].
+ *
+ * Channel statistics are accumulated in double, two-pass (mean, then squared deviations), by a
+ * single thread per channel in a fixed order, so results never depend on the thread count.
+ * The per-element arithmetic is in float and identical in the fast and reference kernels. */
+#include "msq_kernels.h"
+#include <math.h>
+
+#define BN_PARALLEL_MIN 16384L /* below this many elements a parallel region costs more than it saves */
+
+static inline size_t row(int i, int ch, int c, int hw) { return ((size_t)i * c + ch) * hw; }
+
+static inline float eval_invstd(float running_var, float eps) {
+    return (float)(1.0 / sqrt((double)running_var + (double)eps));
+}
+
+/* Running-average update and saved statistics, shared so both kernels round alike. PyTorch puts
+   the unbiased variance into running_var; with m == 1 that is 0/0 = NaN, as in PyTorch's arithmetic
+   (its Python layer refuses to train on one value per channel, and so does MSQ's). */
+static inline void finish_stats(float *save_mean, float *save_invstd, float *running_mean,
+                                float *running_var, int ch, double mean, double sq, long m,
+                                float momentum, float eps) {
+    double invstd = 1.0 / sqrt(sq / (double)m + (double)eps);
+    save_mean[ch] = (float)mean;
+    save_invstd[ch] = (float)invstd;
+    double mo = (double)momentum;
+    if (running_mean) running_mean[ch] = (float)((1.0 - mo) * running_mean[ch] + mo * mean);
+    if (running_var) running_var[ch] = (float)((1.0 - mo) * running_var[ch] + mo * (sq / (double)(m - 1)));
+}
+
+/* ---------------------------------------------------------------- reference */
+
+void msq_batchnorm_forward_train_ref(float *y, float *save_mean, float *save_invstd,
+                                     float *running_mean, float *running_var,
+                                     const float *x, const float *gamma, const float *beta,
+                                     int n, int c, int hw, float momentum, float eps) {
+    long m = (long)n * hw;
+    for (int ch = 0; ch < c; ch++) {
+        double sum = 0.0;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < hw; j++) sum += x[row(i, ch, c, hw) + j];
+        double mean = sum / (double)m;
+        double sq = 0.0;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < hw; j++) {
+                double d = (double)x[row(i, ch, c, hw) + j] - mean;
+                sq += d * d;
+            }
+        finish_stats(save_mean, save_invstd, running_mean, running_var, ch, mean, sq, m, momentum, eps);
+        float mu = save_mean[ch], a = gamma[ch] * save_invstd[ch], b = beta[ch];
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < hw; j++) {
+                size_t o = row(i, ch, c, hw) + j;
+                y[o] = (x[o] - mu) * a + b;
+            }
+    }
+}
+
+void msq_batchnorm_forward_eval_ref(float *y, const float *x, const float *gamma, const float *beta,
+                                    const float *running_mean, const float *running_var,
+                                    int n, int c, int hw, float eps) {
+    for (int ch = 0; ch < c; ch++) {
+        float mu = running_mean[ch], a = gamma[ch] * eval_invstd(running_var[ch], eps), b = beta[ch];
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < hw; j++) {
+                size_t o = row(i, ch, c, hw) + j;
+                y[o] = (x[o] - mu) * a + b;
+            }
+    }
+}
+
+/* Shared tail of both backward kernels: the channel's dgamma/dbeta from the double sums. */
+static inline void add_param_grads(float *dgamma, float *dbeta, int ch, double sdy, double sdyx,
+                                   float invstd) {
+    if (dgamma) dgamma[ch] += (float)(sdyx * (double)invstd);
+    if (dbeta) dbeta[ch] += (float)sdy;
+}
+
+void msq_batchnorm_backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                const float *x, const float *gamma, const float *save_mean,
+                                const float *save_invstd, int n, int c, int hw) {
+    long m = (long)n * hw;
+    for (int ch = 0; ch < c; ch++) {
+        float mu = save_mean[ch], invstd = save_invstd[ch];
+        double sdy = 0.0, sdyx = 0.0;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < hw; j++) {
+                size_t o = row(i, ch, c, hw) + j;
+                sdy += dy[o];
+                sdyx += (double)dy[o] * ((double)x[o] - (double)mu);
+            }
+        add_param_grads(dgamma, dbeta, ch, sdy, sdyx, invstd);
+        if (!dx) continue;
+        /* PyTorch's form: dx = (dy - mean(dy) - (x - mean) * proj) * gamma * invstd. */
+        float k = gamma[ch] * invstd;
+        float gm = (float)(sdy / (double)m);
+        float proj = (float)(sdyx * (double)invstd * (double)invstd / (double)m);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < hw; j++) {
+                size_t o = row(i, ch, c, hw) + j;
+                dx[o] += (dy[o] - gm - (x[o] - mu) * proj) * k;
+            }
+    }
+}
+
+void msq_batchnorm_backward_eval_ref(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                     const float *x, const float *gamma, const float *running_mean,
+                                     const float *running_var, int n, int c, int hw, float eps) {
+    for (int ch = 0; ch < c; ch++) {
+        float mu = running_mean[ch], invstd = eval_invstd(running_var[ch], eps);
+        float a = gamma[ch] * invstd;
+        double sdy = 0.0, sdyx = 0.0;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < hw; j++) {
+                size_t o = row(i, ch, c, hw) + j;
+                sdy += dy[o];
+                sdyx += (double)dy[o] * ((double)x[o] - (double)mu);
+                if (dx) dx[o] += dy[o] * a;
+            }
+        add_param_grads(dgamma, dbeta, ch, sdy, sdyx, invstd);
+    }
+}
+
+/* ---------------------------------------------------------------- fast: OpenMP over channels,
+   simd over the contiguous hw run of each (sample, channel) */
+
+void msq_batchnorm_forward_train(float *y, float *save_mean, float *save_invstd,
+                                 float *running_mean, float *running_var,
+                                 const float *x, const float *gamma, const float *beta,
+                                 int n, int c, int hw, float momentum, float eps) {
+    long m = (long)n * hw;
+    #pragma omp parallel for schedule(static) if ((long)c * m > BN_PARALLEL_MIN)
+    for (int ch = 0; ch < c; ch++) {
+        double sum = 0.0;
+        for (int i = 0; i < n; i++) {
+            const float *xr = x + row(i, ch, c, hw);
+            #pragma omp simd reduction(+ : sum)
+            for (int j = 0; j < hw; j++) sum += xr[j];
+        }
+        double mean = sum / (double)m;
+        double sq = 0.0;
+        for (int i = 0; i < n; i++) {
+            const float *xr = x + row(i, ch, c, hw);
+            #pragma omp simd reduction(+ : sq)
+            for (int j = 0; j < hw; j++) {
+                double d = (double)xr[j] - mean;
+                sq += d * d;
+            }
+        }
+        finish_stats(save_mean, save_invstd, running_mean, running_var, ch, mean, sq, m, momentum, eps);
+        float mu = save_mean[ch], a = gamma[ch] * save_invstd[ch], b = beta[ch];
+        for (int i = 0; i < n; i++) {
+            const float *xr = x + row(i, ch, c, hw);
+            float *yr = y + row(i, ch, c, hw);
+            #pragma omp simd
+            for (int j = 0; j < hw; j++) yr[j] = (xr[j] - mu) * a + b;
+        }
+    }
+}
+
+void msq_batchnorm_forward_eval(float *y, const float *x, const float *gamma, const float *beta,
+                                const float *running_mean, const float *running_var,
+                                int n, int c, int hw, float eps) {
+    #pragma omp parallel for schedule(static) if ((long)c * n * hw > BN_PARALLEL_MIN)
+    for (int ch = 0; ch < c; ch++) {
+        float mu = running_mean[ch], a = gamma[ch] * eval_invstd(running_var[ch], eps), b = beta[ch];
+        for (int i = 0; i < n; i++) {
+            const float *xr = x + row(i, ch, c, hw);
+            float *yr = y + row(i, ch, c, hw);
+            #pragma omp simd
+            for (int j = 0; j < hw; j++) yr[j] = (xr[j] - mu) * a + b;
+        }
+    }
+}
+
+void msq_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                            const float *x, const float *gamma, const float *save_mean,
+                            const float *save_invstd, int n, int c, int hw) {
+    long m = (long)n * hw;
+    #pragma omp parallel for schedule(static) if ((long)c * m > BN_PARALLEL_MIN)
+    for (int ch = 0; ch < c; ch++) {
+        float mu = save_mean[ch], invstd = save_invstd[ch];
+        double dmu = (double)mu, sdy = 0.0, sdyx = 0.0;
+        for (int i = 0; i < n; i++) {
+            const float *xr = x + row(i, ch, c, hw), *gr = dy + row(i, ch, c, hw);
+            #pragma omp simd reduction(+ : sdy, sdyx)
+            for (int j = 0; j < hw; j++) {
+                sdy += gr[j];
+                sdyx += (double)gr[j] * ((double)xr[j] - dmu);
+            }
+        }
+        add_param_grads(dgamma, dbeta, ch, sdy, sdyx, invstd);
+        if (!dx) continue;
+        float k = gamma[ch] * invstd;
+        float gm = (float)(sdy / (double)m);
+        float proj = (float)(sdyx * (double)invstd * (double)invstd / (double)m);
+        for (int i = 0; i < n; i++) {
+            const float *xr = x + row(i, ch, c, hw), *gr = dy + row(i, ch, c, hw);
+            float *dr = dx + row(i, ch, c, hw);
+            #pragma omp simd
+            for (int j = 0; j < hw; j++) dr[j] += (gr[j] - gm - (xr[j] - mu) * proj) * k;
+        }
+    }
+}
+
+void msq_batchnorm_backward_eval(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                 const float *x, const float *gamma, const float *running_mean,
+                                 const float *running_var, int n, int c, int hw, float eps) {
+    #pragma omp parallel for schedule(static) if ((long)c * n * hw > BN_PARALLEL_MIN)
+    for (int ch = 0; ch < c; ch++) {
+        float mu = running_mean[ch], invstd = eval_invstd(running_var[ch], eps);
+        float a = gamma[ch] * invstd;
+        double dmu = (double)mu, sdy = 0.0, sdyx = 0.0;
+        for (int i = 0; i < n; i++) {
+            const float *xr = x + row(i, ch, c, hw), *gr = dy + row(i, ch, c, hw);
+            #pragma omp simd reduction(+ : sdy, sdyx)
+            for (int j = 0; j < hw; j++) {
+                sdy += gr[j];
+                sdyx += (double)gr[j] * ((double)xr[j] - dmu);
+            }
+            if (dx) {
+                float *dr = dx + row(i, ch, c, hw);
+                #pragma omp simd
+                for (int j = 0; j < hw; j++) dr[j] += gr[j] * a;
+            }
+        }
+        add_param_grads(dgamma, dbeta, ch, sdy, sdyx, invstd);
+    }
+}

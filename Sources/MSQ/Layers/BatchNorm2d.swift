@@ -1,0 +1,162 @@
+import CKernels
+
+/// Batch normalisation over the channel axis of `[N, C, H, W]` (or `[N, C]`) input.
+///
+/// Train mode: `y = γ·(x − μ_B)/sqrt(σ²_B + ε) + β` with the batch's per-channel mean and biased
+/// variance, and the running statistics updated PyTorch's way:
+/// `running = (1 − momentum)·running + momentum·stat` (unbiased variance into `running_var`).
+/// Eval mode: `y = γ·(x − running_mean)/sqrt(running_var + ε) + β`.
+/// Backward follows whichever forward ran last (in eval mode the statistics are constants).
+/// γ (`weight`) starts at 1 and β (`bias`) at 0; neither decays. `running_mean` (0) and
+/// `running_var` (1) are non-trainable parameters, so checkpoints carry them.
+public final class BatchNorm2d: Module {
+    /// Number of channels C.
+    public let channels: Int
+    /// Weight of the newest batch statistic in the running averages.
+    public let momentum: Float
+    /// ε added to the variance.
+    public let eps: Float
+    /// γ `[C]`.
+    public let weight: Parameter
+    /// β `[C]`.
+    public let bias: Parameter
+    /// Running mean `[C]` (not trainable).
+    public let runningMean: Parameter
+    /// Running (unbiased) variance `[C]` (not trainable).
+    public let runningVar: Parameter
+
+    private var cachedInput: Tensor?
+    private var cachedGamma = Tensor(shape: [0])
+    private var cachedMode: ForwardMode = .train
+    private var saveMean = Tensor(shape: [0])
+    private var saveInvstd = Tensor(shape: [0])
+    private var cachedRunningMean = Tensor(shape: [0])
+    private var cachedRunningVar = Tensor(shape: [0])
+
+    /// A batch-norm layer over `channels` channels.
+    public init(channels: Int, momentum: Float = 0.1, eps: Float = 1e-5) {
+        precondition(channels > 0, "BatchNorm2d: channels must be positive (got \(channels))")
+        self.channels = channels
+        self.momentum = momentum
+        self.eps = eps
+        weight = Parameter(Tensor(shape: [channels], repeating: 1), decays: false)
+        bias = Parameter(Tensor(shape: [channels]), decays: false)
+        runningMean = Parameter(Tensor(shape: [channels]), trainable: false, decays: false)
+        runningVar = Parameter(Tensor(shape: [channels], repeating: 1), trainable: false, decays: false)
+    }
+
+    var layerDescription: String { "BatchNorm2d(\(channels))" }
+
+    private func geometry(_ d: [Int]) -> (n: Int, hw: Int) {
+        precondition((d.count == 4 || d.count == 2) && d[1] == channels,
+                     "\(layerDescription): expected input [N, \(channels), H, W] or [N, \(channels)], got \(d)")
+        return (d[0], d.count == 4 ? d[2] * d[3] : 1)
+    }
+
+    /// Normalises with batch statistics (`.train`, updating the running averages) or running ones (`.eval`).
+    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
+        cachedInput = nil
+        let (n, hw) = geometry(input.shape)
+        let (cn, cc, chw) = (LayerKit.c(n), LayerKit.c(channels), LayerKit.c(hw))
+        var y = Tensor(shape: input.shape)
+        switch mode {
+        case .train:
+            precondition(n * hw > 1,
+                         "\(layerDescription): training needs more than one value per channel (input \(input.shape))")
+            var mean = Tensor(shape: [channels])
+            var invstd = Tensor(shape: [channels])
+            input.withUnsafePointer { x in
+                weight.value.withUnsafePointer { g in
+                    bias.value.withUnsafePointer { b in
+                        y.withUnsafeMutablePointer { yp in
+                            mean.withUnsafeMutablePointer { m in
+                                invstd.withUnsafeMutablePointer { s in
+                                    runningMean.value.withUnsafeMutablePointer { rm in
+                                        runningVar.value.withUnsafeMutablePointer { rv in
+                                            msq_batchnorm_forward_train(yp, m, s, rm, rv, x, g, b, cn, cc, chw, momentum, eps)
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            saveMean = mean
+            saveInvstd = invstd
+        case .eval:
+            let rmT = runningMean.value, rvT = runningVar.value
+            input.withUnsafePointer { x in
+                weight.value.withUnsafePointer { g in
+                    bias.value.withUnsafePointer { b in
+                        rmT.withUnsafePointer { rm in
+                            rvT.withUnsafePointer { rv in
+                                y.withUnsafeMutablePointer { yp in
+                                    msq_batchnorm_forward_eval(yp, x, g, b, rm, rv, cn, cc, chw, eps)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            cachedRunningMean = rmT
+            cachedRunningVar = rvT
+        }
+        cachedInput = input
+        cachedGamma = weight.value
+        cachedMode = mode
+        return y
+    }
+
+    /// dx, accumulating dγ = Σ dy·x̂ and dβ = Σ dy; uses the train or eval formula to match the forward.
+    public func backward(_ gradOutput: Tensor) -> Tensor {
+        guard let x = cachedInput else {
+            preconditionFailure("\(layerDescription): backward called without a preceding forward")
+        }
+        precondition(gradOutput.shape == x.shape,
+                     "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \(x.shape)")
+        cachedInput = nil
+        let (n, hw) = geometry(x.shape)
+        let (cn, cc, chw) = (LayerKit.c(n), LayerKit.c(channels), LayerKit.c(hw))
+        var dx = Tensor(shape: x.shape)
+        let gamma = cachedGamma
+        cachedGamma = Tensor(shape: [0])
+        gradOutput.withUnsafePointer { dy in
+            x.withUnsafePointer { xp in
+                gamma.withUnsafePointer { g in
+                    dx.withUnsafeMutablePointer { dxp in
+                        LayerKit.withGradPointer(weight) { dg in
+                            LayerKit.withGradPointer(bias) { db in
+                                switch cachedMode {
+                                case .train:
+                                    saveMean.withUnsafePointer { m in
+                                        saveInvstd.withUnsafePointer { s in
+                                            msq_batchnorm_backward(dxp, dg, db, dy, xp, g, m, s, cn, cc, chw)
+                                        }
+                                    }
+                                case .eval:
+                                    cachedRunningMean.withUnsafePointer { rm in
+                                        cachedRunningVar.withUnsafePointer { rv in
+                                            msq_batchnorm_backward_eval(dxp, dg, db, dy, xp, g, rm, rv, cn, cc, chw, eps)
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        cachedRunningMean = Tensor(shape: [0])
+        cachedRunningVar = Tensor(shape: [0])
+        return dx
+    }
+
+    /// `weight`, `bias`, `running_mean`, `running_var` (PyTorch's state-dict order).
+    public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
+        body(joinPath(prefix, "weight"), weight)
+        body(joinPath(prefix, "bias"), bias)
+        body(joinPath(prefix, "running_mean"), runningMean)
+        body(joinPath(prefix, "running_var"), runningVar)
+    }
+}

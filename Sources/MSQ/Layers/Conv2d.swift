@@ -1,0 +1,179 @@
+import CKernels
+
+/// Reusable scratch memory for the convolution kernels (im2col buffers and the like).
+///
+/// Scratch is only used inside one kernel call, so every ``Conv2d`` of a model can share one
+/// workspace (the model builders do this); it grows to the largest request and is then reused.
+/// Not thread-safe: share a workspace only among layers that run on the same thread.
+public final class ConvWorkspace {
+    private var buffer: UnsafeMutableRawPointer?
+    private var capacity = 0
+
+    /// An empty workspace; memory is allocated on first use.
+    public init() {}
+
+    /// Scratch of at least `bytes` bytes, 64-byte aligned, valid until the next call.
+    func pointer(bytes: Int) -> UnsafeMutableRawPointer {
+        if bytes > capacity || buffer == nil {
+            buffer?.deallocate()
+            capacity = max(bytes, 64)
+            buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
+        }
+        return buffer!
+    }
+
+    deinit { buffer?.deallocate() }
+}
+
+/// 2-D convolution over NCHW input: `y = conv(x, effectiveWeight) + bias`.
+///
+/// Shapes: input `[N, inChannels, H, W]`, weight `[outChannels, inChannels/groups, k, k]`,
+/// bias `[outChannels]`, output `[N, outChannels, H', W']` with
+/// `H' = (H + 2·padding − k) / stride + 1` (likewise `W'`).
+/// `effectiveWeight` is `weightTransform?.forward(weight) ?? weight` (see ``WeightTransform``).
+///
+/// Initialisation (the project's choice, as torchvision's ResNet): weight ~ Kaiming normal,
+/// fan-out mode with ReLU gain, `std = sqrt(2 / (outChannels·k·k))`; bias (if any) PyTorch's
+/// default Uniform(±1/sqrt(fanIn)), `fanIn = inChannels/groups·k·k`. The bias does not decay.
+public final class Conv2d: Module {
+    /// Input channels C_in.
+    public let inChannels: Int
+    /// Output channels C_out.
+    public let outChannels: Int
+    /// Square kernel size k.
+    public let kernelSize: Int
+    /// Stride in both directions.
+    public let stride: Int
+    /// Zero padding on each side.
+    public let padding: Int
+    /// Channel groups (C_in and C_out are multiples of it; `groups == C_in == C_out` is depthwise).
+    public let groups: Int
+    /// Stored weight `[outChannels, inChannels/groups, k, k]`.
+    public let weight: Parameter
+    /// Bias `[outChannels]`, or nil.
+    public let bias: Parameter?
+    /// Maps ``weight`` to the weight the layer computes with; nil = float (effective = stored).
+    public var weightTransform: (any WeightTransform)?
+    /// Kernel scratch memory; models share one among all their convolutions.
+    public var workspace = ConvWorkspace()
+
+    private var cachedInput: Tensor?
+    private var cachedWeight: Tensor?
+    private var cachedEffectiveWeight: Tensor?
+    private var cachedShape = msq_conv2d_shape()
+
+    /// A convolution with freshly initialised parameters drawn from `rng`.
+    public init(inChannels: Int, outChannels: Int, kernelSize: Int, stride: Int = 1, padding: Int = 0,
+                groups: Int = 1, bias: Bool = true, rng: inout RandomSource) {
+        precondition(inChannels > 0 && outChannels > 0 && kernelSize > 0 && stride > 0 && padding >= 0 && groups > 0,
+                     "Conv2d: invalid configuration in \(inChannels) out \(outChannels) k \(kernelSize) stride \(stride) padding \(padding) groups \(groups)")
+        precondition(inChannels % groups == 0 && outChannels % groups == 0,
+                     "Conv2d: channels \(inChannels)→\(outChannels) are not multiples of groups \(groups)")
+        self.inChannels = inChannels
+        self.outChannels = outChannels
+        self.kernelSize = kernelSize
+        self.stride = stride
+        self.padding = padding
+        self.groups = groups
+        let fanOut = outChannels * kernelSize * kernelSize
+        let fanIn = inChannels / groups * kernelSize * kernelSize
+        weight = Parameter(Tensor.randomNormal([outChannels, inChannels / groups, kernelSize, kernelSize],
+                                               std: (2 / Float(fanOut)).squareRoot(), using: &rng))
+        if bias {
+            self.bias = Parameter(Tensor.randomUniform([outChannels], bound: 1 / Float(fanIn).squareRoot(), using: &rng),
+                                  decays: false)
+        } else {
+            self.bias = nil
+        }
+    }
+
+    /// The weight the layer computes with: `weightTransform?.forward(weight.value) ?? weight.value`.
+    public var effectiveWeight: Tensor { weightTransform?.forward(weight.value) ?? weight.value }
+
+    /// A short description of the layer for error messages.
+    var layerDescription: String {
+        "Conv2d(\(inChannels)→\(outChannels), k\(kernelSize), stride \(stride), padding \(padding)\(groups > 1 ? ", groups \(groups)" : ""))"
+    }
+
+    /// The output shape for an input of shape `[N, C_in, H, W]`.
+    public func outputShape(for inputShape: [Int]) -> [Int] {
+        let s = makeShape(inputShape)
+        return [Int(s.n), Int(s.c_out), Int(s.h_out), Int(s.w_out)]
+    }
+
+    private func makeShape(_ d: [Int]) -> msq_conv2d_shape {
+        precondition(d.count == 4 && d[1] == inChannels,
+                     "\(layerDescription): expected input [N, \(inChannels), H, W], got \(d)")
+        var s = msq_conv2d_shape()
+        let rc = msq_conv2d_make_shape(&s, LayerKit.c(d[0]), LayerKit.c(d[1]), LayerKit.c(d[2]), LayerKit.c(d[3]),
+                                       LayerKit.c(outChannels), LayerKit.c(kernelSize), LayerKit.c(kernelSize),
+                                       LayerKit.c(stride), LayerKit.c(padding), LayerKit.c(groups))
+        precondition(rc == 0, "\(layerDescription): invalid geometry for input \(d) (input smaller than the kernel?)")
+        return s
+    }
+
+    /// `y = conv(x, effectiveWeight) + bias`; caches x and the weights for ``backward(_:)``.
+    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
+        cachedInput = nil; cachedWeight = nil; cachedEffectiveWeight = nil
+        var s = makeShape(input.shape)
+        let w = weight.value
+        let we = effectiveWeight
+        precondition(we.shape == w.shape,
+                     "\(layerDescription): weightTransform returned shape \(we.shape), expected \(w.shape)")
+        var y = Tensor(shape: [Int(s.n), Int(s.c_out), Int(s.h_out), Int(s.w_out)])
+        let ws = workspace.pointer(bytes: msq_conv2d_workspace_size(&s))
+        input.withUnsafePointer { x in
+            we.withUnsafePointer { wp in
+                LayerKit.withOptionalPointer(bias?.value) { b in
+                    y.withUnsafeMutablePointer { yp in msq_conv2d_forward(yp, x, wp, b, &s, ws) }
+                }
+            }
+        }
+        cachedInput = input
+        cachedWeight = w
+        cachedEffectiveWeight = we
+        cachedShape = s
+        return y
+    }
+
+    /// dx = conv_transpose(dy, effectiveWeight); accumulates dW (through the transform) and dBias.
+    public func backward(_ gradOutput: Tensor) -> Tensor {
+        guard let x = cachedInput, let w = cachedWeight, let we = cachedEffectiveWeight else {
+            preconditionFailure("\(layerDescription): backward called without a preceding forward")
+        }
+        var s = cachedShape
+        let expected = [Int(s.n), Int(s.c_out), Int(s.h_out), Int(s.w_out)]
+        precondition(gradOutput.shape == expected,
+                     "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \(expected)")
+        // Release the caches first: the optimizer then updates the weight without a copy-on-write.
+        cachedInput = nil; cachedWeight = nil; cachedEffectiveWeight = nil
+        let ws = workspace.pointer(bytes: msq_conv2d_workspace_size(&s))
+        var dx = Tensor(shape: x.shape)
+        gradOutput.withUnsafePointer { dy in
+            we.withUnsafePointer { wp in
+                dx.withUnsafeMutablePointer { dxp in msq_conv2d_backward_input(dxp, dy, wp, &s, ws) }
+            }
+            x.withUnsafePointer { xp in
+                LayerKit.withGradPointer(bias) { db in
+                    if let transform = weightTransform {
+                        var dwe = Tensor(shape: w.shape)
+                        dwe.withUnsafeMutablePointer { dw in msq_conv2d_backward_weight(dw, db, dy, xp, &s, ws) }
+                        let dw = transform.backward(gradEffective: dwe, weight: w)
+                        precondition(dw.shape == w.shape,
+                                     "\(layerDescription): weightTransform.backward returned shape \(dw.shape), expected \(w.shape)")
+                        LayerKit.accumulate(&weight.grad, dw)
+                    } else {
+                        LayerKit.withGradPointer(weight) { dw in msq_conv2d_backward_weight(dw, db, dy, xp, &s, ws) }
+                    }
+                }
+            }
+        }
+        return dx
+    }
+
+    /// `weight`, then `bias` if present.
+    public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
+        body(joinPath(prefix, "weight"), weight)
+        if let bias { body(joinPath(prefix, "bias"), bias) }
+    }
+}

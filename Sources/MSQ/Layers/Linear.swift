@@ -1,0 +1,106 @@
+import CKernels
+
+/// Fully connected layer: `y = x · effectiveWeightᵀ + bias`.
+///
+/// Shapes: input `[N, inFeatures]`, weight `[outFeatures, inFeatures]`, bias `[outFeatures]`,
+/// output `[N, outFeatures]`. `effectiveWeight` is `weightTransform?.forward(weight) ?? weight`.
+/// Initialisation is PyTorch's default: weight and bias ~ Uniform(±1/sqrt(inFeatures)).
+/// The bias does not decay.
+public final class Linear: Module {
+    /// Input features.
+    public let inFeatures: Int
+    /// Output features.
+    public let outFeatures: Int
+    /// Stored weight `[outFeatures, inFeatures]`.
+    public let weight: Parameter
+    /// Bias `[outFeatures]`, or nil.
+    public let bias: Parameter?
+    /// Maps ``weight`` to the weight the layer computes with; nil = float (effective = stored).
+    public var weightTransform: (any WeightTransform)?
+
+    private var cachedInput: Tensor?
+    private var cachedWeight: Tensor?
+    private var cachedEffectiveWeight: Tensor?
+
+    /// A linear layer with freshly initialised parameters drawn from `rng` (weight first, then bias).
+    public init(inFeatures: Int, outFeatures: Int, bias: Bool = true, rng: inout RandomSource) {
+        precondition(inFeatures > 0 && outFeatures > 0, "Linear: invalid sizes \(inFeatures)→\(outFeatures)")
+        self.inFeatures = inFeatures
+        self.outFeatures = outFeatures
+        let bound = 1 / Float(inFeatures).squareRoot()
+        weight = Parameter(Tensor.randomUniform([outFeatures, inFeatures], bound: bound, using: &rng))
+        self.bias = bias ? Parameter(Tensor.randomUniform([outFeatures], bound: bound, using: &rng), decays: false) : nil
+    }
+
+    /// The weight the layer computes with: `weightTransform?.forward(weight.value) ?? weight.value`.
+    public var effectiveWeight: Tensor { weightTransform?.forward(weight.value) ?? weight.value }
+
+    var layerDescription: String { "Linear(\(inFeatures)→\(outFeatures))" }
+
+    /// `y = x · effectiveWeightᵀ + bias`; caches x and the weights for ``backward(_:)``.
+    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
+        cachedInput = nil; cachedWeight = nil; cachedEffectiveWeight = nil
+        let d = input.shape
+        precondition(d.count == 2 && d[1] == inFeatures,
+                     "\(layerDescription): expected input [N, \(inFeatures)], got \(d)")
+        let w = weight.value
+        let we = effectiveWeight
+        precondition(we.shape == w.shape,
+                     "\(layerDescription): weightTransform returned shape \(we.shape), expected \(w.shape)")
+        let n = d[0]
+        var y = Tensor(shape: [n, outFeatures])
+        input.withUnsafePointer { x in
+            we.withUnsafePointer { wp in
+                LayerKit.withOptionalPointer(bias?.value) { b in
+                    y.withUnsafeMutablePointer { yp in
+                        msq_linear_forward(yp, x, wp, b, LayerKit.c(n), LayerKit.c(inFeatures), LayerKit.c(outFeatures))
+                    }
+                }
+            }
+        }
+        cachedInput = input
+        cachedWeight = w
+        cachedEffectiveWeight = we
+        return y
+    }
+
+    /// dx = dy · effectiveWeight; accumulates dW = dyᵀ·x (through the transform) and dBias = Σₙ dy.
+    public func backward(_ gradOutput: Tensor) -> Tensor {
+        guard let x = cachedInput, let w = cachedWeight, let we = cachedEffectiveWeight else {
+            preconditionFailure("\(layerDescription): backward called without a preceding forward")
+        }
+        let n = x.shape[0]
+        precondition(gradOutput.shape == [n, outFeatures],
+                     "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \([n, outFeatures])")
+        cachedInput = nil; cachedWeight = nil; cachedEffectiveWeight = nil
+        var dx = Tensor(shape: x.shape)
+        let (cn, ci, co) = (LayerKit.c(n), LayerKit.c(inFeatures), LayerKit.c(outFeatures))
+        gradOutput.withUnsafePointer { dy in
+            x.withUnsafePointer { xp in
+                we.withUnsafePointer { wp in
+                    dx.withUnsafeMutablePointer { dxp in
+                        LayerKit.withGradPointer(bias) { db in
+                            if let transform = weightTransform {
+                                var dwe = Tensor(shape: w.shape)
+                                dwe.withUnsafeMutablePointer { dw in msq_linear_backward(dxp, dw, db, dy, xp, wp, cn, ci, co) }
+                                let dw = transform.backward(gradEffective: dwe, weight: w)
+                                precondition(dw.shape == w.shape,
+                                             "\(layerDescription): weightTransform.backward returned shape \(dw.shape), expected \(w.shape)")
+                                LayerKit.accumulate(&weight.grad, dw)
+                            } else {
+                                LayerKit.withGradPointer(weight) { dw in msq_linear_backward(dxp, dw, db, dy, xp, wp, cn, ci, co) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return dx
+    }
+
+    /// `weight`, then `bias` if present.
+    public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
+        body(joinPath(prefix, "weight"), weight)
+        if let bias { body(joinPath(prefix, "bias"), bias) }
+    }
+}

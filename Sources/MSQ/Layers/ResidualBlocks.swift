@@ -1,0 +1,306 @@
+/// Which shortcut a residual block uses when its output shape differs from its input's
+/// (stride > 1 or a change of channel count). With equal shapes the shortcut is the identity.
+public enum ShortcutKind: String, Sendable, CaseIterable {
+    /// He et al.'s option A, parameter-free: subsample by the stride (`x[:, :, ::s, ::s]`) and
+    /// zero-pad the channels, half before and half after (as the common akamaster CIFAR code).
+    case zeroPad
+    /// Option B: 1×1 convolution with the stride, then batch norm (torchvision's `downsample`).
+    case projection
+}
+
+/// Option-A shortcut: `[N, C_in, H, W]` → `[N, C_out, ⌈H/s⌉, ⌈W/s⌉]`, no parameters.
+///
+/// `y[n, c + ⌊(C_out − C_in)/2⌋, i, j] = x[n, c, s·i, s·j]`; the other channels are zero.
+/// Backward scatters the gradient of the copied channels back (`dx[n,c,s·i,s·j] += dy[…]`).
+public final class ZeroPadShortcut: Module {
+    /// Input channels.
+    public let inChannels: Int
+    /// Output channels (≥ input channels).
+    public let outChannels: Int
+    /// Spatial subsampling factor.
+    public let stride: Int
+    private var cachedInputShape: [Int]?
+
+    /// A zero-padding shortcut from `inChannels` to `outChannels` channels with the given stride.
+    public init(inChannels: Int, outChannels: Int, stride: Int) {
+        precondition(inChannels > 0 && outChannels >= inChannels && stride > 0,
+                     "ZeroPadShortcut: needs 0 < inChannels ≤ outChannels and stride > 0 (got \(inChannels)→\(outChannels), stride \(stride))")
+        self.inChannels = inChannels
+        self.outChannels = outChannels
+        self.stride = stride
+    }
+
+    private var padBefore: Int { (outChannels - inChannels) / 2 }
+    private var layerDescription: String { "ZeroPadShortcut(\(inChannels)→\(outChannels), stride \(stride))" }
+
+    /// Subsamples and zero-pads the channels.
+    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
+        let d = input.shape
+        precondition(d.count == 4 && d[1] == inChannels,
+                     "\(layerDescription): expected input [N, \(inChannels), H, W], got \(d)")
+        let (n, h, w) = (d[0], d[2], d[3])
+        let (ho, wo) = ((h + stride - 1) / stride, (w + stride - 1) / stride)
+        var y = Tensor(shape: [n, outChannels, ho, wo])
+        let (cin, cout, s, before) = (inChannels, outChannels, stride, padBefore)
+        input.withUnsafePointer { x in
+            y.withUnsafeMutablePointer { yp in
+                for b in 0..<n {
+                    for c in 0..<cin {
+                        let src = x + (b * cin + c) * h * w
+                        let dst = yp + (b * cout + c + before) * ho * wo
+                        for i in 0..<ho {
+                            for j in 0..<wo { dst[i * wo + j] = src[i * s * w + j * s] }
+                        }
+                    }
+                }
+            }
+        }
+        cachedInputShape = d
+        return y
+    }
+
+    /// Scatters the copied channels' gradient back to the sampled positions.
+    public func backward(_ gradOutput: Tensor) -> Tensor {
+        guard let d = cachedInputShape else {
+            preconditionFailure("\(layerDescription): backward called without a preceding forward")
+        }
+        let (n, h, w) = (d[0], d[2], d[3])
+        let (ho, wo) = ((h + stride - 1) / stride, (w + stride - 1) / stride)
+        precondition(gradOutput.shape == [n, outChannels, ho, wo],
+                     "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \([n, outChannels, ho, wo])")
+        cachedInputShape = nil
+        var dx = Tensor(shape: d)
+        let (cin, cout, s, before) = (inChannels, outChannels, stride, padBefore)
+        gradOutput.withUnsafePointer { dy in
+            dx.withUnsafeMutablePointer { dxp in
+                for b in 0..<n {
+                    for c in 0..<cin {
+                        let src = dy + (b * cout + c + before) * ho * wo
+                        let dst = dxp + (b * cin + c) * h * w
+                        for i in 0..<ho {
+                            for j in 0..<wo { dst[i * s * w + j * s] += src[i * wo + j] }
+                        }
+                    }
+                }
+            }
+        }
+        return dx
+    }
+
+    /// No parameters.
+    public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {}
+}
+
+/// Builds the shortcut of a block, or nil for the identity.
+private func makeShortcut(_ kind: ShortcutKind, inChannels: Int, outChannels: Int, stride: Int,
+                          rng: inout RandomSource) -> (name: String, module: any Module)? {
+    if stride == 1 && inChannels == outChannels { return nil }
+    switch kind {
+    case .zeroPad:
+        return ("shortcut", ZeroPadShortcut(inChannels: inChannels, outChannels: outChannels, stride: stride))
+    case .projection:
+        return ("downsample", Sequential([
+            Conv2d(inChannels: inChannels, outChannels: outChannels, kernelSize: 1, stride: stride,
+                   bias: false, rng: &rng),
+            BatchNorm2d(channels: outChannels),
+        ]))
+    }
+}
+
+/// Runs a residual block's tail: `relu(main + shortcut(x))` and its backward.
+private func residualBackward(main: Tensor, shortcut: (any Module)?, gradSum: Tensor) -> Tensor {
+    var dx = main
+    if let shortcut {
+        LayerKit.accumulate(&dx, shortcut.backward(gradSum))
+    } else {
+        LayerKit.accumulate(&dx, gradSum)
+    }
+    return dx
+}
+
+/// ResNet basic block (two 3×3 convolutions):
+/// `y = act(bn2(conv2(act(bn1(conv1(x))))) + shortcut(x))`, act = ReLU unless configured.
+///
+/// Input `[N, inChannels, H, W]`, output `[N, outChannels, ⌈H/stride⌉, ⌈W/stride⌉]`; `conv1` carries
+/// the stride. The shortcut is the identity when shapes match, else per ``ShortcutKind``.
+/// Backward sends the gradient of the sum into both branches and adds their input gradients.
+/// Parameter paths: `conv1`, `bn1`, `conv2`, `bn2`, and `downsample.0`/`downsample.1` (projection).
+public final class BasicBlock: Module {
+    /// Channel expansion of the block's output relative to its width (1).
+    public static let expansion = 1
+    /// 3×3 convolution with the block's stride.
+    public let conv1: Conv2d
+    /// Batch norm after `conv1`.
+    public let bn1: BatchNorm2d
+    /// 3×3 convolution, stride 1.
+    public let conv2: Conv2d
+    /// Batch norm after `conv2`.
+    public let bn2: BatchNorm2d
+    /// The shortcut branch, or nil for the identity.
+    public let shortcut: (any Module)?
+    /// The nonlinearity after `bn1` and after the residual sum (ReLU in ResNets).
+    public let activation: ActivationKind
+    private let shortcutName: String
+    private let act1: Activation
+    private let act2: Activation
+
+    /// A basic block from `inChannels` to `outChannels` with the given stride; parameters from `rng`
+    /// in the order conv1, conv2, shortcut.
+    public init(inChannels: Int, outChannels: Int, stride: Int = 1, shortcut: ShortcutKind = .projection,
+                activation: ActivationKind = .relu, rng: inout RandomSource) {
+        self.activation = activation
+        act1 = Activation(activation)
+        act2 = Activation(activation)
+        conv1 = Conv2d(inChannels: inChannels, outChannels: outChannels, kernelSize: 3, stride: stride,
+                       padding: 1, bias: false, rng: &rng)
+        bn1 = BatchNorm2d(channels: outChannels)
+        conv2 = Conv2d(inChannels: outChannels, outChannels: outChannels, kernelSize: 3, stride: 1,
+                       padding: 1, bias: false, rng: &rng)
+        bn2 = BatchNorm2d(channels: outChannels)
+        let sc = makeShortcut(shortcut, inChannels: inChannels, outChannels: outChannels, stride: stride, rng: &rng)
+        self.shortcut = sc?.module
+        shortcutName = sc?.name ?? "shortcut"
+    }
+
+    /// `act(bn2(conv2(act(bn1(conv1(x))))) + shortcut(x))`.
+    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
+        var out = conv1.forward(input, mode: mode)
+        out = bn1.forward(out, mode: mode)
+        out = act1.forward(out, mode: mode)
+        out = conv2.forward(out, mode: mode)
+        out = bn2.forward(out, mode: mode)
+        let identity = shortcut?.forward(input, mode: mode) ?? input
+        return act2.forward(LayerKit.add(out, identity, context: "BasicBlock residual add"), mode: mode)
+    }
+
+    /// Gradient through both branches, summed.
+    public func backward(_ gradOutput: Tensor) -> Tensor {
+        let gradSum = act2.backward(gradOutput)
+        var g = bn2.backward(gradSum)
+        g = conv2.backward(g)
+        g = act1.backward(g)
+        g = bn1.backward(g)
+        g = conv1.backward(g)
+        return residualBackward(main: g, shortcut: shortcut, gradSum: gradSum)
+    }
+
+    /// conv1, bn1, conv2, bn2, then the shortcut's parameters (torchvision's order).
+    public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
+        conv1.visitParameters(prefix: joinPath(prefix, "conv1"), body)
+        bn1.visitParameters(prefix: joinPath(prefix, "bn1"), body)
+        conv2.visitParameters(prefix: joinPath(prefix, "conv2"), body)
+        bn2.visitParameters(prefix: joinPath(prefix, "bn2"), body)
+        shortcut?.visitParameters(prefix: joinPath(prefix, shortcutName), body)
+    }
+
+    /// The children in execution order (`act1`, `act2` are the activations).
+    public func visitModules(prefix: String, _ body: (String, any Module) -> Void) {
+        var children: [(String, any Module)] = [("conv1", conv1), ("bn1", bn1), ("act1", act1),
+                                                ("conv2", conv2), ("bn2", bn2)]
+        if let shortcut { children.append((shortcutName, shortcut)) }
+        children.append(("act2", act2))
+        LayerKit.visitChildren(children, prefix: prefix, body)
+    }
+}
+
+/// ResNet bottleneck block (1×1 reduce, 3×3, 1×1 expand by 4):
+/// `y = act(bn3(conv3(act(bn2(conv2(act(bn1(conv1(x)))))))) + shortcut(x))`, act = ReLU unless configured.
+///
+/// Input `[N, inChannels, H, W]`, output `[N, 4·width, ⌈H/stride⌉, ⌈W/stride⌉]`; the stride sits on
+/// the 3×3 `conv2` (torchvision's "ResNet v1.5"). The shortcut is the identity when shapes match,
+/// else per ``ShortcutKind``. Parameter paths: `conv1`…`bn3`, `downsample.0`/`downsample.1`.
+public final class Bottleneck: Module {
+    /// Output channels per unit of width (4).
+    public static let expansion = 4
+    /// 1×1 reduction to `width` channels.
+    public let conv1: Conv2d
+    /// Batch norm after `conv1`.
+    public let bn1: BatchNorm2d
+    /// 3×3 convolution with the block's stride.
+    public let conv2: Conv2d
+    /// Batch norm after `conv2`.
+    public let bn2: BatchNorm2d
+    /// 1×1 expansion to `4·width` channels.
+    public let conv3: Conv2d
+    /// Batch norm after `conv3`.
+    public let bn3: BatchNorm2d
+    /// The shortcut branch, or nil for the identity.
+    public let shortcut: (any Module)?
+    /// The nonlinearity after `bn1`, `bn2` and the residual sum (ReLU in ResNets).
+    public let activation: ActivationKind
+    private let shortcutName: String
+    private let act1: Activation
+    private let act2: Activation
+    private let act3: Activation
+
+    /// A bottleneck block from `inChannels` to `4·width` channels; parameters from `rng` in the
+    /// order conv1, conv2, conv3, shortcut.
+    public init(inChannels: Int, width: Int, stride: Int = 1, shortcut: ShortcutKind = .projection,
+                activation: ActivationKind = .relu, rng: inout RandomSource) {
+        self.activation = activation
+        act1 = Activation(activation)
+        act2 = Activation(activation)
+        act3 = Activation(activation)
+        let outChannels = width * Bottleneck.expansion
+        conv1 = Conv2d(inChannels: inChannels, outChannels: width, kernelSize: 1, bias: false, rng: &rng)
+        bn1 = BatchNorm2d(channels: width)
+        conv2 = Conv2d(inChannels: width, outChannels: width, kernelSize: 3, stride: stride, padding: 1,
+                       bias: false, rng: &rng)
+        bn2 = BatchNorm2d(channels: width)
+        conv3 = Conv2d(inChannels: width, outChannels: outChannels, kernelSize: 1, bias: false, rng: &rng)
+        bn3 = BatchNorm2d(channels: outChannels)
+        let sc = makeShortcut(shortcut, inChannels: inChannels, outChannels: outChannels, stride: stride, rng: &rng)
+        self.shortcut = sc?.module
+        shortcutName = sc?.name ?? "shortcut"
+    }
+
+    /// `act(bn3(conv3(act(bn2(conv2(act(bn1(conv1(x)))))))) + shortcut(x))`.
+    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
+        var out = act1.forward(bn1.forward(conv1.forward(input, mode: mode), mode: mode), mode: mode)
+        out = act2.forward(bn2.forward(conv2.forward(out, mode: mode), mode: mode), mode: mode)
+        out = bn3.forward(conv3.forward(out, mode: mode), mode: mode)
+        let identity = shortcut?.forward(input, mode: mode) ?? input
+        return act3.forward(LayerKit.add(out, identity, context: "Bottleneck residual add"), mode: mode)
+    }
+
+    /// Gradient through both branches, summed.
+    public func backward(_ gradOutput: Tensor) -> Tensor {
+        let gradSum = act3.backward(gradOutput)
+        var g = conv3.backward(bn3.backward(gradSum))
+        g = conv2.backward(bn2.backward(act2.backward(g)))
+        g = conv1.backward(bn1.backward(act1.backward(g)))
+        return residualBackward(main: g, shortcut: shortcut, gradSum: gradSum)
+    }
+
+    /// conv1, bn1, conv2, bn2, conv3, bn3, then the shortcut's parameters (torchvision's order).
+    public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
+        conv1.visitParameters(prefix: joinPath(prefix, "conv1"), body)
+        bn1.visitParameters(prefix: joinPath(prefix, "bn1"), body)
+        conv2.visitParameters(prefix: joinPath(prefix, "conv2"), body)
+        bn2.visitParameters(prefix: joinPath(prefix, "bn2"), body)
+        conv3.visitParameters(prefix: joinPath(prefix, "conv3"), body)
+        bn3.visitParameters(prefix: joinPath(prefix, "bn3"), body)
+        shortcut?.visitParameters(prefix: joinPath(prefix, shortcutName), body)
+    }
+
+    /// The children in execution order (`act1`…`act3` are the activations).
+    public func visitModules(prefix: String, _ body: (String, any Module) -> Void) {
+        var children: [(String, any Module)] = [("conv1", conv1), ("bn1", bn1), ("act1", act1),
+                                                ("conv2", conv2), ("bn2", bn2), ("act2", act2),
+                                                ("conv3", conv3), ("bn3", bn3)]
+        if let shortcut { children.append((shortcutName, shortcut)) }
+        children.append(("act3", act3))
+        LayerKit.visitChildren(children, prefix: prefix, body)
+    }
+}
+
+extension LayerKit {
+    /// Depth-first visit of named children: each child, then its descendants.
+    static func visitChildren(_ children: [(String, any Module)], prefix: String, _ body: (String, any Module) -> Void) {
+        for (name, module) in children {
+            let path = joinPath(prefix, name)
+            body(path, module)
+            module.visitModules(prefix: path, body)
+        }
+    }
+}

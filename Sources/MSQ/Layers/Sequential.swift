@@ -1,0 +1,60 @@
+/// Runs child modules in order: `y = fₖ(…f₂(f₁(x)))`; backward runs them in reverse.
+///
+/// Children are named `"0"`, `"1"`, … unless names are given; parameter paths are
+/// `<child name>.<child's path>` (e.g. `layer1.0.conv1.weight` inside a model).
+public final class Sequential: Module {
+    /// The children with their names, in execution order.
+    public private(set) var children: [(name: String, module: any Module)]
+
+    /// Children named by position: `"0"`, `"1"`, ….
+    public init(_ modules: [any Module]) {
+        children = modules.enumerated().map { (String($0.offset), $0.element) }
+    }
+
+    /// Children with explicit names (must be unique, non-empty, without dots).
+    public init(named modules: [(String, any Module)]) {
+        children = []
+        for (name, module) in modules { append(module, name: name) }
+    }
+
+    /// Appends a child; `name` nil means its position (`"3"` for the fourth child).
+    public func append(_ module: any Module, name: String? = nil) {
+        let name = name ?? String(children.count)
+        precondition(!name.isEmpty && !name.contains("."), "Sequential: invalid child name '\(name)'")
+        precondition(!children.contains { $0.name == name }, "Sequential: duplicate child name '\(name)'")
+        children.append((name, module))
+    }
+
+    /// The child named `name`, if any.
+    public subscript(name: String) -> (any Module)? {
+        children.first { $0.name == name }?.module
+    }
+
+    /// Applies the children in order.
+    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
+        var x = input
+        for child in children { x = child.module.forward(x, mode: mode) }
+        return x
+    }
+
+    /// Applies the children's backward in reverse order.
+    public func backward(_ gradOutput: Tensor) -> Tensor {
+        var g = gradOutput
+        for child in children.reversed() { g = child.module.backward(g) }
+        return g
+    }
+
+    /// Each child's parameters under `prefix.<child name>`.
+    public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
+        for child in children { child.module.visitParameters(prefix: joinPath(prefix, child.name), body) }
+    }
+
+    /// Each child, then its descendants, depth first.
+    public func visitModules(prefix: String, _ body: (String, any Module) -> Void) {
+        for child in children {
+            let path = joinPath(prefix, child.name)
+            body(path, child.module)
+            child.module.visitModules(prefix: path, body)
+        }
+    }
+}

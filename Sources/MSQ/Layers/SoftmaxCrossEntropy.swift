@@ -1,0 +1,104 @@
+import CKernels
+
+/// Why a loss could not be computed from the given labels.
+public enum LossError: Error, Equatable, CustomStringConvertible {
+    /// `labels[index]` is not a class index in `0..<numClasses`.
+    case labelOutOfRange(index: Int, label: Int32, numClasses: Int)
+
+    public var description: String {
+        switch self {
+        case let .labelOutOfRange(index, label, numClasses):
+            return "label \(label) at batch position \(index) is outside 0..<\(numClasses): the data's labels do not match the model's number of classes"
+        }
+    }
+}
+
+/// Softmax cross-entropy with optional label smoothing, averaged over the batch.
+///
+/// For logits `z[N, K]` and labels `t[N]`: `p = softmax(z)` per row, target
+/// `q_ij = (1 − ε)·[j = t_i] + ε/K`, `loss = −(1/N) Σ_i Σ_j q_ij · log p_ij`.
+/// ``backward(scale:)`` returns `dloss/dz = scale · (p − q) / N`.
+public final class SoftmaxCrossEntropy {
+    /// Label smoothing ε in [0, 1).
+    public let labelSmoothing: Float
+    /// Softmax probabilities `[N, K]` of the last forward (nil before the first).
+    public private(set) var probabilities: Tensor?
+    private var cachedLabels: [Int32] = []
+
+    /// A loss with label smoothing `labelSmoothing` (0 = plain cross-entropy).
+    public init(labelSmoothing: Float = 0) {
+        precondition(labelSmoothing >= 0 && labelSmoothing < 1,
+                     "SoftmaxCrossEntropy: label smoothing must be in [0, 1) (got \(labelSmoothing))")
+        self.labelSmoothing = labelSmoothing
+    }
+
+    /// The mean loss over the batch; keeps the probabilities for ``backward(scale:)``.
+    /// - Throws: ``LossError/labelOutOfRange(index:label:numClasses:)`` if a label is not in `0..<K`.
+    public func forward(logits: Tensor, labels: [Int32]) throws(LossError) -> Float {
+        let d = logits.shape
+        precondition(d.count == 2 && d[0] > 0 && d[1] > 0,
+                     "SoftmaxCrossEntropy: expected logits [N, K], got \(d)")
+        precondition(labels.count == d[0],
+                     "SoftmaxCrossEntropy: \(labels.count) labels for a batch of \(d[0]) logits")
+        let (n, k) = (d[0], d[1])
+        probabilities = nil
+        if let bad = labels.firstIndex(where: { $0 < 0 || Int($0) >= k }) {
+            throw .labelOutOfRange(index: bad, label: labels[bad], numClasses: k)
+        }
+        var probs = Tensor(shape: d)
+        var loss: Float = 0
+        let rc = logits.withUnsafePointer { z in
+            probs.withUnsafeMutablePointer { p in
+                labels.withUnsafeBufferPointer { t in
+                    msq_softmax_cross_entropy_forward(&loss, p, z, t.baseAddress!, LayerKit.c(n), LayerKit.c(k),
+                                                      labelSmoothing)
+                }
+            }
+        }
+        precondition(rc == 0, "SoftmaxCrossEntropy: kernel rejected labels that passed the range check")
+        probabilities = probs
+        cachedLabels = labels
+        return loss
+    }
+
+    /// dloss/dlogits `[N, K]` of the last forward, multiplied by `scale`: `scale · (p − q) / N`.
+    public func backward(scale: Float = 1) -> Tensor {
+        guard let probs = probabilities else {
+            preconditionFailure("SoftmaxCrossEntropy: backward called without a successful forward")
+        }
+        let (n, k) = (probs.shape[0], probs.shape[1])
+        var grad = Tensor(shape: probs.shape)
+        probs.withUnsafePointer { p in
+            cachedLabels.withUnsafeBufferPointer { t in
+                grad.withUnsafeMutablePointer { g in
+                    msq_softmax_cross_entropy_backward(g, p, t.baseAddress!, LayerKit.c(n), LayerKit.c(k),
+                                                       labelSmoothing, scale)
+                }
+            }
+        }
+        return grad
+    }
+}
+
+/// The predicted class of each row of `logits [N, K]`: the index of the row's maximum
+/// (the first one on ties; NaN never wins).
+public func predictedClasses(logits: Tensor) -> [Int32] {
+    let d = logits.shape
+    precondition(d.count == 2 && d[1] > 0, "predictedClasses: expected logits [N, K], got \(d)")
+    let (n, k) = (d[0], d[1])
+    return logits.withUnsafePointer { z in
+        (0..<n).map { i in
+            let row = z + i * k
+            var best = 0
+            for j in 1..<max(k, 1) where row[j] > row[best] || (row[best].isNaN && !row[j].isNaN) { best = j }
+            return Int32(best)
+        }
+    }
+}
+
+/// The number of rows of `logits [N, K]` whose argmax equals the label: `Σ_i [argmax_j z_ij = t_i]`.
+public func correctPredictions(logits: Tensor, labels: [Int32]) -> Int {
+    precondition(logits.shape.count == 2 && labels.count == logits.shape[0],
+                 "correctPredictions: \(labels.count) labels for logits \(logits.shape)")
+    return zip(predictedClasses(logits: logits), labels).reduce(0) { $0 + ($1.0 == $1.1 ? 1 : 0) }
+}

@@ -1,0 +1,72 @@
+/// The models ``makeModel(_:inputChannels:numClasses:seed:)`` builds, by their command-line names.
+public enum ModelKind: String, CaseIterable, Sendable {
+    /// CIFAR ResNet-20 (n = 3), 0.27 M parameters.
+    case resnet20
+    /// CIFAR ResNet-32 (n = 5).
+    case resnet32
+    /// CIFAR ResNet-56 (n = 9).
+    case resnet56
+    /// ImageNet ResNet-18 (BasicBlock [2, 2, 2, 2]).
+    case resnet18
+    /// ImageNet ResNet-50 (Bottleneck [3, 4, 6, 3]).
+    case resnet50
+
+    /// The kind named `name` (e.g. `resnet20`).
+    /// - Throws: ``ModelError/unknownModel(name:valid:)`` listing the valid names.
+    public init(name: String) throws(ModelError) {
+        guard let kind = ModelKind(rawValue: name) else {
+            throw .unknownModel(name: name, valid: ModelKind.allCases.map(\.rawValue))
+        }
+        self = kind
+    }
+
+    /// Whether this is a CIFAR-style (small-image) network.
+    public var isCIFARStyle: Bool {
+        switch self {
+        case .resnet20, .resnet32, .resnet56: return true
+        case .resnet18, .resnet50: return false
+        }
+    }
+}
+
+/// Why a model could not be built.
+public enum ModelError: Error, Equatable, CustomStringConvertible {
+    /// No model has this name; `valid` lists the names that exist.
+    case unknownModel(name: String, valid: [String])
+
+    public var description: String {
+        switch self {
+        case let .unknownModel(name, valid):
+            return "unknown model '\(name)'; valid models: \(valid.joined(separator: ", "))"
+        }
+    }
+}
+
+/// The random stream model initialisation draws from: `RandomSource(seed: seed, stream: [modelInitStream])`,
+/// independent of any other use of the same seed (shuffling, augmentation).
+public let modelInitStream: UInt64 = 0x6D6F_6465_6C69_6E69 // "modelini"
+
+/// Builds a freshly initialised model; the same seed always gives the same parameters.
+///
+/// CIFAR kinds are ``CIFARResNet``s, ImageNet kinds ``ImageNetResNet``s; input
+/// `[N, inputChannels, H, W]`, output logits `[N, numClasses]`.
+public func makeModel(_ kind: ModelKind, inputChannels: Int, numClasses: Int, seed: UInt64) -> any Module {
+    var rng = RandomSource(seed: seed, stream: [modelInitStream])
+    switch kind {
+    case .resnet20: return CIFARResNet(depth: 20, inputChannels: inputChannels, numClasses: numClasses, rng: &rng)
+    case .resnet32: return CIFARResNet(depth: 32, inputChannels: inputChannels, numClasses: numClasses, rng: &rng)
+    case .resnet56: return CIFARResNet(depth: 56, inputChannels: inputChannels, numClasses: numClasses, rng: &rng)
+    case .resnet18:
+        return ImageNetResNet(block: .basic, layers: [2, 2, 2, 2], inputChannels: inputChannels,
+                              numClasses: numClasses, rng: &rng)
+    case .resnet50:
+        return ImageNetResNet(block: .bottleneck, layers: [3, 4, 6, 3], inputChannels: inputChannels,
+                              numClasses: numClasses, rng: &rng)
+    }
+}
+
+/// Builds a model by name (`resnet20`, …); see ``makeModel(_:inputChannels:numClasses:seed:)``.
+/// - Throws: ``ModelError/unknownModel(name:valid:)`` listing the valid names.
+public func makeModel(named name: String, inputChannels: Int, numClasses: Int, seed: UInt64) throws(ModelError) -> any Module {
+    makeModel(try ModelKind(name: name), inputChannels: inputChannels, numClasses: numClasses, seed: seed)
+}

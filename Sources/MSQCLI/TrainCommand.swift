@@ -1,0 +1,96 @@
+import ArgumentParser
+import Foundation
+import MSQ
+
+/// `msq train`: trains a model and writes checkpoints, metrics and a summary to --out.
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train a model (float by default) and write checkpoints, metrics.jsonl and summary.json.",
+        discussion: """
+        A run killed at any point continues from its last completed epoch with --resume and the same options.
+        """)
+
+    @Option(help: "Model: \(ModelKind.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var model: String = "resnet20"
+    @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.")
+    var dataset: String = "fashion-mnist"
+    @Option(help: "Dataset directory (default for fashion-mnist: /usr/share/datasets/fashion-mnist).")
+    var dataDir: String?
+    @Option(help: "Training method: fp.")
+    var method: String = "fp"
+    @Option(help: "Number of epochs.")
+    var epochs: Int = 2
+    @Option(help: "Images per step.")
+    var batchSize: Int = 128
+    @Option(help: "Peak learning rate (after warm-up, then cosine annealing to 0).")
+    var lr: Double = 0.1
+    @Option(help: "SGD momentum.")
+    var momentum: Double = 0.9
+    @Option(help: "Weight decay (not applied to batch-norm parameters and biases).")
+    var weightDecay: Double = 5e-4
+    @Flag(help: "Nesterov momentum.")
+    var nesterov = false
+    @Option(help: "Linear warm-up length in epochs.")
+    var warmupEpochs: Double = 0.5
+    @Option(help: "Label smoothing of the cross-entropy loss.")
+    var labelSmoothing: Double = 0
+    @Option(help: "Random-crop padding in pixels (0 disables cropping).")
+    var cropPadding: Int = 2
+    @Flag(help: "Disable random horizontal flips.")
+    var noFlip = false
+    @Option(help: "Use only the first N training images.")
+    var limitTrain: Int?
+    @Option(help: "Use only the first N test images.")
+    var limitTest: Int?
+    @Option(help: "Random seed for initialisation, shuffling and augmentation.")
+    var seed: UInt64 = 0
+    @Option(help: "Kernel threads (0 = all cores).")
+    var threads: Int = 0
+    @Option(help: "Output directory (default: runs/<model>-<dataset>-<time>).")
+    var out: String?
+    @Flag(help: "Continue the run whose checkpoint is in --out.")
+    var resume = false
+
+    func run() throws {
+        guard let kind = ModelKind(rawValue: model) else {
+            throw ValidationError("unknown --model \(model); choose one of \(ModelKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard method == "fp" else { throw ValidationError("unknown --method \(method); this build trains: fp") }
+        if resume && out == nil { throw ValidationError("--resume needs the --out directory of the run to continue") }
+
+        var config = TrainingConfig(model: model, dataset: dataset, epochs: epochs, batchSize: batchSize, learningRate: lr)
+        config.method = method
+        config.momentum = momentum
+        config.weightDecay = weightDecay
+        config.nesterov = nesterov
+        config.warmupEpochs = warmupEpochs
+        config.labelSmoothing = labelSmoothing
+        config.cropPadding = cropPadding
+        config.horizontalFlip = !noFlip
+        config.limitTrain = limitTrain
+        config.limitTest = limitTest
+        config.seed = seed
+        config.threads = threads
+        try config.validate()
+
+        let data = try DatasetCatalog.load(name: dataset, directory: dataDir,
+                                           limitTrain: config.limitTrain, limitTest: config.limitTest, seed: seed)
+        let network = makeModel(kind, inputChannels: data.train.sampleShape[0], numClasses: data.train.numClasses, seed: seed)
+        let outDir = out ?? defaultOutputDirectory()
+        writeLine("msq train: \(model) on \(dataset) (\(data.train.count) train / \(data.test.count) test images, " +
+              "\(network.trainableParameterCount) parameters), \(epochs) epochs, batch \(batchSize), lr \(lr) → \(outDir)")
+        let trainer = Trainer(config: config, model: network, method: FloatTraining(), train: data.train, test: data.test,
+                              normalization: data.normalization, outDirectory: outDir)
+        let summary = try trainer.run(resume: resume)
+        if let acc = summary["test_accuracy"] as? Double {
+            writeLine(String(format: "test_accuracy %.4f", acc))
+        }
+    }
+
+    func defaultOutputDirectory() -> String {
+        let f = DateFormatter()
+        f.dateFormat = "yyyyMMdd-HHmmss"
+        return "runs/\(model)-\(dataset)-\(f.string(from: Date()))"
+    }
+}

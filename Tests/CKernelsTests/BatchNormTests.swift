@@ -1,0 +1,361 @@
+import CKernels
+import Testing
+
+// Fast batch-norm kernels against their scalar twins, hand-computed statistics, accumulation,
+// and central differences of the float forward for both backward kernels.
+
+private typealias Kit = LayerKernelTestKit
+
+/// Fast vs reference: the kernels differ only in the order of the per-channel double sums.
+private let bnFastVsRefAbsTol: Float = 1e-5
+private let bnFastVsRefRelTol: Float = 1e-5
+/// Hand-computed cases are exact up to float rounding of O(1) values.
+private let bnHandTol: Float = 1e-5
+/// Central differences: h is small next to the per-channel spread (~0.6) so the truncation
+/// error (~h^2) stays below the float noise of the forward divided by 2h.
+private let bnGradStep: Float = 4e-3
+private let bnGradAbsTol = 2e-3
+private let bnGradRelTol = 2e-3
+
+private let bnShapes: [Kit.Shape4] = [
+    .init(1, 1, 1, 1), .init(1, 3, 1, 1), .init(3, 7, 1, 1), .init(1, 3, 7, 7), .init(7, 3, 17, 1),
+    .init(3, 17, 7, 7), .init(33, 17, 7, 7), .init(7, 33, 17, 17), .init(3, 3, 33, 33),
+]
+
+/// Every buffer one batch-norm call needs, filled with reproducible random values.
+private struct BNCase {
+    let shape: Kit.Shape4
+    var x, dy, dx0: [Float]
+    var gamma, beta, runningMean, runningVar, dgamma0, dbeta0: [Float]
+
+    init(_ s: Kit.Shape4, seed: UInt64) {
+        var rng = Kit.Rng(seed: seed)
+        shape = s
+        // A different offset per channel, so a channel mix-up would show.
+        let offsets = rng.floats(s.c, -3, 3)
+        x = (0..<s.count).map { i in rng.uniform(-1, 1) * 1.7 + offsets[(i / s.hw) % s.c] }
+        dy = rng.floats(s.count, -1, 1)
+        dx0 = rng.floats(s.count, -1, 1)
+        gamma = rng.floats(s.c, 0.5, 1.5)
+        beta = rng.floats(s.c, -1, 1)
+        runningMean = rng.floats(s.c, -1, 1)
+        runningVar = rng.floats(s.c, 0.5, 2)
+        dgamma0 = rng.floats(s.c, -1, 1)
+        dbeta0 = rng.floats(s.c, -1, 1)
+    }
+}
+
+private let bnMomentum: Float = 0.1
+private let bnEps: Float = 1e-5
+
+/// The outputs of one training forward.
+private struct TrainOut {
+    var y, mean, invstd, runningMean, runningVar: [Float]
+}
+
+private func trainForward(_ t: BNCase, fast: Bool) -> TrainOut {
+    let s = t.shape
+    var o = TrainOut(y: [Float](repeating: 0, count: s.count), mean: [Float](repeating: 0, count: s.c),
+                     invstd: [Float](repeating: 0, count: s.c), runningMean: t.runningMean, runningVar: t.runningVar)
+    let f = fast ? msq_batchnorm_forward_train : msq_batchnorm_forward_train_ref
+    f(&o.y, &o.mean, &o.invstd, &o.runningMean, &o.runningVar, t.x, t.gamma, t.beta,
+      Int32(s.n), Int32(s.c), Int32(s.hw), bnMomentum, bnEps)
+    return o
+}
+
+private func trainBackward(_ t: BNCase, _ fwd: TrainOut, fast: Bool) -> (dx: [Float], dgamma: [Float], dbeta: [Float]) {
+    let s = t.shape
+    var (dx, dg, db) = (t.dx0, t.dgamma0, t.dbeta0)
+    let f = fast ? msq_batchnorm_backward : msq_batchnorm_backward_ref
+    f(&dx, &dg, &db, t.dy, t.x, t.gamma, fwd.mean, fwd.invstd, Int32(s.n), Int32(s.c), Int32(s.hw))
+    return (dx, dg, db)
+}
+
+private func evalForward(_ t: BNCase, x: [Float]? = nil, gamma: [Float]? = nil, beta: [Float]? = nil,
+                         fast: Bool) -> [Float] {
+    let s = t.shape
+    var y = [Float](repeating: 0, count: s.count)
+    let f = fast ? msq_batchnorm_forward_eval : msq_batchnorm_forward_eval_ref
+    f(&y, x ?? t.x, gamma ?? t.gamma, beta ?? t.beta, t.runningMean, t.runningVar,
+      Int32(s.n), Int32(s.c), Int32(s.hw), bnEps)
+    return y
+}
+
+private func evalBackward(_ t: BNCase, fast: Bool) -> (dx: [Float], dgamma: [Float], dbeta: [Float]) {
+    let s = t.shape
+    var (dx, dg, db) = (t.dx0, t.dgamma0, t.dbeta0)
+    let f = fast ? msq_batchnorm_backward_eval : msq_batchnorm_backward_eval_ref
+    f(&dx, &dg, &db, t.dy, t.x, t.gamma, t.runningMean, t.runningVar, Int32(s.n), Int32(s.c), Int32(s.hw), bnEps)
+    return (dx, dg, db)
+}
+
+@Suite("BatchNorm kernels")
+struct BatchNormTests {
+    @Test("fast training forward and backward match the reference", arguments: bnShapes)
+    func trainFastMatchesReference(shape: LayerKernelTestKit.Shape4) {
+        let t = BNCase(shape, seed: 11)
+        let ref = trainForward(t, fast: false)
+        let refB = trainBackward(t, ref, fast: false)
+        for threads in Kit.threadCounts {
+            msq_set_num_threads(threads)
+            let fast = trainForward(t, fast: true)
+            let tag = "\(shape) threads=\(threads)"
+            Kit.expectClose(fast.y, ref.y, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol, "y \(tag)")
+            Kit.expectClose(fast.mean, ref.mean, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol, "mean \(tag)")
+            Kit.expectClose(fast.invstd, ref.invstd, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol, "invstd \(tag)")
+            Kit.expectClose(fast.runningMean, ref.runningMean, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol,
+                            "running_mean \(tag)")
+            Kit.expectClose(fast.runningVar, ref.runningVar, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol,
+                            "running_var \(tag)")
+            let b = trainBackward(t, ref, fast: true)
+            Kit.expectClose(b.dx, refB.dx, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol, "dx \(tag)")
+            Kit.expectClose(b.dgamma, refB.dgamma, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol, "dgamma \(tag)")
+            Kit.expectClose(b.dbeta, refB.dbeta, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol, "dbeta \(tag)")
+            // Same thread count, same bits.
+            let again = trainForward(t, fast: true)
+            #expect(Kit.bits(again.y) == Kit.bits(fast.y) && Kit.bits(again.runningVar) == Kit.bits(fast.runningVar),
+                    "training forward not deterministic: \(tag)")
+            let againB = trainBackward(t, ref, fast: true)
+            #expect(Kit.bits(againB.dx) == Kit.bits(b.dx) && Kit.bits(againB.dgamma) == Kit.bits(b.dgamma),
+                    "backward not deterministic: \(tag)")
+        }
+    }
+
+    @Test("fast eval forward and backward match the reference", arguments: bnShapes)
+    func evalFastMatchesReference(shape: LayerKernelTestKit.Shape4) {
+        let t = BNCase(shape, seed: 12)
+        let ref = evalForward(t, fast: false)
+        let refB = evalBackward(t, fast: false)
+        for threads in Kit.threadCounts {
+            msq_set_num_threads(threads)
+            let tag = "\(shape) threads=\(threads)"
+            Kit.expectClose(evalForward(t, fast: true), ref, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol, "y \(tag)")
+            let b = evalBackward(t, fast: true)
+            Kit.expectClose(b.dx, refB.dx, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol, "dx \(tag)")
+            Kit.expectClose(b.dgamma, refB.dgamma, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol, "dgamma \(tag)")
+            Kit.expectClose(b.dbeta, refB.dbeta, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol, "dbeta \(tag)")
+        }
+    }
+
+    @Test("training forward normalises each channel and updates the running stats PyTorch's way",
+          arguments: [false, true])
+    func handComputedTraining(fast: Bool) {
+        // x[n=2, c=2, hw=2]: channel 0 holds 1, 2, 3, 4; channel 1 holds 10, 10, 10, 14.
+        let x: [Float] = [1, 2, 10, 10, 3, 4, 10, 14]
+        var y = [Float](repeating: 0, count: 8)
+        var mean: [Float] = [0, 0], invstd: [Float] = [0, 0]
+        var rm: [Float] = [0, 1], rv: [Float] = [1, 2]
+        let f = fast ? msq_batchnorm_forward_train : msq_batchnorm_forward_train_ref
+        f(&y, &mean, &invstd, &rm, &rv, x, [1, 1], [0, 0], 2, 2, 2, 0.1, 0)
+        // Channel 0: mean 2.5, biased var 1.25, unbiased 5/3. Channel 1: mean 11, var 3, unbiased 4.
+        Kit.expectClose(mean, [2.5, 11], atol: bnHandTol, rtol: 0, "save_mean")
+        Kit.expectClose(invstd, [Float(1 / 1.25.squareRoot()), Float(1 / 3.0.squareRoot())], atol: bnHandTol, rtol: 0,
+                        "save_invstd")
+        Kit.expectClose(rm, [0.25, 0.9 + 1.1], atol: bnHandTol, rtol: 0, "running_mean")
+        Kit.expectClose(rv, [Float(0.9 + 0.1 * 5.0 / 3.0), 1.8 + 0.4], atol: bnHandTol, rtol: 0, "running_var")
+        let a = Float(1 / 1.25.squareRoot()), b = Float(1 / 3.0.squareRoot())
+        Kit.expectClose(y, [-1.5 * a, -0.5 * a, -b, -b, 0.5 * a, 1.5 * a, -b, 3 * b], atol: bnHandTol, rtol: 0, "y")
+        // gamma = 1, beta = 0: every channel of y has mean 0 and biased variance 1.
+        for ch in 0..<2 {
+            let v = [0, 1, 4, 5].map { Double(y[$0 + 2 * ch]) }
+            let m = v.reduce(0, +) / 4
+            let variance = v.map { ($0 - m) * ($0 - m) }.reduce(0, +) / 4
+            #expect(abs(m) < Double(bnHandTol) && abs(variance - 1) < Double(bnHandTol), "channel \(ch): \(m), \(variance)")
+        }
+    }
+
+    @Test("random batch normalises to mean 0, variance 1 (eps accounted for)", arguments: [false, true])
+    func normalisesRandomBatch(fast: Bool) {
+        var t = BNCase(.init(7, 3, 17, 1), seed: 5)
+        t.gamma = [1, 1, 1]
+        t.beta = [0, 0, 0]
+        let o = trainForward(t, fast: fast)
+        let s = t.shape
+        for ch in 0..<s.c {
+            var xs: [Double] = [], ys: [Double] = []
+            for i in 0..<s.n {
+                for j in 0..<s.hw {
+                    xs.append(Double(t.x[(i * s.c + ch) * s.hw + j]))
+                    ys.append(Double(o.y[(i * s.c + ch) * s.hw + j]))
+                }
+            }
+            let mx = xs.reduce(0, +) / Double(xs.count)
+            let vx = xs.map { ($0 - mx) * ($0 - mx) }.reduce(0, +) / Double(xs.count)
+            let my = ys.reduce(0, +) / Double(ys.count)
+            let vy = ys.map { ($0 - my) * ($0 - my) }.reduce(0, +) / Double(ys.count)
+            #expect(abs(my) < Double(bnHandTol), "channel \(ch) mean \(my)")
+            #expect(abs(vy - vx / (vx + Double(bnEps))) < Double(bnHandTol), "channel \(ch) variance \(vy)")
+            #expect(abs(Double(o.mean[ch]) - mx) < Double(bnHandTol))
+            let unbiased = vx * Double(xs.count) / Double(xs.count - 1)
+            let expectedRV = 0.9 * Double(t.runningVar[ch]) + 0.1 * unbiased
+            #expect(abs(Double(o.runningVar[ch]) - expectedRV) < Double(bnHandTol) * max(1, expectedRV))
+        }
+    }
+
+    @Test("eval forward uses the running statistics", arguments: [false, true])
+    func handComputedEval(fast: Bool) {
+        // gamma 2, beta 0.5, running mean 1, running var 4, eps 0: y = (x - 1) + 0.5.
+        var y: [Float] = [0, 0, 0]
+        let f = fast ? msq_batchnorm_forward_eval : msq_batchnorm_forward_eval_ref
+        f(&y, [3, -1, 1], [2], [0.5], [1], [4], 1, 1, 3, 0)
+        Kit.expectClose(y, [2.5, -1.5, 0.5], atol: bnHandTol, rtol: 0, "eval y")
+    }
+
+    @Test("backward accumulates into nonzero buffers", arguments: [false, true])
+    func backwardAccumulates(fast: Bool) {
+        // Constant dy: the batch mean absorbs it, so dx gets nothing; dbeta gets sum(dy) = 4,
+        // dgamma gets sum(xhat) = 0.
+        let x: [Float] = [1, 2, 3, 4]
+        let mean: [Float] = [2.5], invstd: [Float] = [Float(1 / 1.25.squareRoot())]
+        var dx: [Float] = [1, -2, 3, -4], dg: [Float] = [2], db: [Float] = [1]
+        let f = fast ? msq_batchnorm_backward : msq_batchnorm_backward_ref
+        f(&dx, &dg, &db, [1, 1, 1, 1], x, [3], mean, invstd, 2, 1, 2)
+        Kit.expectClose(dx, [1, -2, 3, -4], atol: bnHandTol, rtol: 0, "dx")
+        Kit.expectClose(dg, [2], atol: bnHandTol, rtol: 0, "dgamma")
+        Kit.expectClose(db, [5], atol: bnHandTol, rtol: 0, "dbeta")
+
+        // Eval backward: dx += dy * gamma / sqrt(var + eps) = 1 * 3 / 2.
+        var dxe: [Float] = [1, -2, 3, -4], dge: [Float] = [2], dbe: [Float] = [1]
+        let fe = fast ? msq_batchnorm_backward_eval : msq_batchnorm_backward_eval_ref
+        fe(&dxe, &dge, &dbe, [1, 1, 1, 1], x, [3], [2.5], [4], 2, 1, 2, 0)
+        Kit.expectClose(dxe, [2.5, -0.5, 4.5, -2.5], atol: bnHandTol, rtol: 0, "eval dx")
+        Kit.expectClose(dge, [2], atol: bnHandTol, rtol: 0, "eval dgamma") // sum((x - 2.5) / 2) = 0
+        Kit.expectClose(dbe, [5], atol: bnHandTol, rtol: 0, "eval dbeta")
+    }
+
+    @Test("training backward matches central differences of the forward", arguments: [false, true])
+    func trainBackwardMatchesFiniteDifferences(fast: Bool) {
+        let t = BNCase(.init(3, 3, 1, 7), seed: 21)
+        let s = t.shape
+        var zero = t
+        zero.dx0 = [Float](repeating: 0, count: s.count)
+        zero.dgamma0 = [Float](repeating: 0, count: s.c)
+        zero.dbeta0 = [Float](repeating: 0, count: s.c)
+        let g = trainBackward(zero, trainForward(t, fast: fast), fast: fast)
+        func loss(_ c: BNCase) -> Double { Kit.project(trainForward(c, fast: fast).y, t.dy) }
+        Kit.checkGradient(at: t.x, analytic: g.dx, indices: Array(0..<s.count), h: bnGradStep,
+                          atol: bnGradAbsTol, rtol: bnGradRelTol, "train dx") { v in
+            var c = t; c.x = v; return loss(c)
+        }
+        Kit.checkGradient(at: t.gamma, analytic: g.dgamma, indices: Array(0..<s.c), h: bnGradStep,
+                          atol: bnGradAbsTol, rtol: bnGradRelTol, "train dgamma") { v in
+            var c = t; c.gamma = v; return loss(c)
+        }
+        Kit.checkGradient(at: t.beta, analytic: g.dbeta, indices: Array(0..<s.c), h: bnGradStep,
+                          atol: bnGradAbsTol, rtol: bnGradRelTol, "train dbeta") { v in
+            var c = t; c.beta = v; return loss(c)
+        }
+    }
+
+    @Test("eval backward matches central differences of the forward", arguments: [false, true])
+    func evalBackwardMatchesFiniteDifferences(fast: Bool) {
+        var t = BNCase(.init(3, 3, 1, 7), seed: 22)
+        let s = t.shape
+        t.dx0 = [Float](repeating: 0, count: s.count)
+        t.dgamma0 = [Float](repeating: 0, count: s.c)
+        t.dbeta0 = [Float](repeating: 0, count: s.c)
+        let g = evalBackward(t, fast: fast)
+        Kit.checkGradient(at: t.x, analytic: g.dx, indices: Array(0..<s.count), h: bnGradStep,
+                          atol: bnGradAbsTol, rtol: bnGradRelTol, "eval dx") { v in
+            Kit.project(evalForward(t, x: v, fast: fast), t.dy)
+        }
+        Kit.checkGradient(at: t.gamma, analytic: g.dgamma, indices: Array(0..<s.c), h: bnGradStep,
+                          atol: bnGradAbsTol, rtol: bnGradRelTol, "eval dgamma") { v in
+            Kit.project(evalForward(t, gamma: v, fast: fast), t.dy)
+        }
+        Kit.checkGradient(at: t.beta, analytic: g.dbeta, indices: Array(0..<s.c), h: bnGradStep,
+                          atol: bnGradAbsTol, rtol: bnGradRelTol, "eval dbeta") { v in
+            Kit.project(evalForward(t, beta: v, fast: fast), t.dy)
+        }
+    }
+}
+
+// MARK: - Shared by the BatchNorm, Activation, Pool, Loss and SGD kernel tests
+
+/// Helpers for the layer-kernel tests: a seeded generator, tolerant comparisons and a
+/// central-difference gradient check.
+enum LayerKernelTestKit {
+    /// Every fast kernel is compared with its reference at these thread counts.
+    static let threadCounts: [Int32] = [1, 2]
+
+    /// An NCHW shape; `hw` is the flattened plane.
+    struct Shape4: Sendable, CustomStringConvertible {
+        let n, c, h, w: Int
+        init(_ n: Int, _ c: Int, _ h: Int, _ w: Int) { (self.n, self.c, self.h, self.w) = (n, c, h, w) }
+        var hw: Int { h * w }
+        var count: Int { n * c * h * w }
+        var description: String { "[\(n), \(c), \(h), \(w)]" }
+    }
+
+    /// SplitMix64: small, seedable, the same on every platform.
+    struct Rng {
+        var state: UInt64
+        init(seed: UInt64) { state = seed }
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+        /// Uniform in [lo, hi).
+        mutating func uniform(_ lo: Float, _ hi: Float) -> Float {
+            lo + (hi - lo) * Float(next() >> 40) / Float(1 << 24)
+        }
+        mutating func floats(_ count: Int, _ lo: Float, _ hi: Float) -> [Float] {
+            (0..<count).map { _ in uniform(lo, hi) }
+        }
+        mutating func int(below bound: Int) -> Int { Int(next() % UInt64(bound)) }
+    }
+
+    static func bits(_ a: [Float]) -> [UInt32] { a.map(\.bitPattern) }
+
+    /// sum_i a_i * r_i in double: the scalar a central difference differentiates.
+    static func project(_ a: [Float], _ r: [Float]) -> Double {
+        zip(a, r).reduce(0) { $0 + Double($1.0) * Double($1.1) }
+    }
+
+    /// Expects |actual - expected| <= atol + rtol * |expected| everywhere (NaN matches NaN);
+    /// reports the worst element once instead of one failure per element.
+    static func expectClose(_ actual: [Float], _ expected: [Float], atol: Float, rtol: Float, _ what: String,
+                            sourceLocation: SourceLocation = #_sourceLocation) {
+        guard actual.count == expected.count else {
+            Issue.record("\(what): \(actual.count) values, expected \(expected.count)", sourceLocation: sourceLocation)
+            return
+        }
+        var worst: (index: Int, excess: Float)?
+        for i in actual.indices {
+            let (a, e) = (actual[i], expected[i])
+            if a.isNaN && e.isNaN { continue }
+            let err = abs(a - e)
+            let bound = atol + rtol * abs(e)
+            if !(err <= bound), worst == nil || err - bound > worst!.excess || err.isNaN {
+                worst = (i, err.isNaN ? .infinity : err - bound)
+            }
+        }
+        if let w = worst {
+            let message = "\(what): element \(w.index) is \(actual[w.index]), expected \(expected[w.index]) "
+                + "(atol \(atol), rtol \(rtol))"
+            Issue.record(Comment(rawValue: message), sourceLocation: sourceLocation)
+        }
+    }
+
+    /// Central differences of `loss` (a float forward summed in double) at `x`, one coordinate per
+    /// index, against `analytic`. The step actually taken is measured in double, since x ± h is rounded.
+    static func checkGradient(at x: [Float], analytic: [Float], indices: [Int], h: Float, atol: Double,
+                              rtol: Double, _ what: String, sourceLocation: SourceLocation = #_sourceLocation,
+                              loss: ([Float]) -> Double) {
+        for j in indices {
+            var plus = x, minus = x
+            plus[j] += h
+            minus[j] -= h
+            let numeric = (loss(plus) - loss(minus)) / (Double(plus[j]) - Double(minus[j]))
+            let a = Double(analytic[j])
+            if !(abs(numeric - a) <= atol + rtol * abs(numeric)) {
+                Issue.record("\(what)[\(j)]: analytic \(a), central difference \(numeric)",
+                             sourceLocation: sourceLocation)
+                return
+            }
+        }
+    }
+}

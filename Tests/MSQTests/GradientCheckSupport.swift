@@ -1,0 +1,161 @@
+import CKernels
+import MSQ
+import Testing
+
+/// How one gradient check perturbs and compares.
+struct GradCheckSettings {
+    /// Central-difference step h (applied in Float; the realised step is used in the quotient).
+    var step: Float
+    /// Relative tolerance: |analytic − numeric| ≤ tolerance·max(|analytic|, |numeric|) + floor.
+    var tolerance: Double
+    /// The floor, as a fraction of the largest |analytic| entry of the same tensor (rounding noise
+    /// makes tiny gradients meaningless in relative terms).
+    var floorFraction: Double
+    /// An absolute floor under the tolerance (Float rounding noise of the difference quotient).
+    var absoluteFloor: Double
+    /// At most this many elements of each tensor are checked (a random subset beyond that).
+    var maxChecked: Int = 64
+    /// Composite networks have ReLU kinks everywhere: when on, an element whose forward and
+    /// backward one-sided slopes disagree (a kink lies within ±h) is skipped rather than compared.
+    var skipKinks: Bool = false
+    /// The largest fraction of checked elements that may be skipped as kinks.
+    var maxKinkFraction: Double = 0.15
+    /// The fraction of compared elements that must agree (1 = all). Below 1 only where a kink
+    /// test cannot be exact.
+    var minAgreeFraction: Double = 1
+}
+
+/// `L = Σ r_i · y_i`, accumulated in Double.
+func objective(_ y: Tensor, _ r: Tensor) -> Double {
+    precondition(y.shape == r.shape, "objective: \(y.shape) vs \(r.shape)")
+    return y.withUnsafePointer { yp in
+        r.withUnsafePointer { rp in
+            var s = 0.0
+            for i in 0..<y.count { s += Double(rp[i]) * Double(yp[i]) }
+            return s
+        }
+    }
+}
+
+/// Uniform(−scale, scale) elements, each at least `margin` away from every value in `kinks`.
+func randomTensor(_ shape: [Int], rng: inout RandomSource, scale: Float = 1,
+                  avoiding kinks: [Float] = [], margin: Float = 0) -> Tensor {
+    var t = Tensor(shape: shape)
+    for i in 0..<t.count {
+        var v: Float
+        repeat { v = (rng.nextUnitFloat() * 2 - 1) * scale } while kinks.contains { abs(v - $0) < margin }
+        t[flat: i] = v
+    }
+    return t
+}
+
+/// Distinct values spaced `spacing` apart, shuffled: no ties for max pooling.
+func distinctTensor(_ shape: [Int], rng: inout RandomSource, spacing: Float = 0.05) -> Tensor {
+    let n = shape.reduce(1, *)
+    var values = (0..<n).map { (Float($0) - Float(n) / 2) * spacing }
+    values.shuffle(using: &rng)
+    return Tensor(shape: shape, scalars: values)
+}
+
+/// Up to `limit` distinct indices in `0..<count`, sorted (all of them if count ≤ limit).
+func sampleIndices(count: Int, limit: Int, rng: inout RandomSource) -> [Int] {
+    if count <= limit { return Array(0..<count) }
+    var all = Array(0..<count)
+    all.shuffle(using: &rng)
+    return all.prefix(limit).sorted()
+}
+
+/// Outcome of checking one tensor's gradient.
+struct TensorCheck {
+    var name: String
+    var checked = 0
+    var skipped = 0
+    var failures: [String] = []
+}
+
+/// Compares `analytic[i]` with central differences of `evaluate` for sampled i of one tensor.
+/// `set(i, v)` writes element i; `value(i)` reads it.
+func checkTensor(name: String, analytic: Tensor, settings: GradCheckSettings, rng: inout RandomSource,
+                 value: (Int) -> Float, set: (Int, Float) -> Void, evaluate: () -> Double) -> TensorCheck {
+    var result = TensorCheck(name: name)
+    var maxAbs = 0.0
+    for i in 0..<analytic.count { maxAbs = max(maxAbs, Double(abs(analytic[flat: i]))) }
+    let floor = max(settings.floorFraction * maxAbs, settings.absoluteFloor)
+    func close(_ a: Double, _ b: Double) -> Bool {
+        abs(a - b) <= settings.tolerance * max(abs(a), abs(b)) + floor
+    }
+    let h = settings.step
+    let l0 = settings.skipKinks ? evaluate() : 0
+    for i in sampleIndices(count: analytic.count, limit: settings.maxChecked, rng: &rng) {
+        let x0 = value(i)
+        let xp = x0 + h, xm = x0 - h
+        set(i, xp); let lp = evaluate()
+        set(i, xm); let lm = evaluate()
+        set(i, x0)
+        let numeric = (lp - lm) / (Double(xp) - Double(xm))
+        if settings.skipKinks {
+            // One-sided slopes agree unless a kink lies within ±h (a ReLU network in eval mode is
+            // piecewise linear along any one coordinate, so they agree exactly up to rounding).
+            let forward = (lp - l0) / (Double(xp) - Double(x0))
+            let backward = (l0 - lm) / (Double(x0) - Double(xm))
+            if !close(forward, backward) {
+                result.skipped += 1
+                continue
+            }
+        }
+        result.checked += 1
+        let a = Double(analytic[flat: i])
+        if !close(a, numeric) {
+            result.failures.append("\(name)[\(i)]: analytic \(a), numeric \(numeric)")
+        }
+    }
+    return result
+}
+
+/// Records the outcome of a module's checks as test issues: every compared element must agree
+/// (or the fraction `minAgreeFraction` of them, summed over all tensors), and at most
+/// `maxKinkFraction` of the sampled elements may have been skipped as kinks.
+func expectPassed(_ checks: [TensorCheck], label: String, settings: GradCheckSettings,
+                  sourceLocation: SourceLocation = #_sourceLocation) {
+    let checked = checks.reduce(0) { $0 + $1.checked }
+    let skipped = checks.reduce(0) { $0 + $1.skipped }
+    let failures = checks.flatMap(\.failures)
+    #expect(checked > 0, "\(label): nothing was compared", sourceLocation: sourceLocation)
+    #expect(Double(failures.count) <= (1 - settings.minAgreeFraction) * Double(checked),
+            "\(label): \(failures.count) of \(checked) compared elements disagree: \(failures.prefix(6).joined(separator: "; "))",
+            sourceLocation: sourceLocation)
+    #expect(Double(skipped) <= settings.maxKinkFraction * Double(checked + skipped),
+            "\(label): \(skipped) of \(checked + skipped) sampled elements skipped as kinks (\(checks.filter { $0.skipped > 0 }.map { "\($0.name): \($0.skipped)" }.joined(separator: ", ")))",
+            sourceLocation: sourceLocation)
+}
+
+/// Gradient check of a module: input gradient (if `checkInput`) and every trainable parameter's
+/// gradient against central differences of `L = Σ r·forward(x)` with a fixed random r.
+func gradientCheck(_ module: any Module, input: Tensor, mode: ForwardMode, settings: GradCheckSettings,
+                   seed: UInt64, label: String, checkInput: Bool = true,
+                   sourceLocation: SourceLocation = #_sourceLocation) {
+    var rng = RandomSource(seed: seed)
+    let y0 = module.forward(input, mode: mode)
+    let r = randomTensor(y0.shape, rng: &rng)
+    module.zeroGradients()
+    let dx = module.backward(r)
+    #expect(dx.shape == input.shape, "\(label): input gradient shape \(dx.shape) vs input \(input.shape)",
+            sourceLocation: sourceLocation)
+    let params = module.namedParameters().filter { $0.parameter.trainable }
+    let analytic = params.map { $0.parameter.grad }
+
+    var checks: [TensorCheck] = []
+    var x = input
+    let evaluate = { objective(module.forward(x, mode: mode), r) }
+    if checkInput {
+        checks.append(checkTensor(name: "input", analytic: dx, settings: settings, rng: &rng,
+                                  value: { x[flat: $0] }, set: { x[flat: $0] = $1 }, evaluate: evaluate))
+    }
+    for (k, entry) in params.enumerated() {
+        let p = entry.parameter
+        checks.append(checkTensor(name: entry.name, analytic: analytic[k], settings: settings, rng: &rng,
+                                  value: { p.value[flat: $0] }, set: { p.value[flat: $0] = $1 },
+                                  evaluate: evaluate))
+    }
+    expectPassed(checks, label: label, settings: settings, sourceLocation: sourceLocation)
+}
