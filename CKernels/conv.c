@@ -1,8 +1,9 @@
 /* conv.c — 2-D convolution (NCHW input, OIHW weights, any kernel/stride/padding/groups). */
 #include "msq_kernels.h"
+#include <cblas.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <omp.h>
 
 int msq_conv2d_make_shape(msq_conv2d_shape *s, int n, int c_in, int h_in, int w_in, int c_out,
                           int kh, int kw, int stride, int pad, int groups) {
@@ -123,41 +124,146 @@ void msq_conv2d_backward_weight_ref(float *dw, float *dbias, const float *dy, co
 }
 
 /* ================================================================ fast kernels
-   im2col + one GEMM per (image, group). The column matrix of one group of one image is
-   col[cin_g*kh*kw, h_out*w_out]; then y_g = w_g * col, col = w_g^T * dy_g (then col2im), and
-   dw_g += dy_g * col^T. A 1x1 stride-1 unpadded conv needs no col: the input planes are it. */
+   im2col + SGEMM over "bands". A band is either some output rows of one image (big planes)
+   or several whole images (small planes); its column matrix col[kdim = cin_g*kh*kw, cols] is
+   sized to stay in L2 while OpenBLAS packs it, and is large enough that re-packing the
+   weights for every GEMM call stays cheap. Per band and group:
+     forward          y[:, band] = w_g[cout_g, kdim] * col
+     backward weight  dw_g += dy[:, band] * col^T
+     backward input   stride 1 (when it pays): a forward conv of dy with the flipped,
+                      transposed weights and padding k-1-p, accumulated straight into dx;
+                      otherwise col = w_g^T * dy[:, band], then col2im adds it into dx.
+   Multi-image bands gather dy / scatter y through a small tmp[cout_g, cols]. A 1x1
+   stride-1 unpadded conv over big planes needs no col: the input planes already are it.
+   Workspace: [flipped weights | per thread: col | tmp | partial dw | partial dbias]. */
 
-typedef struct conv_geom {
-    int cin_g, cout_g, kdim;     /* kdim = cin_g * kh * kw: rows of col, columns of w_g */
-    size_t plane_in, plane_out;  /* h_in*w_in, h_out*w_out */
-    int direct;                  /* 1x1, stride 1, pad 0 */
-    size_t col_floats, dw_floats, db_floats, slice_floats; /* per-thread workspace layout */
-} conv_geom;
+/* Target size of one band's column matrix: L2 is 512 KiB-1 MiB per core on the machines we
+   train on; leave room for OpenBLAS's packed panels and the output band. */
+#ifndef MSQ_CONV_BAND_BYTES
+#define MSQ_CONV_BAND_BYTES (128 * 1024)
+#endif
 
-/* Whole cache lines per slice part so neighbouring threads never share one. */
+static inline int imin(int a, int b) { return a < b ? a : b; }
+static inline int imax(int a, int b) { return a > b ? a : b; }
+
+/* Whole cache lines per workspace part so neighbouring threads never share one. */
 static size_t round_floats(size_t n) { return (n + 15) / 16 * 16; }
 
+static int unit_stride(const msq_conv2d_shape *s) { return s->stride_h == 1 && s->stride_w == 1; }
+
+typedef struct conv_geom {
+    int cin_g, cout_g, kdim;  /* kdim = cin_g * kh * kw: rows of col, columns of w_g */
+    int plane_out;            /* h_out * w_out: leading dimension of a y or dy plane */
+    size_t plane_in;          /* h_in * w_in */
+    int imgs;                 /* images per band; > 1 only when bands hold whole images */
+    int band_rows, row_bands; /* output rows per band, bands per image (1 when imgs > 1) */
+    long bands;               /* bands in the batch */
+    int band_cols;            /* most columns in one band */
+    int direct;               /* 1x1, stride 1, pad 0, one image per band: no col needed */
+    size_t col_floats, tmp_floats;
+} conv_geom;
+
+/* Depends on the shape and the thread count only, so results are reproducible for both. */
 static conv_geom conv_geometry(const msq_conv2d_shape *s) {
     conv_geom G;
+    const int threads = imax(1, omp_get_max_threads());
     G.cin_g = s->c_in / s->groups;
     G.cout_g = s->c_out / s->groups;
     G.kdim = G.cin_g * s->kh * s->kw;
     G.plane_in = (size_t)s->h_in * s->w_in;
-    G.plane_out = (size_t)s->h_out * s->w_out;
-    G.direct = s->kh == 1 && s->kw == 1 && s->stride_h == 1 && s->stride_w == 1 &&
+    G.plane_out = s->h_out * s->w_out;
+    const size_t row_bytes = (size_t)G.kdim * s->w_out * sizeof(float);
+    const size_t img_bytes = row_bytes * s->h_out;
+    /* Enough bands to keep every thread busy, as far as the batch allows. */
+    const int per_thread = (s->n + threads - 1) / threads;
+    if (img_bytes < MSQ_CONV_BAND_BYTES && per_thread > 1) {
+        const int max_imgs = imin(per_thread, (int)(MSQ_CONV_BAND_BYTES / img_bytes));
+        const int nb = (s->n + max_imgs - 1) / max_imgs;
+        G.imgs = (s->n + nb - 1) / nb; /* equal bands: a short last one is a skinny GEMM */
+        G.band_rows = s->h_out;
+        G.row_bands = 1;
+        G.bands = (s->n + G.imgs - 1) / G.imgs;
+    } else {
+        int max_rows = imin(s->h_out, imax(1, (int)(MSQ_CONV_BAND_BYTES / row_bytes)));
+        if (s->n < threads) max_rows = imin(max_rows, imax(1, s->h_out / ((threads + s->n - 1) / s->n)));
+        G.imgs = 1;
+        G.row_bands = (s->h_out + max_rows - 1) / max_rows;
+        G.band_rows = (s->h_out + G.row_bands - 1) / G.row_bands;
+        G.bands = (long)s->n * G.row_bands;
+    }
+    G.band_cols = G.imgs * G.band_rows * s->w_out;
+    G.direct = G.imgs == 1 && s->kh == 1 && s->kw == 1 && unit_stride(s) &&
                s->pad_h == 0 && s->pad_w == 0;
-    G.col_floats = G.direct ? 0 : round_floats((size_t)G.kdim * G.plane_out);
-    G.dw_floats = round_floats((size_t)s->c_out * G.kdim);
-    G.db_floats = round_floats((size_t)s->c_out);
-    G.slice_floats = G.col_floats + G.dw_floats + G.db_floats;
+    G.col_floats = G.direct ? 0 : round_floats((size_t)G.kdim * G.band_cols);
+    G.tmp_floats = G.imgs > 1 ? round_floats((size_t)G.cout_g * G.band_cols) : 0;
     return G;
 }
 
-size_t msq_conv2d_workspace_size(const msq_conv2d_shape *s) {
+typedef struct conv_band {
+    int b0, b1, oh0, oh1; /* images [b0, b1), output rows [oh0, oh1) of each */
+    int cols_img, cols;   /* columns per image, in all */
+} conv_band;
+
+static conv_band band_at(const msq_conv2d_shape *s, const conv_geom *G, long k) {
+    conv_band B;
+    if (G->imgs > 1) {
+        B.b0 = (int)(k * G->imgs);
+        B.b1 = imin(s->n, B.b0 + G->imgs);
+        B.oh0 = 0;
+        B.oh1 = s->h_out;
+    } else {
+        B.b0 = (int)(k / G->row_bands);
+        B.b1 = B.b0 + 1;
+        B.oh0 = (int)(k % G->row_bands) * G->band_rows;
+        B.oh1 = imin(B.oh0 + G->band_rows, s->h_out);
+    }
+    B.cols_img = (B.oh1 - B.oh0) * s->w_out;
+    B.cols = (B.b1 - B.b0) * B.cols_img;
+    return B;
+}
+
+/* The stride-1 backward-input conv: dy is its input, dx its output, padding k-1-p (negative
+   padding, when p >= k, just crops; im2col handles it). */
+static msq_conv2d_shape transposed_shape(const msq_conv2d_shape *s) {
+    msq_conv2d_shape t = *s;
+    t.c_in = s->c_out; t.h_in = s->h_out; t.w_in = s->w_out;
+    t.c_out = s->c_in; t.h_out = s->h_in; t.w_out = s->w_in;
+    t.pad_h = s->kh - 1 - s->pad_h; t.pad_w = s->kw - 1 - s->pad_w;
+    return t;
+}
+
+/* The transposed conv turns the GEMM's M into cin_g; when that is much smaller than cout_g,
+   the col2im route (M = kdim) is the better GEMM. */
+static int use_transposed(const msq_conv2d_shape *s) {
+    return unit_stride(s) && 2 * (s->c_in / s->groups) >= s->c_out / s->groups;
+}
+
+typedef struct conv_workspace {
+    size_t head_floats;  /* flipped weights, shared */
+    size_t slice_floats; /* per thread */
+    size_t scratch_floats, dw_floats; /* slice = scratch (col + tmp) | dw | dbias */
+} conv_workspace;
+
+static conv_workspace workspace_layout(const msq_conv2d_shape *s) {
+    conv_workspace L;
+    const size_t wcount = (size_t)s->c_out * (s->c_in / s->groups) * s->kh * s->kw;
     const conv_geom G = conv_geometry(s);
-    int threads = omp_get_max_threads();
-    if (threads < 1) threads = 1;
-    return (size_t)threads * G.slice_floats * sizeof(float);
+    L.scratch_floats = G.col_floats + G.tmp_floats;
+    L.head_floats = 0;
+    if (use_transposed(s)) {
+        const msq_conv2d_shape t = transposed_shape(s);
+        const conv_geom T = conv_geometry(&t);
+        if (T.col_floats + T.tmp_floats > L.scratch_floats) L.scratch_floats = T.col_floats + T.tmp_floats;
+        L.head_floats = round_floats(wcount);
+    }
+    L.dw_floats = round_floats(wcount);
+    L.slice_floats = L.scratch_floats + L.dw_floats + round_floats((size_t)s->c_out);
+    return L;
+}
+
+size_t msq_conv2d_workspace_size(const msq_conv2d_shape *s) {
+    const conv_workspace L = workspace_layout(s);
+    return (L.head_floats + (size_t)imax(1, omp_get_max_threads()) * L.slice_floats) * sizeof(float);
 }
 
 /* Caller's workspace, or a private one sized for the current thread count. */
@@ -165,14 +271,17 @@ static float *workspace_or_alloc(void *workspace, const msq_conv2d_shape *s, flo
     *owned = NULL;
     if (workspace) return (float *)workspace;
     size_t bytes = msq_conv2d_workspace_size(s);
-    bytes = (bytes + 63) / 64 * 64; /* aligned_alloc wants a multiple of the alignment */
-    if (bytes == 0) bytes = 64;
+    bytes = (bytes + 63) / 64 * 64 + 64; /* aligned_alloc wants a multiple of the alignment */
     *owned = aligned_alloc(64, bytes);
     return *owned;
 }
 
-static inline int imin(int a, int b) { return a < b ? a : b; }
-static inline int imax(int a, int b) { return a > b ? a : b; }
+/* Threads for a loop over `items` independent pieces of work (1 inside someone's region). */
+static int team_size(long items) {
+    if (omp_in_parallel()) return 1;
+    const long t = omp_get_max_threads();
+    return (int)(items < t ? (items < 1 ? 1 : items) : t);
+}
 
 /* Output columns ow whose input column ow*sw - pw + j lies inside [0, w_in): [*lo, *hi). */
 static inline void valid_ow(const msq_conv2d_shape *s, int j, int *lo, int *hi) {
@@ -184,162 +293,248 @@ static inline void valid_ow(const msq_conv2d_shape *s, int j, int *lo, int *hi) 
     *lo = l; *hi = h;
 }
 
-/* col[c*kh*kw + i*kw + j, oh*w_out + ow] = x[c, oh*sh-ph+i, ow*sw-pw+j] (0 in the padding).
-   One output row at a time so the innermost loop runs along contiguous memory. */
-static void im2col(float *restrict col, const float *restrict x, int channels,
-                   const msq_conv2d_shape *s) {
-    const int H = s->h_in, W = s->w_in, OH = s->h_out, OW = s->w_out, sw = s->stride_w;
+/* Output rows [oh0, oh1) of one image's column matrix, row r = (c*kh + i)*kw + j at
+   col + r*ldcol: col[r, (oh-oh0)*w_out + ow] = x[c, oh*sh-ph+i, ow*sw-pw+j], 0 in the padding.
+   Row by row so the innermost loop runs along contiguous memory; rows are short (w_out
+   floats), so plain loops beat memcpy calls. */
+static void im2col_rows(float *restrict col, size_t ldcol, const float *restrict x, int channels,
+                        const msq_conv2d_shape *s, int oh0, int oh1) {
+    const int H = s->h_in, W = s->w_in, OW = s->w_out, sw = s->stride_w;
     for (int c = 0; c < channels; c++) {
         const float *xc = x + (size_t)c * H * W;
         for (int i = 0; i < s->kh; i++)
-            for (int j = 0; j < s->kw; j++) {
+            for (int j = 0; j < s->kw; j++, col += ldcol) {
                 int lo, hi;
                 valid_ow(s, j, &lo, &hi);
                 const int shift = j - s->pad_w;
-                for (int oh = 0; oh < OH; oh++, col += OW) {
+                float *dst = col;
+                for (int oh = oh0; oh < oh1; oh++, dst += OW) {
                     const int ih = oh * s->stride_h - s->pad_h + i;
                     if (ih < 0 || ih >= H) {
-                        memset(col, 0, (size_t)OW * sizeof(float));
+                        for (int ow = 0; ow < OW; ow++) dst[ow] = 0.0f;
                         continue;
                     }
                     const float *src = xc + (size_t)ih * W + shift;
-                    for (int ow = 0; ow < lo; ow++) col[ow] = 0.0f;
+                    for (int ow = 0; ow < lo; ow++) dst[ow] = 0.0f;
                     if (sw == 1) {
-                        memcpy(col + lo, src + lo, (size_t)(hi - lo) * sizeof(float));
+                        for (int ow = lo; ow < hi; ow++) dst[ow] = src[ow];
                     } else {
-                        for (int ow = lo; ow < hi; ow++) col[ow] = src[(size_t)ow * sw];
+                        for (int ow = lo; ow < hi; ow++) dst[ow] = src[(size_t)ow * sw];
                     }
-                    for (int ow = hi; ow < OW; ow++) col[ow] = 0.0f;
+                    for (int ow = hi; ow < OW; ow++) dst[ow] = 0.0f;
                 }
             }
     }
 }
 
-/* x[c, ih, iw] += every col entry im2col would have read from there (padding dropped). */
-static void col2im_add(float *restrict x, const float *restrict col, int channels,
-                       const msq_conv2d_shape *s) {
-    const int H = s->h_in, W = s->w_in, OH = s->h_out, OW = s->w_out, sw = s->stride_w;
+/* Adjoint of im2col_rows: x[c, ih, iw] += every col entry that was read from there. */
+static void col2im_rows_add(float *restrict x, const float *restrict col, size_t ldcol, int channels,
+                            const msq_conv2d_shape *s, int oh0, int oh1) {
+    const int H = s->h_in, W = s->w_in, OW = s->w_out, sw = s->stride_w;
     for (int c = 0; c < channels; c++) {
         float *xc = x + (size_t)c * H * W;
         for (int i = 0; i < s->kh; i++)
-            for (int j = 0; j < s->kw; j++) {
+            for (int j = 0; j < s->kw; j++, col += ldcol) {
                 int lo, hi;
                 valid_ow(s, j, &lo, &hi);
                 const int shift = j - s->pad_w;
-                for (int oh = 0; oh < OH; oh++, col += OW) {
+                const float *src = col;
+                for (int oh = oh0; oh < oh1; oh++, src += OW) {
                     const int ih = oh * s->stride_h - s->pad_h + i;
                     if (ih < 0 || ih >= H) continue;
                     float *dst = xc + (size_t)ih * W + shift;
                     if (sw == 1) {
-                        for (int ow = lo; ow < hi; ow++) dst[ow] += col[ow];
+                        for (int ow = lo; ow < hi; ow++) dst[ow] += src[ow];
                     } else {
-                        for (int ow = lo; ow < hi; ow++) dst[(size_t)ow * sw] += col[ow];
+                        for (int ow = lo; ow < hi; ow++) dst[(size_t)ow * sw] += src[ow];
                     }
                 }
             }
     }
 }
 
-/* One group of one image: y_g[cout_g, P] = w_g[cout_g, kdim] * col[kdim, P] (+ bias). */
-static void forward_item(float *y, const float *x, const float *w, const float *bias,
-                         const msq_conv2d_shape *s, const conv_geom *G, int b, int g, float *col) {
-    const float *xg = x + ((size_t)b * s->c_in + (size_t)g * G->cin_g) * G->plane_in;
-    float *yg = y + ((size_t)b * s->c_out + (size_t)g * G->cout_g) * G->plane_out;
-    const float *wg = w + (size_t)g * G->cout_g * G->kdim;
-    const float *cm = xg;
-    if (!G->direct) {
-        im2col(col, xg, G->cin_g, s);
-        cm = col;
+static inline const float *group_input(const float *x, const msq_conv2d_shape *s,
+                                       const conv_geom *G, int b, int g) {
+    return x + ((size_t)b * s->c_in + (size_t)g * G->cin_g) * G->plane_in;
+}
+
+static inline size_t group_output(const msq_conv2d_shape *s, const conv_geom *G, int b, int g) {
+    return ((size_t)b * s->c_out + (size_t)g * G->cout_g) * G->plane_out;
+}
+
+/* The GEMM's [kdim, cols] operand for one band of group g: the input planes themselves
+   (direct) or the band's column matrix built in col. */
+static const float *band_matrix(const float *x, float *col, const msq_conv2d_shape *s,
+                                const conv_geom *G, const conv_band *B, int g, int *ld) {
+    if (G->direct) {
+        *ld = G->plane_out;
+        return group_input(x, s, G, B->b0, g) + (size_t)B->oh0 * s->w_out;
     }
-    msq_gemm(yg, wg, cm, 0, 0, G->cout_g, (int)G->plane_out, G->kdim, 1.0f, 0.0f);
-    if (bias)
-        for (int o = 0; o < G->cout_g; o++) {
-            const float bv = bias[g * G->cout_g + o];
-            float *row = yg + (size_t)o * G->plane_out;
-            for (size_t p = 0; p < G->plane_out; p++) row[p] += bv;
+    for (int b = B->b0; b < B->b1; b++)
+        im2col_rows(col + (size_t)(b - B->b0) * B->cols_img, (size_t)B->cols,
+                    group_input(x, s, G, b, g), G->cin_g, s, B->oh0, B->oh1);
+    *ld = B->cols;
+    return col;
+}
+
+/* dy[:, band] of group g as a [cout_g, cols] matrix: in place for one image, else gathered. */
+static const float *band_dy(const float *dy, float *tmp, const msq_conv2d_shape *s,
+                            const conv_geom *G, const conv_band *B, int g, int *ld) {
+    if (B->b1 - B->b0 == 1) {
+        *ld = G->plane_out;
+        return dy + group_output(s, G, B->b0, g) + (size_t)B->oh0 * s->w_out;
+    }
+    for (int o = 0; o < G->cout_g; o++)
+        for (int b = B->b0; b < B->b1; b++)
+            memcpy(tmp + (size_t)o * B->cols + (size_t)(b - B->b0) * B->cols_img,
+                   dy + group_output(s, G, b, g) + (size_t)o * G->plane_out,
+                   (size_t)B->cols_img * sizeof(float));
+    *ld = B->cols;
+    return tmp;
+}
+
+/* One band of one group: y[:, band] (+)= w_g * col (+ bias). */
+static void forward_item(float *y, const float *x, const float *w, const float *bias,
+                         const msq_conv2d_shape *s, const conv_geom *G, long item, float *scratch,
+                         int accumulate) {
+    const int g = (int)(item % s->groups);
+    const conv_band B = band_at(s, G, item / s->groups);
+    float *col = scratch, *tmp = scratch + G->col_floats;
+    const float *wg = w + (size_t)g * G->cout_g * G->kdim;
+    int ld;
+    const float *bm = band_matrix(x, col, s, G, &B, g, &ld);
+    if (B.b1 - B.b0 == 1) {
+        float *yb = y + group_output(s, G, B.b0, g) + (size_t)B.oh0 * s->w_out;
+        float beta = accumulate ? 1.0f : 0.0f;
+        if (bias && !accumulate) {
+            /* Seeding y with the bias lets the GEMM add onto it: no second pass over y. */
+            for (int o = 0; o < G->cout_g; o++) {
+                const float bv = bias[g * G->cout_g + o];
+                float *row = yb + (size_t)o * G->plane_out;
+                for (int p = 0; p < B.cols; p++) row[p] = bv;
+            }
+            beta = 1.0f;
         }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, G->cout_g, B.cols, G->kdim, 1.0f,
+                    wg, G->kdim, bm, ld, beta, yb, G->plane_out);
+        return;
+    }
+    /* Several images: one GEMM into tmp, then each image's planes are copied out. */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, G->cout_g, B.cols, G->kdim, 1.0f,
+                wg, G->kdim, bm, ld, 0.0f, tmp, B.cols);
+    for (int b = B.b0; b < B.b1; b++)
+        for (int o = 0; o < G->cout_g; o++) {
+            float *dst = y + group_output(s, G, b, g) + (size_t)o * G->plane_out;
+            const float *src = tmp + (size_t)o * B.cols + (size_t)(b - B.b0) * B.cols_img;
+            if (accumulate) {
+                for (int p = 0; p < B.cols_img; p++) dst[p] += src[p];
+            } else {
+                const float bv = bias ? bias[g * G->cout_g + o] : 0.0f;
+                for (int p = 0; p < B.cols_img; p++) dst[p] = src[p] + bv;
+            }
+        }
+}
+
+/* y = conv(x, w) + bias, or y += conv(x, w) when accumulating (bias unused then). Bands write
+   disjoint parts of y, so the schedule cannot change the bits. */
+static void forward_core(float *y, const float *x, const float *w, const float *bias,
+                         const msq_conv2d_shape *s, float *slices, size_t slice_floats,
+                         int accumulate) {
+    const conv_geom G = conv_geometry(s);
+    const long items = G.bands * s->groups;
+    const int team = team_size(items);
+    #pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
+    for (long it = 0; it < items; it++)
+        forward_item(y, x, w, bias, s, &G, it, slices + (size_t)omp_get_thread_num() * slice_floats,
+                     accumulate);
 }
 
 /* x[n,c_in,h_in,w_in], w[c_out,c_in/groups,kh,kw], bias[c_out] or NULL -> y[n,c_out,h_out,w_out]. */
 void msq_conv2d_forward(float *y, const float *x, const float *w, const float *bias,
                         const msq_conv2d_shape *s, void *workspace) {
-    const conv_geom G = conv_geometry(s);
+    const conv_workspace L = workspace_layout(s);
     float *owned, *ws = workspace_or_alloc(workspace, s, &owned);
-    const long items = (long)s->n * s->groups;
-    const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-    if (threads > 1 && items > 1) {
-        /* Items write disjoint slices of y, so any schedule gives the same bits. */
-        #pragma omp parallel for schedule(static) num_threads((int)(items < threads ? items : threads))
-        for (long it = 0; it < items; it++)
-            forward_item(y, x, w, bias, s, &G, (int)(it / s->groups), (int)(it % s->groups),
-                         ws + (size_t)omp_get_thread_num() * G.slice_floats);
-    } else {
-        /* One item (or one thread): msq_gemm may still split the GEMM itself. */
-        for (long it = 0; it < items; it++)
-            forward_item(y, x, w, bias, s, &G, (int)(it / s->groups), (int)(it % s->groups), ws);
-    }
+    forward_core(y, x, w, bias, s, ws + L.head_floats, L.slice_floats, 0);
     free(owned);
 }
 
-/* One group of one image: col[kdim, P] = w_g^T * dy_g[cout_g, P]; dx_g += col2im(col). */
+/* col2im route for one unit (a set of whole images, which owns its part of dx) and group g:
+   per band, col = w_g^T * dy[:, band], then col2im adds it into dx. Bands of one image
+   overlap in dx, so they run in order on one thread. */
 static void backward_input_item(float *dx, const float *dy, const float *w,
-                                const msq_conv2d_shape *s, const conv_geom *G, int b, int g,
-                                float *col) {
-    float *dxg = dx + ((size_t)b * s->c_in + (size_t)g * G->cin_g) * G->plane_in;
-    const float *dyg = dy + ((size_t)b * s->c_out + (size_t)g * G->cout_g) * G->plane_out;
+                                const msq_conv2d_shape *s, const conv_geom *G, long item,
+                                float *scratch) {
+    const int g = (int)(item % s->groups);
+    const long unit = item / s->groups;
+    float *col = scratch, *tmp = scratch + G->col_floats;
     const float *wg = w + (size_t)g * G->cout_g * G->kdim;
-    if (G->direct) {
-        msq_gemm(dxg, wg, dyg, 1, 0, G->kdim, (int)G->plane_out, G->cout_g, 1.0f, 1.0f);
-    } else {
-        msq_gemm(col, wg, dyg, 1, 0, G->kdim, (int)G->plane_out, G->cout_g, 1.0f, 0.0f);
-        col2im_add(dxg, col, G->cin_g, s);
+    for (int r = 0; r < G->row_bands; r++) {
+        const conv_band B = band_at(s, G, unit * G->row_bands + r);
+        int ld;
+        const float *dyb = band_dy(dy, tmp, s, G, &B, g, &ld);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, G->kdim, B.cols, G->cout_g, 1.0f,
+                    wg, G->kdim, dyb, ld, 0.0f, col, B.cols);
+        for (int b = B.b0; b < B.b1; b++)
+            col2im_rows_add(dx + ((size_t)b * s->c_in + (size_t)g * G->cin_g) * G->plane_in,
+                            col + (size_t)(b - B.b0) * B.cols_img, (size_t)B.cols, G->cin_g, s,
+                            B.oh0, B.oh1);
     }
 }
 
 /* dy[n,c_out,h_out,w_out], w[c_out,c_in/groups,kh,kw] -> dx[n,c_in,h_in,w_in] (accumulated). */
 void msq_conv2d_backward_input(float *dx, const float *dy, const float *w,
                                const msq_conv2d_shape *s, void *workspace) {
-    const conv_geom G = conv_geometry(s);
+    const conv_workspace L = workspace_layout(s);
     float *owned, *ws = workspace_or_alloc(workspace, s, &owned);
-    const long items = (long)s->n * s->groups;
-    const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-    if (threads > 1 && items > 1) {
-        /* Each (image, group) owns its slice of dx: no races, no order dependence. */
-        #pragma omp parallel for schedule(static) num_threads((int)(items < threads ? items : threads))
-        for (long it = 0; it < items; it++)
-            backward_input_item(dx, dy, w, s, &G, (int)(it / s->groups), (int)(it % s->groups),
-                                ws + (size_t)omp_get_thread_num() * G.slice_floats);
+    if (use_transposed(s)) {
+        /* wt[g*cin_g + ci, co, i, j] = w[g*cout_g + co, ci, kh-1-i, kw-1-j]: OIHW weights of
+           the transposed conv (c_in outputs, cout_g inputs per group). */
+        const int cin_g = s->c_in / s->groups, cout_g = s->c_out / s->groups, kk = s->kh * s->kw;
+        float *wt = ws;
+        for (int g = 0; g < s->groups; g++)
+            for (int co = 0; co < cout_g; co++)
+                for (int ci = 0; ci < cin_g; ci++) {
+                    const float *src = w + ((size_t)(g * cout_g + co) * cin_g + ci) * kk;
+                    float *dst = wt + ((size_t)(g * cin_g + ci) * cout_g + co) * kk;
+                    for (int k = 0; k < kk; k++) dst[k] = src[kk - 1 - k];
+                }
+        const msq_conv2d_shape t = transposed_shape(s);
+        forward_core(dx, dy, wt, NULL, &t, ws + L.head_floats, L.slice_floats, 1);
     } else {
+        const conv_geom G = conv_geometry(s);
+        const long items = (G.bands / G.row_bands) * s->groups;
+        const int team = team_size(items);
+        /* Each unit and group owns its part of dx: no races, no order dependence. */
+        #pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
         for (long it = 0; it < items; it++)
-            backward_input_item(dx, dy, w, s, &G, (int)(it / s->groups), (int)(it % s->groups), ws);
+            backward_input_item(dx, dy, w, s, &G, it,
+                                ws + L.head_floats + (size_t)omp_get_thread_num() * L.slice_floats);
     }
     free(owned);
 }
 
-/* Images [b0, b1) into dw[c_out, kdim] and dbias[c_out] (either accumulating). */
-static void backward_weight_images(float *dw, float *dbias, const float *dy, const float *x,
-                                   const msq_conv2d_shape *s, const conv_geom *G, int b0, int b1,
-                                   float *col) {
-    for (int b = b0; b < b1; b++)
+/* Bands [k0, k1) into dw[c_out, kdim] and dbias[c_out] (or NULL), accumulating, in order. */
+static void backward_weight_bands(float *dw, float *dbias, const float *dy, const float *x,
+                                  const msq_conv2d_shape *s, const conv_geom *G, long k0, long k1,
+                                  float *scratch) {
+    float *col = scratch, *tmp = scratch + G->col_floats;
+    for (long k = k0; k < k1; k++) {
+        const conv_band B = band_at(s, G, k);
         for (int g = 0; g < s->groups; g++) {
-            const float *xg = x + ((size_t)b * s->c_in + (size_t)g * G->cin_g) * G->plane_in;
-            const float *dyg = dy + ((size_t)b * s->c_out + (size_t)g * G->cout_g) * G->plane_out;
-            const float *cm = xg;
-            if (!G->direct) {
-                im2col(col, xg, G->cin_g, s);
-                cm = col;
-            }
-            /* dw_g[cout_g, kdim] += dy_g[cout_g, P] * col[kdim, P]^T */
-            msq_gemm(dw + (size_t)g * G->cout_g * G->kdim, dyg, cm, 0, 1, G->cout_g, G->kdim,
-                     (int)G->plane_out, 1.0f, 1.0f);
+            int ldb, lda;
+            const float *bm = band_matrix(x, col, s, G, &B, g, &ldb);
+            const float *dyb = band_dy(dy, tmp, s, G, &B, g, &lda);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, G->cout_g, G->kdim, B.cols, 1.0f,
+                        dyb, lda, bm, ldb, 1.0f, dw + (size_t)g * G->cout_g * G->kdim, G->kdim);
             if (dbias)
                 for (int o = 0; o < G->cout_g; o++) {
-                    const float *row = dyg + (size_t)o * G->plane_out;
+                    const float *row = dyb + (size_t)o * lda;
                     float acc = 0.0f;
-                    for (size_t p = 0; p < G->plane_out; p++) acc += row[p];
+                    for (int p = 0; p < B.cols; p++) acc += row[p];
                     dbias[g * G->cout_g + o] += acc;
                 }
         }
+    }
 }
 
 /* dy[n,c_out,h_out,w_out], x[n,c_in,h_in,w_in] -> dw[c_out,c_in/groups,kh,kw] and dbias[c_out]
@@ -347,37 +542,38 @@ static void backward_weight_images(float *dw, float *dbias, const float *dy, con
 void msq_conv2d_backward_weight(float *dw, float *dbias, const float *dy, const float *x,
                                 const msq_conv2d_shape *s, void *workspace) {
     const conv_geom G = conv_geometry(s);
+    const conv_workspace L = workspace_layout(s);
     float *owned, *ws = workspace_or_alloc(workspace, s, &owned);
-    const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-    const int chunks = imin(threads, s->n);
+    float *slices = ws + L.head_floats;
+    const int chunks = team_size(G.bands);
     if (chunks <= 1) {
-        backward_weight_images(dw, dbias, dy, x, s, &G, 0, s->n, ws);
+        backward_weight_bands(dw, dbias, dy, x, s, &G, 0, G.bands, slices);
         free(owned);
         return;
     }
-    /* Chunk c (a fixed range of images) sums into its own partial in slice c; the partials
-       are then added in chunk order. The chunk boundaries depend only on n and the thread
+    /* Chunk c (a fixed range of bands) sums into its own partial in slice c; the partials are
+       then added in chunk order. The chunk boundaries depend only on the shape and the thread
        count, so the result is bit-identical run to run. */
     const size_t dw_count = (size_t)s->c_out * G.kdim;
     #pragma omp parallel for schedule(static) num_threads(chunks)
     for (int c = 0; c < chunks; c++) {
-        float *slice = ws + (size_t)c * G.slice_floats;
-        float *pdw = slice + G.col_floats, *pdb = pdw + G.dw_floats;
+        float *slice = slices + (size_t)c * L.slice_floats;
+        float *pdw = slice + L.scratch_floats, *pdb = pdw + L.dw_floats;
         memset(pdw, 0, dw_count * sizeof(float));
         memset(pdb, 0, (size_t)s->c_out * sizeof(float));
-        const int b0 = (int)((long)s->n * c / chunks), b1 = (int)((long)s->n * (c + 1) / chunks);
-        backward_weight_images(pdw, dbias ? pdb : NULL, dy, x, s, &G, b0, b1, slice);
+        backward_weight_bands(pdw, dbias ? pdb : NULL, dy, x, s, &G, G.bands * c / chunks,
+                              G.bands * (c + 1) / chunks, slice);
     }
-    #pragma omp parallel for schedule(static) num_threads(threads) if (dw_count > 4096)
+    const float *part = slices + L.scratch_floats;
     for (size_t i = 0; i < dw_count; i++) {
-        float acc = ws[G.col_floats + i];
-        for (int c = 1; c < chunks; c++) acc += ws[(size_t)c * G.slice_floats + G.col_floats + i];
+        float acc = part[i];
+        for (int c = 1; c < chunks; c++) acc += part[(size_t)c * L.slice_floats + i];
         dw[i] += acc;
     }
     if (dbias)
         for (int o = 0; o < s->c_out; o++) {
-            float acc = ws[G.col_floats + G.dw_floats + o];
-            for (int c = 1; c < chunks; c++) acc += ws[(size_t)c * G.slice_floats + G.col_floats + G.dw_floats + o];
+            float acc = part[L.dw_floats + o];
+            for (int c = 1; c < chunks; c++) acc += part[(size_t)c * L.slice_floats + L.dw_floats + o];
             dbias[o] += acc;
         }
     free(owned);

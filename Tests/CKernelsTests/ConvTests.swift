@@ -15,8 +15,8 @@ private let convBackwardWeightRelTolerance: Float = 2e-5
 private let convHandTolerance: Float = 0
 /// Adjoint identities in double: |lhs − rhs| relative to Σ|terms|. The reference kernels
 /// round only once per output element; the fast ones round along each float dot product.
-private let convRefAdjointRelTolerance = 1e-6
-private let convFastAdjointRelTolerance = 1e-5
+private let convRefAdjointRelTolerance: Double = 1e-6
+private let convFastAdjointRelTolerance: Double = 1e-5
 /// Calling a backward kernel twice must add twice the single-call increment, up to the
 /// float rounding of each addition (relative to the increment's max magnitude).
 private let convAccumulateRelTolerance: Float = 1e-5

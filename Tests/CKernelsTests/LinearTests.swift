@@ -9,7 +9,7 @@ private let linearRelTolerance: Float = 1e-5
 /// Hand-computed values are small integers: exact in float.
 private let linearHandTolerance: Float = 0
 /// Adjoint identity in double, relative to Σ|terms|.
-private let linearAdjointRelTolerance = 1e-5
+private let linearAdjointRelTolerance: Double = 1e-5
 /// Two backward calls add twice the increment, up to float rounding of each addition.
 private let linearAccumulateRelTolerance: Float = 1e-5
 

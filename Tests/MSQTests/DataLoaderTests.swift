@@ -110,22 +110,12 @@ struct DataLoaderTests {
             let it = l.makeIterator()
             #expect(it.next()?.index == 0)
             #expect(it.next()?.index == 1)
-            #expect(prefetchThreads() >= 1, "the worker of a live iterator is visible by name")
-            print("COMMS", ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []).map { (try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8)) ?? "?" })
+            #expect(BatchLoader.livePrefetchThreads >= 1, "the worker of a live iterator is counted")
         }
         // Each abandoned iterator above would leave a worker blocked forever if release did not
         // stop it; other tests running in parallel account for at most a few live workers.
-        let live = prefetchThreads()
+        let live = BatchLoader.livePrefetchThreads
         #expect(live < 10, "\(live) prefetch threads still alive after abandoning 40 iterators")
-    }
-
-    /// Live threads of this process named by the prefetcher (Linux; 0 elsewhere).
-    private func prefetchThreads() -> Int {
-        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
-        return tasks.filter { task in
-            let comm = (try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8)) ?? ""
-            return comm.hasPrefix("msq-batch-pref")
-        }.count
     }
 
     @Test("bad loader arguments are refused with a message")

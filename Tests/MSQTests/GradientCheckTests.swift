@@ -25,18 +25,26 @@ let poolGradTolerance = 2e-3
 let lossGradStep: Float = 1e-2
 let lossGradTolerance = 5e-3
 /// Composite networks are checked twice. With GELU they are smooth, so every compared element
-/// must agree: this checks the wiring (residual sums, BN coupling, shortcuts, pooling, fc).
-let smoothNetGradStep: Float = 5e-3
+/// must agree, in train and eval mode: this checks the wiring (residual sums, BN coupling,
+/// shortcuts, pooling, fc). Richardson extrapolation removes the h² error that the strong
+/// curvature of train-mode BN on small batches would otherwise cause.
+let smoothNetGradStep: Float = 1e-2
 let smoothNetGradTolerance = 5e-3
-/// With ReLU (the real models) a perturbation moves thousands of units, some across their kink:
-/// a small step makes crossings rarer, elements with a kink within ±h are detected (estimates at
-/// h and h/2 disagree) and skipped, and a few undetected crossings are tolerated.
+/// With ReLU (the real models) they are checked in eval mode, where the network is piecewise
+/// linear along any one coordinate: an element whose difference quotients over
+/// [−h, −h/2, 0, h/2, h] differ has a kink within ±h and is skipped; the others must agree. (In train mode, batch statistics couple all
+/// units of a channel and add curvature, so kinks cannot be told from curvature.)
 let reluNetGradStep: Float = 2e-3
 let reluNetGradTolerance = 1e-2
-/// Fraction of compared elements that must agree in ReLU networks.
-let reluNetMinAgreeFraction = 0.95
-/// Fraction of sampled elements that may be skipped as kinks in ReLU networks.
-let reluNetMaxKinkFraction = 0.25
+/// Relative agreement of the difference quotients over [−h, −h/2, 0, h/2, h] below which an
+/// element counts as kink-free.
+let reluNetKinkTolerance = 5e-3
+/// Fraction of sampled elements that may be skipped as kinks in ReLU networks (a BN parameter
+/// moves a whole channel, so its elements often have a kink within ±h).
+let reluNetMaxKinkFraction = 0.4
+/// Fraction of compared ReLU-network elements that must agree: kinks on both sides of the point
+/// can, rarely (about 1 in 2,000 in a sweep over seeds), leave the five values collinear.
+let reluNetMinAgreeFraction = 0.98
 
 func settings(_ step: Float, _ tolerance: Double, maxChecked: Int = 64) -> GradCheckSettings {
     GradCheckSettings(step: step, tolerance: tolerance, floorFraction: gradFloorFraction,
@@ -48,12 +56,19 @@ func netSettings(_ activation: ActivationKind, maxChecked: Int) -> GradCheckSett
     if activation == .relu {
         var s = settings(reluNetGradStep, reluNetGradTolerance, maxChecked: maxChecked)
         s.skipKinks = true
-        s.minAgreeFraction = reluNetMinAgreeFraction
+        s.kinkTolerance = reluNetKinkTolerance
         s.maxKinkFraction = reluNetMaxKinkFraction
+        s.minAgreeFraction = reluNetMinAgreeFraction
         return s
     }
-    return settings(smoothNetGradStep, smoothNetGradTolerance, maxChecked: maxChecked)
+    var s = settings(smoothNetGradStep, smoothNetGradTolerance, maxChecked: maxChecked)
+    s.richardson = true
+    return s
 }
+
+/// The modes a composite network is checked in: eval first (train forwards move the running
+/// statistics), and train only for the smooth variant (see the constants above).
+func modes(_ activation: ActivationKind) -> [ForwardMode] { activation == .relu ? [.eval] : [.eval, .train] }
 
 /// A parameter-free weight transform `effective = c · w` (so dL/dw = c · dL/dEffective).
 final class ScalingTransform: WeightTransform {
@@ -264,7 +279,7 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
                                shortcut: config.shortcut, activation: activation, rng: &rng)
         Self.randomizeBatchNorms(block, rng: &rng)
         let x = randomTensor([2, config.cin, 5, 5], rng: &rng)
-        for mode in [ForwardMode.eval, .train] { // eval first: train forwards move the running statistics
+        for mode in modes(activation) {
             gradientCheck(block, input: x, mode: mode, settings: netSettings(activation, maxChecked: 40), seed: 14,
                           label: "BasicBlock \(config.cin)→\(config.cout) s\(config.stride) \(config.shortcut) \(activation) \(mode)")
         }
@@ -278,7 +293,7 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
         #expect((block.shortcut == nil) == (config.cin == 4 * config.width && config.stride == 1))
         Self.randomizeBatchNorms(block, rng: &rng)
         let x = randomTensor([2, config.cin, 6, 6], rng: &rng)
-        for mode in [ForwardMode.eval, .train] { // eval first: train forwards move the running statistics
+        for mode in modes(activation) {
             gradientCheck(block, input: x, mode: mode, settings: netSettings(activation, maxChecked: 40), seed: 15,
                           label: "Bottleneck \(config.cin)→\(4 * config.width) s\(config.stride) \(activation) \(mode)")
         }
@@ -292,22 +307,13 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
         return (net, randomTensor([2, 3, 8, 8], rng: &rng))
     }
 
-    @Test("Tiny CIFAR ResNet (depth 8, 3×8×8, batch 2), smooth activation, train and eval")
-    func tinyResNetSmooth() {
-        let (net, x) = Self.tinyResNet(activation: .gelu)
-        for mode in [ForwardMode.eval, .train] { // eval first: train forwards move the running statistics
-            gradientCheck(net, input: x, mode: mode, settings: netSettings(.gelu, maxChecked: 12), seed: 16,
-                          label: "CIFARResNet-8 gelu \(mode)")
+    /// GELU: train and eval mode; ReLU: eval mode (see the constants at the top).
+    @Test("Tiny CIFAR ResNet (depth 8, 3×8×8, batch 2)", arguments: [ActivationKind.gelu, .relu])
+    func tinyResNet(activation: ActivationKind) {
+        let (net, x) = Self.tinyResNet(activation: activation)
+        for mode in modes(activation) {
+            gradientCheck(net, input: x, mode: mode, settings: netSettings(activation, maxChecked: 12), seed: 16,
+                          label: "CIFARResNet-8 \(activation) \(mode)")
         }
-    }
-
-    /// With ReLU, train mode is not checked element-wise: batch statistics couple every unit of a
-    /// channel, so each perturbation moves thousands of units and some always cross their kink.
-    /// The GELU check above covers the train-mode wiring.
-    @Test("Tiny CIFAR ResNet (depth 8, 3×8×8, batch 2), ReLU, eval")
-    func tinyResNetReLU() {
-        let (net, x) = Self.tinyResNet(activation: .relu)
-        gradientCheck(net, input: x, mode: .eval, settings: netSettings(.relu, maxChecked: 12), seed: 16,
-                      label: "CIFARResNet-8 relu eval")
     }
 }

@@ -12,16 +12,17 @@ final class Prefetcher {
 
     init(loader: BatchLoader) {
         let slot = self.slot
+        PrefetchSlot.live.add(1)
         let thread = Thread {
-            // Named from inside: on Linux a name set before start() never reaches the OS thread,
-            // and tests find workers by this name.
-            Thread.current.name = "msq-batch-prefetch"
             for index in loader.startBatch..<loader.batchCount {
                 guard slot.waitUntilEmpty() else { break }
                 guard slot.put(loader.batch(at: index)) else { break }
             }
+            // Before finish(), so the count is already down when cancelAndWait() returns.
+            PrefetchSlot.live.add(-1)
             slot.finish()
         }
+        thread.name = "msq-prefetch"  // for debuggers; at most 15 bytes or Linux refuses it
         thread.start()
     }
 
@@ -36,6 +37,9 @@ final class Prefetcher {
 /// `@unchecked Sendable` is sound because every stored property is read and written only while
 /// `condition` is locked, and `Batch` itself is Sendable.
 final class PrefetchSlot: @unchecked Sendable {
+    /// Worker threads started and not yet finished, process-wide (see ``BatchLoader/livePrefetchThreads``).
+    static let live = LockedCounter()
+
     private let condition = NSCondition()
     private var batch: Batch?
     private var cancelled = false
@@ -92,4 +96,32 @@ final class PrefetchSlot: @unchecked Sendable {
         while !workerDone { condition.wait() }
         condition.unlock()
     }
+}
+
+/// An integer shared between threads.
+///
+/// `@unchecked Sendable` is sound because `value` is only touched while `lock` is held.
+final class LockedCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+
+    /// Adds `delta`.
+    func add(_ delta: Int) {
+        lock.lock()
+        value += delta
+        lock.unlock()
+    }
+
+    /// The current value.
+    var current: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return value
+    }
+}
+
+extension BatchLoader {
+    /// Prefetch threads currently running in this process (a diagnostic: after every iterator is
+    /// released it returns to 0 once their workers exit, which `deinit` waits for).
+    public static var livePrefetchThreads: Int { PrefetchSlot.live.current }
 }
