@@ -2,8 +2,12 @@
 #include "msq_kernels.h"
 #include <cblas.h>
 #include <omp.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 int msq_conv2d_make_shape(msq_conv2d_shape *s, int n, int c_in, int h_in, int w_in, int c_out,
                           int kh, int kw, int stride, int pad, int groups) {
@@ -23,10 +27,21 @@ int msq_conv2d_make_shape(msq_conv2d_shape *s, int n, int c_in, int h_in, int w_
 /* ================================================================ reference kernels
    Plain loops, one thread, double accumulators: the oracle the fast kernels are tested
    against. Each output element is computed as one sum and added once, so the backward
-   twins also gather rather than scatter. */
+   twins gather rather than scatter. */
 
-/* y[n,c_out,h_out,w_out] = bias[c_out] + sum over (ci in group, i, j) of
-   x[n, g*cin_g+ci, oh*sh-ph+i, ow*sw-pw+j] * w[co, ci, i, j]. */
+/* Flat offsets of x[b, c, h, w], y[b, c, h, w] and w[co, ci, i, j]. */
+static inline size_t x_at(const msq_conv2d_shape *s, int b, int c, int h, int w) {
+    return (((size_t)b * s->c_in + c) * s->h_in + h) * s->w_in + w;
+}
+static inline size_t y_at(const msq_conv2d_shape *s, int b, int c, int h, int w) {
+    return (((size_t)b * s->c_out + c) * s->h_out + h) * s->w_out + w;
+}
+static inline size_t w_at(const msq_conv2d_shape *s, int co, int ci, int i, int j) {
+    return (((size_t)co * (s->c_in / s->groups) + ci) * s->kh + i) * s->kw + j;
+}
+
+/* y[n,c_out,h_out,w_out] = bias[co] + sum over (ci < cin_g, i, j) of
+   x[n, g*cin_g + ci, oh*sh - ph + i, ow*sw - pw + j] * w[co, ci, i, j],  g = co / cout_g. */
 void msq_conv2d_forward_ref(float *y, const float *x, const float *w, const float *bias,
                             const msq_conv2d_shape *s, void *workspace) {
     (void)workspace;
@@ -44,18 +59,17 @@ void msq_conv2d_forward_ref(float *y, const float *x, const float *w, const floa
                             for (int j = 0; j < s->kw; j++) {
                                 const int iw = ow * s->stride_w - s->pad_w + j;
                                 if (iw < 0 || iw >= s->w_in) continue;
-                                const float xv = x[(((size_t)b * s->c_in + g * cin_g + ci) * s->h_in + ih) * s->w_in + iw];
-                                const float wv = w[(((size_t)co * cin_g + ci) * s->kh + i) * s->kw + j];
-                                acc += (double)xv * (double)wv;
+                                acc += (double)x[x_at(s, b, g * cin_g + ci, ih, iw)] *
+                                       (double)w[w_at(s, co, ci, i, j)];
                             }
                         }
-                    y[(((size_t)b * s->c_out + co) * s->h_out + oh) * s->w_out + ow] = (float)acc;
+                    y[y_at(s, b, co, oh, ow)] = (float)acc;
                 }
         }
 }
 
-/* dx[n,c_in,h_in,w_in] += sum over (co in group, i, j) with ih = oh*sh-ph+i, iw = ow*sw-pw+j
-   of dy[n,co,oh,ow] * w[co, ci, i, j]. */
+/* dx[n,c_in,h_in,w_in] += sum over (co in c's group, i, j) of dy[n, co, oh, ow] * w[co, ci, i, j]
+   for every (oh, ow) with oh*sh - ph + i == ih and ow*sw - pw + j == iw. */
 void msq_conv2d_backward_input_ref(float *dx, const float *dy, const float *w,
                                    const msq_conv2d_shape *s, void *workspace) {
     (void)workspace;
@@ -68,27 +82,22 @@ void msq_conv2d_backward_input_ref(float *dx, const float *dy, const float *w,
                     double acc = 0.0;
                     for (int co = g * cout_g; co < (g + 1) * cout_g; co++)
                         for (int i = 0; i < s->kh; i++) {
-                            const int th = ih + s->pad_h - i;
-                            if (th < 0 || th % s->stride_h != 0) continue;
-                            const int oh = th / s->stride_h;
-                            if (oh >= s->h_out) continue;
+                            const int th = ih + s->pad_h - i, oh = th / s->stride_h;
+                            if (th < 0 || th % s->stride_h != 0 || oh >= s->h_out) continue;
                             for (int j = 0; j < s->kw; j++) {
-                                const int tw = iw + s->pad_w - j;
-                                if (tw < 0 || tw % s->stride_w != 0) continue;
-                                const int ow = tw / s->stride_w;
-                                if (ow >= s->w_out) continue;
-                                const float gv = dy[(((size_t)b * s->c_out + co) * s->h_out + oh) * s->w_out + ow];
-                                const float wv = w[(((size_t)co * cin_g + ci) * s->kh + i) * s->kw + j];
-                                acc += (double)gv * (double)wv;
+                                const int tw = iw + s->pad_w - j, ow = tw / s->stride_w;
+                                if (tw < 0 || tw % s->stride_w != 0 || ow >= s->w_out) continue;
+                                acc += (double)dy[y_at(s, b, co, oh, ow)] *
+                                       (double)w[w_at(s, co, ci, i, j)];
                             }
                         }
-                    dx[(((size_t)b * s->c_in + c) * s->h_in + ih) * s->w_in + iw] += (float)acc;
+                    dx[x_at(s, b, c, ih, iw)] += (float)acc;
                 }
         }
 }
 
-/* dw[co,ci,i,j] += sum over (n, oh, ow) of dy[n,co,oh,ow] * x[n, g*cin_g+ci, ih, iw];
-   dbias[co] += sum over (n, oh, ow) of dy[n,co,oh,ow]. */
+/* dw[co,ci,i,j] += sum over (n, oh, ow) of dy[n, co, oh, ow] * x[n, g*cin_g + ci, ih, iw];
+   dbias[co] += sum over (n, oh, ow) of dy[n, co, oh, ow]. */
 void msq_conv2d_backward_weight_ref(float *dw, float *dbias, const float *dy, const float *x,
                                     const msq_conv2d_shape *s, void *workspace) {
     (void)workspace;
@@ -106,18 +115,17 @@ void msq_conv2d_backward_weight_ref(float *dw, float *dbias, const float *dy, co
                             for (int ow = 0; ow < s->w_out; ow++) {
                                 const int iw = ow * s->stride_w - s->pad_w + j;
                                 if (iw < 0 || iw >= s->w_in) continue;
-                                const float gv = dy[(((size_t)b * s->c_out + co) * s->h_out + oh) * s->w_out + ow];
-                                const float xv = x[(((size_t)b * s->c_in + g * cin_g + ci) * s->h_in + ih) * s->w_in + iw];
-                                acc += (double)gv * (double)xv;
+                                acc += (double)dy[y_at(s, b, co, oh, ow)] *
+                                       (double)x[x_at(s, b, g * cin_g + ci, ih, iw)];
                             }
                         }
-                    dw[(((size_t)co * cin_g + ci) * s->kh + i) * s->kw + j] += (float)acc;
+                    dw[w_at(s, co, ci, i, j)] += (float)acc;
                 }
         if (dbias) {
             double acc = 0.0;
-            const size_t plane = (size_t)s->h_out * s->w_out;
             for (int b = 0; b < s->n; b++)
-                for (size_t p = 0; p < plane; p++) acc += (double)dy[((size_t)b * s->c_out + co) * plane + p];
+                for (int oh = 0; oh < s->h_out; oh++)
+                    for (int ow = 0; ow < s->w_out; ow++) acc += (double)dy[y_at(s, b, co, oh, ow)];
             dbias[co] += (float)acc;
         }
     }
@@ -137,10 +145,11 @@ void msq_conv2d_backward_weight_ref(float *dw, float *dbias, const float *dy, co
    stride-1 unpadded conv over big planes needs no col: the input planes already are it.
    Workspace: [flipped weights | per thread: col | tmp | partial dw | partial dbias]. */
 
-/* Target size of one band's column matrix: L2 is 512 KiB-1 MiB per core on the machines we
-   train on; leave room for OpenBLAS's packed panels and the output band. */
+/* Target size of one band's column matrix: half of a 512 KiB L2, leaving room for OpenBLAS's
+   packed panels. Smaller bands re-pack the weights too often on small planes (measured on
+   ResNet-20 shapes; 256-512 KiB were best, 64 KiB clearly worse). */
 #ifndef MSQ_CONV_BAND_BYTES
-#define MSQ_CONV_BAND_BYTES (128 * 1024)
+#define MSQ_CONV_BAND_BYTES (256 * 1024)
 #endif
 
 static inline int imin(int a, int b) { return a < b ? a : b; }
@@ -185,7 +194,8 @@ static conv_geom conv_geometry(const msq_conv2d_shape *s) {
         G.bands = (s->n + G.imgs - 1) / G.imgs;
     } else {
         int max_rows = imin(s->h_out, imax(1, (int)(MSQ_CONV_BAND_BYTES / row_bytes)));
-        if (s->n < threads) max_rows = imin(max_rows, imax(1, s->h_out / ((threads + s->n - 1) / s->n)));
+        if (s->n < threads) /* a small batch: split images too, so every thread has a band */
+            max_rows = imin(max_rows, imax(1, s->h_out / ((threads + s->n - 1) / s->n)));
         G.imgs = 1;
         G.row_bands = (s->h_out + max_rows - 1) / max_rows;
         G.band_rows = (s->h_out + G.row_bands - 1) / G.row_bands;
@@ -194,7 +204,8 @@ static conv_geom conv_geometry(const msq_conv2d_shape *s) {
     G.band_cols = G.imgs * G.band_rows * s->w_out;
     G.direct = G.imgs == 1 && s->kh == 1 && s->kw == 1 && unit_stride(s) &&
                s->pad_h == 0 && s->pad_w == 0;
-    G.col_floats = G.direct ? 0 : round_floats((size_t)G.kdim * G.band_cols);
+    /* Reserved even for direct 1x1 forward: backward_input may still take the col2im route. */
+    G.col_floats = round_floats((size_t)G.kdim * G.band_cols);
     G.tmp_floats = G.imgs > 1 ? round_floats((size_t)G.cout_g * G.band_cols) : 0;
     return G;
 }
@@ -253,7 +264,8 @@ static conv_workspace workspace_layout(const msq_conv2d_shape *s) {
     if (use_transposed(s)) {
         const msq_conv2d_shape t = transposed_shape(s);
         const conv_geom T = conv_geometry(&t);
-        if (T.col_floats + T.tmp_floats > L.scratch_floats) L.scratch_floats = T.col_floats + T.tmp_floats;
+        if (T.col_floats + T.tmp_floats > L.scratch_floats)
+            L.scratch_floats = T.col_floats + T.tmp_floats;
         L.head_floats = round_floats(wcount);
     }
     L.dw_floats = round_floats(wcount);
@@ -263,7 +275,8 @@ static conv_workspace workspace_layout(const msq_conv2d_shape *s) {
 
 size_t msq_conv2d_workspace_size(const msq_conv2d_shape *s) {
     const conv_workspace L = workspace_layout(s);
-    return (L.head_floats + (size_t)imax(1, omp_get_max_threads()) * L.slice_floats) * sizeof(float);
+    const size_t threads = (size_t)imax(1, omp_get_max_threads());
+    return (L.head_floats + threads * L.slice_floats) * sizeof(float);
 }
 
 /* Caller's workspace, or a private one sized for the current thread count. */
@@ -293,13 +306,114 @@ static inline void valid_ow(const msq_conv2d_shape *s, int j, int *lo, int *hi) 
     *lo = l; *hi = h;
 }
 
+/* The zero fills in im2col are mostly 0-2 floats long; clang would turn each into a memset
+   call, which costs more than the stores. */
+#if defined(__clang__)
+#define MSQ_INLINE_FILLS __attribute__((no_builtin("memset")))
+#else
+#define MSQ_INLINE_FILLS
+#endif
+
+/* im2col_rows for unit stride and w_out == w_in ("same" padding, the common case): output
+   rows and input rows then have the same length, so the valid rows of one (c, i, j) are one
+   contiguous, shifted copy of the input plane; only the padding columns at the row ends are
+   zeroed afterwards. Far fewer, longer loops than row by row on small planes. */
+MSQ_INLINE_FILLS static void im2col_rows_same(float *restrict col, size_t ldcol,
+                                              const float *restrict x, int channels,
+                                              const msq_conv2d_shape *s, int oh0, int oh1) {
+    const int H = s->h_in, W = s->w_in;
+    const size_t rows = (size_t)(oh1 - oh0);
+    for (int c = 0; c < channels; c++) {
+        const float *xc = x + (size_t)c * H * W;
+        for (int i = 0; i < s->kh; i++) {
+            /* Output rows whose input row oh - pad_h + i exists: [a, e). */
+            const int a = imin(oh1, imax(oh0, s->pad_h - i));
+            const int e = imax(a, imin(oh1, H + s->pad_h - i));
+            const size_t n_valid = (size_t)(e - a);
+            for (int j = 0; j < s->kw; j++, col += ldcol) {
+                int lo, hi;
+                valid_ow(s, j, &lo, &hi);
+                float *dst = col;
+                for (size_t k = 0; k < (size_t)(a - oh0) * W; k++) dst[k] = 0.0f;
+                for (size_t k = (size_t)(e - oh0) * W; k < rows * W; k++) dst[k] = 0.0f;
+                if (n_valid == 0) continue;
+                dst += (size_t)(a - oh0) * W;
+                if (hi <= lo) {
+                    for (size_t k = 0; k < n_valid * W; k++) dst[k] = 0.0f;
+                    continue;
+                }
+                /* dst[k] = src[k] over the span from the first valid element of the first row
+                   to the last valid element of the last row; src stays inside those rows. */
+                const float *src = xc + (size_t)(a - s->pad_h + i) * W;
+                const ptrdiff_t shift = j - s->pad_w;
+                const size_t end = (n_valid - 1) * W + (size_t)hi;
+                for (size_t k = (size_t)lo; k < end; k++) dst[k] = src[(ptrdiff_t)k + shift];
+                /* Padding columns: row starts [0, lo), row ends [hi, W), contiguous across
+                   each row boundary. */
+                for (int k = 0; k < lo; k++) dst[k] = 0.0f;
+                for (size_t r = 0; r + 1 < n_valid; r++) {
+                    float *gap = dst + r * W;
+                    for (int k = hi; k < W + lo; k++) gap[k] = 0.0f;
+                }
+                for (size_t k = end; k < n_valid * W; k++) dst[k] = 0.0f;
+            }
+        }
+    }
+}
+
+/* Stride-2 row kernels: dst[ow] = src[2*ow] (gather) and dst[2*ow] += src[ow] (scatter-add)
+   for ow in [0, count). Compilers leave these strided loops scalar; with AVX2, eight outputs
+   come from two overlapping loads (elements 0..7 and 7..14) so nothing past the last needed
+   element is ever touched, which matters for the scatter: the next element may belong to
+   another thread's plane. */
+static inline void gather_stride2(float *restrict dst, const float *restrict src, int count) {
+    int k = 0;
+#if defined(__AVX2__)
+    for (; k + 8 <= count; k += 8) {
+        const __m256 a = _mm256_loadu_ps(src + 2 * k);     /* s0..s7:  evens at lanes 0,2,4,6 */
+        const __m256 b = _mm256_loadu_ps(src + 2 * k + 7); /* s7..s14: evens at lanes 1,3,5,7 */
+        const __m256d t = _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 2, 0)));
+        /* t = a0 a2 b1 b3 | a4 a6 b5 b7 as 64-bit pairs; swap the middle pairs. */
+        const __m256d even = _mm256_permute4x64_pd(t, _MM_SHUFFLE(3, 1, 2, 0));
+        _mm256_storeu_ps(dst + k, _mm256_castpd_ps(even));
+    }
+#endif
+    for (; k < count; k++) dst[k] = src[2 * k];
+}
+
+static inline void scatter_add_stride2(float *restrict dst, const float *restrict src, int count) {
+    int k = 0;
+#if defined(__AVX2__)
+    const __m256 zero = _mm256_setzero_ps();
+    for (; k + 8 <= count; k += 8) {
+        /* x = s0 s1 s4 s5 | s2 s3 s6 s7, so the unpacks interleave s with zeros in order. */
+        const __m256 x = _mm256_castpd_ps(_mm256_permute4x64_pd(
+            _mm256_castps_pd(_mm256_loadu_ps(src + k)), _MM_SHUFFLE(3, 1, 2, 0)));
+        const __m256 lo = _mm256_unpacklo_ps(x, zero); /* s0 0 s1 0 s2 0 s3 0 */
+        const __m256 hi = _mm256_unpackhi_ps(zero, x); /* 0 s4 0 s5 0 s6 0 s7 */
+        float *d = dst + 2 * k;
+        /* Blend so the untouched lanes keep their exact bits (adding 0 would turn -0 into +0). */
+        const __m256 d0 = _mm256_loadu_ps(d);
+        _mm256_storeu_ps(d, _mm256_blend_ps(d0, _mm256_add_ps(d0, lo), 0x55));
+        const __m256 d1 = _mm256_loadu_ps(d + 7);
+        _mm256_storeu_ps(d + 7, _mm256_blend_ps(d1, _mm256_add_ps(d1, hi), 0xAA));
+    }
+#endif
+    for (; k < count; k++) dst[2 * k] += src[k];
+}
+
 /* Output rows [oh0, oh1) of one image's column matrix, row r = (c*kh + i)*kw + j at
    col + r*ldcol: col[r, (oh-oh0)*w_out + ow] = x[c, oh*sh-ph+i, ow*sw-pw+j], 0 in the padding.
    Row by row so the innermost loop runs along contiguous memory; rows are short (w_out
    floats), so plain loops beat memcpy calls. */
-static void im2col_rows(float *restrict col, size_t ldcol, const float *restrict x, int channels,
-                        const msq_conv2d_shape *s, int oh0, int oh1) {
+MSQ_INLINE_FILLS static void im2col_rows(float *restrict col, size_t ldcol,
+                                         const float *restrict x, int channels,
+                                         const msq_conv2d_shape *s, int oh0, int oh1) {
     const int H = s->h_in, W = s->w_in, OW = s->w_out, sw = s->stride_w;
+    if (unit_stride(s) && W == OW) {
+        im2col_rows_same(col, ldcol, x, channels, s, oh0, oh1);
+        return;
+    }
     for (int c = 0; c < channels; c++) {
         const float *xc = x + (size_t)c * H * W;
         for (int i = 0; i < s->kh; i++)
@@ -314,12 +428,14 @@ static void im2col_rows(float *restrict col, size_t ldcol, const float *restrict
                         for (int ow = 0; ow < OW; ow++) dst[ow] = 0.0f;
                         continue;
                     }
-                    const float *src = xc + (size_t)ih * W + shift;
+                    const float *src = xc + (size_t)ih * W;
                     for (int ow = 0; ow < lo; ow++) dst[ow] = 0.0f;
                     if (sw == 1) {
-                        for (int ow = lo; ow < hi; ow++) dst[ow] = src[ow];
+                        for (int ow = lo; ow < hi; ow++) dst[ow] = src[ow + shift];
+                    } else if (sw == 2) {
+                        gather_stride2(dst + lo, src + 2 * lo + shift, hi - lo);
                     } else {
-                        for (int ow = lo; ow < hi; ow++) dst[ow] = src[(size_t)ow * sw];
+                        for (int ow = lo; ow < hi; ow++) dst[ow] = src[ow * sw + shift];
                     }
                     for (int ow = hi; ow < OW; ow++) dst[ow] = 0.0f;
                 }
@@ -328,8 +444,8 @@ static void im2col_rows(float *restrict col, size_t ldcol, const float *restrict
 }
 
 /* Adjoint of im2col_rows: x[c, ih, iw] += every col entry that was read from there. */
-static void col2im_rows_add(float *restrict x, const float *restrict col, size_t ldcol, int channels,
-                            const msq_conv2d_shape *s, int oh0, int oh1) {
+static void col2im_rows_add(float *restrict x, const float *restrict col, size_t ldcol,
+                            int channels, const msq_conv2d_shape *s, int oh0, int oh1) {
     const int H = s->h_in, W = s->w_in, OW = s->w_out, sw = s->stride_w;
     for (int c = 0; c < channels; c++) {
         float *xc = x + (size_t)c * H * W;
@@ -342,11 +458,13 @@ static void col2im_rows_add(float *restrict x, const float *restrict col, size_t
                 for (int oh = oh0; oh < oh1; oh++, src += OW) {
                     const int ih = oh * s->stride_h - s->pad_h + i;
                     if (ih < 0 || ih >= H) continue;
-                    float *dst = xc + (size_t)ih * W + shift;
+                    float *dst = xc + (size_t)ih * W;
                     if (sw == 1) {
-                        for (int ow = lo; ow < hi; ow++) dst[ow] += src[ow];
+                        for (int ow = lo; ow < hi; ow++) dst[ow + shift] += src[ow];
+                    } else if (sw == 2) {
+                        scatter_add_stride2(dst + 2 * lo + shift, src + lo, hi - lo);
                     } else {
-                        for (int ow = lo; ow < hi; ow++) dst[(size_t)ow * sw] += src[ow];
+                        for (int ow = lo; ow < hi; ow++) dst[ow * sw + shift] += src[ow];
                     }
                 }
             }
@@ -449,11 +567,16 @@ static void forward_core(float *y, const float *x, const float *w, const float *
                      accumulate);
 }
 
-/* x[n,c_in,h_in,w_in], w[c_out,c_in/groups,kh,kw], bias[c_out] or NULL -> y[n,c_out,h_out,w_out]. */
+/* x[n,c_in,h_in,w_in], w[c_out,c_in/groups,kh,kw], bias[c_out] or NULL
+   -> y[n,c_out,h_out,w_out] (overwritten). */
 void msq_conv2d_forward(float *y, const float *x, const float *w, const float *bias,
                         const msq_conv2d_shape *s, void *workspace) {
     const conv_workspace L = workspace_layout(s);
     float *owned, *ws = workspace_or_alloc(workspace, s, &owned);
+    if (!ws) { /* out of memory: slow but correct */
+        msq_conv2d_forward_ref(y, x, w, bias, s, NULL);
+        return;
+    }
     forward_core(y, x, w, bias, s, ws + L.head_floats, L.slice_floats, 0);
     free(owned);
 }
@@ -486,6 +609,10 @@ void msq_conv2d_backward_input(float *dx, const float *dy, const float *w,
                                const msq_conv2d_shape *s, void *workspace) {
     const conv_workspace L = workspace_layout(s);
     float *owned, *ws = workspace_or_alloc(workspace, s, &owned);
+    if (!ws) { /* out of memory: slow but correct */
+        msq_conv2d_backward_input_ref(dx, dy, w, s, NULL);
+        return;
+    }
     if (use_transposed(s)) {
         /* wt[g*cin_g + ci, co, i, j] = w[g*cout_g + co, ci, kh-1-i, kw-1-j]: OIHW weights of
            the transposed conv (c_in outputs, cout_g inputs per group). */
@@ -544,6 +671,10 @@ void msq_conv2d_backward_weight(float *dw, float *dbias, const float *dy, const 
     const conv_geom G = conv_geometry(s);
     const conv_workspace L = workspace_layout(s);
     float *owned, *ws = workspace_or_alloc(workspace, s, &owned);
+    if (!ws) { /* out of memory: slow but correct */
+        msq_conv2d_backward_weight_ref(dw, dbias, dy, x, s, NULL);
+        return;
+    }
     float *slices = ws + L.head_floats;
     const int chunks = team_size(G.bands);
     if (chunks <= 1) {
@@ -570,11 +701,13 @@ void msq_conv2d_backward_weight(float *dw, float *dbias, const float *dy, const 
         for (int c = 1; c < chunks; c++) acc += part[(size_t)c * L.slice_floats + i];
         dw[i] += acc;
     }
-    if (dbias)
+    if (dbias) {
+        const float *pdb = part + L.dw_floats;
         for (int o = 0; o < s->c_out; o++) {
-            float acc = part[L.dw_floats + o];
-            for (int c = 1; c < chunks; c++) acc += part[(size_t)c * L.slice_floats + L.dw_floats + o];
+            float acc = pdb[o];
+            for (int c = 1; c < chunks; c++) acc += pdb[(size_t)c * L.slice_floats + o];
             dbias[o] += acc;
         }
+    }
     free(owned);
 }

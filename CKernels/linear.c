@@ -6,9 +6,9 @@ void msq_linear_forward_ref(float *y, const float *x, const float *w, const floa
                             int n, int in_features, int out_features) {
     for (int i = 0; i < n; i++)
         for (int o = 0; o < out_features; o++) {
+            const float *xr = x + (size_t)i * in_features, *wr = w + (size_t)o * in_features;
             double acc = b ? (double)b[o] : 0.0;
-            for (int p = 0; p < in_features; p++)
-                acc += (double)x[(size_t)i * in_features + p] * (double)w[(size_t)o * in_features + p];
+            for (int p = 0; p < in_features; p++) acc += (double)xr[p] * (double)wr[p];
             y[(size_t)i * out_features + o] = (float)acc;
         }
 }
@@ -32,7 +32,8 @@ void msq_linear_backward_ref(float *dx, float *dw, float *db, const float *dy, c
         for (int i = 0; i < n; i++)
             for (size_t p = 0; p < in; p++) {
                 double acc = 0.0;
-                for (size_t o = 0; o < out; o++) acc += (double)dy[i * out + o] * (double)w[o * in + p];
+                for (size_t o = 0; o < out; o++)
+                    acc += (double)dy[i * out + o] * (double)w[o * in + p];
                 dx[i * in + p] += (float)acc;
             }
     if (dw)

@@ -35,10 +35,10 @@ struct TrainCommand: ParsableCommand {
     var warmupEpochs: Double = 0.5
     @Option(help: "Label smoothing of the cross-entropy loss.")
     var labelSmoothing: Double = 0
-    @Option(help: "Random-crop padding in pixels (0 disables cropping).")
-    var cropPadding: Int = 2
-    @Flag(help: "Disable random horizontal flips.")
-    var noFlip = false
+    @Option(help: "Random-crop padding in pixels, 0 = off (default: 4 for cifar10, 0 otherwise).")
+    var cropPadding: Int?
+    @Flag(inversion: .prefixedNo, help: "Random horizontal flips (default: on for cifar10, off otherwise).")
+    var flip: Bool?
     @Option(help: "Use only the first N training images.")
     var limitTrain: Int?
     @Option(help: "Use only the first N test images.")
@@ -66,8 +66,11 @@ struct TrainCommand: ParsableCommand {
         config.nesterov = nesterov
         config.warmupEpochs = warmupEpochs
         config.labelSmoothing = labelSmoothing
-        config.cropPadding = cropPadding
-        config.horizontalFlip = !noFlip
+        // Short runs on small images learn faster without augmentation (ResNet-20, Fashion-MNIST 10k,
+        // 3 epochs: 0.837 without, 0.785 with crop 2 + flip; PyTorch 0.800 with); CIFAR-10 needs it.
+        let augmentByDefault = dataset == "cifar10"
+        config.cropPadding = cropPadding ?? (augmentByDefault ? 4 : 0)
+        config.horizontalFlip = flip ?? augmentByDefault
         config.limitTrain = limitTrain
         config.limitTest = limitTest
         config.seed = seed

@@ -112,6 +112,16 @@ private let convCases: [ConvTestCase] = [
     .init(n: 3, cIn: 4, h: 7, w: 9, cOut: 5, k: 3, stride: 1, pad: 1, groups: 1, kw: 5),                  // 3x5 kernel
     .init(n: 3, cIn: 6, h: 9, w: 17, cOut: 9, k: 3, stride: 1, pad: 0, groups: 3, strideW: 2, padW: 2),   // asymmetric
     .init(n: 3, cIn: 16, h: 8, w: 8, cOut: 32, k: 3, stride: 2, pad: 1, groups: 1), // ResNet downsample
+    // Planes big enough that the fast path cuts each image into several bands of rows.
+    .init(n: 3, cIn: 16, h: 33, w: 17, cOut: 8, k: 3, stride: 1, pad: 1, groups: 1),
+    .init(n: 3, cIn: 16, h: 33, w: 33, cOut: 16, k: 3, stride: 2, pad: 1, groups: 2),
+    .init(n: 1, cIn: 64, h: 33, w: 17, cOut: 7, k: 1, stride: 1, pad: 0, groups: 1),  // 1x1, no im2col, banded
+    // Many small images: bands that hold several whole images.
+    .init(n: 17, cIn: 8, h: 5, w: 7, cOut: 9, k: 3, stride: 1, pad: 1, groups: 1),
+    .init(n: 17, cIn: 4, h: 7, w: 5, cOut: 4, k: 1, stride: 1, pad: 0, groups: 1),   // 1x1 via multi-image im2col
+    // Expanding 1x1 with one image per band: backward_input takes col2im on a "direct" geometry.
+    .init(n: 2, cIn: 2, h: 6, w: 6, cOut: 8, k: 1, stride: 1, pad: 0, groups: 1),
+    .init(n: 7, cIn: 6, h: 9, w: 19, cOut: 3, k: 3, stride: 2, pad: 1, groups: 3),
 ]
 
 /// Random inputs for one case; dx/dw/db start nonzero so accumulation is exercised.

@@ -6,7 +6,7 @@ import Testing
 // linear, pooling) have no truncation error, so a large step only shrinks Float rounding noise;
 // nonlinear ones use smaller steps. Tolerances are relative, with a floor of
 // `gradFloorFraction` × the largest gradient entry of the same tensor.
-let gradFloorFraction = 1e-3
+let gradFloorFraction = 2e-3
 /// Absolute floor: a gradient that is zero in exact arithmetic (a conv bias before train-mode BN)
 /// comes out as Float noise of this order.
 let gradAbsoluteFloor = 5e-5
@@ -32,8 +32,9 @@ let smoothNetGradStep: Float = 1e-2
 let smoothNetGradTolerance = 5e-3
 /// With ReLU (the real models) they are checked in eval mode, where the network is piecewise
 /// linear along any one coordinate: an element whose difference quotients over
-/// [−h, −h/2, 0, h/2, h] differ has a kink within ±h and is skipped; the others must agree. (In train mode, batch statistics couple all
-/// units of a channel and add curvature, so kinks cannot be told from curvature.)
+/// [−h, −h/2, 0, h/2, h] differ has a kink within ±h and is skipped; the others must agree.
+/// (In train mode, batch statistics couple all units of a channel and add curvature, so kinks
+/// cannot be told from curvature.)
 let reluNetGradStep: Float = 2e-3
 let reluNetGradTolerance = 1e-2
 /// Relative agreement of the difference quotients over [−h, −h/2, 0, h/2, h] below which an

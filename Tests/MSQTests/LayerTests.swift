@@ -271,16 +271,31 @@ func maxAbsDifference(_ a: Tensor, _ b: [Double]) -> Double {
         #expect(correctPredictions(logits: logits, labels: [1, 0, 1, 2]) == 3)
     }
 
-    @Test("A shape mismatch stops with a message naming the layer")
-    func shapeMismatchTraps() async {
-        await #expect(processExitsWith: .failure) {
+    @Test("A shape mismatch stops with a message naming the layer and the shapes")
+    func shapeMismatchTraps() async throws {
+        func stderr(_ result: ExitTest.Result?) -> String {
+            String(decoding: result?.standardErrorContent ?? [], as: UTF8.self)
+        }
+        let conv = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) {
             var rng = RandomSource(seed: 1)
             let conv = Conv2d(inChannels: 3, outChannels: 4, kernelSize: 3, rng: &rng)
             _ = conv.forward(Tensor(shape: [1, 2, 5, 5]), mode: .eval)
         }
-        await #expect(processExitsWith: .failure) {
+        #expect(stderr(conv).contains("Conv2d(3→4, k3, stride 1, padding 0): expected input [N, 3, H, W], got [1, 2, 5, 5]"))
+        let bn = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) {
             _ = BatchNorm2d(channels: 4).forward(Tensor(shape: [2, 3, 2, 2]), mode: .train)
         }
+        #expect(stderr(bn).contains("BatchNorm2d(4): expected input [N, 4, H, W] or [N, 4], got [2, 3, 2, 2]"))
+        let model = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) {
+            _ = makeModel(.resnet20, inputChannels: 3, numClasses: 10, seed: 0)
+                .forward(Tensor(shape: [2, 1, 28, 28]), mode: .eval)
+        }
+        #expect(stderr(model).contains("CIFARResNet-20: expected images [N, 3, H, W], got [2, 1, 28, 28]"))
+        let fc = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) {
+            var rng = RandomSource(seed: 1)
+            _ = Linear(inFeatures: 4, outFeatures: 2, rng: &rng).forward(Tensor(shape: [3, 5]), mode: .eval)
+        }
+        #expect(stderr(fc).contains("Linear(4→2): expected input [N, 4], got [3, 5]"))
     }
 }
 

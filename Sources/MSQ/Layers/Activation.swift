@@ -46,10 +46,10 @@ public final class Activation: Module {
     /// `dx = dy · act'(x)`.
     public func backward(_ gradOutput: Tensor) -> Tensor {
         guard let x = cachedInput else {
-            preconditionFailure("Activation(\(kind)): backward called without a preceding forward")
+            fatalError("Activation(\(kind)): backward called without a preceding forward")
         }
-        precondition(gradOutput.shape == x.shape,
-                     "Activation(\(kind)): gradient shape \(gradOutput.shape) does not match output \(x.shape)")
+        LayerKit.require(gradOutput.shape == x.shape,
+                         "Activation(\(kind)): gradient shape \(gradOutput.shape) does not match output \(x.shape)")
         cachedInput = nil
         var dx = Tensor(shape: x.shape)
         let n = x.count

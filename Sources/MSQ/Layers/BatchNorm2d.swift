@@ -35,7 +35,7 @@ public final class BatchNorm2d: Module {
 
     /// A batch-norm layer over `channels` channels.
     public init(channels: Int, momentum: Float = 0.1, eps: Float = 1e-5) {
-        precondition(channels > 0, "BatchNorm2d: channels must be positive (got \(channels))")
+        LayerKit.require(channels > 0, "BatchNorm2d: channels must be positive (got \(channels))")
         self.channels = channels
         self.momentum = momentum
         self.eps = eps
@@ -48,8 +48,8 @@ public final class BatchNorm2d: Module {
     var layerDescription: String { "BatchNorm2d(\(channels))" }
 
     private func geometry(_ d: [Int]) -> (n: Int, hw: Int) {
-        precondition((d.count == 4 || d.count == 2) && d[1] == channels,
-                     "\(layerDescription): expected input [N, \(channels), H, W] or [N, \(channels)], got \(d)")
+        LayerKit.require((d.count == 4 || d.count == 2) && d[1] == channels,
+                         "\(layerDescription): expected input [N, \(channels), H, W] or [N, \(channels)], got \(d)")
         return (d[0], d.count == 4 ? d[2] * d[3] : 1)
     }
 
@@ -61,8 +61,8 @@ public final class BatchNorm2d: Module {
         var y = Tensor(shape: input.shape)
         switch mode {
         case .train:
-            precondition(n * hw > 1,
-                         "\(layerDescription): training needs more than one value per channel (input \(input.shape))")
+            LayerKit.require(n * hw > 1,
+                             "\(layerDescription): training needs more than one value per channel (input \(input.shape))")
             var mean = Tensor(shape: [channels])
             var invstd = Tensor(shape: [channels])
             input.withUnsafePointer { x in
@@ -111,10 +111,10 @@ public final class BatchNorm2d: Module {
     /// dx, accumulating dγ = Σ dy·x̂ and dβ = Σ dy; uses the train or eval formula to match the forward.
     public func backward(_ gradOutput: Tensor) -> Tensor {
         guard let x = cachedInput else {
-            preconditionFailure("\(layerDescription): backward called without a preceding forward")
+            fatalError("\(layerDescription): backward called without a preceding forward")
         }
-        precondition(gradOutput.shape == x.shape,
-                     "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \(x.shape)")
+        LayerKit.require(gradOutput.shape == x.shape,
+                         "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \(x.shape)")
         cachedInput = nil
         let (n, hw) = geometry(x.shape)
         let (cn, cc, chw) = (LayerKit.c(n), LayerKit.c(channels), LayerKit.c(hw))

@@ -65,10 +65,10 @@ public final class Conv2d: Module {
     /// A convolution with freshly initialised parameters drawn from `rng`.
     public init(inChannels: Int, outChannels: Int, kernelSize: Int, stride: Int = 1, padding: Int = 0,
                 groups: Int = 1, bias: Bool = true, rng: inout RandomSource) {
-        precondition(inChannels > 0 && outChannels > 0 && kernelSize > 0 && stride > 0 && padding >= 0 && groups > 0,
-                     "Conv2d: invalid configuration in \(inChannels) out \(outChannels) k \(kernelSize) stride \(stride) padding \(padding) groups \(groups)")
-        precondition(inChannels % groups == 0 && outChannels % groups == 0,
-                     "Conv2d: channels \(inChannels)→\(outChannels) are not multiples of groups \(groups)")
+        LayerKit.require(inChannels > 0 && outChannels > 0 && kernelSize > 0 && stride > 0 && padding >= 0 && groups > 0,
+                         "Conv2d: invalid configuration in \(inChannels) out \(outChannels) k \(kernelSize) stride \(stride) padding \(padding) groups \(groups)")
+        LayerKit.require(inChannels % groups == 0 && outChannels % groups == 0,
+                         "Conv2d: channels \(inChannels)→\(outChannels) are not multiples of groups \(groups)")
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.kernelSize = kernelSize
@@ -102,13 +102,13 @@ public final class Conv2d: Module {
     }
 
     private func makeShape(_ d: [Int]) -> msq_conv2d_shape {
-        precondition(d.count == 4 && d[1] == inChannels,
-                     "\(layerDescription): expected input [N, \(inChannels), H, W], got \(d)")
+        LayerKit.require(d.count == 4 && d[1] == inChannels,
+                         "\(layerDescription): expected input [N, \(inChannels), H, W], got \(d)")
         var s = msq_conv2d_shape()
         let rc = msq_conv2d_make_shape(&s, LayerKit.c(d[0]), LayerKit.c(d[1]), LayerKit.c(d[2]), LayerKit.c(d[3]),
                                        LayerKit.c(outChannels), LayerKit.c(kernelSize), LayerKit.c(kernelSize),
                                        LayerKit.c(stride), LayerKit.c(padding), LayerKit.c(groups))
-        precondition(rc == 0, "\(layerDescription): invalid geometry for input \(d) (input smaller than the kernel?)")
+        LayerKit.require(rc == 0, "\(layerDescription): invalid geometry for input \(d) (input smaller than the kernel?)")
         return s
     }
 
@@ -118,8 +118,8 @@ public final class Conv2d: Module {
         var s = makeShape(input.shape)
         let w = weight.value
         let we = effectiveWeight
-        precondition(we.shape == w.shape,
-                     "\(layerDescription): weightTransform returned shape \(we.shape), expected \(w.shape)")
+        LayerKit.require(we.shape == w.shape,
+                         "\(layerDescription): weightTransform returned shape \(we.shape), expected \(w.shape)")
         var y = Tensor(shape: [Int(s.n), Int(s.c_out), Int(s.h_out), Int(s.w_out)])
         let ws = workspace.pointer(bytes: msq_conv2d_workspace_size(&s))
         input.withUnsafePointer { x in
@@ -139,12 +139,12 @@ public final class Conv2d: Module {
     /// dx = conv_transpose(dy, effectiveWeight); accumulates dW (through the transform) and dBias.
     public func backward(_ gradOutput: Tensor) -> Tensor {
         guard let x = cachedInput, let w = cachedWeight, let we = cachedEffectiveWeight else {
-            preconditionFailure("\(layerDescription): backward called without a preceding forward")
+            fatalError("\(layerDescription): backward called without a preceding forward")
         }
         var s = cachedShape
         let expected = [Int(s.n), Int(s.c_out), Int(s.h_out), Int(s.w_out)]
-        precondition(gradOutput.shape == expected,
-                     "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \(expected)")
+        LayerKit.require(gradOutput.shape == expected,
+                         "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \(expected)")
         // Release the caches first: the optimizer then updates the weight without a copy-on-write.
         cachedInput = nil; cachedWeight = nil; cachedEffectiveWeight = nil
         let ws = workspace.pointer(bytes: msq_conv2d_workspace_size(&s))
@@ -159,8 +159,8 @@ public final class Conv2d: Module {
                         var dwe = Tensor(shape: w.shape)
                         dwe.withUnsafeMutablePointer { dw in msq_conv2d_backward_weight(dw, db, dy, xp, &s, ws) }
                         let dw = transform.backward(gradEffective: dwe, weight: w)
-                        precondition(dw.shape == w.shape,
-                                     "\(layerDescription): weightTransform.backward returned shape \(dw.shape), expected \(w.shape)")
+                        LayerKit.require(dw.shape == w.shape,
+                                         "\(layerDescription): weightTransform.backward returned shape \(dw.shape), expected \(w.shape)")
                         LayerKit.accumulate(&weight.grad, dw)
                     } else {
                         LayerKit.withGradPointer(weight) { dw in msq_conv2d_backward_weight(dw, db, dy, xp, &s, ws) }

@@ -2,10 +2,18 @@ import CKernels
 
 /// Small helpers shared by the layer implementations (internal; namespaced to avoid clashes).
 enum LayerKit {
+    /// `precondition` that prints its message in release builds too (under -O, `precondition`
+    /// traps without the message). For programming errors such as input shape mismatches.
+    @inline(__always)
+    static func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String,
+                        file: StaticString = #file, line: UInt = #line) {
+        if !condition() { fatalError(message(), file: file, line: line) }
+    }
+
     /// `dst += src`, element by element (shapes must hold the same number of elements).
     static func accumulate(_ dst: inout Tensor, _ src: Tensor) {
-        precondition(dst.count == src.count,
-                     "LayerKit.accumulate: \(src.shape) does not match \(dst.shape)")
+        require(dst.count == src.count,
+                "LayerKit.accumulate: \(src.shape) does not match \(dst.shape)")
         let n = src.count
         src.withUnsafePointer { s in
             dst.withUnsafeMutablePointer { d in msq_accumulate(d, s, n) }
@@ -14,7 +22,7 @@ enum LayerKit {
 
     /// `a + b` (same shape).
     static func add(_ a: Tensor, _ b: Tensor, context: @autoclosure () -> String) -> Tensor {
-        precondition(a.shape == b.shape, "\(context()): cannot add \(a.shape) and \(b.shape)")
+        require(a.shape == b.shape, "\(context()): cannot add \(a.shape) and \(b.shape)")
         var y = Tensor(shape: a.shape)
         let n = a.count
         a.withUnsafePointer { pa in
@@ -40,7 +48,7 @@ enum LayerKit {
 
     /// Converts a dimension to the C kernels' `int`, trapping on overflow.
     @inline(__always) static func c(_ value: Int) -> Int32 {
-        precondition(value >= Int(Int32.min) && value <= Int(Int32.max), "dimension \(value) does not fit a C int")
+        require(value >= Int(Int32.min) && value <= Int(Int32.max), "dimension \(value) does not fit a C int")
         return Int32(value)
     }
 }

@@ -24,7 +24,7 @@ public final class Linear: Module {
 
     /// A linear layer with freshly initialised parameters drawn from `rng` (weight first, then bias).
     public init(inFeatures: Int, outFeatures: Int, bias: Bool = true, rng: inout RandomSource) {
-        precondition(inFeatures > 0 && outFeatures > 0, "Linear: invalid sizes \(inFeatures)→\(outFeatures)")
+        LayerKit.require(inFeatures > 0 && outFeatures > 0, "Linear: invalid sizes \(inFeatures)→\(outFeatures)")
         self.inFeatures = inFeatures
         self.outFeatures = outFeatures
         let bound = 1 / Float(inFeatures).squareRoot()
@@ -41,12 +41,12 @@ public final class Linear: Module {
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
         cachedInput = nil; cachedWeight = nil; cachedEffectiveWeight = nil
         let d = input.shape
-        precondition(d.count == 2 && d[1] == inFeatures,
-                     "\(layerDescription): expected input [N, \(inFeatures)], got \(d)")
+        LayerKit.require(d.count == 2 && d[1] == inFeatures,
+                         "\(layerDescription): expected input [N, \(inFeatures)], got \(d)")
         let w = weight.value
         let we = effectiveWeight
-        precondition(we.shape == w.shape,
-                     "\(layerDescription): weightTransform returned shape \(we.shape), expected \(w.shape)")
+        LayerKit.require(we.shape == w.shape,
+                         "\(layerDescription): weightTransform returned shape \(we.shape), expected \(w.shape)")
         let n = d[0]
         var y = Tensor(shape: [n, outFeatures])
         input.withUnsafePointer { x in
@@ -67,11 +67,11 @@ public final class Linear: Module {
     /// dx = dy · effectiveWeight; accumulates dW = dyᵀ·x (through the transform) and dBias = Σₙ dy.
     public func backward(_ gradOutput: Tensor) -> Tensor {
         guard let x = cachedInput, let w = cachedWeight, let we = cachedEffectiveWeight else {
-            preconditionFailure("\(layerDescription): backward called without a preceding forward")
+            fatalError("\(layerDescription): backward called without a preceding forward")
         }
         let n = x.shape[0]
-        precondition(gradOutput.shape == [n, outFeatures],
-                     "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \([n, outFeatures])")
+        LayerKit.require(gradOutput.shape == [n, outFeatures],
+                         "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \([n, outFeatures])")
         cachedInput = nil; cachedWeight = nil; cachedEffectiveWeight = nil
         var dx = Tensor(shape: x.shape)
         let (cn, ci, co) = (LayerKit.c(n), LayerKit.c(inFeatures), LayerKit.c(outFeatures))
@@ -84,8 +84,8 @@ public final class Linear: Module {
                                 var dwe = Tensor(shape: w.shape)
                                 dwe.withUnsafeMutablePointer { dw in msq_linear_backward(dxp, dw, db, dy, xp, wp, cn, ci, co) }
                                 let dw = transform.backward(gradEffective: dwe, weight: w)
-                                precondition(dw.shape == w.shape,
-                                             "\(layerDescription): weightTransform.backward returned shape \(dw.shape), expected \(w.shape)")
+                                LayerKit.require(dw.shape == w.shape,
+                                                 "\(layerDescription): weightTransform.backward returned shape \(dw.shape), expected \(w.shape)")
                                 LayerKit.accumulate(&weight.grad, dw)
                             } else {
                                 LayerKit.withGradPointer(weight) { dw in msq_linear_backward(dxp, dw, db, dy, xp, wp, cn, ci, co) }

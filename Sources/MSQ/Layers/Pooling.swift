@@ -2,11 +2,11 @@ import CKernels
 
 /// Builds a pooling geometry or traps with a message naming the layer.
 private func poolShape(_ layer: String, _ d: [Int], kernelSize: Int, stride: Int, padding: Int) -> msq_pool2d_shape {
-    precondition(d.count == 4, "\(layer): expected input [N, C, H, W], got \(d)")
+    LayerKit.require(d.count == 4, "\(layer): expected input [N, C, H, W], got \(d)")
     var s = msq_pool2d_shape()
     let rc = msq_pool2d_make_shape(&s, LayerKit.c(d[0]), LayerKit.c(d[1]), LayerKit.c(d[2]), LayerKit.c(d[3]),
                                    LayerKit.c(kernelSize), LayerKit.c(stride), LayerKit.c(padding))
-    precondition(rc == 0, "\(layer): invalid geometry for input \(d) (input smaller than the window, or padding > k/2)")
+    LayerKit.require(rc == 0, "\(layer): invalid geometry for input \(d) (input smaller than the window, or padding > k/2)")
     return s
 }
 
@@ -55,11 +55,11 @@ public final class MaxPool2d: Module {
     /// `dx[argmax] += dy`.
     public func backward(_ gradOutput: Tensor) -> Tensor {
         guard let argmax = cachedArgmax else {
-            preconditionFailure("\(layerDescription): backward called without a preceding forward")
+            fatalError("\(layerDescription): backward called without a preceding forward")
         }
         var s = cachedShape
-        precondition(gradOutput.shape == outShape(s),
-                     "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \(outShape(s))")
+        LayerKit.require(gradOutput.shape == outShape(s),
+                         "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \(outShape(s))")
         cachedArgmax = nil
         var dx = Tensor(shape: [Int(s.n), Int(s.c), Int(s.h_in), Int(s.w_in)])
         gradOutput.withUnsafePointer { dy in
@@ -109,10 +109,10 @@ public final class AvgPool2d: Module {
     /// `dx[window] += dy / k²`.
     public func backward(_ gradOutput: Tensor) -> Tensor {
         guard var s = cachedShape else {
-            preconditionFailure("\(layerDescription): backward called without a preceding forward")
+            fatalError("\(layerDescription): backward called without a preceding forward")
         }
-        precondition(gradOutput.shape == outShape(s),
-                     "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \(outShape(s))")
+        LayerKit.require(gradOutput.shape == outShape(s),
+                         "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \(outShape(s))")
         cachedShape = nil
         var dx = Tensor(shape: [Int(s.n), Int(s.c), Int(s.h_in), Int(s.w_in)])
         gradOutput.withUnsafePointer { dy in
@@ -135,7 +135,7 @@ public final class GlobalAvgPool2d: Module {
     /// Per-channel spatial means, shape `[N, C]`.
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
         let d = input.shape
-        precondition(d.count == 4 && d[2] * d[3] > 0, "GlobalAvgPool2d: expected input [N, C, H, W], got \(d)")
+        LayerKit.require(d.count == 4 && d[2] * d[3] > 0, "GlobalAvgPool2d: expected input [N, C, H, W], got \(d)")
         var y = Tensor(shape: [d[0], d[1]])
         input.withUnsafePointer { x in
             y.withUnsafeMutablePointer { yp in
@@ -149,10 +149,10 @@ public final class GlobalAvgPool2d: Module {
     /// `dx[n,c,h,w] = dy[n,c] / HW`.
     public func backward(_ gradOutput: Tensor) -> Tensor {
         guard let d = cachedInputShape else {
-            preconditionFailure("GlobalAvgPool2d: backward called without a preceding forward")
+            fatalError("GlobalAvgPool2d: backward called without a preceding forward")
         }
-        precondition(gradOutput.shape == [d[0], d[1]],
-                     "GlobalAvgPool2d: gradient shape \(gradOutput.shape) does not match output \([d[0], d[1]])")
+        LayerKit.require(gradOutput.shape == [d[0], d[1]],
+                         "GlobalAvgPool2d: gradient shape \(gradOutput.shape) does not match output \([d[0], d[1]])")
         cachedInputShape = nil
         var dx = Tensor(shape: d)
         gradOutput.withUnsafePointer { dy in
@@ -177,7 +177,7 @@ public final class Flatten: Module {
     /// The input reshaped to `[N, rest]`.
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
         let d = input.shape
-        precondition(d.count >= 1, "Flatten: expected input with a batch dimension, got \(d)")
+        LayerKit.require(d.count >= 1, "Flatten: expected input with a batch dimension, got \(d)")
         cachedInputShape = d
         return input.reshaped([d[0], d.dropFirst().reduce(1, *)])
     }
@@ -185,10 +185,10 @@ public final class Flatten: Module {
     /// The gradient reshaped back to the input's shape.
     public func backward(_ gradOutput: Tensor) -> Tensor {
         guard let d = cachedInputShape else {
-            preconditionFailure("Flatten: backward called without a preceding forward")
+            fatalError("Flatten: backward called without a preceding forward")
         }
-        precondition(gradOutput.count == d.reduce(1, *) && gradOutput.shape.first == d[0],
-                     "Flatten: gradient shape \(gradOutput.shape) does not match output for input \(d)")
+        LayerKit.require(gradOutput.count == d.reduce(1, *) && gradOutput.shape.first == d[0],
+                         "Flatten: gradient shape \(gradOutput.shape) does not match output for input \(d)")
         cachedInputShape = nil
         return gradOutput.reshaped(d)
     }

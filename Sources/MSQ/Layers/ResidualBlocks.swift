@@ -23,8 +23,8 @@ public final class ZeroPadShortcut: Module {
 
     /// A zero-padding shortcut from `inChannels` to `outChannels` channels with the given stride.
     public init(inChannels: Int, outChannels: Int, stride: Int) {
-        precondition(inChannels > 0 && outChannels >= inChannels && stride > 0,
-                     "ZeroPadShortcut: needs 0 < inChannels ≤ outChannels and stride > 0 (got \(inChannels)→\(outChannels), stride \(stride))")
+        LayerKit.require(inChannels > 0 && outChannels >= inChannels && stride > 0,
+                         "ZeroPadShortcut: needs 0 < inChannels ≤ outChannels and stride > 0 (got \(inChannels)→\(outChannels), stride \(stride))")
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.stride = stride
@@ -36,8 +36,8 @@ public final class ZeroPadShortcut: Module {
     /// Subsamples and zero-pads the channels.
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
         let d = input.shape
-        precondition(d.count == 4 && d[1] == inChannels,
-                     "\(layerDescription): expected input [N, \(inChannels), H, W], got \(d)")
+        LayerKit.require(d.count == 4 && d[1] == inChannels,
+                         "\(layerDescription): expected input [N, \(inChannels), H, W], got \(d)")
         let (n, h, w) = (d[0], d[2], d[3])
         let (ho, wo) = ((h + stride - 1) / stride, (w + stride - 1) / stride)
         var y = Tensor(shape: [n, outChannels, ho, wo])
@@ -62,12 +62,12 @@ public final class ZeroPadShortcut: Module {
     /// Scatters the copied channels' gradient back to the sampled positions.
     public func backward(_ gradOutput: Tensor) -> Tensor {
         guard let d = cachedInputShape else {
-            preconditionFailure("\(layerDescription): backward called without a preceding forward")
+            fatalError("\(layerDescription): backward called without a preceding forward")
         }
         let (n, h, w) = (d[0], d[2], d[3])
         let (ho, wo) = ((h + stride - 1) / stride, (w + stride - 1) / stride)
-        precondition(gradOutput.shape == [n, outChannels, ho, wo],
-                     "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \([n, outChannels, ho, wo])")
+        LayerKit.require(gradOutput.shape == [n, outChannels, ho, wo],
+                         "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \([n, outChannels, ho, wo])")
         cachedInputShape = nil
         var dx = Tensor(shape: d)
         let (cin, cout, s, before) = (inChannels, outChannels, stride, padBefore)

@@ -20,8 +20,8 @@ public final class Sequential: Module {
     /// Appends a child; `name` nil means its position (`"3"` for the fourth child).
     public func append(_ module: any Module, name: String? = nil) {
         let name = name ?? String(children.count)
-        precondition(!name.isEmpty && !name.contains("."), "Sequential: invalid child name '\(name)'")
-        precondition(!children.contains { $0.name == name }, "Sequential: duplicate child name '\(name)'")
+        LayerKit.require(!name.isEmpty && !name.contains("."), "Sequential: invalid child name '\(name)'")
+        LayerKit.require(!children.contains { $0.name == name }, "Sequential: duplicate child name '\(name)'")
         children.append((name, module))
     }
 

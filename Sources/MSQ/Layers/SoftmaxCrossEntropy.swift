@@ -5,6 +5,7 @@ public enum LossError: Error, Equatable, CustomStringConvertible {
     /// `labels[index]` is not a class index in `0..<numClasses`.
     case labelOutOfRange(index: Int, label: Int32, numClasses: Int)
 
+    /// A message naming the label, its position and the valid range.
     public var description: String {
         switch self {
         case let .labelOutOfRange(index, label, numClasses):
@@ -27,8 +28,8 @@ public final class SoftmaxCrossEntropy {
 
     /// A loss with label smoothing `labelSmoothing` (0 = plain cross-entropy).
     public init(labelSmoothing: Float = 0) {
-        precondition(labelSmoothing >= 0 && labelSmoothing < 1,
-                     "SoftmaxCrossEntropy: label smoothing must be in [0, 1) (got \(labelSmoothing))")
+        LayerKit.require(labelSmoothing >= 0 && labelSmoothing < 1,
+                         "SoftmaxCrossEntropy: label smoothing must be in [0, 1) (got \(labelSmoothing))")
         self.labelSmoothing = labelSmoothing
     }
 
@@ -36,10 +37,10 @@ public final class SoftmaxCrossEntropy {
     /// - Throws: ``LossError/labelOutOfRange(index:label:numClasses:)`` if a label is not in `0..<K`.
     public func forward(logits: Tensor, labels: [Int32]) throws(LossError) -> Float {
         let d = logits.shape
-        precondition(d.count == 2 && d[0] > 0 && d[1] > 0,
-                     "SoftmaxCrossEntropy: expected logits [N, K], got \(d)")
-        precondition(labels.count == d[0],
-                     "SoftmaxCrossEntropy: \(labels.count) labels for a batch of \(d[0]) logits")
+        LayerKit.require(d.count == 2 && d[0] > 0 && d[1] > 0,
+                         "SoftmaxCrossEntropy: expected logits [N, K], got \(d)")
+        LayerKit.require(labels.count == d[0],
+                         "SoftmaxCrossEntropy: \(labels.count) labels for a batch of \(d[0]) logits")
         let (n, k) = (d[0], d[1])
         probabilities = nil
         if let bad = labels.firstIndex(where: { $0 < 0 || Int($0) >= k }) {
@@ -55,7 +56,7 @@ public final class SoftmaxCrossEntropy {
                 }
             }
         }
-        precondition(rc == 0, "SoftmaxCrossEntropy: kernel rejected labels that passed the range check")
+        LayerKit.require(rc == 0, "SoftmaxCrossEntropy: kernel rejected labels that passed the range check")
         probabilities = probs
         cachedLabels = labels
         return loss
@@ -64,7 +65,7 @@ public final class SoftmaxCrossEntropy {
     /// dloss/dlogits `[N, K]` of the last forward, multiplied by `scale`: `scale · (p − q) / N`.
     public func backward(scale: Float = 1) -> Tensor {
         guard let probs = probabilities else {
-            preconditionFailure("SoftmaxCrossEntropy: backward called without a successful forward")
+            fatalError("SoftmaxCrossEntropy: backward called without a successful forward")
         }
         let (n, k) = (probs.shape[0], probs.shape[1])
         var grad = Tensor(shape: probs.shape)
@@ -84,7 +85,7 @@ public final class SoftmaxCrossEntropy {
 /// (the first one on ties; NaN never wins).
 public func predictedClasses(logits: Tensor) -> [Int32] {
     let d = logits.shape
-    precondition(d.count == 2 && d[1] > 0, "predictedClasses: expected logits [N, K], got \(d)")
+    LayerKit.require(d.count == 2 && d[1] > 0, "predictedClasses: expected logits [N, K], got \(d)")
     let (n, k) = (d[0], d[1])
     return logits.withUnsafePointer { z in
         (0..<n).map { i in
@@ -98,7 +99,7 @@ public func predictedClasses(logits: Tensor) -> [Int32] {
 
 /// The number of rows of `logits [N, K]` whose argmax equals the label: `Σ_i [argmax_j z_ij = t_i]`.
 public func correctPredictions(logits: Tensor, labels: [Int32]) -> Int {
-    precondition(logits.shape.count == 2 && labels.count == logits.shape[0],
-                 "correctPredictions: \(labels.count) labels for logits \(logits.shape)")
+    LayerKit.require(logits.shape.count == 2 && labels.count == logits.shape[0],
+                     "correctPredictions: \(labels.count) labels for logits \(logits.shape)")
     return zip(predictedClasses(logits: logits), labels).reduce(0) { $0 + ($1.0 == $1.1 ? 1 : 0) }
 }

@@ -29,9 +29,9 @@ public final class CIFARResNet: Module {
     /// A ResNet of the given depth (8, 14, 20, 32, 44, 56, 110, …).
     public init(depth: Int, inputChannels: Int = 3, numClasses: Int = 10, activation: ActivationKind = .relu,
                 rng: inout RandomSource) {
-        precondition(depth >= 8 && (depth - 2) % 6 == 0, "CIFARResNet: depth must be 6n+2 with n ≥ 1 (got \(depth))")
-        precondition(inputChannels > 0 && numClasses > 0,
-                     "CIFARResNet: inputChannels and numClasses must be positive (got \(inputChannels), \(numClasses))")
+        LayerKit.require(depth >= 8 && (depth - 2) % 6 == 0, "CIFARResNet: depth must be 6n+2 with n ≥ 1 (got \(depth))")
+        LayerKit.require(inputChannels > 0 && numClasses > 0,
+                         "CIFARResNet: inputChannels and numClasses must be positive (got \(inputChannels), \(numClasses))")
         self.depth = depth
         self.activation = activation
         let n = (depth - 2) / 6
@@ -61,8 +61,15 @@ public final class CIFARResNet: Module {
         shareConvWorkspace(in: self)
     }
 
+    private var modelName: String { "CIFARResNet-\(depth)" }
+
     /// Logits `[N, numClasses]` for images `[N, inputChannels, H, W]`.
-    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor { body.forward(input, mode: mode) }
+    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
+        let d = input.shape
+        LayerKit.require(d.count == 4 && d[1] == conv1.inChannels,
+                         "\(modelName): expected images [N, \(conv1.inChannels), H, W], got \(d)")
+        return body.forward(input, mode: mode)
+    }
 
     /// dLoss/dImages; accumulates every parameter's gradient.
     public func backward(_ gradOutput: Tensor) -> Tensor { body.backward(gradOutput) }

@@ -38,10 +38,10 @@ public final class ImageNetResNet: Module {
     /// A ResNet with `layers[i]` blocks in stage i+1 (exactly four stages).
     public init(block: ResNetBlock, layers: [Int], inputChannels: Int = 3, numClasses: Int = 1000,
                 rng: inout RandomSource) {
-        precondition(layers.count == 4 && layers.allSatisfy { $0 > 0 },
-                     "ImageNetResNet: layers must list four positive block counts (got \(layers))")
-        precondition(inputChannels > 0 && numClasses > 0,
-                     "ImageNetResNet: inputChannels and numClasses must be positive (got \(inputChannels), \(numClasses))")
+        LayerKit.require(layers.count == 4 && layers.allSatisfy { $0 > 0 },
+                         "ImageNetResNet: layers must list four positive block counts (got \(layers))")
+        LayerKit.require(inputChannels > 0 && numClasses > 0,
+                         "ImageNetResNet: inputChannels and numClasses must be positive (got \(inputChannels), \(numClasses))")
         self.block = block
         self.layers = layers
         conv1 = Conv2d(inChannels: inputChannels, outChannels: 64, kernelSize: 7, stride: 2, padding: 3,
@@ -79,8 +79,17 @@ public final class ImageNetResNet: Module {
         shareConvWorkspace(in: self)
     }
 
+    private var modelName: String {
+        "ResNet-\(layers.reduce(0, +) * (block == .basic ? 2 : 3) + 2)"
+    }
+
     /// Logits `[N, numClasses]` for images `[N, inputChannels, H, W]`.
-    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor { body.forward(input, mode: mode) }
+    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
+        let d = input.shape
+        LayerKit.require(d.count == 4 && d[1] == conv1.inChannels,
+                         "\(modelName): expected images [N, \(conv1.inChannels), H, W], got \(d)")
+        return body.forward(input, mode: mode)
+    }
 
     /// dLoss/dImages; accumulates every parameter's gradient.
     public func backward(_ gradOutput: Tensor) -> Tensor { body.backward(gradOutput) }

@@ -34,6 +34,7 @@ public enum ModelError: Error, Equatable, CustomStringConvertible {
     /// No model has this name; `valid` lists the names that exist.
     case unknownModel(name: String, valid: [String])
 
+    /// A message naming the unknown model and listing the valid names.
     public var description: String {
         switch self {
         case let .unknownModel(name, valid):

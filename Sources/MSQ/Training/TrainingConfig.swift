@@ -26,9 +26,9 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     /// Label smoothing ε of the cross-entropy loss.
     public var labelSmoothing: Double = 0
     /// Random crop padding in pixels (0 = no crop augmentation).
-    public var cropPadding: Int = 2
+    public var cropPadding: Int = 0
     /// Random horizontal flips.
-    public var horizontalFlip: Bool = true
+    public var horizontalFlip: Bool = false
     /// Use only the first N training images.
     public var limitTrain: Int?
     /// Use only the first N test images.
