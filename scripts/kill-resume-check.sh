@@ -11,7 +11,7 @@ opts=(--model resnet20 --dataset fashion-mnist --epochs 3 --limit-train 3000 --l
       --batch-size 128 --lr 0.1 --seed 0 "$@")
 
 echo "== uninterrupted run"
-"$msq" train "${opts[@]}" --out "$work/straight" | grep -v "step"
+"$msq" train "${opts[@]}" --out "$work/straight" | grep -v "  step "
 
 echo "== run to be killed"
 "$msq" train "${opts[@]}" --out "$work/killed" > "$work/killed.log" 2>&1 &
@@ -21,10 +21,10 @@ until [ -f "$work/killed/metrics.jsonl" ] && grep -q '"epoch":1' "$work/killed/m
 sleep 4
 kill -9 "$pid"
 wait "$pid" 2>/dev/null || true
-echo "killed (SIGKILL) during: $(grep step "$work/killed.log" | tail -1)"
+echo "killed (SIGKILL) 4 s into epoch 2; its checkpoint holds epoch $("$msq" inspect "$work/killed/checkpoint.msqckpt" | sed -n 's/.*epochs completed \([0-9]*\).*/\1/p')"
 
 echo "== resumed run"
-"$msq" train "${opts[@]}" --out "$work/killed" --resume | grep -v "step"
+"$msq" train "${opts[@]}" --out "$work/killed" --resume | grep -v "  step "
 
 a=$("$msq" inspect "$work/straight/checkpoint.msqckpt" | grep weights_fnv1a64)
 b=$("$msq" inspect "$work/killed/checkpoint.msqckpt" | grep weights_fnv1a64)

@@ -29,8 +29,8 @@ struct TrainCommand: ParsableCommand {
     var momentum: Double = 0.9
     @Option(help: "Weight decay (not applied to batch-norm parameters and biases).")
     var weightDecay: Double = 5e-4
-    @Flag(help: "Nesterov momentum.")
-    var nesterov = false
+    @Flag(inversion: .prefixedNo, help: "Nesterov momentum.")
+    var nesterov = true
     @Option(help: "Linear warm-up length in epochs.")
     var warmupEpochs: Double = 0.5
     @Option(help: "Label smoothing of the cross-entropy loss.")

@@ -1,7 +1,7 @@
 """PyTorch twin of `msq train` (float) for checking our engine's accuracy against a reference.
 
 Same model (CIFAR ResNet-20, option-A shortcuts, Kaiming-normal fan-out init), same recipe
-(SGD momentum 0.9, weight decay 5e-4 on conv/linear weights only, linear warm-up then per-step
+(SGD with Nesterov momentum 0.9, weight decay 5e-4 on conv/linear weights only, linear warm-up then per-step
 cosine, optional random crop with zero padding + horizontal flip (off by default, as in
 `msq train --dataset fashion-mnist`), Fashion-MNIST normalisation), same data
 subset (the first N training images, the full 10k test set).
@@ -110,7 +110,7 @@ def main():
     decay = [p_ for n_, p_ in model.named_parameters() if p_.dim() > 1]
     no_decay = [p_ for n_, p_ in model.named_parameters() if p_.dim() <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": a.weight_decay},
-                           {"params": no_decay, "weight_decay": 0}], lr=a.lr, momentum=0.9)
+                           {"params": no_decay, "weight_decay": 0}], lr=a.lr, momentum=0.9, nesterov=True)
     steps_per_epoch = math.ceil(len(xtr) / a.batch_size)
     total, warm = steps_per_epoch * a.epochs, round(a.warmup_epochs * steps_per_epoch)
     lr_at = lambda t: a.lr * (t + 1) / warm if t < warm else a.lr * (1 + math.cos(math.pi * (t - warm) / max(total - warm, 1))) / 2

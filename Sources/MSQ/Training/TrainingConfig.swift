@@ -19,8 +19,9 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var momentum: Double = 0.9
     /// Weight decay (not applied to batch-norm parameters and biases).
     public var weightDecay: Double = 5e-4
-    /// Nesterov momentum.
-    public var nesterov: Bool = false
+    /// Nesterov momentum (on by default: ResNet-20, Fashion-MNIST 10k, 3 epochs, seed 0, one thread:
+    /// 0.853 with it, 0.836 without).
+    public var nesterov: Bool = true
     /// Linear warm-up length in epochs (fractional allowed); cosine annealing follows.
     public var warmupEpochs: Double = 0.5
     /// Label smoothing ε of the cross-entropy loss.
