@@ -5,7 +5,7 @@ import Testing
 // Activation kernels: fast vs reference, hand values incl. PyTorch's derivatives at the kinks,
 // accumulation, and central differences away from the kinks.
 
-private typealias Kit = LayerKernelTestKit
+private typealias Kit = KernelTestKit
 
 /// The fast kernels evaluate the same per-element float expression as the reference (no
 /// reassociation, no FMA contraction), so they must agree bit for bit.
@@ -52,7 +52,7 @@ private let actCounts = [1, 3, 7, 17 * 33, 33 * 33 * 17 * 7]
 struct ActivationTests {
     @Test("fast forward and backward match the reference", arguments: ActivationTestKind.allCases, actCounts)
     func fastMatchesReference(kind: ActivationTestKind, count: Int) {
-        var rng = Kit.Rng(seed: UInt64(count) &* 31 &+ UInt64(kind.rawValue))
+        var rng = Kit.SplitMix64(seed: UInt64(count) &* 31 &+ UInt64(kind.rawValue))
         var x = rng.floats(count, -8, 8)
         // Put the kinks themselves (and -0) in, so their conventions are compared too.
         for (i, k) in ([-0.0, 0, 6, -3, 3] as [Float]).enumerated() where i < count {
@@ -106,7 +106,7 @@ struct ActivationTests {
 
     @Test("backward matches central differences of the forward", arguments: ActivationTestKind.allCases, [false, true])
     func backwardMatchesFiniteDifferences(kind: ActivationTestKind, fast: Bool) {
-        var rng = Kit.Rng(seed: 40 &+ UInt64(kind.rawValue))
+        var rng = Kit.SplitMix64(seed: 40 &+ UInt64(kind.rawValue))
         let x = (0..<65).map { _ -> Float in
             while true {
                 let v = rng.uniform(-6, 8)

@@ -4,7 +4,7 @@ import Testing
 // Fast batch-norm kernels against their scalar twins, hand-computed statistics, accumulation,
 // and central differences of the float forward for both backward kernels.
 
-private typealias Kit = LayerKernelTestKit
+private typealias Kit = KernelTestKit
 
 /// Fast vs reference: the kernels differ only in the order of the per-channel double sums.
 private let bnFastVsRefAbsTol: Float = 1e-5
@@ -29,7 +29,7 @@ private struct BNCase {
     var gamma, beta, runningMean, runningVar, dgamma0, dbeta0: [Float]
 
     init(_ s: Kit.Shape4, seed: UInt64) {
-        var rng = Kit.Rng(seed: seed)
+        var rng = Kit.SplitMix64(seed: seed)
         shape = s
         // A different offset per channel, so a channel mix-up would show.
         let offsets = rng.floats(s.c, -3, 3)
@@ -92,7 +92,7 @@ private func evalBackward(_ t: BNCase, fast: Bool) -> (dx: [Float], dgamma: [Flo
 @Suite("BatchNorm kernels")
 struct BatchNormTests {
     @Test("fast training forward and backward match the reference", arguments: bnShapes)
-    func trainFastMatchesReference(shape: LayerKernelTestKit.Shape4) {
+    func trainFastMatchesReference(shape: KernelTestKit.Shape4) {
         let t = BNCase(shape, seed: 11)
         let ref = trainForward(t, fast: false)
         let refB = trainBackward(t, ref, fast: false)
@@ -122,7 +122,7 @@ struct BatchNormTests {
     }
 
     @Test("fast eval forward and backward match the reference", arguments: bnShapes)
-    func evalFastMatchesReference(shape: LayerKernelTestKit.Shape4) {
+    func evalFastMatchesReference(shape: KernelTestKit.Shape4) {
         let t = BNCase(shape, seed: 12)
         let ref = evalForward(t, fast: false)
         let refB = evalBackward(t, fast: false)
@@ -266,96 +266,6 @@ struct BatchNormTests {
         Kit.checkGradient(at: t.beta, analytic: g.dbeta, indices: Array(0..<s.c), h: bnGradStep,
                           atol: bnGradAbsTol, rtol: bnGradRelTol, "eval dbeta") { v in
             Kit.project(evalForward(t, beta: v, fast: fast), t.dy)
-        }
-    }
-}
-
-// MARK: - Shared by the BatchNorm, Activation, Pool, Loss and SGD kernel tests
-
-/// Helpers for the layer-kernel tests: a seeded generator, tolerant comparisons and a
-/// central-difference gradient check.
-enum LayerKernelTestKit {
-    /// Every fast kernel is compared with its reference at these thread counts.
-    static let threadCounts: [Int32] = [1, 2]
-
-    /// An NCHW shape; `hw` is the flattened plane.
-    struct Shape4: Sendable, CustomStringConvertible {
-        let n, c, h, w: Int
-        init(_ n: Int, _ c: Int, _ h: Int, _ w: Int) { (self.n, self.c, self.h, self.w) = (n, c, h, w) }
-        var hw: Int { h * w }
-        var count: Int { n * c * h * w }
-        var description: String { "[\(n), \(c), \(h), \(w)]" }
-    }
-
-    /// SplitMix64: small, seedable, the same on every platform.
-    struct Rng {
-        var state: UInt64
-        init(seed: UInt64) { state = seed }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        /// Uniform in [lo, hi).
-        mutating func uniform(_ lo: Float, _ hi: Float) -> Float {
-            lo + (hi - lo) * Float(next() >> 40) / Float(1 << 24)
-        }
-        mutating func floats(_ count: Int, _ lo: Float, _ hi: Float) -> [Float] {
-            (0..<count).map { _ in uniform(lo, hi) }
-        }
-        mutating func int(below bound: Int) -> Int { Int(next() % UInt64(bound)) }
-    }
-
-    static func bits(_ a: [Float]) -> [UInt32] { a.map(\.bitPattern) }
-
-    /// sum_i a_i * r_i in double: the scalar a central difference differentiates.
-    static func project(_ a: [Float], _ r: [Float]) -> Double {
-        zip(a, r).reduce(0) { $0 + Double($1.0) * Double($1.1) }
-    }
-
-    /// Expects |actual - expected| <= atol + rtol * |expected| everywhere (NaN matches NaN);
-    /// reports the worst element once instead of one failure per element.
-    static func expectClose(_ actual: [Float], _ expected: [Float], atol: Float, rtol: Float, _ what: String,
-                            sourceLocation: SourceLocation = #_sourceLocation) {
-        guard actual.count == expected.count else {
-            Issue.record("\(what): \(actual.count) values, expected \(expected.count)", sourceLocation: sourceLocation)
-            return
-        }
-        var worst: (index: Int, excess: Float)?
-        for i in actual.indices {
-            let (a, e) = (actual[i], expected[i])
-            if a.isNaN && e.isNaN { continue }
-            let err = abs(a - e)
-            let bound = atol + rtol * abs(e)
-            if !(err <= bound), worst == nil || err - bound > worst!.excess || err.isNaN {
-                worst = (i, err.isNaN ? .infinity : err - bound)
-            }
-        }
-        if let w = worst {
-            let message = "\(what): element \(w.index) is \(actual[w.index]), expected \(expected[w.index]) "
-                + "(atol \(atol), rtol \(rtol))"
-            Issue.record(Comment(rawValue: message), sourceLocation: sourceLocation)
-        }
-    }
-
-    /// Central differences of `loss` (a float forward summed in double) at `x`, one coordinate per
-    /// index, against `analytic`. The step actually taken is measured in double, since x ± h is rounded.
-    static func checkGradient(at x: [Float], analytic: [Float], indices: [Int], h: Float, atol: Double,
-                              rtol: Double, _ what: String, sourceLocation: SourceLocation = #_sourceLocation,
-                              loss: ([Float]) -> Double) {
-        for j in indices {
-            var plus = x, minus = x
-            plus[j] += h
-            minus[j] -= h
-            let numeric = (loss(plus) - loss(minus)) / (Double(plus[j]) - Double(minus[j]))
-            let a = Double(analytic[j])
-            if !(abs(numeric - a) <= atol + rtol * abs(numeric)) {
-                Issue.record("\(what)[\(j)]: analytic \(a), central difference \(numeric)",
-                             sourceLocation: sourceLocation)
-                return
-            }
         }
     }
 }

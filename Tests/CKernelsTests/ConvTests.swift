@@ -21,34 +21,7 @@ private let convFastAdjointRelTolerance: Double = 1e-5
 /// float rounding of each addition (relative to the increment's max magnitude).
 private let convAccumulateRelTolerance: Float = 1e-5
 
-/// Deterministic xorshift generator so failures reproduce.
-private struct ConvTestRNG {
-    var state: UInt64
-    init(seed: UInt64) { state = seed &* 0x9E37_79B9_7F4A_7C15 | 1 }
-    mutating func next() -> UInt64 {
-        state ^= state << 13; state ^= state >> 7; state ^= state << 17
-        return state
-    }
-    /// Uniform in [−1, 1).
-    mutating func float() -> Float { Float(next() >> 40) / Float(1 << 23) - 1 }
-    mutating func floats(_ count: Int) -> [Float] { (0..<count).map { _ in float() } }
-}
-
-private func convMaxRelError(_ got: [Float], _ ref: [Float]) -> Float {
-    var maxRef: Float = 0, maxDiff: Float = 0
-    for i in ref.indices {
-        maxRef = max(maxRef, abs(ref[i]))
-        maxDiff = max(maxDiff, abs(got[i] - ref[i]))
-    }
-    return maxDiff / max(maxRef, Float.leastNormalMagnitude)
-}
-
-private func withConvThreads<T>(_ n: Int, _ body: () throws -> T) rethrows -> T {
-    let previous = msq_get_num_threads()
-    msq_set_num_threads(Int32(n))
-    defer { msq_set_num_threads(previous) }
-    return try body()
-}
+private typealias Kit = KernelTestKit
 
 /// One convolution geometry. `strideW`/`padW`, when set, override the width-wise values that
 /// msq_conv2d_make_shape (square stride and pad only) fills in, to exercise asymmetric shapes.
@@ -131,7 +104,7 @@ private struct ConvTestData {
 
     init(_ t: ConvTestCase, seed: UInt64 = 1) {
         s = t.shape()
-        var rng = ConvTestRNG(seed: seed &+ UInt64(t.n * 1_000_003 + t.cIn * 10_007 + t.h * 101 + t.w * 13 + t.kh * 7 + t.groups))
+        var rng = Kit.Xorshift(seed: seed &+ UInt64(t.n * 1_000_003 + t.cIn * 10_007 + t.h * 101 + t.w * 13 + t.kh * 7 + t.groups))
         x = rng.floats(s.xCount); w = rng.floats(s.wCount); bias = rng.floats(Int(s.c_out))
         dy = rng.floats(s.yCount)
         dx0 = rng.floats(s.xCount).map { $0 * 0.5 }
@@ -209,15 +182,6 @@ private func convBackwardWeight(fast: Bool, _ d: ConvTestData, dw0: [Float]? = n
         }
     }
     return (dw, db)
-}
-
-private func dot(_ a: [Float], _ b: [Float]) -> (value: Double, scale: Double) {
-    var sum = 0.0, scale = 0.0
-    for i in a.indices {
-        let p = Double(a[i]) * Double(b[i])
-        sum += p; scale += abs(p)
-    }
-    return (sum, scale)
 }
 
 @Suite("conv2d kernels")
@@ -313,43 +277,43 @@ struct ConvTests {
 
     // MARK: fast vs reference
 
-    @Test("forward: fast matches reference", arguments: convCases, [1, 2])
+    @Test("forward: fast matches reference", arguments: convCases, Kit.threadCountArguments)
     func forwardMatchesReference(_ t: ConvTestCase, threads: Int) {
-        withConvThreads(threads) {
+        Kit.withThreads(threads) {
             let d = ConvTestData(t)
             for bias in [false, true] {
                 let ref = convForward(fast: false, d, bias: bias)
                 for workspace in [false, true] {
                     let got = convForward(fast: true, d, bias: bias, workspace: workspace)
-                    let err = convMaxRelError(got, ref)
+                    let err = Kit.maxRelError(got, ref)
                     #expect(err <= convForwardRelTolerance, "bias=\(bias) workspace=\(workspace): rel err \(err)")
                 }
             }
         }
     }
 
-    @Test("backward input: fast matches reference", arguments: convCases, [1, 2])
+    @Test("backward input: fast matches reference", arguments: convCases, Kit.threadCountArguments)
     func backwardInputMatchesReference(_ t: ConvTestCase, threads: Int) {
-        withConvThreads(threads) {
+        Kit.withThreads(threads) {
             let d = ConvTestData(t)
             let ref = convBackwardInput(fast: false, d)
             for workspace in [false, true] {
                 let got = convBackwardInput(fast: true, d, workspace: workspace)
-                let err = convMaxRelError(got, ref)
+                let err = Kit.maxRelError(got, ref)
                 #expect(err <= convBackwardInputRelTolerance, "workspace=\(workspace): rel err \(err)")
             }
         }
     }
 
-    @Test("backward weight: fast matches reference", arguments: convCases, [1, 2])
+    @Test("backward weight: fast matches reference", arguments: convCases, Kit.threadCountArguments)
     func backwardWeightMatchesReference(_ t: ConvTestCase, threads: Int) {
-        withConvThreads(threads) {
+        Kit.withThreads(threads) {
             let d = ConvTestData(t)
             for withBias in [false, true] {
                 let ref = convBackwardWeight(fast: false, d, withBias: withBias)
                 for workspace in [false, true] {
                     let got = convBackwardWeight(fast: true, d, withBias: withBias, workspace: workspace)
-                    let errW = convMaxRelError(got.dw, ref.dw), errB = convMaxRelError(got.db, ref.db)
+                    let errW = Kit.maxRelError(got.dw, ref.dw), errB = Kit.maxRelError(got.db, ref.db)
                     #expect(errW <= convBackwardWeightRelTolerance, "bias=\(withBias) workspace=\(workspace): dw rel err \(errW)")
                     #expect(errB <= convBackwardWeightRelTolerance, "bias=\(withBias) workspace=\(workspace): db rel err \(errB)")
                     if !withBias { #expect(got.db == d.db0, "dbias touched although NULL was passed") }
@@ -360,34 +324,29 @@ struct ConvTests {
 
     // MARK: accumulation
 
-    @Test("backward kernels accumulate: two calls add twice the increment", arguments: [convCases[1], convCases[3], convCases[7], convCases[13]], [1, 2])
+    @Test("backward kernels accumulate: two calls add twice the increment", arguments: [convCases[1], convCases[3], convCases[7], convCases[13]], Kit.threadCountArguments)
     func backwardAccumulates(_ t: ConvTestCase, threads: Int) {
-        withConvThreads(threads) {
+        Kit.withThreads(threads) {
             let d = ConvTestData(t)
-            func checkDoubling(_ start: [Float], _ once: [Float], _ twice: [Float], _ what: String) {
-                let inc1 = zip(once, start).map { $0 - $1 }
-                let inc2 = zip(twice, start).map { $0 - $1 }
-                let maxInc = inc1.map(abs).max() ?? 0
-                #expect(maxInc > 0, "\(what): no increment")
-                let err = zip(inc2, inc1).map { abs($0 - 2 * $1) }.max() ?? 0
-                #expect(err <= convAccumulateRelTolerance * max(maxInc, 1), "\(what): \(err)")
-            }
             for fast in [false, true] {
                 let dx1 = convBackwardInput(fast: fast, d), dx2 = convBackwardInput(fast: fast, d, times: 2)
-                checkDoubling(d.dx0, dx1, dx2, "dx fast=\(fast)")
+                Kit.expectDoubledIncrement(start: d.dx0, once: dx1, twice: dx2, relTol: convAccumulateRelTolerance,
+                                           "dx fast=\(fast)")
                 let g1 = convBackwardWeight(fast: fast, d, withBias: true)
                 let g2 = convBackwardWeight(fast: fast, d, withBias: true, times: 2)
-                checkDoubling(d.dw0, g1.dw, g2.dw, "dw fast=\(fast)")
-                checkDoubling(d.db0, g1.db, g2.db, "db fast=\(fast)")
+                Kit.expectDoubledIncrement(start: d.dw0, once: g1.dw, twice: g2.dw, relTol: convAccumulateRelTolerance,
+                                           "dw fast=\(fast)")
+                Kit.expectDoubledIncrement(start: d.db0, once: g1.db, twice: g2.db, relTol: convAccumulateRelTolerance,
+                                           "db fast=\(fast)")
             }
         }
     }
 
     // MARK: adjointness
 
-    @Test("backward kernels are adjoint to forward", arguments: convCases, [1, 2])
+    @Test("backward kernels are adjoint to forward", arguments: convCases, Kit.threadCountArguments)
     func adjoint(_ t: ConvTestCase, threads: Int) {
-        withConvThreads(threads) {
+        Kit.withThreads(threads) {
             let d = ConvTestData(t)
             let zerosX = [Float](repeating: 0, count: d.s.xCount)
             let zerosW = [Float](repeating: 0, count: d.s.wCount)
@@ -396,18 +355,18 @@ struct ConvTests {
                 let tol = fast ? convFastAdjointRelTolerance : convRefAdjointRelTolerance
                 // <dy, conv(x; w)> == <conv_bwd_input(dy; w), x> == <conv_bwd_weight(dy; x), w>
                 let y = convForward(fast: fast, d, bias: false)
-                let lhs = dot(d.dy, y)
+                let lhs = Kit.dotWithScale(d.dy, y)
                 let dx = convBackwardInput(fast: fast, d, dx0: zerosX)
-                let viaX = dot(dx, d.x)
+                let viaX = Kit.dotWithScale(dx, d.x)
                 let g = convBackwardWeight(fast: fast, d, dw0: zerosW, db0: zerosB, withBias: true)
-                let viaW = dot(g.dw, d.w)
+                let viaW = Kit.dotWithScale(g.dw, d.w)
                 let scale = max(lhs.scale, 1e-30)
                 #expect(abs(lhs.value - viaX.value) <= tol * scale, "fast=\(fast) input: \(lhs.value) vs \(viaX.value)")
                 #expect(abs(lhs.value - viaW.value) <= tol * scale, "fast=\(fast) weight: \(lhs.value) vs \(viaW.value)")
                 // Bias: <dy, conv(x) + b> - <dy, conv(x)> == <dbias, b>.
                 let yb = convForward(fast: fast, d, bias: true)
-                let withB = dot(d.dy, yb)
-                let viaB = dot(g.db, d.bias)
+                let withB = Kit.dotWithScale(d.dy, yb)
+                let viaB = Kit.dotWithScale(g.db, d.bias)
                 #expect(abs((withB.value - lhs.value) - viaB.value) <= tol * max(withB.scale, scale), "fast=\(fast) bias")
             }
         }
@@ -415,9 +374,9 @@ struct ConvTests {
 
     // MARK: determinism
 
-    @Test("fast kernels are bit-identical run to run at a fixed thread count", arguments: [convCases[1], convCases[4], convCases[18]], [1, 2])
+    @Test("fast kernels are bit-identical run to run at a fixed thread count", arguments: [convCases[1], convCases[4], convCases[18]], Kit.threadCountArguments)
     func deterministic(_ t: ConvTestCase, threads: Int) {
-        withConvThreads(threads) {
+        Kit.withThreads(threads) {
             let d = ConvTestData(t)
             let w1 = convBackwardWeight(fast: true, d, withBias: true, workspace: true)
             let w2 = convBackwardWeight(fast: true, d, withBias: true, workspace: false)

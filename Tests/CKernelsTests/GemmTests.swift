@@ -9,34 +9,7 @@ import Testing
 /// float rounding of OpenBLAS's k-term dot products (k ≤ 300 here, inputs in [−1, 1)).
 private let gemmRelTolerance: Float = 1e-5
 
-/// Deterministic xorshift generator so failures reproduce.
-private struct GemmTestRNG {
-    var state: UInt64
-    init(seed: UInt64) { state = seed &* 0x9E37_79B9_7F4A_7C15 | 1 }
-    mutating func next() -> UInt64 {
-        state ^= state << 13; state ^= state >> 7; state ^= state << 17
-        return state
-    }
-    /// Uniform in [−1, 1).
-    mutating func float() -> Float { Float(next() >> 40) / Float(1 << 23) - 1 }
-    mutating func floats(_ count: Int) -> [Float] { (0..<count).map { _ in float() } }
-}
-
-private func gemmMaxRelError(_ got: [Float], _ ref: [Float]) -> Float {
-    var maxRef: Float = 0, maxDiff: Float = 0
-    for i in ref.indices {
-        maxRef = max(maxRef, abs(ref[i]))
-        maxDiff = max(maxDiff, abs(got[i] - ref[i]))
-    }
-    return maxDiff / max(maxRef, Float.leastNormalMagnitude)
-}
-
-private func withGemmThreads<T>(_ n: Int, _ body: () throws -> T) rethrows -> T {
-    let previous = msq_get_num_threads()
-    msq_set_num_threads(Int32(n))
-    defer { msq_set_num_threads(previous) }
-    return try body()
-}
+private typealias Kit = KernelTestKit
 
 struct GemmTestCase: Sendable, CustomStringConvertible {
     let m, n, k: Int
@@ -75,17 +48,17 @@ private func runGemm(fast: Bool, c: [Float], a: [Float], b: [Float], transA: Boo
 
 @Suite("GEMM kernels")
 struct GemmTests {
-    @Test("fast matches reference", arguments: gemmCases, [1, 2])
+    @Test("fast matches reference", arguments: gemmCases, Kit.threadCountArguments)
     func fastMatchesReference(_ t: GemmTestCase, threads: Int) {
-        withGemmThreads(threads) {
-            var rng = GemmTestRNG(seed: UInt64(t.m * 10_000 + t.n * 100 + t.k))
+        Kit.withThreads(threads) {
+            var rng = Kit.Xorshift(seed: UInt64(t.m * 10_000 + t.n * 100 + t.k))
             let a = rng.floats(t.m * t.k), b = rng.floats(t.k * t.n), c0 = rng.floats(t.m * t.n)
             for transA in [false, true] {
                 for transB in [false, true] {
                     for (alpha, beta) in [(Float(1), Float(0)), (1, 1), (-0.5, 0.75)] {
                         let ref = runGemm(fast: false, c: c0, a: a, b: b, transA: transA, transB: transB, t, alpha: alpha, beta: beta)
                         let got = runGemm(fast: true, c: c0, a: a, b: b, transA: transA, transB: transB, t, alpha: alpha, beta: beta)
-                        let err = gemmMaxRelError(got, ref)
+                        let err = Kit.maxRelError(got, ref)
                         #expect(err <= gemmRelTolerance, "\(t) tA=\(transA) tB=\(transB) alpha=\(alpha) beta=\(beta): rel err \(err)")
                     }
                 }
@@ -93,11 +66,11 @@ struct GemmTests {
         }
     }
 
-    @Test("beta = 0 never reads C (NaN in C does not leak)", arguments: [1, 2])
+    @Test("beta = 0 never reads C (NaN in C does not leak)", arguments: Kit.threadCountArguments)
     func betaZeroIgnoresC(threads: Int) {
-        withGemmThreads(threads) {
+        Kit.withThreads(threads) {
             let t = GemmTestCase(m: 71, n: 70, k: 69)
-            var rng = GemmTestRNG(seed: 7)
+            var rng = Kit.Xorshift(seed: 7)
             let a = rng.floats(t.m * t.k), b = rng.floats(t.k * t.n)
             let c0 = [Float](repeating: .nan, count: t.m * t.n)
             for fast in [false, true] {
@@ -128,11 +101,11 @@ struct GemmTests {
         }
     }
 
-    @Test("fixed thread count gives bit-identical results", arguments: [1, 2])
+    @Test("fixed thread count gives bit-identical results", arguments: Kit.threadCountArguments)
     func deterministic(threads: Int) {
-        withGemmThreads(threads) {
+        Kit.withThreads(threads) {
             let t = GemmTestCase(m: 300, n: 33, k: 65)
-            var rng = GemmTestRNG(seed: 99)
+            var rng = Kit.Xorshift(seed: 99)
             let a = rng.floats(t.m * t.k), b = rng.floats(t.k * t.n), c0 = rng.floats(t.m * t.n)
             let first = runGemm(fast: true, c: c0, a: a, b: b, transA: true, transB: false, t, alpha: 1, beta: 1)
             let second = runGemm(fast: true, c: c0, a: a, b: b, transA: true, transB: false, t, alpha: 1, beta: 1)

@@ -13,33 +13,7 @@ private let linearAdjointRelTolerance: Double = 1e-5
 /// Two backward calls add twice the increment, up to float rounding of each addition.
 private let linearAccumulateRelTolerance: Float = 1e-5
 
-/// Deterministic xorshift generator so failures reproduce.
-private struct LinearTestRNG {
-    var state: UInt64
-    init(seed: UInt64) { state = seed &* 0x9E37_79B9_7F4A_7C15 | 1 }
-    mutating func next() -> UInt64 {
-        state ^= state << 13; state ^= state >> 7; state ^= state << 17
-        return state
-    }
-    mutating func float() -> Float { Float(next() >> 40) / Float(1 << 23) - 1 }
-    mutating func floats(_ count: Int) -> [Float] { (0..<count).map { _ in float() } }
-}
-
-private func linearMaxRelError(_ got: [Float], _ ref: [Float]) -> Float {
-    var maxRef: Float = 0, maxDiff: Float = 0
-    for i in ref.indices {
-        maxRef = max(maxRef, abs(ref[i]))
-        maxDiff = max(maxDiff, abs(got[i] - ref[i]))
-    }
-    return maxDiff / max(maxRef, Float.leastNormalMagnitude)
-}
-
-private func withLinearThreads<T>(_ n: Int, _ body: () throws -> T) rethrows -> T {
-    let previous = msq_get_num_threads()
-    msq_set_num_threads(Int32(n))
-    defer { msq_set_num_threads(previous) }
-    return try body()
-}
+private typealias Kit = KernelTestKit
 
 struct LinearTestCase: Sendable, CustomStringConvertible {
     let n, inF, outF: Int
@@ -58,7 +32,7 @@ private struct LinearTestData {
     let x, w, b, dy, dx0, dw0, db0: [Float]
     init(_ t: LinearTestCase) {
         self.t = t
-        var rng = LinearTestRNG(seed: UInt64(t.n * 10_000 + t.inF * 100 + t.outF))
+        var rng = Kit.Xorshift(seed: UInt64(t.n * 10_000 + t.inF * 100 + t.outF))
         x = rng.floats(t.n * t.inF); w = rng.floats(t.outF * t.inF); b = rng.floats(t.outF)
         dy = rng.floats(t.n * t.outF)
         dx0 = rng.floats(t.n * t.inF).map { $0 * 0.5 }
@@ -119,78 +93,70 @@ struct LinearTests {
         }
     }
 
-    @Test("forward: fast matches reference", arguments: linearCases, [1, 2])
+    @Test("forward: fast matches reference", arguments: linearCases, Kit.threadCountArguments)
     func forwardMatchesReference(_ t: LinearTestCase, threads: Int) {
-        withLinearThreads(threads) {
+        Kit.withThreads(threads) {
             let d = LinearTestData(t)
             for bias in [false, true] {
-                let err = linearMaxRelError(linearForward(fast: true, d, bias: bias), linearForward(fast: false, d, bias: bias))
+                let err = Kit.maxRelError(linearForward(fast: true, d, bias: bias), linearForward(fast: false, d, bias: bias))
                 #expect(err <= linearRelTolerance, "bias=\(bias): rel err \(err)")
             }
         }
     }
 
-    @Test("backward: fast matches reference for every NULL pattern", arguments: linearCases, [1, 2])
+    @Test("backward: fast matches reference for every NULL pattern", arguments: linearCases, Kit.threadCountArguments)
     func backwardMatchesReference(_ t: LinearTestCase, threads: Int) {
-        withLinearThreads(threads) {
+        Kit.withThreads(threads) {
             let d = LinearTestData(t)
             for mask in 0..<8 {
                 let (ux, uw, ub) = (mask & 1 != 0, mask & 2 != 0, mask & 4 != 0)
                 let ref = linearBackward(fast: false, d, dx: ux, dw: uw, db: ub)
                 let got = linearBackward(fast: true, d, dx: ux, dw: uw, db: ub)
-                if ux { #expect(linearMaxRelError(got.dx, ref.dx) <= linearRelTolerance, "dx mask=\(mask)") } else { #expect(got.dx == d.dx0) }
-                if uw { #expect(linearMaxRelError(got.dw, ref.dw) <= linearRelTolerance, "dw mask=\(mask)") } else { #expect(got.dw == d.dw0) }
-                if ub { #expect(linearMaxRelError(got.db, ref.db) <= linearRelTolerance, "db mask=\(mask)") } else { #expect(got.db == d.db0) }
+                if ux { #expect(Kit.maxRelError(got.dx, ref.dx) <= linearRelTolerance, "dx mask=\(mask)") } else { #expect(got.dx == d.dx0) }
+                if uw { #expect(Kit.maxRelError(got.dw, ref.dw) <= linearRelTolerance, "dw mask=\(mask)") } else { #expect(got.dw == d.dw0) }
+                if ub { #expect(Kit.maxRelError(got.db, ref.db) <= linearRelTolerance, "db mask=\(mask)") } else { #expect(got.db == d.db0) }
             }
         }
     }
 
-    @Test("backward accumulates: two calls add twice the increment", arguments: [linearCases[2], linearCases[6]], [1, 2])
+    @Test("backward accumulates: two calls add twice the increment", arguments: [linearCases[2], linearCases[6]], Kit.threadCountArguments)
     func backwardAccumulates(_ t: LinearTestCase, threads: Int) {
-        withLinearThreads(threads) {
+        Kit.withThreads(threads) {
             let d = LinearTestData(t)
             for fast in [false, true] {
                 let once = linearBackward(fast: fast, d, dx: true, dw: true, db: true)
                 let twice = linearBackward(fast: fast, d, dx: true, dw: true, db: true, times: 2)
                 for (start, one, two, what) in [(d.dx0, once.dx, twice.dx, "dx"), (d.dw0, once.dw, twice.dw, "dw"), (d.db0, once.db, twice.db, "db")] {
-                    let inc1 = zip(one, start).map { $0 - $1 }, inc2 = zip(two, start).map { $0 - $1 }
-                    let maxInc = inc1.map(abs).max() ?? 0
-                    #expect(maxInc > 0, "\(what) fast=\(fast): no increment")
-                    let err = zip(inc2, inc1).map { abs($0 - 2 * $1) }.max() ?? 0
-                    #expect(err <= linearAccumulateRelTolerance * max(maxInc, 1), "\(what) fast=\(fast): \(err)")
+                    Kit.expectDoubledIncrement(start: start, once: one, twice: two, relTol: linearAccumulateRelTolerance,
+                                               "\(what) fast=\(fast)")
                 }
             }
         }
     }
 
-    @Test("backward is adjoint to forward", arguments: linearCases, [1, 2])
+    @Test("backward is adjoint to forward", arguments: linearCases, Kit.threadCountArguments)
     func adjoint(_ t: LinearTestCase, threads: Int) {
-        withLinearThreads(threads) {
+        Kit.withThreads(threads) {
             let d = LinearTestData(t)
-            func dot(_ a: [Float], _ b: [Float]) -> (Double, Double) {
-                var s = 0.0, scale = 0.0
-                for i in a.indices { let p = Double(a[i]) * Double(b[i]); s += p; scale += abs(p) }
-                return (s, scale)
-            }
             let zeros = (dx: [Float](repeating: 0, count: d.dx0.count), dw: [Float](repeating: 0, count: d.dw0.count),
                          db: [Float](repeating: 0, count: d.db0.count))
             for fast in [false, true] {
                 // <dy, x w^T> == <dy w, x> == <dy^T x, w>;  <dy, 1 b^T> == <Σ_n dy, b>
                 let y = linearForward(fast: fast, d, bias: false), yb = linearForward(fast: fast, d, bias: true)
-                let (lhs, scale) = dot(d.dy, y)
-                let (lhsB, scaleB) = dot(d.dy, yb)
+                let (lhs, scale) = Kit.dotWithScale(d.dy, y)
+                let (lhsB, scaleB) = Kit.dotWithScale(d.dy, yb)
                 let g = linearBackward(fast: fast, d, dx: true, dw: true, db: true, start: zeros)
                 let tol = linearAdjointRelTolerance * max(scale, scaleB, 1e-30)
-                #expect(abs(lhs - dot(g.dx, d.x).0) <= tol, "fast=\(fast) dx")
-                #expect(abs(lhs - dot(g.dw, d.w).0) <= tol, "fast=\(fast) dw")
-                #expect(abs((lhsB - lhs) - dot(g.db, d.b).0) <= tol, "fast=\(fast) db")
+                #expect(abs(lhs - Kit.dotWithScale(g.dx, d.x).0) <= tol, "fast=\(fast) dx")
+                #expect(abs(lhs - Kit.dotWithScale(g.dw, d.w).0) <= tol, "fast=\(fast) dw")
+                #expect(abs((lhsB - lhs) - Kit.dotWithScale(g.db, d.b).0) <= tol, "fast=\(fast) db")
             }
         }
     }
 
-    @Test("fast backward is bit-identical run to run at a fixed thread count", arguments: [1, 2])
+    @Test("fast backward is bit-identical run to run at a fixed thread count", arguments: Kit.threadCountArguments)
     func deterministic(threads: Int) {
-        withLinearThreads(threads) {
+        Kit.withThreads(threads) {
             let d = LinearTestData(linearCases[6])
             let a = linearBackward(fast: true, d, dx: true, dw: true, db: true)
             let b = linearBackward(fast: true, d, dx: true, dw: true, db: true)

@@ -5,7 +5,7 @@ import Testing
 // Softmax cross-entropy: fast vs reference, hand-computed losses (equal logits, label smoothing,
 // huge logits), label validation, accumulation, and central differences of the loss.
 
-private typealias Kit = LayerKernelTestKit
+private typealias Kit = KernelTestKit
 
 /// The fast kernels run the reference's per-row arithmetic and sum row losses in the same order.
 private let lossFastVsRefTol: Float = 0
@@ -49,7 +49,7 @@ struct LossTests {
     @Test("fast forward and backward match the reference", arguments: lossConfigs)
     func fastMatchesReference(config: LossTestConfig) {
         let (n, k) = (config.n, config.k)
-        var rng = Kit.Rng(seed: UInt64(n * 100 + k))
+        var rng = Kit.SplitMix64(seed: UInt64(n * 100 + k))
         let logits = rng.floats(n * k, -10, 10)
         let labels = (0..<n).map { _ in Int32(rng.int(below: k)) }
         let d0 = rng.floats(n * k, -1, 1)
@@ -123,7 +123,7 @@ struct LossTests {
     @Test("backward matches central differences of the loss", arguments: [Float(0), 0.1], [false, true])
     func finiteDifferences(smoothing: Float, fast: Bool) {
         let (n, k) = (3, 7)
-        var rng = Kit.Rng(seed: 91)
+        var rng = Kit.SplitMix64(seed: 91)
         let logits = rng.floats(n * k, -3, 3)
         let labels: [Int32] = [0, 6, 2]
         let f = forward(logits, labels, k: k, smoothing: smoothing, fast: fast)

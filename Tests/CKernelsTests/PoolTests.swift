@@ -4,7 +4,7 @@ import Testing
 // Pooling kernels: shape validation, fast vs reference, hand-computed windows (ties, padding,
 // count_include_pad), accumulation, and central differences.
 
-private typealias Kit = LayerKernelTestKit
+private typealias Kit = KernelTestKit
 
 /// Max and average pooling do the same per-window float arithmetic in the fast and reference
 /// kernels, so they must agree bit for bit.
@@ -109,7 +109,7 @@ struct PoolTests {
     @Test("fast max and average pooling match the reference", arguments: poolConfigs)
     func fastMatchesReference(config: PoolTestConfig) {
         let s = config.shape()
-        var rng = Kit.Rng(seed: UInt64(config.count))
+        var rng = Kit.SplitMix64(seed: UInt64(config.count))
         // Quarter steps in [-2, 2]: many ties, so the first-maximum rule is exercised.
         let x = (0..<config.count).map { _ in Float(rng.int(below: 17)) / 4 - 2 }
         let dy = rng.floats(outCount(s), -1, 1)
@@ -135,7 +135,7 @@ struct PoolTests {
     @Test("fast global average pooling matches the reference", arguments: poolConfigs)
     func globalFastMatchesReference(config: PoolTestConfig) {
         let (n, c, hw) = (config.n, config.c, config.h * config.w)
-        var rng = Kit.Rng(seed: UInt64(config.count) &+ 1)
+        var rng = Kit.SplitMix64(seed: UInt64(config.count) &+ 1)
         let x = rng.floats(config.count, -3, 5)
         let dy = rng.floats(n * c, -1, 1)
         let dx0 = rng.floats(config.count, -1, 1)
@@ -214,7 +214,7 @@ struct PoolTests {
     func maxFiniteDifferences(fast: Bool) {
         let config = PoolTestConfig(n: 1, c: 3, h: 7, w: 7, k: 3, stride: 2, pad: 1)
         let s = config.shape()
-        var rng = Kit.Rng(seed: 77)
+        var rng = Kit.SplitMix64(seed: 77)
         // Distinct values 0.05 apart, shuffled: a step of h never changes an argmax.
         var x = (0..<config.count).map { Float($0) * 0.05 - 3 }
         for i in stride(from: x.count - 1, to: 0, by: -1) { x.swapAt(i, rng.int(below: i + 1)) }
@@ -230,7 +230,7 @@ struct PoolTests {
         for config in [PoolTestConfig(n: 1, c: 3, h: 7, w: 7, k: 3, stride: 2, pad: 1),
                        PoolTestConfig(n: 3, c: 1, h: 7, w: 3, k: 2, stride: 1, pad: 1)] {
             let s = config.shape()
-            var rng = Kit.Rng(seed: 78)
+            var rng = Kit.SplitMix64(seed: 78)
             let x = rng.floats(config.count, -2, 2)
             let r = rng.floats(outCount(s), -1, 1)
             let dx = avgBackward([Float](repeating: 0, count: x.count), r, s, fast: fast)
@@ -244,7 +244,7 @@ struct PoolTests {
     @Test("global average pooling backward matches central differences", arguments: [false, true])
     func globalFiniteDifferences(fast: Bool) {
         let (n, c, hw) = (3, 3, 7)
-        var rng = Kit.Rng(seed: 79)
+        var rng = Kit.SplitMix64(seed: 79)
         let x = rng.floats(n * c * hw, -2, 2)
         let r = rng.floats(n * c, -1, 1)
         let dx = globalBackward([Float](repeating: 0, count: x.count), r, n: n, c: c, hw: hw, fast: fast)

@@ -4,7 +4,7 @@ import Testing
 // SGD step: fast vs reference for every option combination, and hand-computed steps for plain,
 // weight decay, momentum and Nesterov updates.
 
-private typealias Kit = LayerKernelTestKit
+private typealias Kit = KernelTestKit
 
 /// Both kernels evaluate the same per-element float expression, so they agree bit for bit.
 private let sgdFastVsRefTol: Float = 0
@@ -42,7 +42,7 @@ private func step(_ s: SGDState, _ grad: [Float], _ c: SGDTestConfig, fast: Bool
 struct SGDTests {
     @Test("fast step matches the reference", arguments: sgdConfigs, sgdCounts)
     func fastMatchesReference(config: SGDTestConfig, count: Int) {
-        var rng = Kit.Rng(seed: UInt64(count))
+        var rng = Kit.SplitMix64(seed: UInt64(count))
         let start = SGDState(w: rng.floats(count, -1, 1), buf: rng.floats(count, -0.5, 0.5))
         let grads = (0..<3).map { _ in rng.floats(count, -1, 1) }
         for threads in Kit.threadCounts {
