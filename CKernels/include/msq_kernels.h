@@ -25,7 +25,9 @@ extern "C" {
 /* ---------------------------------------------------------------- runtime (runtime.c) */
 
 /** Sets the number of OpenMP threads the kernels use. OpenBLAS is pinned to one thread,
- *  because the kernels call it from inside their own parallel regions. n < 1 means "all cores". */
+ *  because the kernels call it from inside their own parallel regions. n < 1 means "all cores".
+ *  Process-wide: call it between kernel calls, never while another thread runs a kernel, and
+ *  re-query workspace sizes afterwards (msq_conv2d_workspace_size depends on it). */
 void msq_set_num_threads(int n);
 /** The number of OpenMP threads the kernels use. */
 int msq_get_num_threads(void);
@@ -219,6 +221,112 @@ void msq_sgd_step_ref(float *w, float *momentum_buf, const float *grad, size_t c
 void msq_add_forward(float *y, const float *a, const float *b, size_t count);
 /** dst[i] += src[i]. */
 void msq_accumulate(float *dst, const float *src, size_t count);
+
+/* ---- quantizers (quant.c) */
+
+/* MSQ's weight quantizer (MSQ-SPEC §1, "RoundClamp"), its LSB regulariser (§2) and the PACT
+ * activation quantizer (§5).
+ *
+ * Rounding — the project's choice, used everywhere (C kernels, Swift, reference tests):
+ * ROUND HALF TO EVEN, i.e. rintf/nearbyintf under the default rounding mode. This is what
+ * torch.round does, so the PyTorch peer agrees bit for bit. round(x) below always means this.
+ *
+ * Arithmetic is float32 in exactly the order written (no FMA contraction, no reciprocal
+ * multiplies): w~ = 0.5f + w / (2s), with 2s computed first (exact). Multiplications by powers
+ * of two are exact, so 2^n·w~, 2^(n−k)·w~ and s·j/2^(n−1) have one rounding each at most.
+ *
+ * Scales: s must be finite and >= 0. s == 0 (an all-zero tensor) is defined as w~ = 1/2 for
+ * every element, the limit at w = 0: codes j = 0, wq = 0, lsb = 0.
+ *
+ * Reductions (abs_sum, dalpha) are summed in double over fixed chunks of MSQ_QUANT_CHUNK
+ * elements whose partial sums are then added in chunk order, so the fast kernels give the same
+ * bits at EVERY thread count (stronger than the header's per-thread-count promise). The `_ref`
+ * twins sum sequentially, so they differ from the fast kernels only in the last bits of those
+ * double sums; every other output is bit-identical between fast and `_ref`. */
+
+/** Elements per reduction chunk in the fast quantizer kernels (see above). */
+#define MSQ_QUANT_CHUNK 1024
+
+/** s = max_i |w[i]| over w[count]; 0 for count == 0. NaN entries are ignored (fmaxf). */
+float msq_absmax(const float *w, size_t count);
+float msq_absmax_ref(const float *w, size_t count);
+
+/** RoundClamp forward, per tensor with the given scale s (MSQ-SPEC §1, paper Eq. 4),
+ *  elementwise over w[count]:
+ *
+ *      w~ = 0.5f + w / (2s)
+ *      q  = clamp(round(2^n · w~), 0, 2^n − 1)        n = bits, round half to even
+ *      j  = q − 2^(n−1)                               n-bit two's complement, [−2^(n−1), 2^(n−1)−1]
+ *      wq = s · j / 2^(n−1)                           the dequantized weight
+ *
+ *  Writes wq[count] and, unless codes is NULL, codes[count] = j. bits in 1...16 (MSQ uses 2...8).
+ *  w = +s maps to q = 2^n − 1 (round(2^n) = 2^n is clamped), w = −s to q = 0. Weights outside
+ *  [−s, s] (a caller-supplied scale smaller than max|w|) are clamped the same way.
+ *  s == 0: wq = 0 and codes = 0. Per-output-channel scaling = one call per channel. */
+void msq_roundclamp_forward(float *wq, int32_t *codes, const float *w, size_t count,
+                            float scale, int bits);
+void msq_roundclamp_forward_ref(float *wq, int32_t *codes, const float *w, size_t count,
+                                float scale, int bits);
+
+/** RoundClamp backward: the straight-through estimator, dQ_n/dW = 1 (s is a constant).
+ *
+ *      zero_outside == 0:  dw[i] += dwq[i]
+ *      zero_outside != 0:  dw[i] += dwq[i] · 1[0 <= round(2^n · w~[i]) <= 2^n − 1]
+ *
+ *  i.e. with zero_outside the gradient is zeroed exactly where the clamp changed the code
+ *  (round(2^n·w~) < 0 or > 2^n − 1, equivalently 2^n·w~ < −1/2 or 2^n·w~ >= 2^n − 1/2 under
+ *  half-to-even). Note that w = +s itself rounds to 2^n and is therefore "outside": with
+ *  s = max|W| the largest positive weight gets no gradient in that mode. Masked elements
+ *  receive exactly nothing (dw unchanged, even for inf/NaN dwq). s == 0: every element is
+ *  inside. dw[count] accumulates. */
+void msq_roundclamp_backward(float *dw, const float *dwq, const float *w, size_t count,
+                             float scale, int bits, int zero_outside);
+void msq_roundclamp_backward_ref(float *dw, const float *dwq, const float *w, size_t count,
+                                 float scale, int bits, int zero_outside);
+
+/** The fused LSB pass (MSQ-SPEC §2, paper Eqs. 3, 5–7), one pass over w[count], n = bits,
+ *  1 <= k < n <= 16:
+ *
+ *      q_n     = clamp(round(2^n · w~), 0, 2^n − 1)
+ *      q_{n−k} = clamp(round(2^(n−k) · w~), 0, 2^(n−k) − 1)      (no gradient through it)
+ *      lsb     = 2^n · w~ − 2^k · q_{n−k}                        continuous in W (Eq. 5)
+ *      lsb_int = q_n − 2^k · q_{n−k}           in [−2^(k−1), 2^(k−1)], up to 2^k − 1 at the top clamp
+ *
+ *  Outputs (each may be NULL):
+ *    lsb[count]  = lsb                                           (overwritten)
+ *    *abs_sum    = Σ_i |lsb[i]|, in double (chunked order, see above)   (overwritten)
+ *    *nonzero    = #{i : lsb_int[i] != 0}                        (overwritten)
+ *    grad[count] += sign(lsb[i]) · g,  g = coeff · (2^n / (2s)) computed once in float,
+ *                   sign(0) = 0                                  (ACCUMULATES, Eq. 7)
+ *  coeff is supplied by the caller: λ / N_total for the objective L_task + λ·R with
+ *  R = (1/N_total) Σ_layers Σ_i |lsb| (Eq. 6, 8). The caller forms R from the abs_sums.
+ *  s == 0: lsb = 0, abs_sum = 0, nonzero = 0 and grad is left unchanged. */
+void msq_lsb_forward_backward(float *lsb, double *abs_sum, int64_t *nonzero, float *grad,
+                              const float *w, size_t count, float scale, int bits, int k,
+                              float coeff);
+void msq_lsb_forward_backward_ref(float *lsb, double *abs_sum, int64_t *nonzero, float *grad,
+                                  const float *w, size_t count, float scale, int bits, int k,
+                                  float coeff);
+
+/** PACT activation quantizer forward (MSQ-SPEC §5), unsigned A-bit (A = bits in 1...16), alpha > 0:
+ *
+ *      c = clip(x, 0, alpha);   y = round((c · (2^A − 1)) / alpha) · alpha / (2^A − 1)
+ *
+ *  evaluated left to right in float: ((round((c·L)/alpha)) · alpha) / L, L = 2^A − 1.
+ *  x >= alpha gives (alpha·L)/L, alpha to within an ulp (two roundings). y[count] is overwritten. */
+void msq_pact_forward(float *y, const float *x, size_t count, float alpha, int bits);
+void msq_pact_forward_ref(float *y, const float *x, size_t count, float alpha, int bits);
+
+/** PACT backward with PACT's straight-through estimator (the rounding is invisible):
+ *
+ *      dx[i]   += dy[i] · 1[0 <= x[i] < alpha]
+ *      *dalpha += Σ_i dy[i] · 1[x[i] >= alpha]      (sum in double, chunked order, then added
+ *                                                    to *dalpha as one float)
+ *  Both accumulate; either may be NULL. Masked elements contribute exactly nothing. */
+void msq_pact_backward(float *dx, float *dalpha, const float *dy, const float *x, size_t count,
+                       float alpha);
+void msq_pact_backward_ref(float *dx, float *dalpha, const float *dy, const float *x, size_t count,
+                           float alpha);
 
 #ifdef __cplusplus
 }

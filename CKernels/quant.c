@@ -1,0 +1,332 @@
+/* quant.c — MSQ's RoundClamp weight quantizer, the fused LSB regulariser pass and PACT
+ * (MSQ-SPEC §1, §2, §5). The header states the formulas, operation order and rounding mode
+ * (round half to even via rintf under the default rounding mode).
+ *
+ * The per-element arithmetic lives in static inline helpers shared by the fast and the `_ref`
+ * kernels, so both give the same bits per element. The fast kernels split arrays into fixed
+ * chunks of MSQ_QUANT_CHUNK elements; reductions are summed per chunk in double (8 fixed
+ * lanes, so the loop vectorises without reassociation) and the chunk sums are added in chunk
+ * order: the result does not depend on the thread count. */
+#include "msq_kernels.h"
+#include <math.h>
+#include <stdlib.h>
+
+#define QUANT_PARALLEL_MIN 16384 /* elements; below this a parallel region costs more than it saves */
+#define QUANT_LANES 8
+
+static inline float pow2f(int e) { return (float)(1u << e); }
+
+/* w~ = 0.5f + w / (2s); 2s is exact. */
+static inline float wtilde(float w, float two_s) { return 0.5f + w / two_s; }
+
+/* clamp(round(v), 0, hi): rintf is round-half-even in the default rounding mode. fmaxf/fminf
+   send NaN to 0 (fmaxf(NaN, 0) = 0), so a NaN weight becomes code 0 instead of UB on conversion. */
+static inline float roundclamp(float v, float hi) { return fminf(fmaxf(rintf(v), 0.0f), hi); }
+
+static inline size_t n_chunks(size_t count) { return (count + MSQ_QUANT_CHUNK - 1) / MSQ_QUANT_CHUNK; }
+
+/* Sum of 8 lanes in a fixed tree order. */
+static inline double lanes_sum(const double *a) {
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+/* ---------------------------------------------------------------- absmax */
+
+float msq_absmax_ref(const float *w, size_t count) {
+    float m = 0.0f;
+    for (size_t i = 0; i < count; i++) m = fmaxf(m, fabsf(w[i]));
+    return m;
+}
+
+/* max is exact and order-free (NaNs aside, which fmaxf ignores everywhere), so any partition
+   gives the reference's bits. */
+float msq_absmax(const float *w, size_t count) {
+    float m = 0.0f;
+    #pragma omp parallel for simd schedule(static) reduction(max : m) if (count > QUANT_PARALLEL_MIN)
+    for (size_t i = 0; i < count; i++) m = fmaxf(m, fabsf(w[i]));
+    return m;
+}
+
+/* ---------------------------------------------------------------- RoundClamp */
+
+static inline void rc_fwd_one(float *wq, int32_t *code, float w, float two_s, float scale_n,
+                              float hi, float half, float s) {
+    float q = roundclamp(scale_n * wtilde(w, two_s), hi);
+    float j = q - half;
+    *wq = (s * j) / half;
+    if (code) *code = (int32_t)j;
+}
+
+static void rc_fwd_zero(float *wq, int32_t *codes, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        wq[i] = 0.0f;
+        if (codes) codes[i] = 0;
+    }
+}
+
+void msq_roundclamp_forward_ref(float *wq, int32_t *codes, const float *w, size_t count,
+                                float scale, int bits) {
+    if (scale == 0.0f) {
+        rc_fwd_zero(wq, codes, count);
+        return;
+    }
+    float two_s = 2.0f * scale, scale_n = pow2f(bits), hi = scale_n - 1.0f, half = pow2f(bits - 1);
+    for (size_t i = 0; i < count; i++)
+        rc_fwd_one(&wq[i], codes ? &codes[i] : NULL, w[i], two_s, scale_n, hi, half, scale);
+}
+
+void msq_roundclamp_forward(float *wq, int32_t *codes, const float *w, size_t count,
+                            float scale, int bits) {
+    if (scale == 0.0f) {
+        rc_fwd_zero(wq, codes, count);
+        return;
+    }
+    const float two_s = 2.0f * scale, scale_n = pow2f(bits), hi = scale_n - 1.0f, half = pow2f(bits - 1);
+    if (codes) {
+        #pragma omp parallel for simd schedule(static) if (count > QUANT_PARALLEL_MIN)
+        for (size_t i = 0; i < count; i++) {
+            float q = roundclamp(scale_n * wtilde(w[i], two_s), hi);
+            float j = q - half;
+            wq[i] = (scale * j) / half;
+            codes[i] = (int32_t)j;
+        }
+    } else {
+        #pragma omp parallel for simd schedule(static) if (count > QUANT_PARALLEL_MIN)
+        for (size_t i = 0; i < count; i++) {
+            float q = roundclamp(scale_n * wtilde(w[i], two_s), hi);
+            wq[i] = (scale * (q - half)) / half;
+        }
+    }
+}
+
+/* 1 when the unclamped code round(2^n w~) lies in [0, 2^n - 1]. */
+static inline int rc_inside(float w, float two_s, float scale_n, float hi) {
+    float r = rintf(scale_n * wtilde(w, two_s));
+    return r >= 0.0f && r <= hi;
+}
+
+void msq_roundclamp_backward_ref(float *dw, const float *dwq, const float *w, size_t count,
+                                 float scale, int bits, int zero_outside) {
+    if (!zero_outside || scale == 0.0f) {
+        for (size_t i = 0; i < count; i++) dw[i] += dwq[i];
+        return;
+    }
+    float two_s = 2.0f * scale, scale_n = pow2f(bits), hi = scale_n - 1.0f;
+    for (size_t i = 0; i < count; i++)
+        if (rc_inside(w[i], two_s, scale_n, hi)) dw[i] += dwq[i];
+}
+
+void msq_roundclamp_backward(float *dw, const float *dwq, const float *w, size_t count,
+                             float scale, int bits, int zero_outside) {
+    if (!zero_outside || scale == 0.0f) {
+        #pragma omp parallel for simd schedule(static) if (count > QUANT_PARALLEL_MIN)
+        for (size_t i = 0; i < count; i++) dw[i] += dwq[i];
+        return;
+    }
+    const float two_s = 2.0f * scale, scale_n = pow2f(bits), hi = scale_n - 1.0f;
+    #pragma omp parallel for simd schedule(static) if (count > QUANT_PARALLEL_MIN)
+    for (size_t i = 0; i < count; i++) {
+        float r = rintf(scale_n * wtilde(w[i], two_s));
+        float d = dw[i];
+        dw[i] = (r >= 0.0f && r <= hi) ? d + dwq[i] : d;
+    }
+}
+
+/* ---------------------------------------------------------------- fused LSB pass */
+
+typedef struct lsb_params {
+    float two_s, scale_n, hi_n, scale_m, hi_m, pow_k, step;
+} lsb_params;
+
+static lsb_params lsb_make(float scale, int bits, int k, float coeff) {
+    lsb_params p;
+    p.two_s = 2.0f * scale;
+    p.scale_n = pow2f(bits);
+    p.hi_n = p.scale_n - 1.0f;
+    p.scale_m = pow2f(bits - k);
+    p.hi_m = p.scale_m - 1.0f;
+    p.pow_k = pow2f(k);
+    p.step = coeff * (p.scale_n / p.two_s);
+    return p;
+}
+
+/* lsb of one weight; *nz = 1 when lsb_int != 0. All quantities are exact integers in float
+   except wt, a (exact multiple of wt) and the final subtraction. */
+static inline float lsb_one(float w, const lsb_params *p, int *nz) {
+    float wt = wtilde(w, p->two_s);
+    float a = p->scale_n * wt;
+    float qn = roundclamp(a, p->hi_n);
+    float qm = roundclamp(p->scale_m * wt, p->hi_m);
+    float base = p->pow_k * qm;
+    *nz = (qn - base) != 0.0f;
+    return a - base;
+}
+
+static inline float sign_f(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
+
+static void lsb_zero(float *lsb, double *abs_sum, int64_t *nonzero, size_t count) {
+    if (lsb)
+        for (size_t i = 0; i < count; i++) lsb[i] = 0.0f;
+    if (abs_sum) *abs_sum = 0.0;
+    if (nonzero) *nonzero = 0;
+}
+
+void msq_lsb_forward_backward_ref(float *lsb, double *abs_sum, int64_t *nonzero, float *grad,
+                                  const float *w, size_t count, float scale, int bits, int k,
+                                  float coeff) {
+    if (scale == 0.0f) {
+        lsb_zero(lsb, abs_sum, nonzero, count);
+        return;
+    }
+    lsb_params p = lsb_make(scale, bits, k, coeff);
+    double sum = 0.0;
+    int64_t nzc = 0;
+    for (size_t i = 0; i < count; i++) {
+        int nz;
+        float l = lsb_one(w[i], &p, &nz);
+        if (lsb) lsb[i] = l;
+        sum += fabs((double)l);
+        nzc += nz;
+        if (grad) grad[i] += sign_f(l) * p.step;
+    }
+    if (abs_sum) *abs_sum = sum;
+    if (nonzero) *nonzero = nzc;
+}
+
+/* One chunk of the fused pass: writes lsb (into `out`, the caller's array or a scratch chunk),
+   adds the gradient, returns the chunk's |lsb| sum and nonzero count. */
+static double lsb_chunk(float *restrict out, int64_t *nz_out, float *restrict grad,
+                        const float *restrict w, size_t m, const lsb_params *pp) {
+    const lsb_params p = *pp;
+    int64_t nzc = 0;
+    #pragma omp simd reduction(+ : nzc)
+    for (size_t i = 0; i < m; i++) {
+        float wt = wtilde(w[i], p.two_s);
+        float a = p.scale_n * wt;
+        float qn = roundclamp(a, p.hi_n);
+        float qm = roundclamp(p.scale_m * wt, p.hi_m);
+        float base = p.pow_k * qm;
+        nzc += (qn - base) != 0.0f;
+        out[i] = a - base;
+    }
+    if (grad) {
+        #pragma omp simd
+        for (size_t i = 0; i < m; i++) grad[i] += sign_f(out[i]) * p.step;
+    }
+    double acc[QUANT_LANES] = {0};
+    size_t i = 0;
+    for (; i + QUANT_LANES <= m; i += QUANT_LANES)
+        for (int j = 0; j < QUANT_LANES; j++) acc[j] += fabs((double)out[i + j]);
+    for (int j = 0; i < m; i++, j++) acc[j] += fabs((double)out[i]);
+    *nz_out = nzc;
+    return lanes_sum(acc);
+}
+
+void msq_lsb_forward_backward(float *lsb, double *abs_sum, int64_t *nonzero, float *grad,
+                              const float *w, size_t count, float scale, int bits, int k,
+                              float coeff) {
+    if (scale == 0.0f) {
+        lsb_zero(lsb, abs_sum, nonzero, count);
+        return;
+    }
+    lsb_params p = lsb_make(scale, bits, k, coeff);
+    size_t nc = n_chunks(count);
+    double one_sum;
+    int64_t one_nz;
+    double *sums = nc > 1 ? malloc(nc * sizeof(double)) : &one_sum;
+    int64_t *nzs = nc > 1 ? malloc(nc * sizeof(int64_t)) : &one_nz;
+    if (!sums || !nzs) {
+        if (nc > 1) {
+            free(sums);
+            free(nzs);
+        }
+        msq_lsb_forward_backward_ref(lsb, abs_sum, nonzero, grad, w, count, scale, bits, k, coeff);
+        return;
+    }
+    #pragma omp parallel for schedule(static) if (count > QUANT_PARALLEL_MIN)
+    for (size_t c = 0; c < nc; c++) {
+        size_t start = c * MSQ_QUANT_CHUNK;
+        size_t m = count - start < MSQ_QUANT_CHUNK ? count - start : MSQ_QUANT_CHUNK;
+        float scratch[MSQ_QUANT_CHUNK];
+        float *out = lsb ? lsb + start : scratch;
+        sums[c] = lsb_chunk(out, &nzs[c], grad ? grad + start : NULL, w + start, m, &p);
+    }
+    double total = 0.0;
+    int64_t nzc = 0;
+    for (size_t c = 0; c < nc; c++) {
+        total += sums[c];
+        nzc += nzs[c];
+    }
+    if (nc > 1) {
+        free(sums);
+        free(nzs);
+    }
+    if (abs_sum) *abs_sum = total;
+    if (nonzero) *nonzero = nzc;
+}
+
+/* ---------------------------------------------------------------- PACT */
+
+static inline float pact_one(float x, float alpha, float levels) {
+    float c = fminf(fmaxf(x, 0.0f), alpha);
+    return (rintf((c * levels) / alpha) * alpha) / levels;
+}
+
+void msq_pact_forward_ref(float *y, const float *x, size_t count, float alpha, int bits) {
+    float levels = pow2f(bits) - 1.0f;
+    for (size_t i = 0; i < count; i++) y[i] = pact_one(x[i], alpha, levels);
+}
+
+void msq_pact_forward(float *y, const float *x, size_t count, float alpha, int bits) {
+    const float levels = pow2f(bits) - 1.0f;
+    #pragma omp parallel for simd schedule(static) if (count > QUANT_PARALLEL_MIN)
+    for (size_t i = 0; i < count; i++) y[i] = pact_one(x[i], alpha, levels);
+}
+
+void msq_pact_backward_ref(float *dx, float *dalpha, const float *dy, const float *x, size_t count,
+                           float alpha) {
+    double da = 0.0;
+    for (size_t i = 0; i < count; i++) {
+        if (dx && x[i] >= 0.0f && x[i] < alpha) dx[i] += dy[i];
+        if (x[i] >= alpha) da += (double)dy[i];
+    }
+    if (dalpha) *dalpha += (float)da;
+}
+
+static double pact_chunk(float *restrict dx, const float *restrict dy, const float *restrict x,
+                         size_t m, float alpha) {
+    if (dx) {
+        #pragma omp simd
+        for (size_t i = 0; i < m; i++) {
+            float d = dx[i];
+            dx[i] = (x[i] >= 0.0f && x[i] < alpha) ? d + dy[i] : d;
+        }
+    }
+    double acc[QUANT_LANES] = {0};
+    size_t i = 0;
+    for (; i + QUANT_LANES <= m; i += QUANT_LANES)
+        for (int j = 0; j < QUANT_LANES; j++) acc[j] += x[i + j] >= alpha ? (double)dy[i + j] : 0.0;
+    for (int j = 0; i < m; i++, j++) acc[j] += x[i] >= alpha ? (double)dy[i] : 0.0;
+    return lanes_sum(acc);
+}
+
+void msq_pact_backward(float *dx, float *dalpha, const float *dy, const float *x, size_t count,
+                       float alpha) {
+    size_t nc = n_chunks(count);
+    double one_sum = 0.0;
+    double *sums = nc > 1 ? malloc(nc * sizeof(double)) : &one_sum;
+    if (!sums) {
+        msq_pact_backward_ref(dx, dalpha, dy, x, count, alpha);
+        return;
+    }
+    #pragma omp parallel for schedule(static) if (count > QUANT_PARALLEL_MIN)
+    for (size_t c = 0; c < nc; c++) {
+        size_t start = c * MSQ_QUANT_CHUNK;
+        size_t m = count - start < MSQ_QUANT_CHUNK ? count - start : MSQ_QUANT_CHUNK;
+        sums[c] = pact_chunk(dx ? dx + start : NULL, dy + start, x + start, m, alpha);
+    }
+    double total = 0.0;
+    for (size_t c = 0; c < nc; c++) total += sums[c];
+    if (nc > 1) free(sums);
+    if (dalpha) *dalpha += (float)total;
+}
