@@ -113,12 +113,9 @@ public struct Checkpoint {
     /// FNV-1a hash over the model tensors' bytes (names excluded, optimizer state excluded):
     /// equal for two runs exactly when their weights and batch-norm statistics are bit-identical.
     public func weightsHash() -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        var h = fnv1a64Offset
         for (entry, t) in zip(header.tensors, tensorData) where !entry.name.hasPrefix("optimizer.") {
-            t.withUnsafePointer { p in
-                let raw = UnsafeRawBufferPointer(start: p, count: 4 * t.count)
-                for b in raw { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
-            }
+            h = t.withUnsafePointer { fnv1a64(UnsafeRawBufferPointer(start: $0, count: 4 * t.count), continuing: h) }
         }
         return h
     }
@@ -204,9 +201,13 @@ public struct Checkpoint {
     }
 }
 
-/// FNV-1a, 64-bit: cheap, dependency-free, and enough to detect truncation and bit rot.
-func fnv1a64<C: Collection>(_ bytes: C) -> UInt64 where C.Element == UInt8 {
-    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+/// FNV-1a's 64-bit offset basis: the state of a fresh hash.
+let fnv1a64Offset: UInt64 = 0xcbf2_9ce4_8422_2325
+
+/// FNV-1a, 64-bit, over `bytes`, continuing from `h`: cheap, dependency-free, and enough to
+/// detect truncation and bit rot.
+func fnv1a64<C: Collection>(_ bytes: C, continuing h: UInt64 = fnv1a64Offset) -> UInt64 where C.Element == UInt8 {
+    var h = h
     for b in bytes { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
     return h
 }
