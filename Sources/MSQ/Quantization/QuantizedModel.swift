@@ -5,6 +5,8 @@ public enum QuantizationError: Error, Equatable, CustomStringConvertible {
     case unknownLayer(path: String, valid: [String])
     /// A precision outside 2…16 bits was requested (`path` is nil for `initialBits`).
     case invalidBits(bits: Int, path: String?)
+    /// A checkpoint's method state holds no quantization scheme (it is a float run).
+    case noScheme
 
     /// A one-line message for the CLI and logs.
     public var description: String {
@@ -13,6 +15,8 @@ public enum QuantizationError: Error, Equatable, CustomStringConvertible {
             return "no Conv2d or Linear layer at path '\(path)'; valid layer paths: \(valid.joined(separator: ", "))"
         case let .invalidBits(bits, path):
             return "bits \(bits)\(path.map { " for '\($0)'" } ?? "") outside the supported range 2...16"
+        case .noScheme:
+            return "the checkpoint holds no quantization scheme: it is not from an MSQ run (--method msq)"
         }
     }
 }
