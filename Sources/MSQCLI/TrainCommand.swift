@@ -17,7 +17,7 @@ struct TrainCommand: ParsableCommand {
     var dataset: String = "fashion-mnist"
     @Option(help: "Dataset directory (default for fashion-mnist: /usr/share/datasets/fashion-mnist).")
     var dataDir: String?
-    @Option(help: "Training method: fp.")
+    @Option(help: "Training method: fp (float) or msq (LSB pruning to --target-compression).")
     var method: String = "fp"
     @Option(help: "Number of epochs.")
     var epochs: Int = 2
@@ -52,11 +52,17 @@ struct TrainCommand: ParsableCommand {
     @Flag(help: "Continue the run whose checkpoint is in --out.")
     var resume = false
 
+    @OptionGroup(title: "MSQ (--method msq)")
+    var msq: MSQArguments
+
     func run() throws {
         guard let kind = ModelKind(rawValue: model) else {
             throw ValidationError("unknown --model \(model); choose one of \(ModelKind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        guard method == "fp" else { throw ValidationError("unknown --method \(method); this build trains: fp") }
+        guard ["fp", "msq"].contains(method) else { throw ValidationError("unknown --method \(method); choose fp or msq") }
+        if method == "fp", let given = msq.givenOptions.first {
+            throw ValidationError("\(given) applies to --method msq only")
+        }
         if resume && out == nil { throw ValidationError("--resume needs the --out directory of the run to continue") }
 
         var config = TrainingConfig(model: model, dataset: dataset, epochs: epochs, batchSize: batchSize, learningRate: lr)
@@ -75,19 +81,38 @@ struct TrainCommand: ParsableCommand {
         config.limitTest = limitTest
         config.seed = seed
         config.threads = threads
+        var msqOptions: MSQOptions? = nil
+        if method == "msq" {
+            let options = try msq.options()
+            msqOptions = options
+            config.methodOptions = options.identity.merging([
+                "msq.weight_bits": String(msq.weightBits), "msq.act_bits": msq.actBits.map(String.init) ?? "off",
+            ]) { a, _ in a }
+        }
         try config.validate()
 
         let data = try DatasetCatalog.load(name: dataset, directory: dataDir,
                                            limitTrain: config.limitTrain, limitTest: config.limitTest, seed: seed)
         let network = makeModel(kind, inputChannels: data.train.sampleShape[0], numClasses: data.train.numClasses, seed: seed)
         let outDir = out ?? defaultOutputDirectory()
+        let trainingMethod: TrainingMethod
+        if let msqOptions {
+            trainingMethod = try msq.makeMethod(model: network, options: msqOptions, data: data, seed: seed)
+        } else {
+            trainingMethod = FloatTraining()
+        }
         writeLine("msq train: \(model) on \(dataset) (\(data.train.count) train / \(data.test.count) test images, " +
               "\(network.trainableParameterCount) parameters), \(epochs) epochs, batch \(batchSize), lr \(lr) → \(outDir)")
-        let trainer = Trainer(config: config, model: network, method: FloatTraining(), train: data.train, test: data.test,
+        let trainer = Trainer(config: config, model: network, method: trainingMethod, train: data.train, test: data.test,
                               normalization: data.normalization, outDirectory: outDir)
         let summary = try trainer.run(resume: resume)
         if let acc = summary["test_accuracy"] as? Double {
             writeLine(String(format: "test_accuracy %.4f", acc))
+        }
+        if let c = summary["compression_ratio"] as? Double, let cp = summary["compression_ratio_paper"] as? Double,
+           let bits = summary["average_weight_bits"] as? Double, let scheme = summary["bit_scheme"] as? String {
+            writeLine(String(format: "compression_ratio %.3f (sign counted; paper-style magnitude bits: %.3f), average_weight_bits %.3f", c, cp, bits))
+            writeLine("bit scheme: \(scheme)")
         }
     }
 

@@ -8,8 +8,8 @@ private final class CrashingMethod: TrainingMethod {
     let crashEpoch: Int
     init(crashEpoch: Int) { self.crashEpoch = crashEpoch }
     var name: String { "fp" }
-    func prepare(model: Module) throws {}
-    func afterBackward(model: Module, epoch: Int, step: Int) -> Double { 0 }
+    func prepare(model: Module, plan: TrainingPlan) throws {}
+    func afterBackward(model: Module, epoch: Int, step: Int) throws -> Double { 0 }
     func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws {
         if epoch == crashEpoch { throw Crash() }
     }

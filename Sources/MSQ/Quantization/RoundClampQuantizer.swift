@@ -25,6 +25,11 @@ public final class RoundClampQuantizer: WeightTransform {
     /// with s = max|W| this includes the largest positive weight itself, since round(2^n) = 2^n is clamped.
     public var zeroGradientOutsideClamp: Bool
 
+    /// When true, ``forward(_:)`` and ``backward(gradEffective:weight:)`` are the identity. Used to
+    /// take Hessians of the task loss AT the quantized weights (the caller stores Q_n(W) in the
+    /// parameter first): finite differences through the rounding would measure its jumps instead.
+    public var isBypassed = false
+
     /// The scale s = max|W| computed by the most recent ``forward(_:)`` (0 before any forward).
     public private(set) var lastScale: Float = 0
 
@@ -42,6 +47,7 @@ public final class RoundClampQuantizer: WeightTransform {
 
     /// Q_n(W) = s · j_n / 2^(n−1) with s = max|W| (shape of `weight`); records s in ``lastScale``.
     public func forward(_ weight: Tensor) -> Tensor {
+        if isBypassed { return weight }
         let s = Self.scale(of: weight)
         lastScale = s
         var out = Tensor(shape: weight.shape)
@@ -58,6 +64,7 @@ public final class RoundClampQuantizer: WeightTransform {
     public func backward(gradEffective: Tensor, weight: Tensor) -> Tensor {
         precondition(gradEffective.count == weight.count,
                      "RoundClampQuantizer: gradient has \(gradEffective.count) elements, weight \(weight.count)")
+        if isBypassed { return gradEffective }
         let s = Self.scale(of: weight)
         var dw = Tensor(shape: weight.shape)
         let n = weight.count, b = Int32(bits), z: Int32 = zeroGradientOutsideClamp ? 1 : 0

@@ -76,7 +76,7 @@ public final class Trainer {
         } else if resume {
             log("no checkpoint in \(outDirectory): starting from scratch")
         }
-        try method.prepare(model: model)
+        try method.prepare(model: model, plan: TrainingPlan(stepsPerEpoch: stepsPerEpoch, epochs: config.epochs, log: log))
 
         let lossFunction = SoftmaxCrossEntropy(labelSmoothing: Float(config.labelSmoothing))
         var lastEval = Evaluation(loss: .nan, accuracy: .nan, count: 0)
@@ -98,7 +98,7 @@ public final class Trainer {
                 let loss = try lossFunction.forward(logits: logits, labels: batch.labels)
                 guard loss.isFinite else { throw TrainingError.diverged(epoch: epoch, step: stepInEpoch, loss: loss) }
                 _ = model.backward(lossFunction.backward())
-                _ = method.afterBackward(model: model, epoch: epoch, step: progress.globalStep)
+                _ = try method.afterBackward(model: model, epoch: epoch, step: progress.globalStep)
                 optimizer.step(learningRate: Float(lr))
 
                 let n = batch.labels.count

@@ -39,6 +39,9 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     /// OpenMP threads for the kernels (0 = all cores). Part of the fingerprint because reduction
     /// order, and so the last bits of the weights, depend on it.
     public var threads: Int = 0
+    /// The method's own options as name → value (e.g. ``MSQOptions/identity``), part of the
+    /// fingerprint so a run is only resumed with the options it started with.
+    public var methodOptions: [String: String] = [:]
 
     /// A configuration with the required fields; the rest take their defaults.
     public init(model: String, dataset: String, epochs: Int, batchSize: Int, learningRate: Double) {
@@ -51,7 +54,7 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
 
     /// The fields that must match for a checkpoint to be resumed, as name → value.
     public var identity: [String: String] {
-        [
+        let base: [String: String] = [
             "model": model, "dataset": dataset, "method": method, "epochs": String(epochs),
             "batch_size": String(batchSize), "lr": String(learningRate), "momentum": String(momentum),
             "weight_decay": String(weightDecay), "nesterov": String(nesterov),
@@ -60,6 +63,7 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
             "limit_train": limitTrain.map(String.init) ?? "all", "limit_test": limitTest.map(String.init) ?? "all",
             "seed": String(seed), "threads": String(threads),
         ]
+        return base.merging(methodOptions) { old, _ in old }
     }
 
     /// A stable string over ``identity``.

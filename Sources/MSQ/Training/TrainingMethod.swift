@@ -5,11 +5,12 @@
 public protocol TrainingMethod: AnyObject {
     /// Name recorded in `summary.json` (`fp`, `msq`, …).
     var name: String { get }
-    /// Called once before the first step (or after a checkpoint restore).
-    func prepare(model: Module) throws
+    /// Called once before the first step (after a checkpoint restore, when resuming).
+    func prepare(model: Module, plan: TrainingPlan) throws
     /// Called after the task loss's backward and before the optimizer step; may add gradient
-    /// terms into the parameters. Returns the value of any extra loss term (0 if none).
-    func afterBackward(model: Module, epoch: Int, step: Int) -> Double
+    /// terms into the parameters and change the model between steps. `step` is the 0-based global
+    /// step. Returns the value of any extra loss term (0 if none).
+    func afterBackward(model: Module, epoch: Int, step: Int) throws -> Double
     /// Called after each epoch's evaluation; may change the model (e.g. its precisions).
     func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws
     /// Method state as JSON, stored in checkpoints.
@@ -25,10 +26,30 @@ public final class FloatTraining: TrainingMethod {
     /// Creates the identity method.
     public init() {}
     public var name: String { "fp" }
-    public func prepare(model: Module) throws {}
-    public func afterBackward(model: Module, epoch: Int, step: Int) -> Double { 0 }
+    public func prepare(model: Module, plan: TrainingPlan) throws {}
+    public func afterBackward(model: Module, epoch: Int, step: Int) throws -> Double { 0 }
     public func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws {}
     public func encodeState() throws -> String { "{}" }
     public func restoreState(_ json: String) throws {}
     public func summaryFields() -> [String: Any] { [:] }
+}
+
+/// The shape of a run, as a method sees it in ``TrainingMethod/prepare(model:plan:)``.
+public struct TrainingPlan {
+    /// Optimizer steps per epoch.
+    public var stepsPerEpoch: Int
+    /// Number of epochs.
+    public var epochs: Int
+    /// Where progress lines go.
+    public var log: (String) -> Void
+
+    /// Bundles a run's shape and its log.
+    public init(stepsPerEpoch: Int, epochs: Int, log: @escaping (String) -> Void) {
+        self.stepsPerEpoch = stepsPerEpoch
+        self.epochs = epochs
+        self.log = log
+    }
+
+    /// Total optimizer steps of the run.
+    public var totalSteps: Int { stepsPerEpoch * epochs }
 }

@@ -1,0 +1,356 @@
+import Foundation
+
+/// The options of an MSQ run (MSQ-SPEC §2–4); CLI names in brackets.
+public struct MSQOptions: Codable, Sendable, Equatable {
+    /// Target compression C, sign counted [--target-compression]. 10.67 = 3 bits average = the paper's "16x".
+    public var targetCompression: Double
+    /// λ, the weight of the LSB regulariser in L = L_task + λ·R [--lambda].
+    public var lambda: Double = 5
+    /// τ, the LSB nonzero rate at or under which a layer is pruned [--prune-threshold].
+    public var pruneThreshold: Double = 0.05
+    /// Pruning interval in epochs, fractional allowed, at least one step [--prune-interval].
+    public var pruneIntervalEpochs: Double = 0.5
+    /// Fraction of training after which the target must be met (MSQ-SPEC §3 default 0.6) [--prune-deadline].
+    public var deadlineFraction: Double = 0.6
+    /// n_min [--min-bits].
+    public var minBits: Int = 2
+    /// Hessian-aware k (MSQ-SPEC §4); off makes k = 1 everywhere [--hessian on|off].
+    public var hessian: Bool = true
+    /// Calibration images for the Hessian (the first N training images, no augmentation) [--hessian-batch].
+    public var hessianBatch: Int = 64
+    /// m_max, the most Hutchinson probes per estimate [--hessian-probes].
+    public var hessianProbes: Int = 8
+    /// Relative change of the running trace mean under which probing stops early.
+    public var hessianTolerance: Double = 0.05
+    /// λ is multiplied by this after every interval that had to force pruning (1 = never raised)
+    /// [--lambda-growth].
+    public var lambdaGrowth: Double = 1
+
+    /// Options with the given target and the defaults above.
+    public init(targetCompression: Double) {
+        self.targetCompression = targetCompression
+    }
+
+    /// The options as name → value, for the run fingerprint (a resumed run must match them).
+    public var identity: [String: String] {
+        [
+            "msq.target_compression": String(targetCompression), "msq.lambda": String(lambda),
+            "msq.prune_threshold": String(pruneThreshold), "msq.prune_interval": String(pruneIntervalEpochs),
+            "msq.prune_deadline": String(deadlineFraction), "msq.min_bits": String(minBits),
+            "msq.hessian": String(hessian), "msq.hessian_batch": String(hessianBatch),
+            "msq.hessian_probes": String(hessianProbes), "msq.hessian_tolerance": String(hessianTolerance),
+            "msq.lambda_growth": String(lambdaGrowth),
+        ]
+    }
+
+    /// Checks ranges a user can get wrong; `layerCount`/`maxCompression` come from the model.
+    public func validate(maxCompression: Double) throws(TrainingError) {
+        if !(targetCompression > 1) || !targetCompression.isFinite {
+            throw .invalidOption("--target-compression must be a number above 1 (got \(targetCompression))")
+        }
+        if targetCompression > maxCompression + 1e-9 {
+            throw .invalidOption(String(format: "--target-compression %.2f is out of reach: with every layer at --min-bits %d the model compresses %.2fx at most", targetCompression, minBits, maxCompression))
+        }
+        if !(lambda >= 0) || !lambda.isFinite { throw .invalidOption("--lambda must be ≥ 0 (got \(lambda))") }
+        if !(0...1).contains(pruneThreshold) { throw .invalidOption("--prune-threshold must be in [0, 1] (got \(pruneThreshold))") }
+        if !(pruneIntervalEpochs > 0) || !pruneIntervalEpochs.isFinite { throw .invalidOption("--prune-interval must be a positive number of epochs (got \(pruneIntervalEpochs))") }
+        if !(deadlineFraction > 0 && deadlineFraction <= 1) { throw .invalidOption("--prune-deadline must be in (0, 1] (got \(deadlineFraction))") }
+        if !msqBitRange.contains(minBits) { throw .invalidOption("--min-bits must be in 2...16 (got \(minBits))") }
+        if hessianBatch < 1 { throw .invalidOption("--hessian-batch must be at least 1 (got \(hessianBatch))") }
+        if hessianProbes < 1 { throw .invalidOption("--hessian-probes must be at least 1 (got \(hessianProbes))") }
+        if !(lambdaGrowth >= 1) || !lambdaGrowth.isFinite { throw .invalidOption("--lambda-growth must be ≥ 1 (got \(lambdaGrowth))") }
+    }
+}
+
+/// One logged pruning: a ``PruningDecision`` with when it happened.
+public struct PruningEvent: Codable, Sendable, Equatable {
+    /// The global step after which the precision changed (1-based count of steps done).
+    public var step: Int
+    /// The same moment in epochs (step / steps per epoch).
+    public var epoch: Double
+    /// What changed.
+    public var decision: PruningDecision
+}
+
+/// MSQ training (MSQ-SPEC §2–4) as a ``TrainingMethod``: the LSB regulariser in every step of the
+/// pruning phase, and at every pruning interval Hessian traces → k_l, the
+/// ``LSBPruningScheduler``'s decisions and a per-layer table; once the target compression is met,
+/// plain quantization-aware training at the fixed scheme (the finetuning phase).
+///
+/// The model must already carry its quantizers (``QuantizationScheme/apply(to:)`` or
+/// ``quantizeForMSQ(_:initialBits:overrides:excluded:)``) before the ``Trainer`` builds its
+/// optimizer, so PACT clip levels are optimized; this method only changes precisions.
+public final class MSQTraining: TrainingMethod {
+    /// The run's options.
+    public let options: MSQOptions
+    /// The quantized layers, in scheme order.
+    public let layers: [QuantizedLayer]
+    /// The regulariser over ``layers`` (its λ and k change as the run goes).
+    public let regularizer: LSBRegularizer
+    /// The decision rule.
+    public let scheduler: LSBPruningScheduler
+    let activationBits: Int?
+    let activationExcluded: [String]
+    let calibration: (images: Tensor, labels: [Int32])?
+    let seed: UInt64
+
+    /// Precision history and phase; all of it is checkpointed.
+    struct State: Codable {
+        var scheme: QuantizationScheme
+        var phase: String = "pruning"
+        var k: [Int]
+        var lambda: Double
+        var initialBits: Double
+        var events: [PruningEvent] = []
+        var finalPhaseStartStep: Int?
+        var intervals: Int = 0
+        var hessianEstimates: Int = 0
+        var hessianProbesUsed: Int = 0
+        var hessianSeconds: Double = 0
+    }
+    var state: State
+    var plan = TrainingPlan(stepsPerEpoch: 1, epochs: 1, log: { _ in })
+
+    /// An MSQ method over `layers`. `calibration` is the fixed Hessian batch (required when
+    /// `options.hessian`); `seed` seeds the Hutchinson probes.
+    public init(layers: [QuantizedLayer], options: MSQOptions, calibration: (images: Tensor, labels: [Int32])?,
+                activationBits: Int? = nil, activationExcluded: [String] = [], seed: UInt64) throws {
+        let counts = layers.map(\.count)
+        let maxC = LSBPruningScheduler.compression(counts: counts, bits: counts.map { _ in options.minBits })
+        try options.validate(maxCompression: maxC)
+        if options.hessian && calibration == nil {
+            throw TrainingError.invalidOption("--hessian on needs a calibration batch")
+        }
+        self.options = options
+        self.layers = layers
+        self.regularizer = LSBRegularizer(layers: layers, lambda: options.lambda)
+        self.scheduler = LSBPruningScheduler(targetCompression: options.targetCompression,
+                                             threshold: options.pruneThreshold, minBits: options.minBits)
+        self.activationBits = activationBits
+        self.activationExcluded = activationExcluded
+        self.calibration = calibration
+        self.seed = seed
+        let bits = zip(counts, layers.map(\.bits)).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+        self.state = State(scheme: QuantizationScheme(quantizedLayers: layers, activationBits: activationBits,
+                                                      activationExcluded: activationExcluded),
+                           k: Array(repeating: 1, count: layers.count), lambda: options.lambda, initialBits: bits)
+    }
+
+    public var name: String { "msq" }
+
+    /// Whether regularisation and pruning have stopped for good.
+    public var isFinetuning: Bool { state.phase == "finetuning" }
+    /// Every precision change so far.
+    public var events: [PruningEvent] { state.events }
+
+    var intervalSteps: Int { max(1, Int((options.pruneIntervalEpochs * Double(plan.stepsPerEpoch)).rounded())) }
+    var deadlineStep: Int { max(1, Int((options.deadlineFraction * Double(plan.totalSteps)).rounded())) }
+
+    public func prepare(model: Module, plan: TrainingPlan) throws {
+        self.plan = plan
+        // Precisions come from the state (restored from a checkpoint, or the initial scheme).
+        let bitsByPath = Dictionary(uniqueKeysWithValues: state.scheme.layers.map { ($0.path, $0.bits) })
+        for layer in layers {
+            guard let b = bitsByPath[layer.path] else {
+                throw CheckpointError.mismatch(path: "method state", reason: "no precision for layer \(layer.path)")
+            }
+            layer.quantizer.bits = b
+        }
+        regularizer.k = state.k
+        regularizer.lambda = state.lambda
+        if state.phase == "pruning" {
+            plan.log(String(format: "msq: %d quantized layers, %d weights, start %.2f bits (C %.2fx); target C %.2fx (paper %.2fx); prune every %d steps, deadline step %d of %d; λ %g, τ %g, Hessian %@",
+                            layers.count, regularizer.totalCount, averageWeightBits(layers), compressionRatio(layers),
+                            options.targetCompression, 32 / (32 / options.targetCompression - 1),
+                            intervalSteps, deadlineStep, plan.totalSteps, state.lambda, options.pruneThreshold,
+                            options.hessian ? "on" : "off"))
+        }
+    }
+
+    public func afterBackward(model: Module, epoch: Int, step: Int) throws -> Double {
+        guard !isFinetuning else { return 0 }
+        let report = regularizer.apply()
+        let done = step + 1
+        if done % intervalSteps == 0 || done == deadlineStep {
+            try pruningInterval(model: model, stepsDone: done, report: report)
+        }
+        return regularizer.lambda * report.regularizer
+    }
+
+    func pruningInterval(model: Module, stepsDone: Int, report: LSBReport) throws {
+        state.intervals += 1
+        let counts = layers.map(\.count)
+        var traces: [Double]? = nil
+        var omega: [Double]? = nil
+        if options.hessian, let calibration {
+            let start = Date()
+            let estimator = HutchinsonTrace(model: model, layers: layers, images: calibration.images,
+                                            labels: calibration.labels,
+                                            seed: seed &+ 0x4865_7373 &+ UInt64(state.hessianEstimates),
+                                            maxProbes: options.hessianProbes, minProbes: min(4, options.hessianProbes),
+                                            relativeTolerance: options.hessianTolerance)
+            let estimate = try atQuantizedWeights { try estimator.estimate() }
+            state.hessianEstimates += 1
+            state.hessianProbesUsed += estimate.probes
+            state.hessianSeconds += Date().timeIntervalSince(start)
+            traces = estimate.traces
+            let o = sensitivity(traces: estimate.traces, layers: layers)
+            omega = o
+            regularizer.k = aggressivePruningK(omega: o)
+        } else {
+            regularizer.k = Array(repeating: 1, count: layers.count)
+        }
+        // r_l must be measured against the coarser grid of the k the layer is about to use.
+        let measured = regularizer.k == state.k ? report : regularizer.measure()
+        state.k = regularizer.k
+        let status = layers.indices.map { i in
+            PruningLayerStatus(path: layers[i].path, count: counts[i], bits: layers[i].bits,
+                               nonzeroRate: measured.layers[i].nonzeroRate, k: regularizer.effectiveK(i))
+        }
+        let deadline = stepsDone >= deadlineStep
+        let pace = min(1, Double(stepsDone) / Double(deadlineStep))
+        let budget = state.initialBits - (state.initialBits - scheduler.targetBits(counts: counts)) * pace
+        let decisions = scheduler.decide(status, budgetBits: budget, deadline: deadline)
+        let before = layers.map(\.bits)
+        for d in decisions {
+            guard let i = layers.firstIndex(where: { $0.path == d.path }) else { continue }
+            layers[i].quantizer.bits = d.toBits
+            state.events.append(PruningEvent(step: stepsDone, epoch: Double(stepsDone) / Double(plan.stepsPerEpoch), decision: d))
+        }
+        if decisions.contains(where: \.forced) && options.lambdaGrowth > 1 {
+            regularizer.lambda *= options.lambdaGrowth
+        }
+        state.lambda = regularizer.lambda
+        state.scheme = QuantizationScheme(quantizedLayers: layers, activationBits: activationBits,
+                                          activationExcluded: activationExcluded)
+        printTable(stepsDone: stepsDone, status: status, traces: traces, omega: omega, before: before,
+                   decisions: decisions, deadline: deadline, budget: budget)
+        if compressionRatio(layers) >= options.targetCompression - 1e-9 {
+            state.phase = "finetuning"
+            state.finalPhaseStartStep = stepsDone
+            plan.log(String(format: "msq: target reached at step %d (epoch %.2f): C %.2fx (paper %.2fx), %.3f bits average; finetuning at the fixed scheme %@",
+                            stepsDone, Double(stepsDone) / Double(plan.stepsPerEpoch), compressionRatio(layers),
+                            compressionRatioPaper(layers), averageWeightBits(layers), bitScheme))
+        }
+    }
+
+    /// Runs `body` with each layer's weight replaced by Q_n(W) and its quantizer bypassed, then puts
+    /// the latent weights and quantizers back. The Hessian is that of the task loss at the weights
+    /// the network computes with (MSQ-SPEC §4 leaves the point open): central differences of the
+    /// straight-through gradient would straddle rounding boundaries (at 8 bits a bin is ~100x the
+    /// HVP step), so they measure the quantizer's jumps, not curvature.
+    func atQuantizedWeights<T>(_ body: () throws -> T) rethrows -> T {
+        let latent = layers.map { $0.parameter.value }
+        for layer in layers { layer.parameter.value = layer.quantizer.forward(layer.parameter.value) }
+        for layer in layers { layer.quantizer.isBypassed = true }
+        defer {
+            for (layer, w) in zip(layers, latent) {
+                layer.quantizer.isBypassed = false
+                layer.parameter.value = w
+            }
+        }
+        return try body()
+    }
+
+    /// The per-layer precisions as one line, `conv1:8 layer1.0.conv1:3 …`.
+    public var bitScheme: String { layers.map { "\($0.path):\($0.bits)" }.joined(separator: " ") }
+
+    func printTable(stepsDone: Int, status: [PruningLayerStatus], traces: [Double]?, omega: [Double]?,
+                    before: [Int], decisions: [PruningDecision], deadline: Bool, budget: Double) {
+        let forced = decisions.filter(\.forced).count
+        plan.log(String(format: "pruning interval %d (step %d, epoch %.2f%@): C %.2fx (paper %.2fx), %.3f bits avg, budget %.3f bits avg, λ %g, %d pruned (%d forced)",
+                        state.intervals, stepsDone, Double(stepsDone) / Double(plan.stepsPerEpoch),
+                        deadline ? ", deadline" : "", compressionRatio(layers), compressionRatioPaper(layers),
+                        averageWeightBits(layers), budget / Double(regularizer.totalCount), regularizer.lambda,
+                        decisions.count, forced))
+        let width = max(5, layers.map(\.path.count).max() ?? 5)
+        func pad(_ s: String, _ w: Int) -> String { s.count >= w ? s : s + String(repeating: " ", count: w - s.count) }
+        func lpad(_ s: String, _ w: Int) -> String { s.count >= w ? s : String(repeating: " ", count: w - s.count) + s }
+        plan.log("  " + pad("layer", width) + lpad("params", 8) + lpad("bits", 5) + lpad("r", 8) + lpad("Tr(H)", 11)
+                 + lpad("Ω", 11) + lpad("k", 3) + "  change")
+        for (i, layer) in layers.enumerated() {
+            let change: String
+            if let d = decisions.last(where: { $0.path == layer.path }) {
+                change = "\(before[i])→\(d.toBits)" + (d.forced ? " forced" : "")
+            } else {
+                change = ""
+            }
+            plan.log("  " + pad(layer.path, width) + lpad(String(layer.count), 8) + lpad(String(before[i]), 5)
+                     + lpad(String(format: "%.4f", status[i].nonzeroRate), 8)
+                     + lpad(traces.map { String(format: "%.3e", $0[i]) } ?? "-", 11)
+                     + lpad(omega.map { String(format: "%.3e", $0[i]) } ?? "-", 11)
+                     + lpad(String(status[i].k), 3) + "  " + change)
+        }
+    }
+
+    public func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws {
+        log(String(format: "msq: after epoch %d: %@, C %.2fx (paper %.2fx), %.3f bits average; scheme %@",
+                   epoch, isFinetuning ? "finetuning" : "pruning", compressionRatio(layers),
+                   compressionRatioPaper(layers), averageWeightBits(layers), bitScheme))
+    }
+
+    public func encodeState() throws -> String {
+        state.scheme = QuantizationScheme(quantizedLayers: layers, activationBits: activationBits,
+                                          activationExcluded: activationExcluded)
+        state.k = regularizer.k
+        state.lambda = regularizer.lambda
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: try encoder.encode(state), as: UTF8.self)
+    }
+
+    public func restoreState(_ json: String) throws {
+        do {
+            let restored = try JSONDecoder().decode(State.self, from: Data(json.utf8))
+            guard restored.scheme.layers.map(\.path) == layers.map(\.path), restored.k.count == layers.count else {
+                throw CheckpointError.mismatch(path: "method state", reason: "its quantized layers differ from this model's")
+            }
+            state = restored
+        } catch let error as CheckpointError {
+            throw error
+        } catch {
+            throw CheckpointError.corrupt(path: "method state", reason: "cannot read the MSQ state: \(error)")
+        }
+    }
+
+    public func summaryFields() -> [String: Any] {
+        var fields: [String: Any] = [
+            "compression_ratio": compressionRatio(layers),
+            "compression_ratio_paper": compressionRatioPaper(layers),
+            "average_weight_bits": averageWeightBits(layers),
+            "target_compression": options.targetCompression,
+            "layers": layers.map { ["name": $0.path, "params": $0.count, "bits": $0.bits] as [String: Any] },
+            "bit_scheme": bitScheme,
+            "pruning_events": state.events.map { e -> [String: Any] in
+                ["step": e.step, "epoch": e.epoch, "layer": e.decision.path, "from_bits": e.decision.fromBits,
+                 "to_bits": e.decision.toBits, "nonzero_rate": e.decision.nonzeroRate, "forced": e.decision.forced]
+            },
+            "forced_prunings": state.events.filter(\.decision.forced).count,
+            "pruning_intervals": state.intervals,
+            "final_lambda": regularizer.lambda,
+            "hessian": options.hessian,
+            "hessian_estimates": state.hessianEstimates,
+            "hessian_probes_total": state.hessianProbesUsed,
+            "hessian_seconds": state.hessianSeconds,
+            "activation_bits": activationBits ?? 32,
+        ]
+        if let s = state.finalPhaseStartStep {
+            fields["final_phase_start_step"] = s
+            fields["final_phase_start_epoch"] = Double(s) / Double(plan.stepsPerEpoch)
+        } else {
+            fields["final_phase_start_epoch"] = NSNull()
+        }
+        return fields
+    }
+}
+
+/// The first `count` images of `dataset` (fewer if it is smaller), normalised, no augmentation:
+/// the fixed calibration batch of the Hessian traces (MSQ-SPEC §4).
+public func calibrationBatch(from dataset: any Dataset, normalization: Normalization,
+                             count: Int) throws -> (images: Tensor, labels: [Int32]) {
+    let loader = try BatchLoader(dataset: dataset, batchSize: max(1, min(count, dataset.count)), shuffle: false,
+                                 augmentation: Augmentation(randomCropPadding: 0, horizontalFlip: false),
+                                 normalization: normalization, seed: 0, epoch: 0, dropLast: false)
+    for batch in loader { return (batch.images, batch.labels) }
+    throw TrainingError.invalidOption("the training set is empty: no calibration batch for the Hessian")
+}
