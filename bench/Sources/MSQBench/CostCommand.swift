@@ -1,0 +1,103 @@
+import ArgumentParser
+import CKernels
+import Foundation
+import MSQ
+
+/// `msq-bench cost`: the cost of one training configuration, measured in its own process so that
+/// peak RSS belongs to it. Synthetic data of the model's input shape, 10 classes.
+struct CostCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cost",
+        abstract: "Time per training step, images/s, trainable parameters and peak RSS of one model/method/batch.",
+        discussion: """
+        fp: forward, loss, backward, SGD step. msq: the same with every conv/linear layer behind a \
+        RoundClamp quantizer at 8 bits plus the fused LSB-regulariser pass (the pruning phase's step; \
+        the finetuning phase drops the regulariser). --hessian-probes M also times one Hutchinson trace \
+        estimate of exactly M probes on a --hessian-batch calibration batch and reports it in training steps.
+        """)
+
+    @Option(help: "resnet20 (3×32×32) or resnet18 (3×224×224).")
+    var model: String = "resnet20"
+    @Option(help: "fp or msq.")
+    var method: String = "fp"
+    @Option(help: "Images per step.")
+    var batch: Int = 128
+    @Option(help: "Timed steps (after --warmup untimed ones).")
+    var steps: Int = 10
+    @Option(help: "Untimed warm-up steps.")
+    var warmup: Int = 2
+    @Option(help: "Kernel threads (0 = all cores).")
+    var threads: Int = 0
+    @Option(help: "PACT activation bits for msq (default: float activations).")
+    var actBits: Int?
+    @Option(help: "Also time one Hessian-trace estimate with exactly this many probes (msq only).")
+    var hessianProbes: Int?
+    @Option(help: "Calibration batch of the Hessian estimate.")
+    var hessianBatch: Int = 64
+    @Option(help: "Write the result as JSON here.")
+    var json: String?
+
+    func run() throws {
+        guard let kind = ModelKind(rawValue: model), kind == .resnet20 || kind == .resnet18 else {
+            throw ValidationError("--model must be resnet20 or resnet18")
+        }
+        guard method == "fp" || method == "msq" else { throw ValidationError("--method must be fp or msq") }
+        guard batch >= 1, steps >= 1, warmup >= 0 else { throw ValidationError("--batch and --steps must be ≥ 1") }
+        msq_set_num_threads(Int32(threads))
+        let side = kind == .resnet20 ? 32 : 224
+        let net = makeModel(kind, inputChannels: 3, numClasses: 10, seed: 0)
+        var regularizer: LSBRegularizer? = nil
+        var layers: [QuantizedLayer] = []
+        if method == "msq" {
+            let paths = quantizableLayers(of: net).map(\.path)
+            let scheme = QuantizationScheme(layers: paths.map { .init(path: $0, bits: 8) }, activationBits: actBits,
+                                            activationExcluded: actBits == nil ? [] : Array(paths.prefix(1)))
+            layers = try scheme.apply(to: net)
+            regularizer = LSBRegularizer(layers: layers, lambda: 5)
+        }
+        var rng = RandomSource(seed: 1)
+        let images = Tensor.randomNormal([batch, 3, side, side], std: 1, using: &rng)
+        let labels = (0..<batch).map { _ in Int32(rng.nextInt(below: 10)) }
+        let sgd = SGD(model: net, momentum: 0.9, weightDecay: 5e-4, nesterov: true)
+        let loss = SoftmaxCrossEntropy()
+        func step() throws {
+            net.zeroGradients()
+            let logits = net.forward(images, mode: .train)
+            _ = try loss.forward(logits: logits, labels: labels)
+            _ = net.backward(loss.backward())
+            regularizer?.apply()
+            sgd.step(learningRate: 0.01)
+        }
+        for _ in 0..<warmup { try step() }
+        let start = Date()
+        for _ in 0..<steps { try step() }
+        let msPerStep = Date().timeIntervalSince(start) * 1000 / Double(steps)
+        var result: [String: Any] = [
+            "model": model, "method": method, "batch": batch, "steps": steps,
+            "threads": Int(msq_get_num_threads()),
+            "trainable_params": net.trainableParameterCount,
+            "ms_per_step": msPerStep, "images_per_second": Double(batch) * 1000 / msPerStep,
+        ]
+        if let a = actBits { result["act_bits"] = a }
+        var line = "\(model) \(method) batch \(batch): \(fmt(msPerStep)) ms/step, \(fmt(Double(batch) * 1000 / msPerStep)) img/s"
+        if let probes = hessianProbes {
+            guard method == "msq" else { throw ValidationError("--hessian-probes needs --method msq") }
+            let hImages = Tensor.randomNormal([hessianBatch, 3, side, side], std: 1, using: &rng)
+            let hLabels = (0..<hessianBatch).map { _ in Int32(rng.nextInt(below: 10)) }
+            let estimator = HutchinsonTrace(model: net, layers: layers, images: hImages, labels: hLabels, seed: 7,
+                                            maxProbes: probes, minProbes: probes, relativeTolerance: 0)
+            let t0 = Date()
+            let estimate = try estimator.estimate()
+            let ms = Date().timeIntervalSince(t0) * 1000
+            result["hessian_batch"] = hessianBatch
+            result["hessian_probes"] = estimate.probes
+            result["hessian_ms"] = ms
+            result["hessian_in_steps"] = ms / msPerStep
+            line += "; Hessian trace (\(estimate.probes) probes, batch \(hessianBatch)): \(fmt(ms)) ms = \(fmt(ms / msPerStep, 2)) steps"
+        }
+        result["peak_rss_bytes"] = peakResidentSetBytes()
+        line += "; peak RSS \(fmt(Double(peakResidentSetBytes()) / 1_048_576)) MiB; \(net.trainableParameterCount) trainable parameters"
+        writeLine(line)
+        if let json { try writeJSON(result, to: json) }
+    }
+}
