@@ -42,7 +42,7 @@ private func layer(_ path: String, _ count: Int, _ bits: Int, _ r: Double, k: In
         // Budget 2200 bits: from 2400 one forced prune of 100 weights by 1 bit is not enough, two are.
         let d = s.decide(layers, budgetBits: 2200, deadline: false)
         #expect(d.map(\.path) == ["b", "c"])
-        #expect(d.allSatisfy(\.forced))
+        #expect(d.allSatisfy { $0.forced })
         // An impossible budget before the deadline prunes every layer once, no more.
         let all = s.decide(layers, budgetBits: 0, deadline: false)
         #expect(all.count == 3)
@@ -61,7 +61,7 @@ private func layer(_ path: String, _ count: Int, _ bits: Int, _ r: Double, k: In
         }
         let final = layers.map { bits[$0.path] ?? 0 }
         #expect(LSBPruningScheduler.compression(counts: layers.map(\.count), bits: final) >= 10.67)
-        #expect(d.allSatisfy(\.forced))
+        #expect(d.allSatisfy { $0.forced })
         // Undoing the last decision must leave the target unmet (no needless pruning).
         if let last = d.last {
             bits[last.path] = last.fromBits
