@@ -31,6 +31,8 @@ public final class ConvWorkspace {
 /// bias `[outChannels]`, output `[N, outChannels, H', W']` with
 /// `H' = (H + 2·padding − k) / stride + 1` (likewise `W'`).
 /// `effectiveWeight` is `weightTransform?.forward(weight) ?? weight` (see ``WeightTransform``).
+/// With an ``inputQuantizer`` the layer computes `conv(Q_A(x), effectiveWeight) + bias` instead,
+/// Q_A being PACT (MSQ-SPEC §5), and the weight gradient is taken w.r.t. the quantized input.
 ///
 /// Initialisation (the project's choice, as torchvision's ResNet): weight ~ Kaiming normal,
 /// fan-out mode with ReLU gain, `std = sqrt(2 / (outChannels·k·k))`; bias (if any) PyTorch's
@@ -56,8 +58,14 @@ public final class Conv2d: Module {
     public var weightTransform: (any WeightTransform)?
     /// Kernel scratch memory; models share one among all their convolutions.
     public var workspace = ConvWorkspace()
+    /// PACT quantizer applied to the input before the convolution; nil = float input. Its α is
+    /// listed by ``visitParameters(prefix:_:)`` as `input_alpha`. See ``quantizeActivations(_:bits:excluded:initialClip:)``.
+    public var inputQuantizer: PACTQuantizer?
 
     private var cachedInput: Tensor?
+    // The quantizer the last forward used: backward must undo that forward even if
+    // `inputQuantizer` was replaced in between.
+    private var cachedQuantizer: PACTQuantizer?
     private var cachedWeight: Tensor?
     private var cachedEffectiveWeight: Tensor?
     private var cachedShape = msq_conv2d_shape()
@@ -112,10 +120,13 @@ public final class Conv2d: Module {
         return s
     }
 
-    /// `y = conv(x, effectiveWeight) + bias`; caches x and the weights for ``backward(_:)``.
+    /// `y = conv(x_q, effectiveWeight) + bias` with `x_q = inputQuantizer?.forward(x) ?? x` (both
+    /// modes quantize alike); caches x_q and the weights for ``backward(_:)``.
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
-        cachedInput = nil; cachedWeight = nil; cachedEffectiveWeight = nil
+        cachedInput = nil; cachedWeight = nil; cachedEffectiveWeight = nil; cachedQuantizer = nil
         var s = makeShape(input.shape)
+        // The weight gradient needs the input the convolution actually multiplied: cache x_q, not x.
+        let input = inputQuantizer?.forward(input) ?? input
         let w = weight.value
         let we = effectiveWeight
         LayerKit.require(we.shape == w.shape,
@@ -133,10 +144,12 @@ public final class Conv2d: Module {
         cachedWeight = w
         cachedEffectiveWeight = we
         cachedShape = s
+        cachedQuantizer = inputQuantizer
         return y
     }
 
-    /// dx = conv_transpose(dy, effectiveWeight); accumulates dW (through the transform) and dBias.
+    /// dx = conv_transpose(dy, effectiveWeight), passed back through the input quantizer if any
+    /// (which accumulates dα); accumulates dW (through the transform) and dBias.
     public func backward(_ gradOutput: Tensor) -> Tensor {
         guard let x = cachedInput, let w = cachedWeight, let we = cachedEffectiveWeight else {
             fatalError("\(layerDescription): backward called without a preceding forward")
@@ -147,6 +160,8 @@ public final class Conv2d: Module {
                          "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \(expected)")
         // Release the caches first: the optimizer then updates the weight without a copy-on-write.
         cachedInput = nil; cachedWeight = nil; cachedEffectiveWeight = nil
+        let quantizer = cachedQuantizer
+        cachedQuantizer = nil
         let ws = workspace.pointer(bytes: msq_conv2d_workspace_size(&s))
         var dx = Tensor(shape: x.shape)
         gradOutput.withUnsafePointer { dy in
@@ -168,12 +183,14 @@ public final class Conv2d: Module {
                 }
             }
         }
-        return dx
+        // dx so far is dL/dx_q; the quantizer's straight-through estimator maps it to dL/dx.
+        return quantizer?.backward(dx) ?? dx
     }
 
-    /// `weight`, then `bias` if present.
+    /// `weight`, then `bias` if present, then `input_alpha` (the input quantizer's α) if present.
     public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
         body(joinPath(prefix, "weight"), weight)
         if let bias { body(joinPath(prefix, "bias"), bias) }
+        if let inputQuantizer { body(joinPath(prefix, "input_alpha"), inputQuantizer.alpha) }
     }
 }

@@ -4,6 +4,8 @@ import CKernels
 ///
 /// Shapes: input `[N, inFeatures]`, weight `[outFeatures, inFeatures]`, bias `[outFeatures]`,
 /// output `[N, outFeatures]`. `effectiveWeight` is `weightTransform?.forward(weight) ?? weight`.
+/// With an ``inputQuantizer`` the layer computes `Q_A(x) · effectiveWeightᵀ + bias` instead, Q_A
+/// being PACT (MSQ-SPEC §5), and the weight gradient is taken w.r.t. the quantized input.
 /// Initialisation is PyTorch's default: weight and bias ~ Uniform(±1/sqrt(inFeatures)).
 /// The bias does not decay.
 public final class Linear: Module {
@@ -17,8 +19,14 @@ public final class Linear: Module {
     public let bias: Parameter?
     /// Maps ``weight`` to the weight the layer computes with; nil = float (effective = stored).
     public var weightTransform: (any WeightTransform)?
+    /// PACT quantizer applied to the input before the product; nil = float input. Its α is listed
+    /// by ``visitParameters(prefix:_:)`` as `input_alpha`. See ``quantizeActivations(_:bits:excluded:initialClip:)``.
+    public var inputQuantizer: PACTQuantizer?
 
     private var cachedInput: Tensor?
+    // The quantizer the last forward used: backward must undo that forward even if
+    // `inputQuantizer` was replaced in between.
+    private var cachedQuantizer: PACTQuantizer?
     private var cachedWeight: Tensor?
     private var cachedEffectiveWeight: Tensor?
 
@@ -37,12 +45,15 @@ public final class Linear: Module {
 
     var layerDescription: String { "Linear(\(inFeatures)→\(outFeatures))" }
 
-    /// `y = x · effectiveWeightᵀ + bias`; caches x and the weights for ``backward(_:)``.
+    /// `y = x_q · effectiveWeightᵀ + bias` with `x_q = inputQuantizer?.forward(x) ?? x` (both modes
+    /// quantize alike); caches x_q and the weights for ``backward(_:)``.
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
-        cachedInput = nil; cachedWeight = nil; cachedEffectiveWeight = nil
+        cachedInput = nil; cachedWeight = nil; cachedEffectiveWeight = nil; cachedQuantizer = nil
         let d = input.shape
         LayerKit.require(d.count == 2 && d[1] == inFeatures,
                          "\(layerDescription): expected input [N, \(inFeatures)], got \(d)")
+        // The weight gradient needs the input the product actually used: cache x_q, not x.
+        let input = inputQuantizer?.forward(input) ?? input
         let w = weight.value
         let we = effectiveWeight
         LayerKit.require(we.shape == w.shape,
@@ -61,10 +72,12 @@ public final class Linear: Module {
         cachedInput = input
         cachedWeight = w
         cachedEffectiveWeight = we
+        cachedQuantizer = inputQuantizer
         return y
     }
 
-    /// dx = dy · effectiveWeight; accumulates dW = dyᵀ·x (through the transform) and dBias = Σₙ dy.
+    /// dx = dy · effectiveWeight, passed back through the input quantizer if any (which accumulates
+    /// dα); accumulates dW = dyᵀ·x_q (through the transform) and dBias = Σₙ dy.
     public func backward(_ gradOutput: Tensor) -> Tensor {
         guard let x = cachedInput, let w = cachedWeight, let we = cachedEffectiveWeight else {
             fatalError("\(layerDescription): backward called without a preceding forward")
@@ -73,6 +86,8 @@ public final class Linear: Module {
         LayerKit.require(gradOutput.shape == [n, outFeatures],
                          "\(layerDescription): gradient shape \(gradOutput.shape) does not match output \([n, outFeatures])")
         cachedInput = nil; cachedWeight = nil; cachedEffectiveWeight = nil
+        let quantizer = cachedQuantizer
+        cachedQuantizer = nil
         var dx = Tensor(shape: x.shape)
         let (cn, ci, co) = (LayerKit.c(n), LayerKit.c(inFeatures), LayerKit.c(outFeatures))
         gradOutput.withUnsafePointer { dy in
@@ -95,12 +110,14 @@ public final class Linear: Module {
                 }
             }
         }
-        return dx
+        // dx so far is dL/dx_q; the quantizer's straight-through estimator maps it to dL/dx.
+        return quantizer?.backward(dx) ?? dx
     }
 
-    /// `weight`, then `bias` if present.
+    /// `weight`, then `bias` if present, then `input_alpha` (the input quantizer's α) if present.
     public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
         body(joinPath(prefix, "weight"), weight)
         if let bias { body(joinPath(prefix, "bias"), bias) }
+        if let inputQuantizer { body(joinPath(prefix, "input_alpha"), inputQuantizer.alpha) }
     }
 }

@@ -39,15 +39,29 @@ public struct QuantizationScheme: Codable, Equatable, Sendable {
     }
 
     /// Attaches RoundClamp quantizers to `model`'s layers at this scheme's precisions (layers not
-    /// listed stay float) and returns them in the scheme's order.
+    /// listed stay float) and returns them in the scheme's order. When ``activationBits`` is set, it
+    /// then attaches a ``PACTQuantizer`` at that precision (α = 6, the checkpoint's `input_alpha`
+    /// tensors overwrite it on restore) to the input of every conv/linear layer not in
+    /// ``activationExcluded`` (see ``quantizeActivations(_:bits:excluded:initialClip:)``).
     /// - Throws: ``QuantizationError`` when a path names no conv/linear layer or bits are out of range.
+    ///   The activation request is checked before any quantizer is attached, so nothing changes on a throw.
     public func apply(to model: any Module) throws -> [QuantizedLayer] {
+        if let activationBits {
+            // Validate first: quantizeForMSQ below mutates the model, and a refusal afterwards
+            // would leave the weights quantized without their activation quantizers.
+            _ = try validateActivationRequest(model, bits: activationBits, excluded: Set(activationExcluded),
+                                              initialClip: 6)
+        }
         let listed = Set(layers.map(\.path))
         let all = quantizableLayers(of: model).map(\.path)
         let excluded = Set(all.filter { !listed.contains($0) })
         var overrides: [String: Int] = [:]
         for l in layers { overrides[l.path] = l.bits }
         let quantized = try quantizeForMSQ(model, initialBits: 8, overrides: overrides, excluded: excluded)
+        if let activationBits {
+            // Only quantized layers get quantized inputs (MSQ-SPEC §5): float layers stay float.
+            try quantizeActivations(model, bits: activationBits, excluded: Set(activationExcluded).union(excluded))
+        }
         let byPath = Dictionary(uniqueKeysWithValues: quantized.map { ($0.path, $0) })
         return layers.compactMap { byPath[$0.path] }
     }

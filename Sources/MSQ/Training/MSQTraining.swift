@@ -189,7 +189,7 @@ public final class MSQTraining: TrainingMethod {
                                             seed: seed &+ 0x4865_7373 &+ UInt64(state.hessianEstimates),
                                             maxProbes: options.hessianProbes, minProbes: min(4, options.hessianProbes),
                                             relativeTolerance: options.hessianTolerance)
-            let estimate = try atQuantizedWeights { try estimator.estimate() }
+            let estimate = try atQuantizedWeights(model: model) { try estimator.estimate() }
             state.hessianEstimates += 1
             state.hessianProbesUsed += estimate.probes
             state.hessianSeconds += Date().timeIntervalSince(start)
@@ -239,11 +239,17 @@ public final class MSQTraining: TrainingMethod {
     /// the network computes with (MSQ-SPEC §4 leaves the point open): central differences of the
     /// straight-through gradient would straddle rounding boundaries (at 8 bits a bin is ~100x the
     /// HVP step), so they measure the quantizer's jumps, not curvature.
-    func atQuantizedWeights<T>(_ body: () throws -> T) rethrows -> T {
+    /// PACT activation quantizers are bypassed too, for the same reason.
+    func atQuantizedWeights<T>(model: Module, _ body: () throws -> T) rethrows -> T {
         let latent = layers.map { $0.parameter.value }
         for layer in layers { layer.parameter.value = layer.quantizer.forward(layer.parameter.value) }
         for layer in layers { layer.quantizer.isBypassed = true }
+        let activations = quantizableLayers(of: model).compactMap { _, m in
+            (m as? Conv2d)?.inputQuantizer ?? (m as? Linear)?.inputQuantizer
+        }
+        for q in activations { q.isBypassed = true }
         defer {
+            for q in activations { q.isBypassed = false }
             for (layer, w) in zip(layers, latent) {
                 layer.quantizer.isBypassed = false
                 layer.parameter.value = w
