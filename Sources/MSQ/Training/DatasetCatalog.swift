@@ -8,10 +8,43 @@ public struct LoadedData: Sendable {
     public var normalization: Normalization
 }
 
+/// Shape, classes and normalisation of a named dataset (see ``DatasetCatalog/info(name:)``).
+public struct DatasetInfo: Sendable, Equatable {
+    /// Catalog name, e.g. `fashion-mnist`.
+    public var name: String
+    /// Shape of one sample, `[C, H, W]`.
+    public var sampleShape: [Int]
+    /// Number of classes.
+    public var numClasses: Int
+    /// Per-channel normalisation the catalog applies to this dataset.
+    public var normalization: Normalization
+}
+
 /// The datasets the `msq` command knows by name.
 public enum DatasetCatalog {
     /// Names accepted by ``load(name:directory:limitTrain:limitTest:seed:)``.
     public static let names = ["fashion-mnist", "cifar10", "synthetic"]
+
+    /// The `synthetic` set's normalisation (its pixels are 0.5·noise + 0.5·level, so mean ≈ 0.5).
+    static let syntheticNormalization = Normalization(mean: [0.5, 0.5, 0.5], std: [0.204, 0.204, 0.204])
+
+    /// What a model needs to know about dataset `name` without loading it: sample shape `[C, H, W]`,
+    /// class count and the normalisation ``load(name:directory:limitTrain:limitTest:seed:)`` applies
+    /// (fashion-mnist `[1, 28, 28]`, cifar10 and synthetic `[3, 32, 32]`, 10 classes each).
+    /// `msq export` records these in the packed model, so `msq eval` needs nothing but the file.
+    /// - Throws: ``DataError/invalidArgument(_:)`` for an unknown name, listing the valid ones.
+    public static func info(name: String) throws(DataError) -> DatasetInfo {
+        switch name {
+        case "fashion-mnist":
+            return DatasetInfo(name: name, sampleShape: [1, 28, 28], numClasses: 10, normalization: .fashionMNIST)
+        case "cifar10":
+            return DatasetInfo(name: name, sampleShape: [3, 32, 32], numClasses: 10, normalization: .cifar10)
+        case "synthetic":
+            return DatasetInfo(name: name, sampleShape: [3, 32, 32], numClasses: 10, normalization: syntheticNormalization)
+        default:
+            throw .invalidArgument("unknown dataset \(name); choose one of \(names.joined(separator: ", "))")
+        }
+    }
 
     /// Loads `name` from `directory` (Fashion-MNIST defaults to Debian's install location; CIFAR-10
     /// needs a directory; `synthetic` makes 3×32×32 images, `limitTrain` of them, default 1024; its test split repeats the
@@ -34,7 +67,7 @@ public enum DatasetCatalog {
         case "synthetic":
             return LoadedData(train: try SyntheticDataset(count: limitTrain ?? 1024, seed: seed, name: "synthetic/train"),
                               test: try SyntheticDataset(count: limitTest ?? 256, seed: seed, name: "synthetic/test"),
-                              normalization: Normalization(mean: [0.5, 0.5, 0.5], std: [0.204, 0.204, 0.204]))
+                              normalization: syntheticNormalization)
         default:
             throw .invalidArgument("unknown dataset \(name); choose one of \(names.joined(separator: ", "))")
         }

@@ -1,0 +1,373 @@
+import Foundation
+
+/// A deployable MSQ model (`.msqmodel`): each quantized layer stored as its RoundClamp scale s and
+/// n-bit codes j_n only (MSQ-SPEC §1: "a deployed layer is (s, j_n[]) — nothing else"), and every
+/// other tensor (batch-norm parameters and running statistics, biases, PACT clip levels) as float32.
+///
+/// File layout (all integers little-endian):
+///
+/// | bytes              | content                                                              |
+/// |--------------------|----------------------------------------------------------------------|
+/// | 8                  | magic `MSQMODEL`                                                     |
+/// | 4                  | UInt32 format version (``formatVersion``)                            |
+/// | 8                  | UInt64 header length H                                               |
+/// | H                  | header JSON, UTF-8 (``Header``)                                      |
+/// | Σ ceil(N_l·n_l/8)  | packed codes of each quantized layer, in table order (see ``bitPack(codes:bits:)``) |
+/// | 4 · Σ N_f          | float32 data of each float tensor, in table order                    |
+/// | 8                  | UInt64 FNV-1a 64 of every preceding byte                             |
+///
+/// Every tensor's `offset` in the header is counted from the first payload byte (the byte after
+/// the header JSON), so the header does not depend on its own length. Packed tensors come first,
+/// then float tensors; tensors are contiguous, each packed tensor starts on a byte boundary, and
+/// there is no other padding. Hence
+///
+///     file bytes = (20 + H) + Σ_l ceil(N_l · n_l / 8) + 4 · Σ_f N_f + 8
+///
+/// (see ``sizeBreakdown``). A quantized layer computes with W' = s · j / 2^(n−1), evaluated in
+/// float32 as `(s · j) / 2^(n−1)`, the operation order of the RoundClamp kernel, so the deployed
+/// weight is bit-identical to what ``RoundClampQuantizer/forward(_:)`` produced in training.
+///
+/// Written atomically (temporary file, fsync, rename); ``read(from:)`` verifies magic, version,
+/// checksum and every size before trusting the contents.
+public struct PackedModel: Sendable {
+    /// Format version written by this build.
+    public static let formatVersion: UInt32 = 1
+    /// The file's first 8 bytes.
+    public static let magic: [UInt8] = Array("MSQMODEL".utf8)
+    /// Conventional file extension (without the dot).
+    public static let fileExtension = "msqmodel"
+    /// Bytes before the header JSON: magic, version, header length.
+    static let prefixBytes = 8 + 4 + 8
+    /// Bytes of the trailing checksum.
+    static let checksumBytes = 8
+
+    /// One tensor of the file: its name, shape, storage kind and where its bytes are.
+    public struct TensorEntry: Codable, Equatable, Sendable {
+        /// How a tensor is stored.
+        public enum Kind: String, Codable, Sendable {
+            /// A quantized layer's weight: n-bit codes, bit-packed, plus the scale s.
+            case packed
+            /// Float32 values, little-endian.
+            case float32
+        }
+
+        /// Parameter path, e.g. `layer1.0.conv1.weight`, `bn1.running_mean`, `fc.input_alpha`.
+        public var name: String
+        /// Shape of the tensor; N = product of the dimensions.
+        public var shape: [Int]
+        /// Storage kind.
+        public var kind: Kind
+        /// Packed only: module path of the quantized layer (`layer1.0.conv1`).
+        public var layer: String?
+        /// Packed only: n, bits per code, sign included.
+        public var bits: Int?
+        /// Packed only: s = max|W| of the latent weight, for people reading the JSON (may be rounded
+        /// by a JSON tool); ``scaleBits`` is what the reader uses.
+        public var scale: Float?
+        /// Packed only: the IEEE-754 bit pattern of s, exact whatever a JSON tool does to decimals.
+        public var scaleBits: UInt32?
+        /// First byte of the data, counted from the start of the payload.
+        public var offset: Int
+        /// Bytes of data: ceil(N·n/8) packed, 4·N float32.
+        public var length: Int
+
+        /// N, the number of elements (nil if the shape has a negative dimension or overflows).
+        public var elementCount: Int? { checkedProduct(shape) }
+
+        /// An entry from all its fields (writers use ``PackedModel/export(checkpoint:)``).
+        public init(name: String, shape: [Int], kind: Kind, layer: String? = nil, bits: Int? = nil,
+                    scaleBits: UInt32? = nil, offset: Int, length: Int) {
+            self.name = name
+            self.shape = shape
+            self.kind = kind
+            self.layer = layer
+            self.bits = bits
+            self.scale = scaleBits.map { Float(bitPattern: $0) }
+            self.scaleBits = scaleBits
+            self.offset = offset
+            self.length = length
+        }
+    }
+
+    /// The header JSON: what network to build, what data it expects, and the tensor table.
+    public struct Header: Codable, Equatable, Sendable {
+        /// Model kind (``ModelKind`` raw value, e.g. `resnet20`).
+        public var model: String
+        /// Dataset the model was trained on (catalog name; `msq eval`'s default).
+        public var dataset: String
+        /// Input shape of one sample, `[C, H, W]`.
+        public var inputShape: [Int]
+        /// Number of classes (logits per sample).
+        public var numClasses: Int
+        /// Per-channel normalisation to apply to [0, 1] pixels before the network.
+        public var normalization: Normalization
+        /// PACT activation bits A on the inputs of quantized layers; nil = float inputs.
+        public var activationBits: Int?
+        /// Quantized layers whose input stays float even when ``activationBits`` is set.
+        public var activationExcluded: [String]
+        /// The training run's description (the checkpoint's `runDescription`), for provenance.
+        public var source: [String: String]
+        /// Every tensor, packed ones first (in scheme order), then float ones (in parameter order).
+        public var tensors: [TensorEntry]
+
+        /// A header from all its fields.
+        public init(model: String, dataset: String, inputShape: [Int], numClasses: Int, normalization: Normalization,
+                    activationBits: Int?, activationExcluded: [String], source: [String: String], tensors: [TensorEntry]) {
+            self.model = model
+            self.dataset = dataset
+            self.inputShape = inputShape
+            self.numClasses = numClasses
+            self.normalization = normalization
+            self.activationBits = activationBits
+            self.activationExcluded = activationExcluded
+            self.source = source
+            self.tensors = tensors
+        }
+    }
+
+    /// What the file holds.
+    public let header: Header
+    /// The payload: packed codes, then float32 data, laid out as ``header``'s table says.
+    public let payload: [UInt8]
+    /// The header as serialised (kept so a model read from a file writes back byte for byte).
+    let headerJSON: [UInt8]
+
+    /// A model from a header and its payload, validated against each other.
+    /// - Throws: ``PackedModelError/corrupt(path:reason:)`` (path `<memory>`) when the table does
+    ///   not describe the payload exactly; ``PackedModelError/writeFailed(path:reason:)`` when the
+    ///   header cannot be encoded as JSON (a non-finite normalisation value).
+    public init(header: Header, payload: [UInt8]) throws(PackedModelError) {
+        let json: Data
+        do {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            json = try encoder.encode(header)
+        } catch {
+            throw .writeFailed(path: "<memory>", reason: "the header cannot be encoded as JSON: \(error)")
+        }
+        try Self.validate(header, payloadCount: payload.count, path: "<memory>")
+        self.header = header
+        self.payload = payload
+        self.headerJSON = [UInt8](json)
+    }
+
+    private init(validatedHeader header: Header, headerJSON: [UInt8], payload: [UInt8]) {
+        self.header = header
+        self.headerJSON = headerJSON
+        self.payload = payload
+    }
+
+    /// The quantization scheme the file encodes: its packed layers with their bits (in table order,
+    /// which is the scheme's), and the activation settings.
+    public var scheme: QuantizationScheme {
+        QuantizationScheme(
+            layers: header.tensors.compactMap { e in
+                guard e.kind == .packed, let layer = e.layer, let bits = e.bits else { return nil }
+                return .init(path: layer, bits: bits)
+            },
+            activationBits: header.activationBits, activationExcluded: header.activationExcluded)
+    }
+
+    // MARK: Serialisation
+
+    /// The complete file contents: magic, version, header length, header, payload, checksum.
+    public func serialized() -> [UInt8] {
+        var bytes = Self.magic
+        bytes.reserveCapacity(Self.prefixBytes + headerJSON.count + payload.count + Self.checksumBytes)
+        appendLE(Self.formatVersion, to: &bytes)
+        appendLE(UInt64(headerJSON.count), to: &bytes)
+        bytes += headerJSON
+        bytes += payload
+        appendLE(fnv1a64(bytes), to: &bytes)
+        return bytes
+    }
+
+    /// Writes ``serialized()`` to `path` atomically: a crash leaves the old file or the new one.
+    public func write(to path: String) throws(PackedModelError) {
+        do {
+            try writeAtomically(serialized(), to: path)
+        } catch {
+            if case let .writeFailed(_, reason) = error { throw .writeFailed(path: path, reason: reason) }
+            throw .writeFailed(path: path, reason: error.description)
+        }
+    }
+
+    /// Reads and verifies a packed model file (magic, version, checksum, header, every size).
+    /// - Throws: ``PackedModelError`` naming the file and the problem; never traps on a bad file.
+    public static func read(from path: String) throws(PackedModelError) -> PackedModel {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw .unreadable(path: path, reason: "no such file")
+        }
+        guard !isDirectory.boolValue, let data = FileManager.default.contents(atPath: path) else {
+            throw .unreadable(path: path, reason: isDirectory.boolValue ? "it is a directory" : "permission denied or not a regular file")
+        }
+        return try PackedModel(serialized: [UInt8](data), source: path)
+    }
+
+    /// Parses and verifies the bytes of a packed model file; `source` names it in errors.
+    /// - Throws: ``PackedModelError`` (bad magic, a checkpoint, unsupported version, corrupt).
+    public init(serialized bytes: [UInt8], source: String) throws(PackedModelError) {
+        let path = source
+        guard bytes.count >= Self.magic.count, Array(bytes[0..<Self.magic.count]) == Self.magic else {
+            if bytes.count >= Checkpoint.magic.count, Array(bytes[0..<Checkpoint.magic.count]) == Checkpoint.magic {
+                throw .checkpointGiven(path: path)
+            }
+            throw .notAPackedModel(path: path)
+        }
+        guard bytes.count >= Self.prefixBytes + Self.checksumBytes else {
+            throw .corrupt(path: path, reason: "the file is only \(bytes.count) bytes (truncated)")
+        }
+        let version: UInt32 = readLE(bytes, at: Self.magic.count)
+        guard version == Self.formatVersion else {
+            throw .unsupportedVersion(path: path, found: version, supported: Self.formatVersion)
+        }
+        let body = bytes.count - Self.checksumBytes
+        let stored: UInt64 = readLE(bytes, at: body)
+        guard fnv1a64(bytes[0..<body]) == stored else {
+            throw .corrupt(path: path, reason: "checksum mismatch (the file was truncated or modified)")
+        }
+        let declared: UInt64 = readLE(bytes, at: Self.magic.count + 4)
+        guard declared <= UInt64(body - Self.prefixBytes) else {
+            throw .corrupt(path: path, reason: "header length \(declared) exceeds the file")
+        }
+        let headerEnd = Self.prefixBytes + Int(declared)
+        let headerJSON = Array(bytes[Self.prefixBytes..<headerEnd])
+        let header: Header
+        do {
+            header = try JSONDecoder().decode(Header.self, from: Data(headerJSON))
+        } catch {
+            throw .corrupt(path: path, reason: "unreadable header JSON: \(error)")
+        }
+        try Self.validate(header, payloadCount: body - headerEnd, path: path)
+        self.init(validatedHeader: header, headerJSON: headerJSON, payload: Array(bytes[headerEnd..<body]))
+    }
+
+    /// Checks that `header` is self-consistent and describes a payload of `payloadCount` bytes
+    /// exactly: shapes, bits, scales, lengths, contiguous offsets, packed-then-float order, unique names.
+    static func validate(_ header: Header, payloadCount: Int, path: String) throws(PackedModelError) {
+        func fail(_ reason: String) -> PackedModelError { .corrupt(path: path, reason: reason) }
+        guard header.inputShape.count == 3, header.inputShape.allSatisfy({ $0 >= 1 }) else {
+            throw fail("input shape \(header.inputShape) is not [C, H, W] with positive sizes")
+        }
+        guard header.numClasses >= 1 else { throw fail("class count \(header.numClasses) is not positive") }
+        do {
+            try header.normalization.validate(channels: header.inputShape[0])
+        } catch {
+            throw fail("bad normalisation: \(error)")
+        }
+        var names = Set<String>()
+        var offset = 0
+        var seenFloat = false
+        for e in header.tensors {
+            guard names.insert(e.name).inserted else { throw fail("tensor \(e.name) is listed twice") }
+            guard let count = e.elementCount else { throw fail("tensor \(e.name) has an invalid shape \(e.shape)") }
+            let expected: Int?
+            switch e.kind {
+            case .packed:
+                guard !seenFloat else { throw fail("packed tensor \(e.name) follows float tensors") }
+                guard let bits = e.bits, bitPackRange.contains(bits) else {
+                    throw fail("packed tensor \(e.name) has bits \(e.bits.map(String.init) ?? "missing"), expected 1...16")
+                }
+                guard let layer = e.layer, joinPath(layer, "weight") == e.name else {
+                    throw fail("packed tensor \(e.name) does not name its layer (expected `<layer>.weight`)")
+                }
+                guard let sb = e.scaleBits, Float(bitPattern: sb).isFinite, Float(bitPattern: sb) >= 0 else {
+                    throw fail("packed tensor \(e.name) has no valid scale (scaleBits missing, negative or not finite)")
+                }
+                let (bitCount, overflow) = count.multipliedReportingOverflow(by: bits)
+                expected = overflow ? nil : bitCount / 8 + (bitCount % 8 == 0 ? 0 : 1)
+            case .float32:
+                seenFloat = true
+                let (bytes, overflow) = count.multipliedReportingOverflow(by: 4)
+                expected = overflow ? nil : bytes
+            }
+            guard let expected, e.length == expected else {
+                throw fail("tensor \(e.name) of shape \(e.shape) should take \(expected.map(String.init) ?? "too many") bytes, the table says \(e.length)")
+            }
+            guard e.offset == offset else {
+                throw fail("tensor \(e.name) starts at payload byte \(e.offset), expected \(offset) (tensors are contiguous)")
+            }
+            guard e.length <= payloadCount - offset else {
+                throw fail("data of \(e.name) runs past the end of the file (truncated?)")
+            }
+            offset += e.length
+        }
+        guard offset == payloadCount else {
+            throw fail("\(payloadCount - offset) unexpected bytes after the tensor data")
+        }
+    }
+
+    // MARK: Sizes
+
+    /// Byte counts of the file's parts and the figures `msq export` reports.
+    public struct SizeBreakdown: Sendable, Equatable {
+        /// Magic, version, header length and header JSON: 20 + H.
+        public var headerBytes: Int
+        /// Σ_l ceil(N_l · n_l / 8): the packed codes of all quantized layers.
+        public var packedWeightBytes: Int
+        /// 4 · Σ_f N_f: the float32 tensors (BN, biases, PACT α).
+        public var floatBytes: Int
+        /// The trailing checksum, 8.
+        public var checksumBytes: Int
+        /// The file size: header + packed + float + checksum.
+        public var totalBytes: Int
+        /// Σ_l N_l · n_l / 8, the analytic size of the quantized weights (no per-layer byte rounding).
+        public var analyticWeightBytes: Double
+        /// Σ_l N_l, the number of quantized weights.
+        public var quantizedWeightCount: Int
+        /// Σ_f N_f, the number of values stored as float32.
+        public var floatValueCount: Int
+        /// 4 · (Σ_l N_l + Σ_f N_f): the same tensors all stored as float32, scales excluded.
+        public var float32ModelBytes: Int
+    }
+
+    /// The size of each part of the file (equal to `serialized().count` in total).
+    public var sizeBreakdown: SizeBreakdown {
+        var packed = 0, floats = 0, quantizedCount = 0, floatCount = 0
+        var analyticBits = 0.0
+        for e in header.tensors {
+            // The table was validated, so element counts exist.
+            let n = e.elementCount ?? 0
+            switch e.kind {
+            case .packed:
+                packed += e.length
+                quantizedCount += n
+                analyticBits += Double(n) * Double(e.bits ?? 0)
+            case .float32:
+                floats += e.length
+                floatCount += n
+            }
+        }
+        let headerBytes = Self.prefixBytes + headerJSON.count
+        return SizeBreakdown(headerBytes: headerBytes, packedWeightBytes: packed, floatBytes: floats,
+                             checksumBytes: Self.checksumBytes,
+                             totalBytes: headerBytes + packed + floats + Self.checksumBytes,
+                             analyticWeightBytes: analyticBits / 8, quantizedWeightCount: quantizedCount,
+                             floatValueCount: floatCount, float32ModelBytes: 4 * (quantizedCount + floatCount))
+    }
+}
+
+/// The product of `dims`, or nil when a dimension is negative or the product overflows.
+func checkedProduct(_ dims: [Int]) -> Int? {
+    var n = 1
+    for d in dims {
+        guard d >= 0 else { return nil }
+        let (p, overflow) = n.multipliedReportingOverflow(by: d)
+        if overflow { return nil }
+        n = p
+    }
+    return n
+}
+
+/// Appends `value`'s little-endian bytes.
+func appendLE<T: FixedWidthInteger>(_ value: T, to bytes: inout [UInt8]) {
+    withUnsafeBytes(of: value.littleEndian) { bytes += $0 }
+}
+
+/// The little-endian integer at `offset` (the caller checks that the bytes exist).
+private func readLE<T: FixedWidthInteger>(_ bytes: [UInt8], at offset: Int) -> T {
+    var v: T = 0
+    for i in 0..<MemoryLayout<T>.size { v |= T(bytes[offset + i]) << (8 * i) }
+    return v
+}

@@ -1,0 +1,127 @@
+extension PackedModel {
+    /// The entry named `name`, if the file has one.
+    public func entry(named name: String) -> TensorEntry? {
+        header.tensors.first { $0.name == name }
+    }
+
+    /// A packed layer's deployable form: scale s, bits n and the codes j_n (row-major, N of them),
+    /// exactly as ``RoundClampQuantizer/codes(of:)`` returned them at export.
+    /// - Throws: ``PackedModelError/modelMismatch(reason:)`` when `name` is not a packed tensor.
+    public func codes(named name: String) throws(PackedModelError) -> (scale: Float, bits: Int, codes: [Int32]) {
+        guard let e = entry(named: name), e.kind == .packed, let bits = e.bits, let sb = e.scaleBits,
+              let count = e.elementCount else {
+            throw .modelMismatch(reason: "the file has no packed tensor \(name)")
+        }
+        return (Float(bitPattern: sb), bits, try bitUnpack(payload[e.offset..<(e.offset + e.length)], count: count, bits: bits))
+    }
+
+    /// The tensor a layer computes with: for a packed weight W' = s · j / 2^(n−1) (shape of the
+    /// original weight), evaluated as `(s · j) / 2^(n−1)` in float32 like `msq_roundclamp_forward`,
+    /// so it equals ``RoundClampQuantizer/forward(_:)`` of the latent weight bit for bit; for a
+    /// float tensor its stored values.
+    /// - Throws: ``PackedModelError/modelMismatch(reason:)`` when the file has no tensor `name`.
+    public func tensor(named name: String) throws(PackedModelError) -> Tensor {
+        guard let e = entry(named: name) else { throw .modelMismatch(reason: "the file has no tensor \(name)") }
+        switch e.kind {
+        case .packed:
+            let (scale, bits, codes) = try self.codes(named: name)
+            return Self.dequantize(codes: codes, scale: scale, bits: bits, shape: e.shape)
+        case .float32:
+            var t = Tensor(shape: e.shape)
+            let count = t.count
+            t.withUnsafeMutablePointer { p in
+                for i in 0..<count {
+                    let at = e.offset + 4 * i
+                    let bitPattern = UInt32(payload[at]) | UInt32(payload[at + 1]) << 8
+                        | UInt32(payload[at + 2]) << 16 | UInt32(payload[at + 3]) << 24
+                    p[i] = Float(bitPattern: bitPattern)
+                }
+            }
+            return t
+        }
+    }
+
+    /// W' = (s · j) / 2^(n−1) per element — the kernel's operation order, hence its bits (with s = 0
+    /// the kernel writes +0 for every element, and so does this: codes are then 0).
+    static func dequantize(codes: [Int32], scale: Float, bits: Int, shape: [Int]) -> Tensor {
+        let half = Float(1 << (bits - 1))
+        var t = Tensor(shape: shape)
+        t.withUnsafeMutablePointer { p in
+            for (i, j) in codes.enumerated() { p[i] = (scale * Float(j)) / half }
+        }
+        return t
+    }
+
+    /// Builds the network from the file alone, ready for `.eval` forwards.
+    ///
+    /// The model named in the header is created, ``QuantizationScheme/apply(to:)`` attaches the
+    /// scheme (including PACT input quantizers when ``Header/activationBits`` is set), and then:
+    /// each quantized layer's weight is set to W' = s · j / 2^(n−1) decoded from its codes and its
+    /// RoundClamp transform is REMOVED; every other parameter (BN, biases, running statistics,
+    /// `input_alpha`) gets its float32 values. The layer thus computes with exactly the weight
+    /// RoundClamp produced in training, and the logits equal the training model's eval logits bit
+    /// for bit. The transform must not stay: RoundClamp re-derives s' = max|W'| = s · max|j| / 2^(n−1),
+    /// which differs from s unless some code is −2^(n−1), and would then requantize W' to other levels.
+    ///
+    /// - Throws: ``PackedModelError/modelMismatch(reason:)`` when the header names an unknown model
+    ///   or the tensors do not match the network's parameters one to one.
+    public func makeModule() throws(PackedModelError) -> any Module {
+        let kind: ModelKind
+        do {
+            kind = try ModelKind(name: header.model)
+        } catch {
+            throw .modelMismatch(reason: "\(error)")
+        }
+        let model = makeModel(kind, inputChannels: header.inputShape[0], numClasses: header.numClasses, seed: 0)
+        let quantized: [QuantizedLayer]
+        do {
+            quantized = try scheme.apply(to: model)
+        } catch {
+            throw .modelMismatch(reason: "its quantization scheme does not fit \(header.model): \(error)")
+        }
+        let layerOf = Dictionary(uniqueKeysWithValues: quantized.map { (ObjectIdentifier($0.parameter), $0) })
+        for (path, module) in quantizableLayers(of: model) where quantized.contains(where: { $0.path == path }) {
+            if let conv = module as? Conv2d, conv.weightTransform is RoundClampQuantizer {
+                conv.weightTransform = nil
+            } else if let linear = module as? Linear, linear.weightTransform is RoundClampQuantizer {
+                linear.weightTransform = nil
+            } else {
+                throw .modelMismatch(reason: "layer \(path) has no RoundClamp quantizer to replace")
+            }
+        }
+        var byName: [String: TensorEntry] = [:]
+        for e in header.tensors { byName[e.name] = e }
+        var used = Set<String>()
+        for (name, parameter) in model.namedParameters() {
+            guard let e = byName[name] else {
+                throw .modelMismatch(reason: "the file has no tensor \(name), which \(header.model) with this scheme needs")
+            }
+            guard e.shape == parameter.value.shape else {
+                throw .modelMismatch(reason: "\(name) has shape \(e.shape) in the file, \(header.model) expects \(parameter.value.shape)")
+            }
+            let isQuantized = layerOf[ObjectIdentifier(parameter)] != nil
+            guard isQuantized == (e.kind == .packed) else {
+                throw .modelMismatch(reason: "\(name) is stored as \(e.kind.rawValue), but the scheme \(isQuantized ? "quantizes" : "does not quantize") it")
+            }
+            parameter.value = try tensor(named: name)
+            used.insert(name)
+        }
+        let extra = header.tensors.map(\.name).filter { !used.contains($0) }
+        guard extra.isEmpty else {
+            throw .modelMismatch(reason: "tensors \(extra.joined(separator: ", ")) belong to no parameter of \(header.model)")
+        }
+        return model
+    }
+
+    /// Checks that `dataset`'s samples have the model's input shape and its labels fit the
+    /// model's classes, so evaluation cannot trap inside a layer.
+    /// - Throws: ``PackedModelError/incompatibleData(reason:)`` naming both shapes or class counts.
+    public func checkCompatible(with dataset: any Dataset) throws(PackedModelError) {
+        guard dataset.sampleShape == header.inputShape else {
+            throw .incompatibleData(reason: "\(dataset.name) has images of shape \(dataset.sampleShape), but the model (\(header.model), trained on \(header.dataset)) takes \(header.inputShape); evaluate it on \(header.dataset) or data of that shape")
+        }
+        guard dataset.numClasses == header.numClasses else {
+            throw .incompatibleData(reason: "\(dataset.name) has \(dataset.numClasses) classes, but the model (trained on \(header.dataset)) predicts \(header.numClasses)")
+        }
+    }
+}
