@@ -9,7 +9,7 @@ struct MSQArguments: ParsableArguments {
     var weightBits: Int = 8
     @Option(help: "Quantize the inputs of the quantized layers (except the first) to A bits with PACT (default: float).")
     var actBits: Int?
-    @Option(help: "λ, the weight of the LSB regulariser (default 5).")
+    @Option(help: "λ, the weight of the LSB regulariser (default 1).")
     var lambda: Double?
     @Option(help: "τ: prune a layer whose LSB nonzero rate is at most this (default 0.05).")
     var pruneThreshold: Double?

@@ -4,8 +4,10 @@ import Foundation
 public struct MSQOptions: Codable, Sendable, Equatable {
     /// Target compression C, sign counted [--target-compression]. 10.67 = 3 bits average = the paper's "16x".
     public var targetCompression: Double
-    /// λ, the weight of the LSB regulariser in L = L_task + λ·R [--lambda].
-    public var lambda: Double = 5
+    /// λ, the weight of the LSB regulariser in L = L_task + λ·R [--lambda]. Default from a sweep
+    /// (ResNet-20, Fashion-MNIST 10k, 6 epochs, 10.67x, seed 0: test accuracy 0.882 at λ = 1,
+    /// 0.863 at 5, 0.84 at 20; README "MSQ defaults").
+    public var lambda: Double = 1
     /// τ, the LSB nonzero rate at or under which a layer is pruned [--prune-threshold].
     public var pruneThreshold: Double = 0.05
     /// Pruning interval in epochs, fractional allowed, at least one step [--prune-interval].
