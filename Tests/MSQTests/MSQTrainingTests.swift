@@ -126,7 +126,7 @@ struct MSQTrainingTests {
         let ckpt = try Checkpoint.read(from: dir + "/" + Trainer.checkpointName)
         let scheme = try QuantizationScheme.decode(fromMethodState: ckpt.header.methodState)
         #expect(scheme.layers.map(\.bits) == method.layers.map(\.bits))
-        run.options.lambda = 1
+        run.options.lambda = 3
         run.config.methodOptions = run.options.identity
         let (other, _) = try run.make(out: dir)
         do {
