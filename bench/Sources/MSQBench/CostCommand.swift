@@ -3,6 +3,14 @@ import CKernels
 import Foundation
 import MSQ
 
+/// The methods `msq-bench cost` accepts, in table order. `fp` and `msq` are built in this file;
+/// the others come from the MSQ library (see ``makeLibraryMethod(_:model:targetCompression:)``).
+enum BenchMethods {
+    static let local = ["fp", "msq"]
+    static let library = ["dorefa", "bsq", "csq"]
+    static var all: [String] { local + library }
+}
+
 /// `msq-bench cost`: the cost of one training configuration, measured in its own process so that
 /// peak RSS belongs to it. Synthetic data of the model's input shape, 10 classes.
 struct CostCommand: ParsableCommand {
@@ -12,13 +20,16 @@ struct CostCommand: ParsableCommand {
         discussion: """
         fp: forward, loss, backward, SGD step. msq: the same with every conv/linear layer behind a \
         RoundClamp quantizer at 8 bits plus the fused LSB-regulariser pass (the pruning phase's step; \
-        the finetuning phase drops the regulariser). --hessian-probes M also times one Hutchinson trace \
-        estimate of exactly M probes on a --hessian-batch calibration batch and reports it in training steps.
+        the finetuning phase drops the regulariser). dorefa, bsq, csq: the MSQ library's method \
+        (makeBenchmarkMethod), its afterBackward hook in every step, --target-compression passed on. \
+        --hessian-probes M also times one Hutchinson trace \
+        estimate of exactly M probes on a --hessian-batch calibration batch and reports it in training steps. \
+        peak_rss_bytes is the process's peak RSS after the timed steps (before any Hessian estimate).
         """)
 
     @Option(help: "resnet20 (3×32×32) or resnet18 (3×224×224).")
     var model: String = "resnet20"
-    @Option(help: "fp or msq.")
+    @Option(help: "fp, msq, dorefa, bsq or csq.")
     var method: String = "fp"
     @Option(help: "Images per step.")
     var batch: Int = 128
@@ -30,6 +41,8 @@ struct CostCommand: ParsableCommand {
     var threads: Int = 0
     @Option(help: "PACT activation bits for msq (default: float activations).")
     var actBits: Int?
+    @Option(help: "Target compression passed to the library's dorefa/bsq/csq methods.")
+    var targetCompression: Double = 10.67
     @Option(help: "Also time one Hessian-trace estimate with exactly this many probes (msq only).")
     var hessianProbes: Int?
     @Option(help: "Calibration batch of the Hessian estimate.")
@@ -37,51 +50,76 @@ struct CostCommand: ParsableCommand {
     @Option(help: "Write the result as JSON here.")
     var json: String?
 
-    func run() throws {
+    func validate() throws {
         guard let kind = ModelKind(rawValue: model), kind == .resnet20 || kind == .resnet18 else {
-            throw ValidationError("--model must be resnet20 or resnet18")
+            throw ValidationError("--model must be resnet20 or resnet18 (got '\(model)')")
         }
-        guard method == "fp" || method == "msq" else { throw ValidationError("--method must be fp or msq") }
-        guard batch >= 1, steps >= 1, warmup >= 0 else { throw ValidationError("--batch and --steps must be ≥ 1") }
+        guard BenchMethods.all.contains(method) else {
+            throw ValidationError("unknown --method '\(method)'; expected one of \(BenchMethods.all.joined(separator: ", "))")
+        }
+        guard batch >= 1, steps >= 1, warmup >= 0 else { throw ValidationError("--batch and --steps must be ≥ 1, --warmup ≥ 0") }
+        if hessianProbes != nil && method != "msq" { throw ValidationError("--hessian-probes needs --method msq") }
+    }
+
+    func run() throws {
+        let kind = ModelKind(rawValue: model)!
         msq_set_num_threads(Int32(threads))
         let side = kind == .resnet20 ? 32 : 224
         let net = makeModel(kind, inputChannels: 3, numClasses: 10, seed: 0)
+        // The method changes the model (quantizers, extra parameters) before the optimizer collects
+        // its parameters, as in `msq train`.
         var regularizer: LSBRegularizer? = nil
         var layers: [QuantizedLayer] = []
-        if method == "msq" {
+        var libraryMethod: TrainingMethod? = nil
+        switch method {
+        case "fp":
+            break
+        case "msq":
             let paths = quantizableLayers(of: net).map(\.path)
             let scheme = QuantizationScheme(layers: paths.map { .init(path: $0, bits: 8) }, activationBits: actBits,
                                             activationExcluded: actBits == nil ? [] : Array(paths.prefix(1)))
             layers = try scheme.apply(to: net)
             regularizer = LSBRegularizer(layers: layers, lambda: 5)
+        default:
+            let m = try makeLibraryMethod(method, model: net, targetCompression: targetCompression)
+            // A long run's plan, so the timed steps are ordinary early steps of the method.
+            try m.prepare(model: net, plan: TrainingPlan(stepsPerEpoch: warmup + steps, epochs: 100, log: { _ in }))
+            libraryMethod = m
         }
         var rng = RandomSource(seed: 1)
         let images = Tensor.randomNormal([batch, 3, side, side], std: 1, using: &rng)
         let labels = (0..<batch).map { _ in Int32(rng.nextInt(below: 10)) }
         let sgd = SGD(model: net, momentum: 0.9, weightDecay: 5e-4, nesterov: true)
         let loss = SoftmaxCrossEntropy()
+        var stepIndex = 0
         func step() throws {
             net.zeroGradients()
             let logits = net.forward(images, mode: .train)
             _ = try loss.forward(logits: logits, labels: labels)
             _ = net.backward(loss.backward())
             regularizer?.apply()
+            if let libraryMethod { _ = try libraryMethod.afterBackward(model: net, epoch: 1, step: stepIndex) }
             sgd.step(learningRate: 0.01)
+            stepIndex += 1
         }
         for _ in 0..<warmup { try step() }
         let start = Date()
         for _ in 0..<steps { try step() }
         let msPerStep = Date().timeIntervalSince(start) * 1000 / Double(steps)
+        let stepPeakRSS = peakResidentSetBytes()
         var result: [String: Any] = [
-            "model": model, "method": method, "batch": batch, "steps": steps,
+            "model": model, "method": method, "batch": batch, "steps": steps, "warmup": warmup,
+            "input": "3x\(side)x\(side)",
             "threads": Int(msq_get_num_threads()),
             "trainable_params": net.trainableParameterCount,
             "ms_per_step": msPerStep, "images_per_second": Double(batch) * 1000 / msPerStep,
+            "peak_rss_bytes": stepPeakRSS,
         ]
         if let a = actBits { result["act_bits"] = a }
+        if libraryMethod != nil { result["target_compression"] = targetCompression }
         var line = "\(model) \(method) batch \(batch): \(fmt(msPerStep)) ms/step, \(fmt(Double(batch) * 1000 / msPerStep)) img/s"
+        line += "; peak RSS \(fmt(Double(stepPeakRSS) / 1_048_576)) MiB; \(net.trainableParameterCount) trainable parameters"
         if let probes = hessianProbes {
-            guard method == "msq" else { throw ValidationError("--hessian-probes needs --method msq") }
             let hImages = Tensor.randomNormal([hessianBatch, 3, side, side], std: 1, using: &rng)
             let hLabels = (0..<hessianBatch).map { _ in Int32(rng.nextInt(below: 10)) }
             let estimator = HutchinsonTrace(model: net, layers: layers, images: hImages, labels: hLabels, seed: 7,
@@ -93,11 +131,24 @@ struct CostCommand: ParsableCommand {
             result["hessian_probes"] = estimate.probes
             result["hessian_ms"] = ms
             result["hessian_in_steps"] = ms / msPerStep
+            result["peak_rss_with_hessian_bytes"] = peakResidentSetBytes()
             line += "; Hessian trace (\(estimate.probes) probes, batch \(hessianBatch)): \(fmt(ms)) ms = \(fmt(ms / msPerStep, 2)) steps"
+            line += ", peak RSS with it \(fmt(Double(peakResidentSetBytes()) / 1_048_576)) MiB"
         }
-        result["peak_rss_bytes"] = peakResidentSetBytes()
-        line += "; peak RSS \(fmt(Double(peakResidentSetBytes()) / 1_048_576)) MiB; \(net.trainableParameterCount) trainable parameters"
         writeLine(line)
         if let json { try writeJSON(result, to: json) }
     }
+}
+
+// MARK: - makeBenchmarkMethod wiring: the ONE place dorefa / bsq / csq are built
+
+/// Builds a method of ``BenchMethods/library`` on `model` (adding its quantizers/parameters).
+///
+/// Until the MSQ library has `makeBenchmarkMethod(_:model:targetCompression:)`, this refuses with a
+/// validation error (exit code 64), which `scripts/cost-grid.sh` reports as a skipped method.
+/// Once it exists, the body is just:
+///
+///     return try makeBenchmarkMethod(name, model: model, targetCompression: targetCompression)
+func makeLibraryMethod(_ name: String, model: any Module, targetCompression: Double) throws -> TrainingMethod {
+    throw ValidationError("--method \(name) is not available in this build: the MSQ library has no makeBenchmarkMethod yet")
 }
