@@ -183,6 +183,7 @@ public final class MSQTraining: TrainingMethod {
         state.intervals += 1
         let counts = layers.map(\.count)
         var traces: [Double]? = nil
+        var standardErrors: [Double]? = nil
         var omega: [Double]? = nil
         if options.hessian, let calibration {
             let start = Date()
@@ -194,8 +195,12 @@ public final class MSQTraining: TrainingMethod {
             let estimate = try atQuantizedWeights(model: model) { try estimator.estimate() }
             state.hessianEstimates += 1
             state.hessianProbesUsed += estimate.probes
-            state.hessianSeconds += Date().timeIntervalSince(start)
+            let seconds = Date().timeIntervalSince(start)
+            state.hessianSeconds += seconds
+            plan.log(String(format: "  Hessian traces: %d probes on %d images, %.1f s; total trace %.4g",
+                            estimate.probes, calibration.labels.count, seconds, estimate.totalTrace))
             traces = estimate.traces
+            standardErrors = estimate.variances.map { $0.squareRoot() }
             let o = sensitivity(traces: estimate.traces, layers: layers)
             omega = o
             regularizer.k = aggressivePruningK(omega: o)
@@ -225,7 +230,8 @@ public final class MSQTraining: TrainingMethod {
         state.lambda = regularizer.lambda
         state.scheme = QuantizationScheme(quantizedLayers: layers, activationBits: activationBits,
                                           activationExcluded: activationExcluded)
-        printTable(stepsDone: stepsDone, status: status, traces: traces, omega: omega, before: before,
+        printTable(stepsDone: stepsDone, status: status, traces: traces, standardErrors: standardErrors,
+                   omega: omega, before: before,
                    decisions: decisions, deadline: deadline, budget: budget)
         if compressionRatio(layers) >= options.targetCompression - 1e-9 {
             state.phase = "finetuning"
@@ -263,7 +269,8 @@ public final class MSQTraining: TrainingMethod {
     /// The per-layer precisions as one line, `conv1:8 layer1.0.conv1:3 …`.
     public var bitScheme: String { layers.map { "\($0.path):\($0.bits)" }.joined(separator: " ") }
 
-    func printTable(stepsDone: Int, status: [PruningLayerStatus], traces: [Double]?, omega: [Double]?,
+    func printTable(stepsDone: Int, status: [PruningLayerStatus], traces: [Double]?, standardErrors: [Double]?,
+                    omega: [Double]?,
                     before: [Int], decisions: [PruningDecision], deadline: Bool, budget: Double) {
         let forced = decisions.filter(\.forced).count
         plan.log(String(format: "pruning interval %d (step %d, epoch %.2f%@): C %.2fx (paper %.2fx), %.3f bits avg, budget %.3f bits avg, λ %g, %d pruned (%d forced)",
@@ -275,7 +282,7 @@ public final class MSQTraining: TrainingMethod {
         func pad(_ s: String, _ w: Int) -> String { s.count >= w ? s : s + String(repeating: " ", count: w - s.count) }
         func lpad(_ s: String, _ w: Int) -> String { s.count >= w ? s : String(repeating: " ", count: w - s.count) + s }
         plan.log("  " + pad("layer", width) + lpad("params", 8) + lpad("bits", 5) + lpad("r", 8) + lpad("Tr(H)", 11)
-                 + lpad("Ω", 11) + lpad("k", 3) + "  change")
+                 + lpad("±se", 10) + lpad("Ω", 11) + lpad("k", 3) + "  change")
         for (i, layer) in layers.enumerated() {
             let change: String
             if let d = decisions.last(where: { $0.path == layer.path }) {
@@ -286,6 +293,7 @@ public final class MSQTraining: TrainingMethod {
             plan.log("  " + pad(layer.path, width) + lpad(String(layer.count), 8) + lpad(String(before[i]), 5)
                      + lpad(String(format: "%.4f", status[i].nonzeroRate), 8)
                      + lpad(traces.map { String(format: "%.3e", $0[i]) } ?? "-", 11)
+                     + lpad(standardErrors.map { String(format: "%.1e", $0[i]) } ?? "-", 10)
                      + lpad(omega.map { String(format: "%.3e", $0[i]) } ?? "-", 11)
                      + lpad(String(status[i].k), 3) + "  " + change)
         }
