@@ -161,4 +161,18 @@ struct MSQTrainingTests {
         refuse({ $0.deadlineFraction = 1.5 }, mentions: "--prune-deadline")
         refuse({ $0.hessian = true }, mentions: "calibration")
     }
+
+    @Test("an interval longer than the run is refused before training")
+    func intervalLongerThanRun() throws {
+        var run = try TinyMSQRun(hessian: false, epochs: 2)
+        run.options.pruneIntervalEpochs = 3
+        run.config.methodOptions = run.options.identity
+        let (trainer, _) = try run.make(out: freshDirectory())
+        do {
+            try trainer.run(resume: false)
+            Issue.record("an interval of 3 epochs in a 2-epoch run should be refused")
+        } catch let error as TrainingError {
+            #expect(error.description.contains("--prune-interval"))
+        }
+    }
 }

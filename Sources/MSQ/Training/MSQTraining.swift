@@ -146,10 +146,19 @@ public final class MSQTraining: TrainingMethod {
     public var events: [PruningEvent] { state.events }
 
     var intervalSteps: Int { max(1, Int((options.pruneIntervalEpochs * Double(plan.stepsPerEpoch)).rounded())) }
-    var deadlineStep: Int { max(1, Int((options.deadlineFraction * Double(plan.totalSteps)).rounded())) }
+    /// The last interval boundary at or before `deadlineFraction` of training (at least one
+    /// interval): the deadline is itself a pruning interval, so the target is met there in one
+    /// decision rather than by an extra interval a few steps after the previous one.
+    var deadlineStep: Int {
+        let raw = max(1, Int((options.deadlineFraction * Double(plan.totalSteps)).rounded()))
+        return max(intervalSteps, raw / intervalSteps * intervalSteps)
+    }
 
     public func prepare(model: Module, plan: TrainingPlan) throws {
         self.plan = plan
+        if deadlineStep > plan.totalSteps {
+            throw TrainingError.invalidOption(String(format: "--prune-interval %g epochs (%d steps) is longer than the whole run (%d steps): no pruning interval would happen; use a shorter interval", options.pruneIntervalEpochs, intervalSteps, plan.totalSteps))
+        }
         // Precisions come from the state (restored from a checkpoint, or the initial scheme).
         let bitsByPath = Dictionary(uniqueKeysWithValues: state.scheme.layers.map { ($0.path, $0.bits) })
         for layer in layers {
