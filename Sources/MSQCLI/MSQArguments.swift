@@ -1,75 +1,112 @@
 import ArgumentParser
 import MSQ
 
-/// The `msq train` options of the MSQ method (MSQ-SPEC §2–5); defaults are ``MSQOptions``'s.
+/// The `msq train` options of the quantized methods (MSQ-SPEC §2–5, §7); defaults are
+/// ``MSQOptions``'s, ``DoReFaOptions``'s, ``BSQOptions``'s and ``CSQOptions``'s. Which method takes
+/// which option is ``applicable``; the others are refused with a message.
 struct MSQArguments: ParsableArguments {
-    @Option(help: "Target compression, sign bit counted: 10.67 = 3 bits per weight on average (the paper's \"16x\"). Required with --method msq.")
+    @Option(help: "Target compression, sign bit counted: 10.67 = 3 bits per weight on average (the paper's \"16x\"). Required with --method msq, bsq and csq.")
     var targetCompression: Double?
-    @Option(help: "Starting precision of every quantized layer, sign included.")
-    var weightBits: Int = 8
-    @Option(help: "Quantize the inputs of the quantized layers (except the first) to A bits with PACT (default: float).")
+    @Option(help: "Bits per weight, sign included. msq: starting precision (default 8). dorefa: the fixed precision of every layer (required). bsq, csq: starting precision = bit planes + 1 (default 9: 8 planes).")
+    var weightBits: Int?
+    @Option(help: "Quantize the inputs of the quantized layers (except the first) to A bits with PACT (default: float). msq, dorefa, bsq, csq.")
     var actBits: Int?
-    @Option(help: "λ, the weight of the LSB regulariser (default 1).")
+    @Option(help: "λ, the regulariser weight. msq: LSB regulariser (default 1). bsq: group lasso, BSQ's --decay (default 0.01). csq: budget-aware mask regulariser (default 1).")
     var lambda: Double?
-    @Option(help: "τ: prune a layer whose LSB nonzero rate is at most this (default 0.05).")
+    @Option(help: "τ. msq: prune a layer whose LSB nonzero rate is at most this (default 0.05). bsq: remove an MSB/LSB plane whose nonzero rate is at most this (default 0: all-zero planes only).")
     var pruneThreshold: Double?
-    @Option(help: "Pruning interval in epochs, fractional allowed (default 0.5).")
+    @Option(help: "Interval in epochs, fractional allowed (default 0.5). msq: pruning. bsq: requantization and plane removal. csq: status table.")
     var pruneInterval: Double?
-    @Option(help: "Fraction of training by which the target must be met (default 0.6).")
+    @Option(help: "Fraction of training by which the target must be met (default 0.6). csq: the masks are hardened there.")
     var pruneDeadline: Double?
-    @Option(help: "Lowest precision a layer may reach (default 2).")
+    @Option(help: "Lowest precision a layer may reach, sign included (default 2). msq, bsq, csq.")
     var minBits: Int?
-    @Option(help: "Hessian-aware pruning step k (on|off; off: every layer drops 1 bit at a time).")
-    var hessian: String = "on"
-    @Option(help: "Calibration images for the Hessian traces (default 64).")
+    @Option(help: "Hessian-aware pruning step k (on|off, default on; off: every layer drops 1 bit at a time). msq only.")
+    var hessian: String?
+    @Option(help: "Calibration images for the Hessian traces (default 64). msq only.")
     var hessianBatch: Int?
-    @Option(help: "Most Hutchinson probes per trace estimate (default 8).")
+    @Option(help: "Most Hutchinson probes per trace estimate (default 8). msq only.")
     var hessianProbes: Int?
-    @Option(help: "Multiply λ by this after each interval that had to force pruning (default 1: never).")
+    @Option(help: "Multiply λ by this after each interval that had to force pruning (default 1: never). msq only.")
     var lambdaGrowth: Double?
+    @Flag(help: "dorefa: multiply each layer's quantized weights by max|W| (DoReFa's weights are in [-1, 1] otherwise).")
+    var dorefaScaled = false
 
-    /// The MSQ options the user gave explicitly (to refuse them with --method fp).
+    /// The quantized methods' options the user gave explicitly, by CLI name.
     var givenOptions: [String] {
         var out: [String] = []
         if targetCompression != nil { out.append("--target-compression") }
+        if weightBits != nil { out.append("--weight-bits") }
         if actBits != nil { out.append("--act-bits") }
         if lambda != nil { out.append("--lambda") }
         if pruneThreshold != nil { out.append("--prune-threshold") }
         if pruneInterval != nil { out.append("--prune-interval") }
         if pruneDeadline != nil { out.append("--prune-deadline") }
         if minBits != nil { out.append("--min-bits") }
+        if hessian != nil { out.append("--hessian") }
         if hessianBatch != nil { out.append("--hessian-batch") }
         if hessianProbes != nil { out.append("--hessian-probes") }
         if lambdaGrowth != nil { out.append("--lambda-growth") }
+        if dorefaScaled { out.append("--dorefa-scaled") }
         return out
     }
 
+    /// The options each method takes.
+    static let applicable: [String: Set<String>] = [
+        "fp": [],
+        "msq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
+                "--prune-deadline", "--min-bits", "--hessian", "--hessian-batch", "--hessian-probes", "--lambda-growth"],
+        "dorefa": ["--weight-bits", "--act-bits", "--dorefa-scaled"],
+        "bsq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
+                "--prune-deadline", "--min-bits"],
+        "csq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-interval", "--prune-deadline",
+                "--min-bits"],
+    ]
+
+    /// Refuses options given with a method that does not take them, naming the methods that do.
+    func refuseInapplicable(method: String) throws {
+        let allowed = Self.applicable[method] ?? []
+        for option in givenOptions where !allowed.contains(option) {
+            let takers = Self.applicable.filter { $0.value.contains(option) }.keys.sorted()
+            throw ValidationError("\(option) does not apply to --method \(method); it applies to --method \(takers.joined(separator: ", "))")
+        }
+    }
+
+    func checkActivationBits() throws {
+        if let a = actBits, !(2...16).contains(a) { throw ValidationError("--act-bits must be in 2...16 (got \(a))") }
+    }
+
+    /// MSQ's options (`--method msq`).
     func options() throws -> MSQOptions {
         guard let target = targetCompression else {
             throw ValidationError("--method msq needs --target-compression (e.g. 10.67 for 3 bits per weight on average)")
         }
-        guard hessian == "on" || hessian == "off" else { throw ValidationError("--hessian must be on or off (got \(hessian))") }
+        let hessianSetting = hessian ?? "on"
+        guard hessianSetting == "on" || hessianSetting == "off" else { throw ValidationError("--hessian must be on or off (got \(hessianSetting))") }
         var o = MSQOptions(targetCompression: target)
         if let lambda { o.lambda = lambda }
         if let pruneThreshold { o.pruneThreshold = pruneThreshold }
         if let pruneInterval { o.pruneIntervalEpochs = pruneInterval }
         if let pruneDeadline { o.deadlineFraction = pruneDeadline }
         if let minBits { o.minBits = minBits }
-        o.hessian = hessian == "on"
+        o.hessian = hessianSetting == "on"
         if let hessianBatch { o.hessianBatch = hessianBatch }
         if let hessianProbes { o.hessianProbes = hessianProbes }
         if let lambdaGrowth { o.lambdaGrowth = lambdaGrowth }
-        if let a = actBits, !(2...16).contains(a) { throw ValidationError("--act-bits must be in 2...16 (got \(a))") }
-        if !(2...16).contains(weightBits) { throw ValidationError("--weight-bits must be in 2...16 (got \(weightBits))") }
+        try checkActivationBits()
+        if !(2...16).contains(msqWeightBits) { throw ValidationError("--weight-bits must be in 2...16 (got \(msqWeightBits))") }
         return o
     }
+
+    /// MSQ's starting precision (default 8).
+    var msqWeightBits: Int { weightBits ?? 8 }
 
     /// Quantizes `model` (every conv/linear at --weight-bits; PACT inputs when --act-bits is set)
     /// and builds the method.
     func makeMethod(model: any Module, options: MSQOptions, data: LoadedData, seed: UInt64) throws -> MSQTraining {
         let paths = quantizableLayers(of: model).map(\.path)
         let excluded = actBits == nil ? [] : Array(paths.prefix(1))
-        let scheme = QuantizationScheme(layers: paths.map { .init(path: $0, bits: weightBits) },
+        let scheme = QuantizationScheme(layers: paths.map { .init(path: $0, bits: msqWeightBits) },
                                         activationBits: actBits, activationExcluded: excluded)
         let layers = try scheme.apply(to: model)
         let calibration = options.hessian
@@ -78,4 +115,49 @@ struct MSQArguments: ParsableArguments {
         return try MSQTraining(layers: layers, options: options, calibration: calibration,
                                activationBits: actBits, activationExcluded: excluded, seed: seed)
     }
+
+    /// DoReFa's options (`--method dorefa`): --weight-bits is required.
+    func doReFaOptions() throws -> DoReFaOptions {
+        guard let weightBits else {
+            throw ValidationError("--method dorefa needs --weight-bits (bits per weight, sign included; e.g. 3 for C = 10.67)")
+        }
+        try checkActivationBits()
+        var o = DoReFaOptions(weightBits: weightBits)
+        o.scaled = dorefaScaled
+        return o
+    }
+
+    /// BSQ's options (`--method bsq`).
+    func bsqOptions() throws -> BSQOptions {
+        guard let target = targetCompression else {
+            throw ValidationError("--method bsq needs --target-compression (e.g. 10.67 for 3 bits per weight on average)")
+        }
+        var o = BSQOptions(targetCompression: target)
+        if let weightBits { o.initialBits = weightBits }
+        if let lambda { o.lambda = lambda }
+        if let pruneThreshold { o.pruneThreshold = pruneThreshold }
+        if let pruneInterval { o.pruneIntervalEpochs = pruneInterval }
+        if let pruneDeadline { o.deadlineFraction = pruneDeadline }
+        if let minBits { o.minBits = minBits }
+        try checkActivationBits()
+        return o
+    }
+
+    /// CSQ's options (`--method csq`).
+    func csqOptions() throws -> CSQOptions {
+        guard let target = targetCompression else {
+            throw ValidationError("--method csq needs --target-compression (e.g. 10.67 for 3 bits per weight on average)")
+        }
+        var o = CSQOptions(targetCompression: target)
+        if let weightBits { o.initialBits = weightBits }
+        if let lambda { o.lambda = lambda }
+        if let pruneInterval { o.pruneIntervalEpochs = pruneInterval }
+        if let pruneDeadline { o.deadlineFraction = pruneDeadline }
+        if let minBits { o.minBits = minBits }
+        try checkActivationBits()
+        return o
+    }
+
+    /// The activation part of a method's run fingerprint.
+    var actBitsIdentity: String { actBits.map(String.init) ?? "off" }
 }

@@ -17,7 +17,7 @@ struct TrainCommand: ParsableCommand {
     var dataset: String = "fashion-mnist"
     @Option(help: "Dataset directory (default for fashion-mnist: /usr/share/datasets/fashion-mnist).")
     var dataDir: String?
-    @Option(help: "Training method: fp (float) or msq (LSB pruning to --target-compression).")
+    @Option(help: "Training method: fp (float), msq (LSB pruning to --target-compression), or the baselines dorefa (uniform QAT at --weight-bits), bsq (bit-plane group lasso to --target-compression), csq (continuous sparsification of bits and bit masks to --target-compression).")
     var method: String = "fp"
     @Option(help: "Number of epochs.")
     var epochs: Int = 2
@@ -52,17 +52,17 @@ struct TrainCommand: ParsableCommand {
     @Flag(help: "Continue the run whose checkpoint is in --out.")
     var resume = false
 
-    @OptionGroup(title: "MSQ (--method msq)")
+    @OptionGroup(title: "Quantized methods (--method msq, dorefa, bsq, csq)")
     var msq: MSQArguments
 
     func run() throws {
         guard let kind = ModelKind(rawValue: model) else {
             throw ValidationError("unknown --model \(model); choose one of \(ModelKind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        guard ["fp", "msq"].contains(method) else { throw ValidationError("unknown --method \(method); choose fp or msq") }
-        if method == "fp", let given = msq.givenOptions.first {
-            throw ValidationError("\(given) applies to --method msq only")
+        guard ["fp", "msq", "dorefa", "bsq", "csq"].contains(method) else {
+            throw ValidationError("unknown --method \(method); choose fp, msq, dorefa, bsq or csq")
         }
+        try msq.refuseInapplicable(method: method)
         if resume && out == nil { throw ValidationError("--resume needs the --out directory of the run to continue") }
 
         var config = TrainingConfig(model: model, dataset: dataset, epochs: epochs, batchSize: batchSize, learningRate: lr)
@@ -82,12 +82,30 @@ struct TrainCommand: ParsableCommand {
         config.seed = seed
         config.threads = threads
         var msqOptions: MSQOptions? = nil
-        if method == "msq" {
+        var doReFaOptions: DoReFaOptions? = nil
+        var bsqOptions: BSQOptions? = nil
+        var csqOptions: CSQOptions? = nil
+        switch method {
+        case "msq":
             let options = try msq.options()
             msqOptions = options
             config.methodOptions = options.identity.merging([
-                "msq.weight_bits": String(msq.weightBits), "msq.act_bits": msq.actBits.map(String.init) ?? "off",
+                "msq.weight_bits": String(msq.msqWeightBits), "msq.act_bits": msq.actBitsIdentity,
             ]) { a, _ in a }
+        case "dorefa":
+            let options = try msq.doReFaOptions()
+            doReFaOptions = options
+            config.methodOptions = options.identity.merging(["dorefa.act_bits": msq.actBitsIdentity]) { a, _ in a }
+        case "bsq":
+            let options = try msq.bsqOptions()
+            bsqOptions = options
+            config.methodOptions = options.identity.merging(["bsq.act_bits": msq.actBitsIdentity]) { a, _ in a }
+        case "csq":
+            let options = try msq.csqOptions()
+            csqOptions = options
+            config.methodOptions = options.identity.merging(["csq.act_bits": msq.actBitsIdentity]) { a, _ in a }
+        default:
+            break
         }
         try config.validate()
 
@@ -98,6 +116,12 @@ struct TrainCommand: ParsableCommand {
         let trainingMethod: TrainingMethod
         if let msqOptions {
             trainingMethod = try msq.makeMethod(model: network, options: msqOptions, data: data, seed: seed)
+        } else if let doReFaOptions {
+            trainingMethod = try DoReFaTraining(model: network, options: doReFaOptions, activationBits: msq.actBits)
+        } else if let bsqOptions {
+            trainingMethod = try BSQTraining(model: network, options: bsqOptions, activationBits: msq.actBits)
+        } else if let csqOptions {
+            trainingMethod = try CSQTraining(model: network, options: csqOptions, activationBits: msq.actBits)
         } else {
             trainingMethod = FloatTraining()
         }

@@ -99,9 +99,11 @@ public final class Linear: Module {
                                 var dwe = Tensor(shape: w.shape)
                                 dwe.withUnsafeMutablePointer { dw in msq_linear_backward(dxp, dw, db, dy, xp, wp, cn, ci, co) }
                                 let dw = transform.backward(gradEffective: dwe, weight: w)
-                                LayerKit.require(dw.shape == w.shape,
-                                                 "\(layerDescription): weightTransform.backward returned shape \(dw.shape), expected \(w.shape)")
-                                LayerKit.accumulate(&weight.grad, dw)
+                                if transform.usesLayerWeight {
+                                    LayerKit.require(dw.shape == w.shape,
+                                                     "\(layerDescription): weightTransform.backward returned shape \(dw.shape), expected \(w.shape)")
+                                    LayerKit.accumulate(&weight.grad, dw)
+                                }
                             } else {
                                 LayerKit.withGradPointer(weight) { dw in msq_linear_backward(dxp, dw, db, dy, xp, wp, cn, ci, co) }
                             }
@@ -114,10 +116,13 @@ public final class Linear: Module {
         return quantizer?.backward(dx) ?? dx
     }
 
-    /// `weight`, then `bias` if present, then `input_alpha` (the input quantizer's α) if present.
+    /// `weight` (unless the weight transform replaces it, ``WeightTransform/usesLayerWeight``), then
+    /// `bias` if present, then `input_alpha` (the input quantizer's α) if present, then the weight
+    /// transform's own parameters (e.g. `bsq.planes`, ``WeightTransform/visitParameters(prefix:_:)``).
     public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
-        body(joinPath(prefix, "weight"), weight)
+        if weightTransform?.usesLayerWeight ?? true { body(joinPath(prefix, "weight"), weight) }
         if let bias { body(joinPath(prefix, "bias"), bias) }
         if let inputQuantizer { body(joinPath(prefix, "input_alpha"), inputQuantizer.alpha) }
+        weightTransform?.visitParameters(prefix: prefix, body)
     }
 }

@@ -1,0 +1,117 @@
+import Foundation
+
+/// The options of a DoReFa run (uniform quantization-aware training, MSQ-SPEC §7); CLI names in brackets.
+public struct DoReFaOptions: Codable, Sendable, Equatable {
+    /// k, bits per weight (sign included) of every conv/linear layer [--weight-bits]. C = 32 / k.
+    public var weightBits: Int
+    /// Multiply each layer's w_q by max|W| (``DoReFaQuantizer/scaled``) [--dorefa-scaled]. Default
+    /// off: DoReFa's formula.
+    public var scaled: Bool = false
+
+    /// Options for k-bit weights.
+    public init(weightBits: Int) {
+        self.weightBits = weightBits
+    }
+
+    /// The options as name → value, for the run fingerprint.
+    public var identity: [String: String] {
+        ["dorefa.weight_bits": String(weightBits), "dorefa.scaled": String(scaled)]
+    }
+
+    /// Checks the range a user can get wrong.
+    public func validate() throws(TrainingError) {
+        if !msqBitRange.contains(weightBits) {
+            throw .invalidOption("--weight-bits must be in 2...16 for --method dorefa (got \(weightBits))")
+        }
+    }
+}
+
+/// DoReFa-Net uniform quantization-aware training as a ``TrainingMethod`` (MSQ-SPEC §7): every
+/// conv/linear layer computes with ``DoReFaQuantizer`` k-bit weights for the whole run (there is no
+/// search phase: the run is its own "finetuning phase" from step 0), PACT activations when
+/// `activationBits` is set (MSQ-SPEC §5, the network input excluded, as for MSQ).
+///
+/// ``init(model:options:activationBits:)`` attaches the quantizers, so build the method before the
+/// ``Trainer`` (whose optimizer must see the PACT clip levels). The checkpointed state is the
+/// per-layer precision table under the key `precisions` (deliberately not `scheme`: `msq export`
+/// reads `scheme` as RoundClamp codes, and DoReFa's levels are not RoundClamp's, so export refuses
+/// DoReFa checkpoints as "not from an MSQ run").
+public final class DoReFaTraining: TrainingMethod {
+    /// The run's options.
+    public let options: DoReFaOptions
+    /// The quantized layers' paths, in walk order.
+    public let paths: [String]
+    /// N_l per layer.
+    public let counts: [Int]
+    /// The attached quantizers, in ``paths`` order.
+    public let quantizers: [DoReFaQuantizer]
+    let activationBits: Int?
+    let activationExcluded: [String]
+    var plan = TrainingPlan(stepsPerEpoch: 1, epochs: 1, log: { _ in })
+
+    struct State: Codable {
+        var precisions: QuantizationScheme
+    }
+
+    /// Quantizes every Conv2d and Linear of `model` to `options.weightBits` DoReFa weights (and their
+    /// inputs, except the network input, to `activationBits` with PACT). Nothing changes on a throw.
+    public init(model: any Module, options: DoReFaOptions, activationBits: Int? = nil) throws {
+        try options.validate()
+        try validateActivationBits(activationBits)
+        let layers = try baselineLayers(of: model, method: "dorefa")
+        self.options = options
+        self.paths = layers.map(\.path)
+        self.counts = layers.map(\.count)
+        self.quantizers = layers.map { _ in DoReFaQuantizer(bits: options.weightBits, scaled: options.scaled) }
+        self.activationBits = activationBits
+        self.activationExcluded = try attachActivationQuantizers(model, bits: activationBits)
+        for (layer, q) in zip(layers, quantizers) { attachWeightTransform(q, to: layer.module) }
+    }
+
+    public var name: String { "dorefa" }
+
+    var bits: [Int] { quantizers.map(\.bits) }
+
+    /// The precision table (every layer at k bits).
+    public var scheme: QuantizationScheme {
+        QuantizationScheme(layers: zip(paths, bits).map { .init(path: $0, bits: $1) },
+                           activationBits: activationBits, activationExcluded: activationExcluded)
+    }
+
+    public func prepare(model: Module, plan: TrainingPlan) throws {
+        self.plan = plan
+        plan.log(String(format: "dorefa: %d layers, %d weights at %d bits%@ (C %.2fx, paper %.2fx); activations %@",
+                        paths.count, counts.reduce(0, +), options.weightBits, options.scaled ? " × max|W|" : "",
+                        LSBPruningScheduler.compression(counts: counts, bits: bits),
+                        paperCompression(counts: counts, bits: bits),
+                        activationBits.map { "\($0)-bit PACT" } ?? "float"))
+    }
+
+    public func afterBackward(model: Module, epoch: Int, step: Int) throws -> Double { 0 }
+
+    public func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws {
+        log(String(format: "dorefa: after epoch %d: %d-bit weights, C %.2fx (paper %.2fx)", epoch, options.weightBits,
+                   LSBPruningScheduler.compression(counts: counts, bits: bits), paperCompression(counts: counts, bits: bits)))
+    }
+
+    public func encodeState() throws -> String { try encodeMethodState(State(precisions: scheme)) }
+
+    public func restoreState(_ json: String) throws {
+        let restored = try decodeMethodState(State.self, from: json, method: "DoReFa")
+        guard restored.precisions.layers == scheme.layers else {
+            throw CheckpointError.mismatch(path: "method state", reason: "its DoReFa layers or bits differ from this run's")
+        }
+    }
+
+    public func summaryFields() -> [String: Any] {
+        var fields = precisionSummary(paths: paths, counts: counts, bits: bits)
+        fields["weight_quantizer"] = options.scaled ? "dorefa-scaled" : "dorefa"
+        fields["pruning_events"] = [Any]()
+        fields["forced_prunings"] = 0
+        fields["pruning_intervals"] = 0
+        fields["final_phase_start_step"] = 0
+        fields["final_phase_start_epoch"] = 0.0
+        fields["activation_bits"] = activationBits ?? 32
+        return fields
+    }
+}
