@@ -8,7 +8,7 @@ OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 swift build -c release --package-path bench >/dev/null
 BIN=$(swift build -c release --package-path bench --show-bin-path)/msq-bench
-"$BIN" cost --model resnet20 --method fp  --batch 128 --steps 10 --json "$OUT/resnet20-fp.json"
-"$BIN" cost --model resnet20 --method msq --batch 128 --steps 10 --hessian-probes 8 --hessian-batch 64 --json "$OUT/resnet20-msq.json"
-"$BIN" cost --model resnet18 --method fp  --batch 16 --steps 4 --warmup 1 --json "$OUT/resnet18-fp.json"
-"$BIN" cost --model resnet18 --method msq --batch 16 --steps 4 --warmup 1 --hessian-probes 4 --hessian-batch 16 --json "$OUT/resnet18-msq.json"
+"$BIN" cost --model resnet20 --method fp  --batch 128 --steps 30 --warmup 3 --json "$OUT/resnet20-fp.json"
+"$BIN" cost --model resnet20 --method msq --batch 128 --steps 30 --warmup 3 --hessian-probes 8 --hessian-batch 64 --json "$OUT/resnet20-msq.json"
+"$BIN" cost --model resnet18 --method fp  --batch 16 --steps 5 --warmup 1 --json "$OUT/resnet18-fp.json"
+"$BIN" cost --model resnet18 --method msq --batch 16 --steps 5 --warmup 1 --hessian-probes 4 --hessian-batch 16 --json "$OUT/resnet18-msq.json"
