@@ -140,15 +140,10 @@ struct CostCommand: ParsableCommand {
     }
 }
 
-// MARK: - makeBenchmarkMethod wiring: the ONE place dorefa / bsq / csq are built
+// MARK: - the library's methods
 
-/// Builds a method of ``BenchMethods/library`` on `model` (adding its quantizers/parameters).
-///
-/// Until the MSQ library has `makeBenchmarkMethod(_:model:targetCompression:)`, this refuses with a
-/// validation error (exit code 64), which `scripts/cost-grid.sh` reports as a skipped method.
-/// Once it exists, the body is just:
-///
-///     return try makeBenchmarkMethod(name, model: model, targetCompression: targetCompression)
+/// Builds a method of ``BenchMethods/library`` on `model` (adding its quantizers and parameters)
+/// with the library's benchmark defaults (see `makeBenchmarkMethod` in MSQ).
 func makeLibraryMethod(_ name: String, model: any Module, targetCompression: Double) throws -> TrainingMethod {
-    throw ValidationError("--method \(name) is not available in this build: the MSQ library has no makeBenchmarkMethod yet")
+    try makeBenchmarkMethod(name, model: model, targetCompression: targetCompression)
 }
