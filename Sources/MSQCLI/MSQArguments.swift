@@ -34,21 +34,16 @@ struct MSQArguments: ParsableArguments {
 
     /// The quantized methods' options the user gave explicitly, by CLI name.
     var givenOptions: [String] {
-        var out: [String] = []
-        if targetCompression != nil { out.append("--target-compression") }
-        if weightBits != nil { out.append("--weight-bits") }
-        if actBits != nil { out.append("--act-bits") }
-        if lambda != nil { out.append("--lambda") }
-        if pruneThreshold != nil { out.append("--prune-threshold") }
-        if pruneInterval != nil { out.append("--prune-interval") }
-        if pruneDeadline != nil { out.append("--prune-deadline") }
-        if minBits != nil { out.append("--min-bits") }
-        if hessian != nil { out.append("--hessian") }
-        if hessianBatch != nil { out.append("--hessian-batch") }
-        if hessianProbes != nil { out.append("--hessian-probes") }
-        if lambdaGrowth != nil { out.append("--lambda-growth") }
-        if dorefaScaled { out.append("--dorefa-scaled") }
-        return out
+        // Ordered pairs: the first inapplicable option in this order is the one refused.
+        let given: KeyValuePairs<String, Bool> = [
+            "--target-compression": targetCompression != nil, "--weight-bits": weightBits != nil,
+            "--act-bits": actBits != nil, "--lambda": lambda != nil, "--prune-threshold": pruneThreshold != nil,
+            "--prune-interval": pruneInterval != nil, "--prune-deadline": pruneDeadline != nil,
+            "--min-bits": minBits != nil, "--hessian": hessian != nil, "--hessian-batch": hessianBatch != nil,
+            "--hessian-probes": hessianProbes != nil, "--lambda-growth": lambdaGrowth != nil,
+            "--dorefa-scaled": dorefaScaled,
+        ]
+        return given.filter { $0.value }.map { $0.key }
     }
 
     /// The options each method takes.
@@ -76,19 +71,28 @@ struct MSQArguments: ParsableArguments {
         if let a = actBits, !(2...16).contains(a) { throw ValidationError("--act-bits must be in 2...16 (got \(a))") }
     }
 
-    /// MSQ's options (`--method msq`).
-    func options() throws -> MSQOptions {
+    /// The options of a target-driven method (`method` is its --method name for the message) with
+    /// the shared options the user gave applied over `make`'s defaults; one place, so that msq, bsq
+    /// and csq read --target-compression, --lambda, --prune-interval, --prune-deadline and
+    /// --min-bits alike.
+    func scheduleOptions<O: PruningScheduleOptions>(method: String, _ make: (Double) -> O) throws -> O {
         guard let target = targetCompression else {
-            throw ValidationError("--method msq needs --target-compression (e.g. 10.67 for 3 bits per weight on average)")
+            throw ValidationError("--method \(method) needs --target-compression (e.g. 10.67 for 3 bits per weight on average)")
         }
-        let hessianSetting = hessian ?? "on"
-        guard hessianSetting == "on" || hessianSetting == "off" else { throw ValidationError("--hessian must be on or off (got \(hessianSetting))") }
-        var o = MSQOptions(targetCompression: target)
+        var o = make(target)
         if let lambda { o.lambda = lambda }
-        if let pruneThreshold { o.pruneThreshold = pruneThreshold }
         if let pruneInterval { o.pruneIntervalEpochs = pruneInterval }
         if let pruneDeadline { o.deadlineFraction = pruneDeadline }
         if let minBits { o.minBits = minBits }
+        return o
+    }
+
+    /// MSQ's options (`--method msq`).
+    func options() throws -> MSQOptions {
+        var o = try scheduleOptions(method: "msq", MSQOptions.init(targetCompression:))
+        let hessianSetting = hessian ?? "on"
+        guard hessianSetting == "on" || hessianSetting == "off" else { throw ValidationError("--hessian must be on or off (got \(hessianSetting))") }
+        if let pruneThreshold { o.pruneThreshold = pruneThreshold }
         o.hessian = hessianSetting == "on"
         if let hessianBatch { o.hessianBatch = hessianBatch }
         if let hessianProbes { o.hessianProbes = hessianProbes }
@@ -129,31 +133,17 @@ struct MSQArguments: ParsableArguments {
 
     /// BSQ's options (`--method bsq`).
     func bsqOptions() throws -> BSQOptions {
-        guard let target = targetCompression else {
-            throw ValidationError("--method bsq needs --target-compression (e.g. 10.67 for 3 bits per weight on average)")
-        }
-        var o = BSQOptions(targetCompression: target)
+        var o = try scheduleOptions(method: "bsq", BSQOptions.init(targetCompression:))
         if let weightBits { o.initialBits = weightBits }
-        if let lambda { o.lambda = lambda }
         if let pruneThreshold { o.pruneThreshold = pruneThreshold }
-        if let pruneInterval { o.pruneIntervalEpochs = pruneInterval }
-        if let pruneDeadline { o.deadlineFraction = pruneDeadline }
-        if let minBits { o.minBits = minBits }
         try checkActivationBits()
         return o
     }
 
     /// CSQ's options (`--method csq`).
     func csqOptions() throws -> CSQOptions {
-        guard let target = targetCompression else {
-            throw ValidationError("--method csq needs --target-compression (e.g. 10.67 for 3 bits per weight on average)")
-        }
-        var o = CSQOptions(targetCompression: target)
+        var o = try scheduleOptions(method: "csq", CSQOptions.init(targetCompression:))
         if let weightBits { o.initialBits = weightBits }
-        if let lambda { o.lambda = lambda }
-        if let pruneInterval { o.pruneIntervalEpochs = pruneInterval }
-        if let pruneDeadline { o.deadlineFraction = pruneDeadline }
-        if let minBits { o.minBits = minBits }
         try checkActivationBits()
         return o
     }

@@ -2,76 +2,41 @@ import Foundation
 import MSQ
 import Testing
 
-/// Wraps a method and throws after `crashEpoch`'s evaluation, before its checkpoint.
-private final class CrashAfterEpoch: TrainingMethod {
-    struct Crash: Error {}
-    let inner: TrainingMethod
-    let crashEpoch: Int
-    init(_ inner: TrainingMethod, crashEpoch: Int) {
-        self.inner = inner
-        self.crashEpoch = crashEpoch
-    }
-    var name: String { inner.name }
-    func prepare(model: Module, plan: TrainingPlan) throws { try inner.prepare(model: model, plan: plan) }
-    func afterBackward(model: Module, epoch: Int, step: Int) throws -> Double {
-        try inner.afterBackward(model: model, epoch: epoch, step: step)
-    }
-    func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws {
-        if epoch == crashEpoch { throw Crash() }
-        try inner.endOfEpoch(model: model, epoch: epoch, log: log)
-    }
-    func encodeState() throws -> String { try inner.encodeState() }
-    func restoreState(_ json: String) throws { try inner.restoreState(json) }
-    func summaryFields() -> [String: Any] { inner.summaryFields() }
-}
-
 /// A ResNet-20 on 8×8 synthetic images trained for a few 3-step epochs with one of the baselines.
 private struct TinyBaselineRun {
-    let train: SyntheticDataset
-    let test: SyntheticDataset
-    let normalization = Normalization(mean: [0.5], std: [0.3])
-    var config: TrainingConfig
+    var setup: TinyTrainingSetup
     var bsq = BSQOptions(targetCompression: 10.67)
     var csq = CSQOptions(targetCompression: 10.67)
     var doReFa = DoReFaOptions(weightBits: 3)
 
     init(method: String, epochs: Int = 4) throws {
-        train = try SyntheticDataset(count: 48, sampleShape: [1, 8, 8], numClasses: 4, seed: 1)
-        test = try SyntheticDataset(count: 16, sampleShape: [1, 8, 8], numClasses: 4, seed: 2)
+        setup = try TinyTrainingSetup(method: method, epochs: epochs)
         bsq.pruneIntervalEpochs = 1
         csq.pruneIntervalEpochs = 1
-        config = TrainingConfig(model: "resnet20", dataset: "synthetic", epochs: epochs, batchSize: 16, learningRate: 0.05)
-        config.method = method
-        config.threads = 2
-        config.seed = 4
         refreshIdentity()
     }
 
     mutating func refreshIdentity() {
-        switch config.method {
-        case "bsq": config.methodOptions = bsq.identity
-        case "csq": config.methodOptions = csq.identity
-        default: config.methodOptions = doReFa.identity
+        switch setup.config.method {
+        case "bsq": setup.config.methodOptions = bsq.identity
+        case "csq": setup.config.methodOptions = csq.identity
+        default: setup.config.methodOptions = doReFa.identity
         }
     }
 
     func make(out: String, activationBits: Int? = nil, log: @escaping (String) -> Void = { _ in },
               wrap: (TrainingMethod) -> TrainingMethod = { $0 }) throws -> (Trainer, TrainingMethod) {
-        let model = makeModel(.resnet20, inputChannels: 1, numClasses: 4, seed: config.seed)
+        let model = setup.makeModel()
         let method: TrainingMethod
-        switch config.method {
+        switch setup.config.method {
         case "bsq": method = try BSQTraining(model: model, options: bsq, activationBits: activationBits)
         case "csq": method = try CSQTraining(model: model, options: csq, activationBits: activationBits)
         default: method = try DoReFaTraining(model: model, options: doReFa, activationBits: activationBits)
         }
-        let trainer = Trainer(config: config, model: model, method: wrap(method), train: train, test: test,
-                              normalization: normalization, outDirectory: out, log: log)
-        return (trainer, method)
+        return (setup.trainer(model: model, method: wrap(method), out: out, log: log), method)
     }
 }
 
-private func freshDirectory() -> String { NSTemporaryDirectory() + "msq-baseline-\(UUID().uuidString)" }
-private func weights(_ model: Module) -> [[Float]] { model.namedParameters().map(\.parameter.value.scalars) }
 
 /// The summary fields every quantized method shares with MSQ, checked for consistency.
 private func expectPrecisionFields(_ summary: [String: Any], layerCount: Int, sourceLocation: SourceLocation = #_sourceLocation) throws {
@@ -178,13 +143,7 @@ struct BaselineTrainingTests {
         #expect(throws: PackedModelError.self) { try PackedModel.export(checkpoint: ckpt) }
         run.bsq.lambda = 0.5
         run.refreshIdentity()
-        let (other, _) = try run.make(out: dir)
-        do {
-            try other.run(resume: true)
-            Issue.record("resume with another λ should be refused")
-        } catch let error as CheckpointError {
-            #expect(error.description.contains("bsq.lambda"))
-        }
+        try expectResumeRefused(try run.make(out: dir).0, naming: "bsq.lambda")
     }
 
     @Test("CSQ anneals β, hardens the masks at the deadline meeting the target, then finetunes with hard bits")

@@ -2,67 +2,33 @@ import Foundation
 import MSQ
 import Testing
 
-/// Wraps an MSQ method and throws after `crashEpoch`'s evaluation, before its checkpoint.
-private final class CrashAfter: TrainingMethod {
-    struct Crash: Error {}
-    let inner: MSQTraining
-    let crashEpoch: Int
-    init(_ inner: MSQTraining, crashEpoch: Int) {
-        self.inner = inner
-        self.crashEpoch = crashEpoch
-    }
-    var name: String { inner.name }
-    func prepare(model: Module, plan: TrainingPlan) throws { try inner.prepare(model: model, plan: plan) }
-    func afterBackward(model: Module, epoch: Int, step: Int) throws -> Double {
-        try inner.afterBackward(model: model, epoch: epoch, step: step)
-    }
-    func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws {
-        if epoch == crashEpoch { throw Crash() }
-        try inner.endOfEpoch(model: model, epoch: epoch, log: log)
-    }
-    func encodeState() throws -> String { try inner.encodeState() }
-    func restoreState(_ json: String) throws { try inner.restoreState(json) }
-    func summaryFields() -> [String: Any] { inner.summaryFields() }
-}
-
 /// A ResNet-20 on 8×8 synthetic images, quantized at 8 bits, MSQ to 10.67x in a few short epochs.
 private struct TinyMSQRun {
-    let train: SyntheticDataset
-    let test: SyntheticDataset
-    let normalization = Normalization(mean: [0.5], std: [0.3])
+    var setup: TinyTrainingSetup
     var options: MSQOptions
-    var config: TrainingConfig
 
     init(hessian: Bool, epochs: Int = 4) throws {
-        train = try SyntheticDataset(count: 48, sampleShape: [1, 8, 8], numClasses: 4, seed: 1)
-        test = try SyntheticDataset(count: 16, sampleShape: [1, 8, 8], numClasses: 4, seed: 2)
+        setup = try TinyTrainingSetup(method: "msq", epochs: epochs)
         options = MSQOptions(targetCompression: 10.67)
         options.hessian = hessian
         options.hessianBatch = 8
         options.hessianProbes = 2
         options.pruneIntervalEpochs = 1
-        config = TrainingConfig(model: "resnet20", dataset: "synthetic", epochs: epochs, batchSize: 16, learningRate: 0.05)
-        config.method = "msq"
-        config.threads = 2
-        config.seed = 4
-        config.methodOptions = options.identity
+        setup.config.methodOptions = options.identity
     }
 
     func make(out: String, log: @escaping (String) -> Void = { _ in },
               wrap: (MSQTraining) -> TrainingMethod = { $0 }) throws -> (Trainer, MSQTraining) {
-        let model = makeModel(.resnet20, inputChannels: 1, numClasses: 4, seed: config.seed)
+        let model = setup.makeModel()
         let layers = try quantizeForMSQ(model, initialBits: 8)
-        let calibration = try calibrationBatch(from: train, normalization: normalization, count: options.hessianBatch)
+        let calibration = try calibrationBatch(from: setup.train, normalization: setup.normalization,
+                                               count: options.hessianBatch)
         let method = try MSQTraining(layers: layers, options: options, calibration: options.hessian ? calibration : nil,
-                                     seed: config.seed)
-        let trainer = Trainer(config: config, model: model, method: wrap(method), train: train, test: test,
-                              normalization: normalization, outDirectory: out, log: log)
-        return (trainer, method)
+                                     seed: setup.config.seed)
+        return (setup.trainer(model: model, method: wrap(method), out: out, log: log), method)
     }
 }
 
-private func freshDirectory() -> String { NSTemporaryDirectory() + "msq-method-\(UUID().uuidString)" }
-private func weights(_ model: Module) -> [[Float]] { model.namedParameters().map(\.parameter.value.scalars) }
 
 @Suite("MSQ training", .serialized)
 struct MSQTrainingTests {
@@ -108,8 +74,8 @@ struct MSQTrainingTests {
         try reference.run(resume: false)
 
         let dir = freshDirectory()
-        let (crashing, _) = try run.make(out: dir, wrap: { CrashAfter($0, crashEpoch: 2) })
-        #expect(throws: CrashAfter.Crash.self) { try crashing.run(resume: false) }
+        let (crashing, _) = try run.make(out: dir, wrap: { CrashAfterEpoch($0, crashEpoch: 2) })
+        #expect(throws: CrashAfterEpoch.Crash.self) { try crashing.run(resume: false) }
         let (resumed, resumedMethod) = try run.make(out: dir)
         try resumed.run(resume: true)
         #expect(weights(resumed.model) == weights(reference.model))
@@ -127,14 +93,8 @@ struct MSQTrainingTests {
         let scheme = try QuantizationScheme.decode(fromMethodState: ckpt.header.methodState)
         #expect(scheme.layers.map(\.bits) == method.layers.map(\.bits))
         run.options.lambda = 3
-        run.config.methodOptions = run.options.identity
-        let (other, _) = try run.make(out: dir)
-        do {
-            try other.run(resume: true)
-            Issue.record("resume with another λ should be refused")
-        } catch let error as CheckpointError {
-            #expect(error.description.contains("msq.lambda"))
-        }
+        run.setup.config.methodOptions = run.options.identity
+        try expectResumeRefused(try run.make(out: dir).0, naming: "msq.lambda")
     }
 
     @Test("impossible or malformed options are refused with the option's name")
@@ -166,7 +126,7 @@ struct MSQTrainingTests {
     func intervalLongerThanRun() throws {
         var run = try TinyMSQRun(hessian: false, epochs: 2)
         run.options.pruneIntervalEpochs = 3
-        run.config.methodOptions = run.options.identity
+        run.setup.config.methodOptions = run.options.identity
         let (trainer, _) = try run.make(out: freshDirectory())
         do {
             try trainer.run(resume: false)

@@ -41,10 +41,6 @@ private struct TinyRun {
     }
 }
 
-private func weights(_ model: Module) -> [[Float]] { model.namedParameters().map(\.parameter.value.scalars) }
-
-private func freshDirectory() -> String { NSTemporaryDirectory() + "msq-trainer-\(UUID().uuidString)" }
-
 @Suite("Trainer", .serialized)
 struct TrainerTests {
     @Test("a run interrupted mid-way and resumed ends with bit-identical weights")

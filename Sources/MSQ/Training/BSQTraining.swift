@@ -1,7 +1,7 @@
 import Foundation
 
 /// The options of a BSQ run (MSQ-SPEC §7); CLI names in brackets.
-public struct BSQOptions: Codable, Sendable, Equatable {
+public struct BSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
     /// Target compression C, sign counted (as MSQ's) [--target-compression].
     public var targetCompression: Double
     /// Starting precision n_0 + 1, sign included [--weight-bits]: 9 = BSQ's 8 bit planes, i.e. 8
@@ -28,35 +28,15 @@ public struct BSQOptions: Codable, Sendable, Equatable {
 
     /// The options as name → value, for the run fingerprint.
     public var identity: [String: String] {
-        [
-            "bsq.target_compression": String(targetCompression), "bsq.weight_bits": String(initialBits),
-            "bsq.lambda": String(lambda), "bsq.prune_threshold": String(pruneThreshold),
-            "bsq.prune_interval": String(pruneIntervalEpochs), "bsq.prune_deadline": String(deadlineFraction),
-            "bsq.min_bits": String(minBits),
-        ]
+        scheduleIdentity(prefix: "bsq").merging([
+            "bsq.weight_bits": String(initialBits), "bsq.prune_threshold": String(pruneThreshold),
+        ]) { shared, _ in shared }
     }
 
     /// Checks ranges a user can get wrong; `maxCompression` is the model's C with every layer at --min-bits.
     public func validate(maxCompression: Double) throws(TrainingError) {
-        if !(2...16).contains(initialBits) {
-            throw .invalidOption("--weight-bits must be in 2...16 for --method bsq (bit planes + sign; got \(initialBits))")
-        }
-        if !(2...16).contains(minBits) { throw .invalidOption("--min-bits must be in 2...16 (got \(minBits))") }
-        if minBits > initialBits {
-            throw .invalidOption("--min-bits \(minBits) is above the starting precision --weight-bits \(initialBits)")
-        }
-        if !(targetCompression > 1) || !targetCompression.isFinite {
-            throw .invalidOption("--target-compression must be a number above 1 (got \(targetCompression))")
-        }
-        if targetCompression > maxCompression + 1e-9 {
-            throw .invalidOption(String(format: "--target-compression %.2f is out of reach: with every layer at --min-bits %d the model compresses %.2fx at most", targetCompression, minBits, maxCompression))
-        }
-        if !(lambda >= 0) || !lambda.isFinite { throw .invalidOption("--lambda must be ≥ 0 (got \(lambda))") }
-        if !(0...1).contains(pruneThreshold) { throw .invalidOption("--prune-threshold must be in [0, 1] (got \(pruneThreshold))") }
-        if !(pruneIntervalEpochs > 0) || !pruneIntervalEpochs.isFinite {
-            throw .invalidOption("--prune-interval must be a positive number of epochs (got \(pruneIntervalEpochs))")
-        }
-        if !(deadlineFraction > 0 && deadlineFraction <= 1) { throw .invalidOption("--prune-deadline must be in (0, 1] (got \(deadlineFraction))") }
+        try validateBitPlanes(initialBits: initialBits, method: "bsq")
+        try validateSchedule(maxCompression: maxCompression, pruneThreshold: pruneThreshold)
     }
 }
 
@@ -81,7 +61,7 @@ public struct BSQOptions: Codable, Sendable, Equatable {
 /// `<layer>.bsq.scale`) and, in the method state, the precisions (key `precisions`), each layer's
 /// lowest active plane, phase, events and interval count, so `--resume` continues bit-identically.
 /// Not `scheme`: `msq export` would read that as RoundClamp codes; it refuses BSQ checkpoints.
-public final class BSQTraining: TrainingMethod {
+public final class BSQTraining: TrainingMethod, BitPlaneMethod {
     /// The run's options.
     public let options: BSQOptions
     /// The quantized layers' paths, in walk order.
@@ -97,7 +77,7 @@ public final class BSQTraining: TrainingMethod {
     let activationBits: Int?
     let activationExcluded: [String]
 
-    struct State: Codable {
+    struct State: Codable, BitPlaneProgress {
         var precisions: QuantizationScheme
         var lowestPlanes: [Int]
         var phase: String = "pruning"
@@ -114,15 +94,14 @@ public final class BSQTraining: TrainingMethod {
     /// `activationBits` with PACT). Build the method before the ``Trainer``: its optimizer must see
     /// the planes. Nothing changes on a throw.
     public init(model: any Module, options: BSQOptions, activationBits: Int? = nil) throws {
-        let layers = try baselineLayers(of: model, method: "bsq")
+        let (layers, excluded) = try attachBitLevelBaseline(to: model, method: "bsq", options: options,
+                                                            activationBits: activationBits)
         let counts = layers.map(\.count)
-        try options.validate(maxCompression: LSBPruningScheduler.compression(counts: counts, bits: counts.map { _ in options.minBits }))
-        try validateActivationBits(activationBits)
         self.options = options
         self.paths = layers.map(\.path)
         self.counts = counts
         self.activationBits = activationBits
-        self.activationExcluded = try attachActivationQuantizers(model, bits: activationBits)
+        self.activationExcluded = excluded
         self.quantizers = layers.map { layer in
             BitPlaneQuantizer(weight: layerWeight(of: layer.module)!.value, planes: options.initialBits - 1)
         }
@@ -131,8 +110,8 @@ public final class BSQTraining: TrainingMethod {
         self.scheduler = LSBPruningScheduler(targetCompression: options.targetCompression, threshold: -1,
                                              minBits: options.minBits)
         let bits = quantizers.map(\.bits)
-        self.state = State(precisions: QuantizationScheme(layers: zip(paths, bits).map { .init(path: $0, bits: $1) },
-                                                          activationBits: activationBits, activationExcluded: activationExcluded),
+        self.state = State(precisions: precisionScheme(paths: paths, bits: bits, activationBits: activationBits,
+                                                       activationExcluded: activationExcluded),
                            lowestPlanes: quantizers.map(\.lowestPlane),
                            initialStoredBits: storedBits(counts: counts, bits: bits))
     }
@@ -150,24 +129,13 @@ public final class BSQTraining: TrainingMethod {
     /// `conv1:9 layer1.0.conv1:4 …`.
     public var bitScheme: String { bitSchemeLine(paths: paths, bits: bits) }
 
-    var intervalSteps: Int { max(1, Int((options.pruneIntervalEpochs * Double(plan.stepsPerEpoch)).rounded())) }
-    /// The last interval boundary at or before `deadlineFraction` of training (at least one
-    /// interval), as for MSQ: the deadline is itself a requantization interval.
-    var deadlineStep: Int {
-        let raw = max(1, Int((options.deadlineFraction * Double(plan.totalSteps)).rounded()))
-        return max(intervalSteps, raw / intervalSteps * intervalSteps)
-    }
-
-    var currentScheme: QuantizationScheme {
-        QuantizationScheme(layers: zip(paths, bits).map { .init(path: $0, bits: $1) },
-                           activationBits: activationBits, activationExcluded: activationExcluded)
-    }
+    /// Interval and deadline steps of the current plan, as for MSQ: the deadline is itself a
+    /// requantization interval.
+    var pace: PruningPace { PruningPace(options: options, plan: plan) }
 
     public func prepare(model: Module, plan: TrainingPlan) throws {
         self.plan = plan
-        if deadlineStep > plan.totalSteps {
-            throw TrainingError.invalidOption(String(format: "--prune-interval %g epochs (%d steps) is longer than the whole run (%d steps): no requantization interval would happen; use a shorter interval", options.pruneIntervalEpochs, intervalSteps, plan.totalSteps))
-        }
+        try pace.checkFits(plan, intervalEpochs: options.pruneIntervalEpochs, what: "requantization")
         // Active planes come from the state (restored from a checkpoint, or the initial one).
         for (i, q) in quantizers.enumerated() {
             q.configure(lowestPlane: state.lowestPlanes[i], planeCount: state.precisions.layers[i].bits - 1)
@@ -177,7 +145,7 @@ public final class BSQTraining: TrainingMethod {
                             paths.count, regularizer.totalCount, options.initialBits - 1,
                             regularizer.totalCount * (options.initialBits - 1),
                             meanBits(counts: counts, bits: bits), compression, options.targetCompression,
-                            32 / (32 / options.targetCompression - 1), intervalSteps, deadlineStep, plan.totalSteps,
+                            32 / (32 / options.targetCompression - 1), pace.intervalSteps, pace.deadlineStep, plan.totalSteps,
                             regularizer.lambda, options.pruneThreshold))
         }
     }
@@ -187,7 +155,7 @@ public final class BSQTraining: TrainingMethod {
         guard !isFinetuning else { return 0 }
         let r = regularizer.apply()
         let done = step + 1
-        if done % intervalSteps == 0 {
+        if done % pace.intervalSteps == 0 {
             interval(stepsDone: done)
         }
         return regularizer.lambda * r
@@ -219,9 +187,9 @@ public final class BSQTraining: TrainingMethod {
             }
         }
         // Pacing towards the target (forced LSB removals, lowest LSB nonzero rate first).
-        let deadline = stepsDone >= deadlineStep
-        let pace = min(1, Double(stepsDone) / Double(deadlineStep))
-        let budget = state.initialStoredBits - (state.initialStoredBits - scheduler.targetBits(counts: counts)) * pace
+        let deadline = pace.isDeadline(stepsDone)
+        let budget = pace.budget(stepsDone: stepsDone, initialBits: state.initialStoredBits,
+                                 targetBits: scheduler.targetBits(counts: counts))
         let status = quantizers.indices.map { i in
             PruningLayerStatus(path: paths[i], count: counts[i], bits: quantizers[i].bits,
                                nonzeroRate: quantizers[i].planeNonzeroRates().first ?? 0, k: 1)
@@ -299,25 +267,6 @@ public final class BSQTraining: TrainingMethod {
     }
 
     public func summaryFields() -> [String: Any] {
-        var fields = precisionSummary(paths: paths, counts: counts, bits: bits)
-        fields["weight_quantizer"] = "bsq"
-        fields["target_compression"] = options.targetCompression
-        fields["bit_planes_allocated"] = options.initialBits - 1
-        fields["pruning_events"] = state.events.map(\.summaryObject)
-        fields["forced_prunings"] = state.events.filter(\.decision.forced).count
-        fields["pruning_intervals"] = state.intervals
-        fields["final_lambda"] = regularizer.lambda
-        fields["hessian"] = false
-        fields["hessian_estimates"] = 0
-        fields["hessian_probes_total"] = 0
-        fields["hessian_seconds"] = 0.0
-        fields["activation_bits"] = activationBits ?? 32
-        if let s = state.finalPhaseStartStep {
-            fields["final_phase_start_step"] = s
-            fields["final_phase_start_epoch"] = Double(s) / Double(plan.stepsPerEpoch)
-        } else {
-            fields["final_phase_start_epoch"] = NSNull()
-        }
-        return fields
+        bitPlaneSummary(weightQuantizer: "bsq", planes: options.initialBits - 1, finalLambda: regularizer.lambda)
     }
 }

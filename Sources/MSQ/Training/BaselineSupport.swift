@@ -36,6 +36,67 @@ func attachActivationQuantizers(_ model: any Module, bits: Int?) throws -> [Stri
     return excluded.sorted()
 }
 
+/// The conv/linear layers of a bit-plane baseline (BSQ, CSQ) after checking `options` against them
+/// and `activationBits`, with PACT input quantizers attached (the returned paths are the ones left
+/// float). Everything is checked before anything is attached, so nothing changes on a throw.
+func attachBitLevelBaseline(to model: any Module, method: String, options: some PruningScheduleOptions,
+                            activationBits: Int?) throws -> (layers: [(path: String, module: any Module, count: Int)],
+                                                             activationExcluded: [String]) {
+    let layers = try baselineLayers(of: model, method: method)
+    try options.validate(maxCompression: options.maxCompression(counts: layers.map(\.count)))
+    try validateActivationBits(activationBits)
+    return (layers, try attachActivationQuantizers(model, bits: activationBits))
+}
+
+/// A baseline's precision table over `paths` (what its checkpoint stores as `precisions`).
+func precisionScheme(paths: [String], bits: [Int], activationBits: Int?, activationExcluded: [String]) -> QuantizationScheme {
+    QuantizationScheme(layers: zip(paths, bits).map { .init(path: $0, bits: $1) },
+                       activationBits: activationBits, activationExcluded: activationExcluded)
+}
+
+/// The checkpointed progress BSQ's and CSQ's method states share (the same JSON keys in both).
+protocol BitPlaneProgress {
+    var events: [BitPlaneEvent] { get }
+    var finalPhaseStartStep: Int? { get }
+    var intervals: Int { get }
+}
+
+/// What the bit-plane baselines (``BSQTraining``, ``CSQTraining``) share to report a run: the
+/// precisions of the conv/linear layers in walk order and the progress in their state.
+protocol BitPlaneMethod: AnyObject {
+    associatedtype Options: PruningScheduleOptions
+    associatedtype State: BitPlaneProgress
+    var options: Options { get }
+    var paths: [String] { get }
+    var counts: [Int] { get }
+    var bits: [Int] { get }
+    var activationBits: Int? { get }
+    var activationExcluded: [String] { get }
+    var plan: TrainingPlan { get }
+    var state: State { get }
+}
+
+extension BitPlaneMethod {
+    /// The current precision table (what the checkpoint stores as `precisions`).
+    var currentScheme: QuantizationScheme {
+        precisionScheme(paths: paths, bits: bits, activationBits: activationBits, activationExcluded: activationExcluded)
+    }
+
+    /// ``pruningRunSummary(paths:counts:bits:targetCompression:events:forcedPrunings:intervals:finalLambda:hessian:activationBits:finalPhaseStartStep:stepsPerEpoch:)``
+    /// for this run (no Hessian) with `weight_quantizer` and `bit_planes_allocated` (planes per weight).
+    func bitPlaneSummary(weightQuantizer: String, planes: Int, finalLambda: Double) -> [String: Any] {
+        var fields = pruningRunSummary(paths: paths, counts: counts, bits: bits, targetCompression: options.targetCompression,
+                                       events: state.events.map(\.summaryObject),
+                                       forcedPrunings: state.events.filter(\.decision.forced).count,
+                                       intervals: state.intervals, finalLambda: finalLambda,
+                                       activationBits: activationBits, finalPhaseStartStep: state.finalPhaseStartStep,
+                                       stepsPerEpoch: plan.stepsPerEpoch)
+        fields["weight_quantizer"] = weightQuantizer
+        fields["bit_planes_allocated"] = planes
+        return fields
+    }
+}
+
 /// Checks --act-bits for a baseline before anything is attached.
 func validateActivationBits(_ bits: Int?) throws(TrainingError) {
     if let a = bits, !msqBitRange.contains(a) { throw .invalidOption("--act-bits must be in 2...16 (got \(a))") }
@@ -101,9 +162,7 @@ public struct BitPlaneEvent: Codable, Sendable, Equatable {
 
     /// The event as a `summary.json` object, with MSQ's keys plus `plane`.
     var summaryObject: [String: Any] {
-        ["step": step, "epoch": epoch, "layer": decision.path, "from_bits": decision.fromBits,
-         "to_bits": decision.toBits, "nonzero_rate": decision.nonzeroRate, "forced": decision.forced,
-         "plane": plane]
+        pruningEventObject(step: step, epoch: epoch, decision: decision).merging(["plane": plane]) { _, new in new }
     }
 }
 

@@ -1,7 +1,7 @@
 import Foundation
 
 /// The options of a CSQ run (MSQ-SPEC §7); CLI names in brackets, the rest library-only.
-public struct CSQOptions: Codable, Sendable, Equatable {
+public struct CSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
     /// Target compression C, sign counted (as MSQ's) [--target-compression].
     public var targetCompression: Double
     /// Starting (and largest) precision P0 + 1, sign included [--weight-bits]: 9 = 8 bit planes
@@ -29,35 +29,16 @@ public struct CSQOptions: Codable, Sendable, Equatable {
 
     /// The options as name → value, for the run fingerprint.
     public var identity: [String: String] {
-        [
-            "csq.target_compression": String(targetCompression), "csq.weight_bits": String(initialBits),
-            "csq.lambda": String(lambda), "csq.prune_interval": String(pruneIntervalEpochs),
-            "csq.prune_deadline": String(deadlineFraction), "csq.min_bits": String(minBits),
-            "csq.final_temperature": String(finalTemperature), "csq.bit_logit_init": String(bitLogitInit),
-            "csq.mask_logit_init": String(maskLogitInit),
-        ]
+        scheduleIdentity(prefix: "csq").merging([
+            "csq.weight_bits": String(initialBits), "csq.final_temperature": String(finalTemperature),
+            "csq.bit_logit_init": String(bitLogitInit), "csq.mask_logit_init": String(maskLogitInit),
+        ]) { shared, _ in shared }
     }
 
     /// Checks ranges a user can get wrong; `maxCompression` is the model's C with every layer at --min-bits.
     public func validate(maxCompression: Double) throws(TrainingError) {
-        if !(2...16).contains(initialBits) {
-            throw .invalidOption("--weight-bits must be in 2...16 for --method csq (bit planes + sign; got \(initialBits))")
-        }
-        if !(2...16).contains(minBits) { throw .invalidOption("--min-bits must be in 2...16 (got \(minBits))") }
-        if minBits > initialBits {
-            throw .invalidOption("--min-bits \(minBits) is above the starting precision --weight-bits \(initialBits)")
-        }
-        if !(targetCompression > 1) || !targetCompression.isFinite {
-            throw .invalidOption("--target-compression must be a number above 1 (got \(targetCompression))")
-        }
-        if targetCompression > maxCompression + 1e-9 {
-            throw .invalidOption(String(format: "--target-compression %.2f is out of reach: with every layer at --min-bits %d the model compresses %.2fx at most", targetCompression, minBits, maxCompression))
-        }
-        if !(lambda >= 0) || !lambda.isFinite { throw .invalidOption("--lambda must be ≥ 0 (got \(lambda))") }
-        if !(pruneIntervalEpochs > 0) || !pruneIntervalEpochs.isFinite {
-            throw .invalidOption("--prune-interval must be a positive number of epochs (got \(pruneIntervalEpochs))")
-        }
-        if !(deadlineFraction > 0 && deadlineFraction <= 1) { throw .invalidOption("--prune-deadline must be in (0, 1] (got \(deadlineFraction))") }
+        try validateBitPlanes(initialBits: initialBits, method: "csq")
+        try validateSchedule(maxCompression: maxCompression, pruneThreshold: nil)
         if !(finalTemperature >= 1) || !finalTemperature.isFinite { throw .invalidOption("CSQ final temperature must be ≥ 1 (got \(finalTemperature))") }
         if !(bitLogitInit > 0) || !maskLogitInit.isFinite || !bitLogitInit.isFinite {
             throw .invalidOption("CSQ initial logits must be finite, the bit logit positive")
@@ -87,7 +68,7 @@ public struct CSQOptions: Codable, Sendable, Equatable {
 /// The checkpoint carries the logits and scales as parameters (`<layer>.csq.*`) and, in the method
 /// state, the step count (β is a function of it), phase, hard masks, precisions (`precisions`, not
 /// `scheme`: `msq export` refuses CSQ checkpoints) and events.
-public final class CSQTraining: TrainingMethod {
+public final class CSQTraining: TrainingMethod, BitPlaneMethod {
     /// The run's options.
     public let options: CSQOptions
     /// The quantized layers' paths, in walk order.
@@ -99,7 +80,7 @@ public final class CSQTraining: TrainingMethod {
     let activationBits: Int?
     let activationExcluded: [String]
 
-    struct State: Codable {
+    struct State: Codable, BitPlaneProgress {
         var precisions: QuantizationScheme
         var phase: String = "search"
         var stepsDone: Int = 0
@@ -116,23 +97,21 @@ public final class CSQTraining: TrainingMethod {
     /// it (and quantizes the layer inputs, except the network input, to `activationBits` with PACT).
     /// Build the method before the ``Trainer``. Nothing changes on a throw.
     public init(model: any Module, options: CSQOptions, activationBits: Int? = nil) throws {
-        let layers = try baselineLayers(of: model, method: "csq")
-        let counts = layers.map(\.count)
-        try options.validate(maxCompression: LSBPruningScheduler.compression(counts: counts, bits: counts.map { _ in options.minBits }))
-        try validateActivationBits(activationBits)
+        let (layers, excluded) = try attachBitLevelBaseline(to: model, method: "csq", options: options,
+                                                            activationBits: activationBits)
         self.options = options
         self.paths = layers.map(\.path)
-        self.counts = counts
+        self.counts = layers.map(\.count)
         self.activationBits = activationBits
-        self.activationExcluded = try attachActivationQuantizers(model, bits: activationBits)
+        self.activationExcluded = excluded
         self.quantizers = layers.map { layer in
             CSQQuantizer(weight: layerWeight(of: layer.module)!.value, planes: options.initialBits - 1,
                          bitLogit: Float(options.bitLogitInit), maskLogit: Float(options.maskLogitInit))
         }
         for (layer, q) in zip(layers, quantizers) { attachWeightTransform(q, to: layer.module) }
         let bits = quantizers.map(\.bits)
-        self.state = State(precisions: QuantizationScheme(layers: zip(paths, bits).map { .init(path: $0, bits: $1) },
-                                                          activationBits: activationBits, activationExcluded: activationExcluded))
+        self.state = State(precisions: precisionScheme(paths: paths, bits: bits, activationBits: activationBits,
+                                                       activationExcluded: activationExcluded))
     }
 
     public var name: String { "csq" }
@@ -152,7 +131,9 @@ public final class CSQTraining: TrainingMethod {
     /// P0.
     var planes: Int { options.initialBits - 1 }
 
-    var intervalSteps: Int { max(1, Int((options.pruneIntervalEpochs * Double(plan.stepsPerEpoch)).rounded())) }
+    var intervalSteps: Int { PruningPace.intervalSteps(epochs: options.pruneIntervalEpochs, plan: plan) }
+    /// Not aligned to an interval as MSQ's and BSQ's: CSQ's intervals only print status, the
+    /// deadline ends β's annealing.
     var deadlineStep: Int { max(1, Int((options.deadlineFraction * Double(plan.totalSteps)).rounded())) }
 
     /// β after `stepsDone` steps: β_final^(min(1, stepsDone / t_s)).
@@ -168,11 +149,6 @@ public final class CSQTraining: TrainingMethod {
 
     /// ρ* = (32 / C_target − 1) / P0.
     public var targetBitRatio: Double { (32 / options.targetCompression - 1) / Double(planes) }
-
-    var currentScheme: QuantizationScheme {
-        QuantizationScheme(layers: zip(paths, bits).map { .init(path: $0, bits: $1) },
-                           activationBits: activationBits, activationExcluded: activationExcluded)
-    }
 
     public func prepare(model: Module, plan: TrainingPlan) throws {
         self.plan = plan
@@ -321,26 +297,8 @@ public final class CSQTraining: TrainingMethod {
     }
 
     public func summaryFields() -> [String: Any] {
-        var fields = precisionSummary(paths: paths, counts: counts, bits: bits)
-        fields["weight_quantizer"] = "csq"
-        fields["target_compression"] = options.targetCompression
-        fields["bit_planes_allocated"] = planes
-        fields["pruning_events"] = state.events.map(\.summaryObject)
-        fields["forced_prunings"] = state.events.filter(\.decision.forced).count
-        fields["pruning_intervals"] = state.intervals
-        fields["final_lambda"] = options.lambda
+        var fields = bitPlaneSummary(weightQuantizer: "csq", planes: planes, finalLambda: options.lambda)
         fields["final_temperature"] = Double(quantizers.first?.beta ?? 1)
-        fields["hessian"] = false
-        fields["hessian_estimates"] = 0
-        fields["hessian_probes_total"] = 0
-        fields["hessian_seconds"] = 0.0
-        fields["activation_bits"] = activationBits ?? 32
-        if let s = state.finalPhaseStartStep {
-            fields["final_phase_start_step"] = s
-            fields["final_phase_start_epoch"] = Double(s) / Double(plan.stepsPerEpoch)
-        } else {
-            fields["final_phase_start_epoch"] = NSNull()
-        }
         return fields
     }
 }

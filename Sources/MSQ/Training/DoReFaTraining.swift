@@ -74,8 +74,7 @@ public final class DoReFaTraining: TrainingMethod {
 
     /// The precision table (every layer at k bits).
     public var scheme: QuantizationScheme {
-        QuantizationScheme(layers: zip(paths, bits).map { .init(path: $0, bits: $1) },
-                           activationBits: activationBits, activationExcluded: activationExcluded)
+        precisionScheme(paths: paths, bits: bits, activationBits: activationBits, activationExcluded: activationExcluded)
     }
 
     public func prepare(model: Module, plan: TrainingPlan) throws {

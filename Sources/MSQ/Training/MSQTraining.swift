@@ -1,7 +1,7 @@
 import Foundation
 
 /// The options of an MSQ run (MSQ-SPEC §2–4); CLI names in brackets.
-public struct MSQOptions: Codable, Sendable, Equatable {
+public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
     /// Target compression C, sign counted [--target-compression]. 10.67 = 3 bits average = the paper's "16x".
     public var targetCompression: Double
     /// λ, the weight of the LSB regulariser in L = L_task + λ·R [--lambda]. Default from a sweep
@@ -35,28 +35,16 @@ public struct MSQOptions: Codable, Sendable, Equatable {
 
     /// The options as name → value, for the run fingerprint (a resumed run must match them).
     public var identity: [String: String] {
-        [
-            "msq.target_compression": String(targetCompression), "msq.lambda": String(lambda),
-            "msq.prune_threshold": String(pruneThreshold), "msq.prune_interval": String(pruneIntervalEpochs),
-            "msq.prune_deadline": String(deadlineFraction), "msq.min_bits": String(minBits),
-            "msq.hessian": String(hessian), "msq.hessian_batch": String(hessianBatch),
-            "msq.hessian_probes": String(hessianProbes), "msq.hessian_tolerance": String(hessianTolerance),
-            "msq.lambda_growth": String(lambdaGrowth),
-        ]
+        scheduleIdentity(prefix: "msq").merging([
+            "msq.prune_threshold": String(pruneThreshold), "msq.hessian": String(hessian),
+            "msq.hessian_batch": String(hessianBatch), "msq.hessian_probes": String(hessianProbes),
+            "msq.hessian_tolerance": String(hessianTolerance), "msq.lambda_growth": String(lambdaGrowth),
+        ]) { shared, _ in shared }
     }
 
     /// Checks ranges a user can get wrong; `layerCount`/`maxCompression` come from the model.
     public func validate(maxCompression: Double) throws(TrainingError) {
-        if !(targetCompression > 1) || !targetCompression.isFinite {
-            throw .invalidOption("--target-compression must be a number above 1 (got \(targetCompression))")
-        }
-        if targetCompression > maxCompression + 1e-9 {
-            throw .invalidOption(String(format: "--target-compression %.2f is out of reach: with every layer at --min-bits %d the model compresses %.2fx at most", targetCompression, minBits, maxCompression))
-        }
-        if !(lambda >= 0) || !lambda.isFinite { throw .invalidOption("--lambda must be ≥ 0 (got \(lambda))") }
-        if !(0...1).contains(pruneThreshold) { throw .invalidOption("--prune-threshold must be in [0, 1] (got \(pruneThreshold))") }
-        if !(pruneIntervalEpochs > 0) || !pruneIntervalEpochs.isFinite { throw .invalidOption("--prune-interval must be a positive number of epochs (got \(pruneIntervalEpochs))") }
-        if !(deadlineFraction > 0 && deadlineFraction <= 1) { throw .invalidOption("--prune-deadline must be in (0, 1] (got \(deadlineFraction))") }
+        try validateSchedule(maxCompression: maxCompression, pruneThreshold: pruneThreshold)
         if !msqBitRange.contains(minBits) { throw .invalidOption("--min-bits must be in 2...16 (got \(minBits))") }
         if hessianBatch < 1 { throw .invalidOption("--hessian-batch must be at least 1 (got \(hessianBatch))") }
         if hessianProbes < 1 { throw .invalidOption("--hessian-probes must be at least 1 (got \(hessianProbes))") }
@@ -118,8 +106,7 @@ public final class MSQTraining: TrainingMethod {
     public init(layers: [QuantizedLayer], options: MSQOptions, calibration: (images: Tensor, labels: [Int32])?,
                 activationBits: Int? = nil, activationExcluded: [String] = [], seed: UInt64) throws {
         let counts = layers.map(\.count)
-        let maxC = LSBPruningScheduler.compression(counts: counts, bits: counts.map { _ in options.minBits })
-        try options.validate(maxCompression: maxC)
+        try options.validate(maxCompression: options.maxCompression(counts: counts))
         if options.hessian && calibration == nil {
             throw TrainingError.invalidOption("--hessian on needs a calibration batch")
         }
@@ -145,20 +132,12 @@ public final class MSQTraining: TrainingMethod {
     /// Every precision change so far.
     public var events: [PruningEvent] { state.events }
 
-    var intervalSteps: Int { max(1, Int((options.pruneIntervalEpochs * Double(plan.stepsPerEpoch)).rounded())) }
-    /// The last interval boundary at or before `deadlineFraction` of training (at least one
-    /// interval): the deadline is itself a pruning interval, so the target is met there in one
-    /// decision rather than by an extra interval a few steps after the previous one.
-    var deadlineStep: Int {
-        let raw = max(1, Int((options.deadlineFraction * Double(plan.totalSteps)).rounded()))
-        return max(intervalSteps, raw / intervalSteps * intervalSteps)
-    }
+    /// Interval and deadline steps of the current plan (the deadline is itself a pruning interval).
+    var pace: PruningPace { PruningPace(options: options, plan: plan) }
 
     public func prepare(model: Module, plan: TrainingPlan) throws {
         self.plan = plan
-        if deadlineStep > plan.totalSteps {
-            throw TrainingError.invalidOption(String(format: "--prune-interval %g epochs (%d steps) is longer than the whole run (%d steps): no pruning interval would happen; use a shorter interval", options.pruneIntervalEpochs, intervalSteps, plan.totalSteps))
-        }
+        try pace.checkFits(plan, intervalEpochs: options.pruneIntervalEpochs, what: "pruning")
         // Precisions come from the state (restored from a checkpoint, or the initial scheme).
         let bitsByPath = Dictionary(uniqueKeysWithValues: state.scheme.layers.map { ($0.path, $0.bits) })
         for layer in layers {
@@ -173,7 +152,7 @@ public final class MSQTraining: TrainingMethod {
             plan.log(String(format: "msq: %d quantized layers, %d weights, start %.2f bits (C %.2fx); target C %.2fx (paper %.2fx); prune every %d steps, deadline step %d of %d; λ %g, τ %g, Hessian %@",
                             layers.count, regularizer.totalCount, averageWeightBits(layers), compressionRatio(layers),
                             options.targetCompression, 32 / (32 / options.targetCompression - 1),
-                            intervalSteps, deadlineStep, plan.totalSteps, state.lambda, options.pruneThreshold,
+                            pace.intervalSteps, pace.deadlineStep, plan.totalSteps, state.lambda, options.pruneThreshold,
                             options.hessian ? "on" : "off"))
         }
     }
@@ -182,7 +161,7 @@ public final class MSQTraining: TrainingMethod {
         guard !isFinetuning else { return 0 }
         let report = regularizer.apply()
         let done = step + 1
-        if done % intervalSteps == 0 || done == deadlineStep {
+        if done % pace.intervalSteps == 0 || done == pace.deadlineStep {
             try pruningInterval(model: model, stepsDone: done, report: report)
         }
         return regularizer.lambda * report.regularizer
@@ -223,9 +202,9 @@ public final class MSQTraining: TrainingMethod {
             PruningLayerStatus(path: layers[i].path, count: counts[i], bits: layers[i].bits,
                                nonzeroRate: measured.layers[i].nonzeroRate, k: regularizer.effectiveK(i))
         }
-        let deadline = stepsDone >= deadlineStep
-        let pace = min(1, Double(stepsDone) / Double(deadlineStep))
-        let budget = state.initialBits - (state.initialBits - scheduler.targetBits(counts: counts)) * pace
+        let deadline = pace.isDeadline(stepsDone)
+        let budget = pace.budget(stepsDone: stepsDone, initialBits: state.initialBits,
+                                 targetBits: scheduler.targetBits(counts: counts))
         let decisions = scheduler.decide(status, budgetBits: budget, deadline: deadline)
         let before = layers.map(\.bits)
         for d in decisions {
@@ -319,53 +298,27 @@ public final class MSQTraining: TrainingMethod {
                                           activationExcluded: activationExcluded)
         state.k = regularizer.k
         state.lambda = regularizer.lambda
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return String(decoding: try encoder.encode(state), as: UTF8.self)
+        return try encodeMethodState(state)
     }
 
     public func restoreState(_ json: String) throws {
-        do {
-            let restored = try JSONDecoder().decode(State.self, from: Data(json.utf8))
-            guard restored.scheme.layers.map(\.path) == layers.map(\.path), restored.k.count == layers.count else {
-                throw CheckpointError.mismatch(path: "method state", reason: "its quantized layers differ from this model's")
-            }
-            state = restored
-        } catch let error as CheckpointError {
-            throw error
-        } catch {
-            throw CheckpointError.corrupt(path: "method state", reason: "cannot read the MSQ state: \(error)")
+        let restored = try decodeMethodState(State.self, from: json, method: "MSQ")
+        guard restored.scheme.layers.map(\.path) == layers.map(\.path), restored.k.count == layers.count else {
+            throw CheckpointError.mismatch(path: "method state", reason: "its quantized layers differ from this model's")
         }
+        state = restored
     }
 
     public func summaryFields() -> [String: Any] {
-        var fields: [String: Any] = [
-            "compression_ratio": compressionRatio(layers),
-            "compression_ratio_paper": compressionRatioPaper(layers),
-            "average_weight_bits": averageWeightBits(layers),
-            "target_compression": options.targetCompression,
-            "layers": layers.map { ["name": $0.path, "params": $0.count, "bits": $0.bits] as [String: Any] },
-            "bit_scheme": bitScheme,
-            "pruning_events": state.events.map { e -> [String: Any] in
-                ["step": e.step, "epoch": e.epoch, "layer": e.decision.path, "from_bits": e.decision.fromBits,
-                 "to_bits": e.decision.toBits, "nonzero_rate": e.decision.nonzeroRate, "forced": e.decision.forced]
-            },
-            "forced_prunings": state.events.filter(\.decision.forced).count,
-            "pruning_intervals": state.intervals,
-            "final_lambda": regularizer.lambda,
-            "hessian": options.hessian,
-            "hessian_estimates": state.hessianEstimates,
-            "hessian_probes_total": state.hessianProbesUsed,
-            "hessian_seconds": state.hessianSeconds,
-            "activation_bits": activationBits ?? 32,
-        ]
-        if let s = state.finalPhaseStartStep {
-            fields["final_phase_start_step"] = s
-            fields["final_phase_start_epoch"] = Double(s) / Double(plan.stepsPerEpoch)
-        } else {
-            fields["final_phase_start_epoch"] = NSNull()
-        }
-        return fields
+        pruningRunSummary(paths: layers.map(\.path), counts: layers.map(\.count), bits: layers.map(\.bits),
+                          targetCompression: options.targetCompression,
+                          events: state.events.map { pruningEventObject(step: $0.step, epoch: $0.epoch, decision: $0.decision) },
+                          forcedPrunings: state.events.filter(\.decision.forced).count, intervals: state.intervals,
+                          finalLambda: regularizer.lambda,
+                          hessian: HessianSummary(enabled: options.hessian, estimates: state.hessianEstimates,
+                                                  probes: state.hessianProbesUsed, seconds: state.hessianSeconds),
+                          activationBits: activationBits, finalPhaseStartStep: state.finalPhaseStartStep,
+                          stepsPerEpoch: plan.stepsPerEpoch)
     }
 }
 
