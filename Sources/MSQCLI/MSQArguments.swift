@@ -109,7 +109,7 @@ struct MSQArguments: ParsableArguments {
     /// and builds the method.
     func makeMethod(model: any Module, options: MSQOptions, data: LoadedData, seed: UInt64) throws -> MSQTraining {
         let paths = quantizableLayers(of: model).map(\.path)
-        let excluded = actBits == nil ? [] : Array(paths.prefix(1))
+        let excluded = actBits == nil ? [] : defaultActivationExclusions(model).sorted()
         let scheme = QuantizationScheme(layers: paths.map { .init(path: $0, bits: msqWeightBits) },
                                         activationBits: actBits, activationExcluded: excluded)
         let layers = try scheme.apply(to: model)

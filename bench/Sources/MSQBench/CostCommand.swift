@@ -77,7 +77,7 @@ struct CostCommand: ParsableCommand {
         case "msq":
             let paths = quantizableLayers(of: net).map(\.path)
             let scheme = QuantizationScheme(layers: paths.map { .init(path: $0, bits: 8) }, activationBits: actBits,
-                                            activationExcluded: actBits == nil ? [] : Array(paths.prefix(1)))
+                                            activationExcluded: actBits == nil ? [] : defaultActivationExclusions(net).sorted())
             layers = try scheme.apply(to: net)
             regularizer = LSBRegularizer(layers: layers, lambda: 5)
         default:
