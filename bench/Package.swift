@@ -12,7 +12,10 @@ let package = Package(
     ],
     targets: [
         // Direct access to cblas_sgemm, the yardstick every kernel is compared with.
-        .target(name: "CBLASBench", path: "Sources/CBLASBench", linkerSettings: [.linkedLibrary("openblas")]),
+        // OpenMP, so the memcpy yardstick runs on the same thread pool as MSQ's kernels.
+        .target(name: "CBLASBench", path: "Sources/CBLASBench",
+                cSettings: [.unsafeFlags(["-O2", "-fopenmp", "-I/usr/lib/llvm-14/lib/clang/14.0.6/include"])],
+                linkerSettings: [.linkedLibrary("openblas"), .linkedLibrary("omp")]),
         .executableTarget(
             name: "MSQBench",
             dependencies: [

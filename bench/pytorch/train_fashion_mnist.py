@@ -12,8 +12,9 @@ import argparse, gzip, json, math, os, time
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+
+from models import ResNet20
 
 
 def read_idx(path):
@@ -23,49 +24,6 @@ def read_idx(path):
     ndim = magic & 0xFF
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.pad = (cout - cin) // 2 if (stride != 1 or cin != cout) else None
-        self.stride = stride
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        sc = x
-        if self.pad is not None:
-            sc = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad, self.pad))
-        return F.relu(out + sc)
-
-
-class ResNet20(nn.Module):
-    def __init__(self, cin=1, classes=10, n=3):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        layers, inp = [], 16
-        for planes, stride in [(16, 1), (32, 2), (64, 2)]:
-            blocks = []
-            for i in range(n):
-                blocks.append(Block(inp, planes, stride if i == 0 else 1))
-                inp = planes
-            layers.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = layers
-        self.fc = nn.Linear(64, classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
 def augment(x, pad, flip, gen):

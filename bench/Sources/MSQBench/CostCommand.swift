@@ -3,7 +3,7 @@ import CKernels
 import Foundation
 import MSQ
 
-/// The methods `msq-bench cost` accepts, in table order. `fp` and `msq` are built in this file;
+/// The methods `msq-bench cost` accepts, in table order. `fp` and `msq` are built in TrainingStepHarness.swift;
 /// the others come from the MSQ library (see ``makeLibraryMethod(_:model:targetCompression:)``).
 enum BenchMethods {
     static let local = ["fp", "msq"]
@@ -64,65 +64,28 @@ struct CostCommand: ParsableCommand {
     func run() throws {
         let kind = ModelKind(rawValue: model)!
         msq_set_num_threads(Int32(threads))
-        let side = kind == .resnet20 ? 32 : 224
-        let net = makeModel(kind, inputChannels: 3, numClasses: 10, seed: 0)
-        // The method changes the model (quantizers, extra parameters) before the optimizer collects
-        // its parameters, as in `msq train`.
-        var regularizer: LSBRegularizer? = nil
-        var layers: [QuantizedLayer] = []
-        var libraryMethod: TrainingMethod? = nil
-        switch method {
-        case "fp":
-            break
-        case "msq":
-            let paths = quantizableLayers(of: net).map(\.path)
-            let scheme = QuantizationScheme(layers: paths.map { .init(path: $0, bits: 8) }, activationBits: actBits,
-                                            activationExcluded: actBits == nil ? [] : defaultActivationExclusions(net).sorted())
-            layers = try scheme.apply(to: net)
-            regularizer = LSBRegularizer(layers: layers, lambda: 5)
-        default:
-            let m = try makeLibraryMethod(method, model: net, targetCompression: targetCompression)
-            // A long run's plan, so the timed steps are ordinary early steps of the method.
-            try m.prepare(model: net, plan: TrainingPlan(stepsPerEpoch: warmup + steps, epochs: 100, log: { _ in }))
-            libraryMethod = m
-        }
         var rng = RandomSource(seed: 1)
-        let images = Tensor.randomNormal([batch, 3, side, side], std: 1, using: &rng)
-        let labels = (0..<batch).map { _ in Int32(rng.nextInt(below: 10)) }
-        let sgd = SGD(model: net, momentum: 0.9, weightDecay: 5e-4, nesterov: true)
-        let loss = SoftmaxCrossEntropy()
-        var stepIndex = 0
-        func step() throws {
-            net.zeroGradients()
-            let logits = net.forward(images, mode: .train)
-            _ = try loss.forward(logits: logits, labels: labels)
-            _ = net.backward(loss.backward())
-            regularizer?.apply()
-            if let libraryMethod { _ = try libraryMethod.afterBackward(model: net, epoch: 1, step: stepIndex) }
-            sgd.step(learningRate: 0.01)
-            stepIndex += 1
-        }
-        for _ in 0..<warmup { try step() }
-        let start = Date()
-        for _ in 0..<steps { try step() }
-        let msPerStep = Date().timeIntervalSince(start) * 1000 / Double(steps)
+        let harness = try TrainingStepHarness(model: kind, method: method, batch: batch, actBits: actBits,
+                                              targetCompression: targetCompression, plannedSteps: warmup + steps, rng: &rng)
+        let net = harness.net, side = harness.side
+        let msPerStep = try harness.time(warmup: warmup, steps: steps).mean
         let stepPeakRSS = peakResidentSetBytes()
         var result: [String: Any] = [
             "model": model, "method": method, "batch": batch, "steps": steps, "warmup": warmup,
-            "input": "3x\(side)x\(side)",
+            "input": harness.input,
             "threads": Int(msq_get_num_threads()),
             "trainable_params": net.trainableParameterCount,
             "ms_per_step": msPerStep, "images_per_second": Double(batch) * 1000 / msPerStep,
             "peak_rss_bytes": stepPeakRSS,
         ]
         if let a = actBits { result["act_bits"] = a }
-        if libraryMethod != nil { result["target_compression"] = targetCompression }
+        if harness.libraryMethod != nil { result["target_compression"] = targetCompression }
         var line = "\(model) \(method) batch \(batch): \(fmt(msPerStep)) ms/step, \(fmt(Double(batch) * 1000 / msPerStep)) img/s"
         line += "; peak RSS \(fmt(Double(stepPeakRSS) / 1_048_576)) MiB; \(net.trainableParameterCount) trainable parameters"
         if let probes = hessianProbes {
             let hImages = Tensor.randomNormal([hessianBatch, 3, side, side], std: 1, using: &rng)
             let hLabels = (0..<hessianBatch).map { _ in Int32(rng.nextInt(below: 10)) }
-            let estimator = HutchinsonTrace(model: net, layers: layers, images: hImages, labels: hLabels, seed: 7,
+            let estimator = HutchinsonTrace(model: net, layers: harness.layers, images: hImages, labels: hLabels, seed: 7,
                                             maxProbes: probes, minProbes: probes, relativeTolerance: 0)
             let t0 = Date()
             let estimate = try estimator.estimate()

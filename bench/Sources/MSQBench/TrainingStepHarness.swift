@@ -1,0 +1,110 @@
+import CKernels
+import Foundation
+import MSQ
+
+/// One model, its training method, optimizer and synthetic batch: the training step `cost` and `step` time.
+///
+/// Synthetic data of the model's input shape (3×32×32 for ResNet-20, 3×224×224 for ResNet-18),
+/// 10 classes; SGD momentum 0.9, Nesterov, weight decay 5e-4, lr 0.01. Set the kernel thread count
+/// (`msq_set_num_threads`) before building one.
+final class TrainingStepHarness {
+    /// The model, with the method's quantizers and extra parameters attached.
+    let net: any Module
+    /// Image side: 32 (ResNet-20) or 224 (ResNet-18).
+    let side: Int
+    /// Images per step.
+    let batch: Int
+    /// The quantized layers (msq only; empty otherwise), for the Hessian estimate of `cost`.
+    let layers: [QuantizedLayer]
+    /// The library's method (dorefa, bsq, csq), nil for fp and msq.
+    let libraryMethod: TrainingMethod?
+    private let regularizer: LSBRegularizer?
+    private let images: Tensor
+    private let labels: [Int32]
+    private let sgd: SGD
+    private let loss = SoftmaxCrossEntropy()
+    private var stepIndex = 0
+
+    /// Builds `model` with `method` (one of ``BenchMethods/all``) and draws the batch from `rng`.
+    /// `plannedSteps` sizes the library method's training plan (warm-up + timed steps).
+    init(model kind: ModelKind, method: String, batch: Int, actBits: Int?, targetCompression: Double,
+         plannedSteps: Int, rng: inout RandomSource) throws {
+        side = kind == .resnet20 ? 32 : 224
+        self.batch = batch
+        net = makeModel(kind, inputChannels: 3, numClasses: 10, seed: 0)
+        // The method changes the model (quantizers, extra parameters) before the optimizer collects
+        // its parameters, as in `msq train`.
+        var regularizer: LSBRegularizer? = nil
+        var layers: [QuantizedLayer] = []
+        var libraryMethod: TrainingMethod? = nil
+        switch method {
+        case "fp":
+            break
+        case "msq":
+            let paths = quantizableLayers(of: net).map(\.path)
+            let scheme = QuantizationScheme(layers: paths.map { .init(path: $0, bits: 8) }, activationBits: actBits,
+                                            activationExcluded: actBits == nil ? [] : defaultActivationExclusions(net).sorted())
+            layers = try scheme.apply(to: net)
+            regularizer = LSBRegularizer(layers: layers, lambda: 5)
+        default:
+            let m = try makeLibraryMethod(method, model: net, targetCompression: targetCompression)
+            // A long run's plan, so the timed steps are ordinary early steps of the method.
+            try m.prepare(model: net, plan: TrainingPlan(stepsPerEpoch: plannedSteps, epochs: 100, log: { _ in }))
+            libraryMethod = m
+        }
+        self.regularizer = regularizer
+        self.layers = layers
+        self.libraryMethod = libraryMethod
+        images = Tensor.randomNormal([batch, 3, side, side], std: 1, using: &rng)
+        labels = (0..<batch).map { _ in Int32(rng.nextInt(below: 10)) }
+        sgd = SGD(model: net, momentum: 0.9, weightDecay: 5e-4, nesterov: true)
+    }
+
+    /// The input shape as "3xHxW".
+    var input: String { "3x\(side)x\(side)" }
+
+    /// One training step: forward, loss, backward, the method's extra gradient pass, SGD step.
+    func step() throws {
+        net.zeroGradients()
+        let logits = net.forward(images, mode: .train)
+        _ = try loss.forward(logits: logits, labels: labels)
+        _ = net.backward(loss.backward())
+        regularizer?.apply()
+        if let libraryMethod { _ = try libraryMethod.afterBackward(model: net, epoch: 1, step: stepIndex) }
+        sgd.step(learningRate: 0.01)
+        stepIndex += 1
+    }
+
+    /// Runs `warmup` untimed steps, then `steps` timed ones, each timed on its own.
+    func time(warmup: Int, steps: Int) throws -> StepTimes {
+        for _ in 0..<warmup { try step() }
+        var ms: [Double] = []
+        ms.reserveCapacity(steps)
+        for _ in 0..<steps {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            try step()
+            ms.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+        }
+        return StepTimes(milliseconds: ms)
+    }
+}
+
+/// Wall-clock milliseconds of each timed step, with their mean and median.
+struct StepTimes {
+    /// One entry per timed step, in order.
+    var milliseconds: [Double]
+
+    /// Mean ms/step (total time / steps).
+    var mean: Double { milliseconds.reduce(0, +) / Double(max(milliseconds.count, 1)) }
+
+    /// Median ms/step: robust to the odd step a busy machine slows down.
+    var median: Double { medianOf(milliseconds) }
+}
+
+/// The median of `values` (mean of the middle two for an even count; 0 when empty).
+func medianOf(_ values: [Double]) -> Double {
+    guard !values.isEmpty else { return 0 }
+    let s = values.sorted()
+    let mid = s.count / 2
+    return s.count % 2 == 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2
+}

@@ -1,0 +1,102 @@
+"""Models shared by the PyTorch peers of msq-bench: CIFAR ResNet-20 and ImageNet ResNet-18.
+
+Both match MSQ's (Sources/MSQ/Models): ResNet-20 with option-A (zero-padding) shortcuts, ResNet-18 in
+torchvision's layout, written out here so torchvision is not needed. Convolutions are bias-free and
+Kaiming-normal (fan-out) initialised, BN starts at gamma = 1, beta = 0, the classifier has a bias.
+"""
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def kaiming_init(model):
+    """Kaiming-normal (fan-out, ReLU) init of every conv, as MSQ's Conv2d and torchvision."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+class Block(nn.Module):
+    """CIFAR basic block; a shape-changing shortcut subsamples and zero-pads channels (option A)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.pad = (cout - cin) // 2 if (stride != 1 or cin != cout) else None
+        self.stride = stride
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        sc = x
+        if self.pad is not None:
+            sc = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad, self.pad))
+        return F.relu(out + sc)
+
+
+class ResNet20(nn.Module):
+    """CIFAR ResNet-20 (3 stages of n = 3 blocks, widths 16, 32, 64) for `cin`-channel images."""
+
+    def __init__(self, cin=1, classes=10, n=3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, inp = [], 16
+        for planes, stride in [(16, 1), (32, 2), (64, 2)]:
+            blocks = []
+            for i in range(n):
+                blocks.append(Block(inp, planes, stride if i == 0 else 1))
+                inp = planes
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.fc = nn.Linear(64, classes)
+        kaiming_init(self)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class BasicBlock(nn.Module):
+    """ImageNet basic block; a shape-changing shortcut is a 1x1 conv + BN projection (`downsample`)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet18(nn.Module):
+    """ImageNet ResNet-18 (torchvision layout): 7x7/2 stem, 3x3/2 max pool, 4 stages of 2 blocks, avg pool, fc."""
+
+    def __init__(self, cin=3, classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        stages, inp = [], 64
+        for s, width in enumerate([64, 128, 256, 512]):
+            stride = 1 if s == 0 else 2
+            stages.append(nn.Sequential(BasicBlock(inp, width, stride), BasicBlock(width, width, 1)))
+            inp = width
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nn.Linear(512, classes)
+        kaiming_init(self)
+
+    def forward(self, x):
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
