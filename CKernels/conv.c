@@ -152,6 +152,14 @@ void msq_conv2d_backward_weight_ref(float *dw, float *dbias, const float *dy, co
 #define MSQ_CONV_BAND_BYTES (256 * 1024)
 #endif
 
+/* Fewest columns per band when the batch allows. Each band's GEMM packs the whole weight
+   matrix [cout_g, kdim] again; with deep layers on small planes (ResNet-18's 512x4608 weights
+   on 7x7 outputs) an L2-sized band is a handful of columns and the GEMM becomes a repacking
+   of the weights. A few hundred columns amortise it; OpenBLAS blocks the larger col itself. */
+#ifndef MSQ_CONV_MIN_COLS
+#define MSQ_CONV_MIN_COLS 384
+#endif
+
 static inline int imin(int a, int b) { return a < b ? a : b; }
 static inline int imax(int a, int b) { return a > b ? a : b; }
 
@@ -183,17 +191,19 @@ static conv_geom conv_geometry(const msq_conv2d_shape *s) {
     G.plane_out = s->h_out * s->w_out;
     const size_t row_bytes = (size_t)G.kdim * s->w_out * sizeof(float);
     const size_t img_bytes = row_bytes * s->h_out;
+    size_t band_bytes = (size_t)G.kdim * MSQ_CONV_MIN_COLS * sizeof(float);
+    if (band_bytes < MSQ_CONV_BAND_BYTES) band_bytes = MSQ_CONV_BAND_BYTES;
     /* Enough bands to keep every thread busy, as far as the batch allows. */
     const int per_thread = (s->n + threads - 1) / threads;
-    if (img_bytes < MSQ_CONV_BAND_BYTES && per_thread > 1) {
-        const int max_imgs = imin(per_thread, (int)(MSQ_CONV_BAND_BYTES / img_bytes));
+    if (img_bytes < band_bytes && per_thread > 1) {
+        const int max_imgs = imin(per_thread, (int)(band_bytes / img_bytes));
         const int nb = (s->n + max_imgs - 1) / max_imgs;
         G.imgs = (s->n + nb - 1) / nb; /* equal bands: a short last one is a skinny GEMM */
         G.band_rows = s->h_out;
         G.row_bands = 1;
         G.bands = (s->n + G.imgs - 1) / G.imgs;
     } else {
-        int max_rows = imin(s->h_out, imax(1, (int)(MSQ_CONV_BAND_BYTES / row_bytes)));
+        int max_rows = imin(s->h_out, imax(1, (int)(band_bytes / row_bytes)));
         if (s->n < threads) /* a small batch: split images too, so every thread has a band */
             max_rows = imin(max_rows, imax(1, s->h_out / ((threads + s->n - 1) / s->n)));
         G.imgs = 1;

@@ -221,6 +221,9 @@ void msq_sgd_step_ref(float *w, float *momentum_buf, const float *grad, size_t c
 void msq_add_forward(float *y, const float *a, const float *b, size_t count);
 /** dst[i] += src[i]. */
 void msq_accumulate(float *dst, const float *src, size_t count);
+/** dst[i] = value for i < count. */
+void msq_fill(float *dst, float value, size_t count);
+void msq_fill_ref(float *dst, float value, size_t count);
 
 /* ---- quantizers (quant.c) */
 

@@ -95,6 +95,10 @@ private let convCases: [ConvTestCase] = [
     // Expanding 1x1 with one image per band: backward_input takes col2im on a "direct" geometry.
     .init(n: 2, cIn: 2, h: 6, w: 6, cOut: 8, k: 1, stride: 1, pad: 0, groups: 1),
     .init(n: 7, cIn: 6, h: 9, w: 19, cOut: 3, k: 3, stride: 2, pad: 1, groups: 3),
+    // Deep layers (kdim * MSQ_CONV_MIN_COLS floats > 256 KiB): bands sized by the column minimum,
+    // several whole images per band, then rows of one big image.
+    .init(n: 9, cIn: 33, h: 5, w: 7, cOut: 17, k: 3, stride: 1, pad: 1, groups: 1),
+    .init(n: 1, cIn: 33, h: 33, w: 31, cOut: 5, k: 3, stride: 2, pad: 1, groups: 1),
 ]
 
 /// Random inputs for one case; dx/dw/db start nonzero so accumulation is exercised.

@@ -1,3 +1,5 @@
+import CKernels
+
 /// Contiguous, 64-byte aligned Float storage shared by ``Tensor`` values.
 ///
 /// A reference type so that large buffers are never copied by accident; ``Tensor`` adds
@@ -9,13 +11,23 @@ public final class TensorStorage: @unchecked Sendable {
     public let pointer: UnsafeMutablePointer<Float>
 
     /// Allocates `count` elements, zero-filled.
-    public init(count: Int) {
+    public convenience init(count: Int) {
+        self.init(count: count, filledWith: 0)
+    }
+
+    /// Allocates `count` elements, each equal to `value` (filled in parallel for large counts).
+    convenience init(count: Int, filledWith value: Float) {
+        self.init(unfilledCount: count)
+        msq_fill(pointer, value, max(count, 1))
+    }
+
+    /// Allocates `count` elements without writing them, for outputs a kernel overwrites in full.
+    init(unfilledCount count: Int) {
         precondition(count >= 0, "TensorStorage: negative element count \(count)")
         self.count = count
         let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Float>.stride,
                                                    alignment: 64)
         pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
-        pointer.initialize(repeating: 0, count: max(count, 1))
     }
 
     deinit { UnsafeMutableRawPointer(pointer).deallocate() }
@@ -36,8 +48,15 @@ public struct Tensor: @unchecked Sendable {
     public init(shape: [Int], repeating value: Float = 0) {
         precondition(shape.allSatisfy { $0 >= 0 }, "Tensor: negative dimension in \(shape)")
         self.shape = shape
-        storage = TensorStorage(count: shape.reduce(1, *))
-        if value != 0 { storage.pointer.update(repeating: value, count: storage.count) }
+        storage = TensorStorage(count: shape.reduce(1, *), filledWith: value)
+    }
+
+    /// A tensor whose elements are not yet written: only for a kernel's output that it overwrites
+    /// in full (forward passes), never for a gradient a backward kernel accumulates into.
+    init(unfilledShape shape: [Int]) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "Tensor: negative dimension in \(shape)")
+        self.shape = shape
+        storage = TensorStorage(unfilledCount: shape.reduce(1, *))
     }
 
     /// A tensor of the given shape holding `scalars` in row-major order.
@@ -70,7 +89,7 @@ public struct Tensor: @unchecked Sendable {
     }
 
     @usableFromInline mutating func makeUnique() {
-        let copy = TensorStorage(count: storage.count)
+        let copy = TensorStorage(unfilledCount: storage.count)
         copy.pointer.update(from: storage.pointer, count: storage.count)
         storage = copy
     }
@@ -99,7 +118,7 @@ public struct Tensor: @unchecked Sendable {
     /// Sets every element to zero in place.
     public mutating func zero() {
         let n = count
-        withUnsafeMutablePointer { $0.update(repeating: 0, count: n) }
+        withUnsafeMutablePointer { msq_fill($0, 0, n) }
     }
 
     /// Sum of squares of the elements, accumulated in Double.

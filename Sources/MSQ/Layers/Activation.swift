@@ -34,7 +34,7 @@ public final class Activation: Module {
 
     /// `y = act(x)`; caches x.
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
-        var y = Tensor(shape: input.shape)
+        var y = Tensor(unfilledShape: input.shape)
         let n = input.count
         input.withUnsafePointer { x in
             y.withUnsafeMutablePointer { yp in msq_activation_forward(yp, x, n, kind.kernelKind) }

@@ -58,7 +58,7 @@ public final class BatchNorm2d: Module {
         cachedInput = nil
         let (n, hw) = geometry(input.shape)
         let (cn, cc, chw) = (LayerKit.c(n), LayerKit.c(channels), LayerKit.c(hw))
-        var y = Tensor(shape: input.shape)
+        var y = Tensor(unfilledShape: input.shape)
         switch mode {
         case .train:
             LayerKit.require(n * hw > 1,

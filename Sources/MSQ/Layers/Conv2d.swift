@@ -131,7 +131,7 @@ public final class Conv2d: Module {
         let we = effectiveWeight
         LayerKit.require(we.shape == w.shape,
                          "\(layerDescription): weightTransform returned shape \(we.shape), expected \(w.shape)")
-        var y = Tensor(shape: [Int(s.n), Int(s.c_out), Int(s.h_out), Int(s.w_out)])
+        var y = Tensor(unfilledShape: [Int(s.n), Int(s.c_out), Int(s.h_out), Int(s.w_out)])
         let ws = workspace.pointer(bytes: msq_conv2d_workspace_size(&s))
         input.withUnsafePointer { x in
             we.withUnsafePointer { wp in

@@ -23,7 +23,7 @@ enum LayerKit {
     /// `a + b` (same shape).
     static func add(_ a: Tensor, _ b: Tensor, context: @autoclosure () -> String) -> Tensor {
         require(a.shape == b.shape, "\(context()): cannot add \(a.shape) and \(b.shape)")
-        var y = Tensor(shape: a.shape)
+        var y = Tensor(unfilledShape: a.shape)
         let n = a.count
         a.withUnsafePointer { pa in
             b.withUnsafePointer { pb in

@@ -59,7 +59,7 @@ public final class Linear: Module {
         LayerKit.require(we.shape == w.shape,
                          "\(layerDescription): weightTransform returned shape \(we.shape), expected \(w.shape)")
         let n = d[0]
-        var y = Tensor(shape: [n, outFeatures])
+        var y = Tensor(unfilledShape: [n, outFeatures])
         input.withUnsafePointer { x in
             we.withUnsafePointer { wp in
                 LayerKit.withOptionalPointer(bias?.value) { b in

@@ -40,7 +40,7 @@ public final class MaxPool2d: Module {
     /// Window maxima; caches the argmax indices.
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
         var s = poolShape(layerDescription, input.shape, kernelSize: kernelSize, stride: stride, padding: padding)
-        var y = Tensor(shape: outShape(s))
+        var y = Tensor(unfilledShape: outShape(s))
         var argmax = [Int32](repeating: 0, count: y.count)
         input.withUnsafePointer { x in
             y.withUnsafeMutablePointer { yp in
@@ -98,7 +98,7 @@ public final class AvgPool2d: Module {
     /// Window means.
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
         var s = poolShape(layerDescription, input.shape, kernelSize: kernelSize, stride: stride, padding: padding)
-        var y = Tensor(shape: outShape(s))
+        var y = Tensor(unfilledShape: outShape(s))
         input.withUnsafePointer { x in
             y.withUnsafeMutablePointer { yp in msq_avgpool2d_forward(yp, x, &s) }
         }
@@ -136,7 +136,7 @@ public final class GlobalAvgPool2d: Module {
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
         let d = input.shape
         LayerKit.require(d.count == 4 && d[2] * d[3] > 0, "GlobalAvgPool2d: expected input [N, C, H, W], got \(d)")
-        var y = Tensor(shape: [d[0], d[1]])
+        var y = Tensor(unfilledShape: [d[0], d[1]])
         input.withUnsafePointer { x in
             y.withUnsafeMutablePointer { yp in
                 msq_global_avgpool_forward(yp, x, LayerKit.c(d[0]), LayerKit.c(d[1]), LayerKit.c(d[2] * d[3]))

@@ -50,7 +50,7 @@ public final class RoundClampQuantizer: WeightTransform {
         if isBypassed { return weight }
         let s = Self.scale(of: weight)
         lastScale = s
-        var out = Tensor(shape: weight.shape)
+        var out = Tensor(unfilledShape: weight.shape)
         let n = weight.count, b = Int32(bits)
         weight.withUnsafePointer { w in
             out.withUnsafeMutablePointer { q in msq_roundclamp_forward(q, nil, w, n, s, b) }
