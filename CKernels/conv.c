@@ -263,6 +263,7 @@ typedef struct conv_workspace {
     size_t head_floats;  /* flipped weights, shared */
     size_t slice_floats; /* per thread */
     size_t scratch_floats, dw_floats; /* slice = scratch (col + tmp) | dw | dbias */
+    size_t wino_floats;  /* after head, instead of the slices, when Winograd runs */
 } conv_workspace;
 
 static conv_workspace workspace_layout(const msq_conv2d_shape *s) {
@@ -280,13 +281,24 @@ static conv_workspace workspace_layout(const msq_conv2d_shape *s) {
     }
     L.dw_floats = round_floats(wcount);
     L.slice_floats = L.scratch_floats + L.dw_floats + round_floats((size_t)s->c_out);
+    L.wino_floats = 0;
+    if (msq_conv2d_winograd_eligible(s))
+        L.wino_floats = msq_conv2d_winograd_workspace_size(s) / sizeof(float);
+    if (use_transposed(s)) {
+        const msq_conv2d_shape t = transposed_shape(s);
+        if (msq_conv2d_winograd_eligible(&t)) {
+            const size_t tf = msq_conv2d_winograd_workspace_size(&t) / sizeof(float);
+            if (tf > L.wino_floats) L.wino_floats = tf;
+        }
+    }
     return L;
 }
 
 size_t msq_conv2d_workspace_size(const msq_conv2d_shape *s) {
     const conv_workspace L = workspace_layout(s);
     const size_t threads = (size_t)imax(1, omp_get_max_threads());
-    return (L.head_floats + threads * L.slice_floats) * sizeof(float);
+    const size_t body = threads * L.slice_floats > L.wino_floats ? threads * L.slice_floats : L.wino_floats;
+    return (L.head_floats + body) * sizeof(float);
 }
 
 /* Caller's workspace, or a private one sized for the current thread count. */
@@ -587,7 +599,10 @@ void msq_conv2d_forward(float *y, const float *x, const float *w, const float *b
         msq_conv2d_forward_ref(y, x, w, bias, s, NULL);
         return;
     }
-    forward_core(y, x, w, bias, s, ws + L.head_floats, L.slice_floats, 0);
+    if (msq_conv2d_winograd_eligible(s))
+        msq_conv2d_winograd_forward(y, x, w, bias, s, ws + L.head_floats, 0);
+    else
+        forward_core(y, x, w, bias, s, ws + L.head_floats, L.slice_floats, 0);
     free(owned);
 }
 
@@ -636,7 +651,10 @@ void msq_conv2d_backward_input(float *dx, const float *dy, const float *w,
                     for (int k = 0; k < kk; k++) dst[k] = src[kk - 1 - k];
                 }
         const msq_conv2d_shape t = transposed_shape(s);
-        forward_core(dx, dy, wt, NULL, &t, ws + L.head_floats, L.slice_floats, 1);
+        if (msq_conv2d_winograd_eligible(&t))
+            msq_conv2d_winograd_forward(dx, dy, wt, NULL, &t, ws + L.head_floats, 1);
+        else
+            forward_core(dx, dy, wt, NULL, &t, ws + L.head_floats, L.slice_floats, 1);
     } else {
         const conv_geom G = conv_geometry(s);
         const long items = (G.bands / G.row_bands) * s->groups;

@@ -81,6 +81,18 @@ void msq_conv2d_backward_weight(float *dw, float *dbias, const float *dy, const 
 void msq_conv2d_backward_weight_ref(float *dw, float *dbias, const float *dy, const float *x,
                                     const msq_conv2d_shape *s, void *workspace);
 
+/** Winograd F(2x2, 3x3) (winograd.c), which msq_conv2d_forward and the stride-1
+ *  msq_conv2d_backward_input use by themselves where it applies: 3x3 kernels, stride 1, one group,
+ *  at least 64 channels in and out, outputs at least 16 wide (any padding). 1 when s is such a shape. */
+int msq_conv2d_winograd_eligible(const msq_conv2d_shape *s);
+/** Bytes of scratch memory msq_conv2d_winograd_forward needs for shape s. */
+size_t msq_conv2d_winograd_workspace_size(const msq_conv2d_shape *s);
+/** y = conv(x, w) + bias (accumulate == 0; bias may be NULL), or y += conv(x, w) (accumulate != 0,
+ *  bias unused), by F(2x2, 3x3) for an eligible shape. Its reference is msq_conv2d_forward_ref;
+ *  results depend only on the shape and the thread count. workspace may be NULL. */
+void msq_conv2d_winograd_forward(float *y, const float *x, const float *w, const float *bias,
+                                 const msq_conv2d_shape *s, void *workspace, int accumulate);
+
 /* ---------------------------------------------------------------- linear (linear.c) */
 
 /** y[n,out] = x[n,in] * w[out,in]^T + b[out]; b may be NULL. */

@@ -99,6 +99,10 @@ private let convCases: [ConvTestCase] = [
     // several whole images per band, then rows of one big image.
     .init(n: 9, cIn: 33, h: 5, w: 7, cOut: 17, k: 3, stride: 1, pad: 1, groups: 1),
     .init(n: 1, cIn: 33, h: 33, w: 31, cOut: 5, k: 3, stride: 2, pad: 1, groups: 1),
+    // Winograd F(2x2, 3x3) shapes (3x3, stride 1, >= 64 channels, outputs >= 16 wide), forward and
+    // (through the transposed conv) backward input; odd edges and padding 2 (transposed: 0).
+    .init(n: 2, cIn: 64, h: 5, w: 17, cOut: 65, k: 3, stride: 1, pad: 1, groups: 1),
+    .init(n: 1, cIn: 64, h: 7, w: 18, cOut: 64, k: 3, stride: 1, pad: 2, groups: 1),
 ]
 
 /// Random inputs for one case; dx/dw/db start nonzero so accumulation is exercised.
