@@ -25,12 +25,11 @@ public final class TensorStorage: @unchecked Sendable {
     init(unfilledCount count: Int) {
         precondition(count >= 0, "TensorStorage: negative element count \(count)")
         self.count = count
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Float>.stride,
-                                                   alignment: 64)
+        let raw = BufferPool.shared.allocate(bytes: max(count, 1) * MemoryLayout<Float>.stride)
         pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
     }
 
-    deinit { UnsafeMutableRawPointer(pointer).deallocate() }
+    deinit { BufferPool.shared.release(UnsafeMutableRawPointer(pointer), bytes: max(count, 1) * MemoryLayout<Float>.stride) }
 }
 
 /// A dense, row-major Float32 tensor with value semantics (copy on write).
