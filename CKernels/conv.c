@@ -143,7 +143,10 @@ void msq_conv2d_backward_weight_ref(float *dw, float *dbias, const float *dy, co
                       otherwise col = w_g^T * dy[:, band], then col2im adds it into dx.
    Multi-image bands gather dy / scatter y through a small tmp[cout_g, cols]. A 1x1
    stride-1 unpadded conv over big planes needs no col: the input planes already are it.
-   Workspace: [flipped weights | per thread: col | tmp | partial dw | partial dbias]. */
+   Deep layers on small planes take the wide mode instead (see use_wide), and 3x3 stride-1
+   layers with enough channels Winograd (winograd.c).
+   Workspace: [flipped weights | per thread: col | tmp | partial dw | partial dbias], or after the
+   flipped weights, Winograd's or the wide mode's buffers when larger. */
 
 /* Target size of one band's column matrix: half of a 512 KiB L2, leaving room for OpenBLAS's
    packed panels. Smaller bands re-pack the weights too often on small planes (measured on
@@ -161,6 +164,13 @@ void msq_conv2d_backward_weight_ref(float *dw, float *dbias, const float *dy, co
 #endif
 
 static inline int imin(int a, int b) { return a < b ? a : b; }
+
+/* Start of part t of `rows` cut into `parts`, on 16-row boundaries (the GEMM micro-tile). */
+static int split_rows(int rows, int parts, int t) {
+    if (t >= parts) return rows;
+    const int r = (int)((long)rows * t / parts / 16 * 16);
+    return r > rows ? rows : r;
+}
 static inline int imax(int a, int b) { return a > b ? a : b; }
 
 /* Whole cache lines per workspace part so neighbouring threads never share one. */
@@ -259,6 +269,41 @@ static int use_transposed(const msq_conv2d_shape *s) {
     return unit_stride(s) && 2 * (s->c_in / s->groups) >= s->c_out / s->groups;
 }
 
+/* ---- wide mode: deep layers on small planes (ResNet-18's last stage) have more output channels
+   than a thread has columns, and every band's GEMM repacks the whole, large weight matrix. There
+   the team shares one column matrix of whole images and splits the GEMM by output channels. */
+
+/* Most bytes of one wide chunk's column matrix. */
+#define MSQ_CONV_WIDE_COL_BYTES (16u << 20)
+
+static int use_wide(const msq_conv2d_shape *s) {
+    const long threads = imax(1, omp_get_max_threads());
+    const long cols = (long)s->n * s->h_out * s->w_out;
+    const int direct = s->kh == 1 && s->kw == 1 && unit_stride(s) && s->pad_h == 0 && s->pad_w == 0;
+    return threads > 1 && s->groups == 1 && !direct && cols / threads < s->c_out;
+}
+
+/* Whole images per wide chunk. */
+static int wide_images(const msq_conv2d_shape *s) {
+    const size_t img = (size_t)s->c_in * s->kh * s->kw * s->h_out * s->w_out * sizeof(float);
+    int imgs = (int)(MSQ_CONV_WIDE_COL_BYTES / (img ? img : 1));
+    return imgs < 1 ? 1 : (imgs > s->n ? s->n : imgs);
+}
+
+/* col [kdim, cols] + tmp [c_out, cols] for one chunk. */
+static size_t wide_floats(const msq_conv2d_shape *s) {
+    const size_t cols = (size_t)wide_images(s) * s->h_out * s->w_out;
+    return round_floats((size_t)s->c_in * s->kh * s->kw * cols) + round_floats((size_t)s->c_out * cols);
+}
+
+/* Floats the Winograd or wide paths need for shape s (0 if neither applies). */
+static size_t alternative_floats(const msq_conv2d_shape *s) {
+    size_t f = 0;
+    if (msq_conv2d_winograd_eligible(s)) f = msq_conv2d_winograd_workspace_size(s) / sizeof(float);
+    if (use_wide(s) && wide_floats(s) > f) f = wide_floats(s);
+    return f;
+}
+
 typedef struct conv_workspace {
     size_t head_floats;  /* flipped weights, shared */
     size_t slice_floats; /* per thread */
@@ -281,15 +326,13 @@ static conv_workspace workspace_layout(const msq_conv2d_shape *s) {
     }
     L.dw_floats = round_floats(wcount);
     L.slice_floats = L.scratch_floats + L.dw_floats + round_floats((size_t)s->c_out);
-    L.wino_floats = 0;
-    if (msq_conv2d_winograd_eligible(s))
-        L.wino_floats = msq_conv2d_winograd_workspace_size(s) / sizeof(float);
+    /* The alternatives to per-thread slices (Winograd, wide mode) for the forward conv and the
+       transposed one of backward_input. */
+    L.wino_floats = alternative_floats(s);
     if (use_transposed(s)) {
         const msq_conv2d_shape t = transposed_shape(s);
-        if (msq_conv2d_winograd_eligible(&t)) {
-            const size_t tf = msq_conv2d_winograd_workspace_size(&t) / sizeof(float);
-            if (tf > L.wino_floats) L.wino_floats = tf;
-        }
+        const size_t tf = alternative_floats(&t);
+        if (tf > L.wino_floats) L.wino_floats = tf;
     }
     return L;
 }
@@ -577,9 +620,56 @@ static void forward_item(float *y, const float *x, const float *w, const float *
 
 /* y = conv(x, w) + bias, or y += conv(x, w) when accumulating (bias unused then). Bands write
    disjoint parts of y, so the schedule cannot change the bits. */
+/* Wide mode (see use_wide): per chunk of whole images, the team builds the column matrix
+   (images split), computes tmp = w * col (output channels split, rows on 16-row boundaries),
+   then copies tmp out to y (images split). Each element is computed by one sgemm call whose
+   partition depends only on the shape and the thread count. */
+static void forward_wide(float *y, const float *x, const float *w, const float *bias,
+                         const msq_conv2d_shape *s, float *ws, int accumulate) {
+    const int kdim = s->c_in * s->kh * s->kw, plane = s->h_out * s->w_out;
+    const int per = wide_images(s);
+    const size_t plane_in = (size_t)s->h_in * s->w_in;
+    float *col = ws, *tmp = ws + round_floats((size_t)kdim * per * plane);
+    const int team = omp_get_max_threads();
+    #pragma omp parallel num_threads(team)
+    {
+        const int nt = omp_get_num_threads();
+        for (int b0 = 0; b0 < s->n; b0 += per) {
+            const int imgs = imin(per, s->n - b0), cols = imgs * plane;
+            #pragma omp for schedule(static)
+            for (int b = b0; b < b0 + imgs; b++)
+                im2col_rows(col + (size_t)(b - b0) * plane, (size_t)cols, x + (size_t)b * s->c_in * plane_in,
+                            s->c_in, s, 0, s->h_out);
+            #pragma omp for schedule(static)
+            for (int t = 0; t < nt; t++) {
+                const int m0 = split_rows(s->c_out, nt, t), m1 = split_rows(s->c_out, nt, t + 1);
+                if (m1 > m0)
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m1 - m0, cols, kdim, 1.0f,
+                                w + (size_t)m0 * kdim, kdim, col, cols, 0.0f, tmp + (size_t)m0 * cols, cols);
+            }
+            #pragma omp for schedule(static)
+            for (long bo = 0; bo < (long)imgs * s->c_out; bo++) {
+                const int b = (int)(bo / s->c_out), o = (int)(bo % s->c_out);
+                float *dst = y + ((size_t)(b0 + b) * s->c_out + o) * plane;
+                const float *src = tmp + (size_t)o * cols + (size_t)b * plane;
+                if (accumulate) {
+                    for (int p = 0; p < plane; p++) dst[p] += src[p];
+                } else {
+                    const float bv = bias ? bias[o] : 0.0f;
+                    for (int p = 0; p < plane; p++) dst[p] = src[p] + bv;
+                }
+            }
+        }
+    }
+}
+
 static void forward_core(float *y, const float *x, const float *w, const float *bias,
                          const msq_conv2d_shape *s, float *slices, size_t slice_floats,
                          int accumulate) {
+    if (!omp_in_parallel() && use_wide(s)) {
+        forward_wide(y, x, w, bias, s, slices, accumulate);
+        return;
+    }
     const conv_geom G = conv_geometry(s);
     const long items = G.bands * s->groups;
     const int team = team_size(items);
@@ -629,6 +719,45 @@ static void backward_input_item(float *dx, const float *dy, const float *w,
     }
 }
 
+/* Gathers dy of images [b0, b0 + imgs) into tmp[c_out, imgs * plane] (omp for inside a region). */
+static void gather_dy_wide(float *tmp, const float *dy, const msq_conv2d_shape *s, int b0, int imgs) {
+    const int plane = s->h_out * s->w_out, cols = imgs * plane;
+    #pragma omp for schedule(static)
+    for (long bo = 0; bo < (long)imgs * s->c_out; bo++) {
+        const int b = (int)(bo / s->c_out), o = (int)(bo % s->c_out);
+        memcpy(tmp + (size_t)o * cols + (size_t)b * plane, dy + ((size_t)(b0 + b) * s->c_out + o) * plane,
+               (size_t)plane * sizeof(float));
+    }
+}
+
+/* Wide mode of the col2im route: per chunk, tmp = dy, col = w^T * tmp with the kdim rows split
+   over the team, then col2im per image. */
+static void backward_input_wide(float *dx, const float *dy, const float *w, const msq_conv2d_shape *s,
+                                float *ws) {
+    const int kdim = s->c_in * s->kh * s->kw, plane = s->h_out * s->w_out;
+    const int per = wide_images(s);
+    float *col = ws, *tmp = ws + round_floats((size_t)kdim * per * plane);
+    #pragma omp parallel num_threads(omp_get_max_threads())
+    {
+        const int nt = omp_get_num_threads();
+        for (int b0 = 0; b0 < s->n; b0 += per) {
+            const int imgs = imin(per, s->n - b0), cols = imgs * plane;
+            gather_dy_wide(tmp, dy, s, b0, imgs);
+            #pragma omp for schedule(static)
+            for (int t = 0; t < nt; t++) {
+                const int k0 = split_rows(kdim, nt, t), k1 = split_rows(kdim, nt, t + 1);
+                if (k1 > k0)
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k1 - k0, cols, s->c_out, 1.0f,
+                                w + k0, kdim, tmp, cols, 0.0f, col + (size_t)k0 * cols, cols);
+            }
+            #pragma omp for schedule(static)
+            for (int b = 0; b < imgs; b++)
+                col2im_rows_add(dx + (size_t)(b0 + b) * s->c_in * s->h_in * s->w_in, col + (size_t)b * plane,
+                                (size_t)cols, s->c_in, s, 0, s->h_out);
+        }
+    }
+}
+
 /* dy[n,c_out,h_out,w_out], w[c_out,c_in/groups,kh,kw] -> dx[n,c_in,h_in,w_in] (accumulated). */
 void msq_conv2d_backward_input(float *dx, const float *dy, const float *w,
                                const msq_conv2d_shape *s, void *workspace) {
@@ -655,6 +784,8 @@ void msq_conv2d_backward_input(float *dx, const float *dy, const float *w,
             msq_conv2d_winograd_forward(dx, dy, wt, NULL, &t, ws + L.head_floats, 1);
         else
             forward_core(dx, dy, wt, NULL, &t, ws + L.head_floats, L.slice_floats, 1);
+    } else if (!omp_in_parallel() && use_wide(s)) {
+        backward_input_wide(dx, dy, w, s, ws + L.head_floats);
     } else {
         const conv_geom G = conv_geometry(s);
         const long items = (G.bands / G.row_bands) * s->groups;
@@ -692,6 +823,42 @@ static void backward_weight_bands(float *dw, float *dbias, const float *dy, cons
     }
 }
 
+/* Wide mode: per chunk, col = im2col (images split), tmp = dy, then dw[rows] += tmp[rows] * col^T
+   and dbias with the output channels split over the team; no partial sums to reduce. */
+static void backward_weight_wide(float *dw, float *dbias, const float *dy, const float *x,
+                                 const msq_conv2d_shape *s, float *ws) {
+    const int kdim = s->c_in * s->kh * s->kw, plane = s->h_out * s->w_out;
+    const int per = wide_images(s);
+    const size_t plane_in = (size_t)s->h_in * s->w_in;
+    float *col = ws, *tmp = ws + round_floats((size_t)kdim * per * plane);
+    #pragma omp parallel num_threads(omp_get_max_threads())
+    {
+        const int nt = omp_get_num_threads();
+        for (int b0 = 0; b0 < s->n; b0 += per) {
+            const int imgs = imin(per, s->n - b0), cols = imgs * plane;
+            #pragma omp for schedule(static) nowait
+            for (int b = b0; b < b0 + imgs; b++)
+                im2col_rows(col + (size_t)(b - b0) * plane, (size_t)cols, x + (size_t)b * s->c_in * plane_in,
+                            s->c_in, s, 0, s->h_out);
+            gather_dy_wide(tmp, dy, s, b0, imgs); /* its barrier covers the im2col too */
+            #pragma omp for schedule(static)
+            for (int t = 0; t < nt; t++) {
+                const int m0 = split_rows(s->c_out, nt, t), m1 = split_rows(s->c_out, nt, t + 1);
+                if (m1 <= m0) continue;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m1 - m0, kdim, cols, 1.0f,
+                            tmp + (size_t)m0 * cols, cols, col, cols, 1.0f, dw + (size_t)m0 * kdim, kdim);
+                if (dbias)
+                    for (int o = m0; o < m1; o++) {
+                        const float *row = tmp + (size_t)o * cols;
+                        float acc = 0.0f;
+                        for (int p = 0; p < cols; p++) acc += row[p];
+                        dbias[o] += acc;
+                    }
+            }
+        }
+    }
+}
+
 /* dy[n,c_out,h_out,w_out], x[n,c_in,h_in,w_in] -> dw[c_out,c_in/groups,kh,kw] and dbias[c_out]
    (both accumulated; dbias may be NULL). */
 void msq_conv2d_backward_weight(float *dw, float *dbias, const float *dy, const float *x,
@@ -704,6 +871,11 @@ void msq_conv2d_backward_weight(float *dw, float *dbias, const float *dy, const 
         return;
     }
     float *slices = ws + L.head_floats;
+    if (!omp_in_parallel() && use_wide(s)) {
+        backward_weight_wide(dw, dbias, dy, x, s, slices);
+        free(owned);
+        return;
+    }
     const int chunks = team_size(G.bands);
     if (chunks <= 1) {
         backward_weight_bands(dw, dbias, dy, x, s, &G, 0, G.bands, slices);

@@ -103,6 +103,11 @@ private let convCases: [ConvTestCase] = [
     // (through the transposed conv) backward input; odd edges and padding 2 (transposed: 0).
     .init(n: 2, cIn: 64, h: 5, w: 17, cOut: 65, k: 3, stride: 1, pad: 1, groups: 1),
     .init(n: 1, cIn: 64, h: 7, w: 18, cOut: 64, k: 3, stride: 1, pad: 2, groups: 1),
+    // Wide mode (at 2 threads: fewer output columns per thread than output channels): shared
+    // column matrix, GEMMs split by channel rows; stride 1 and 2 (col2im), and with Winograd.
+    .init(n: 2, cIn: 20, h: 5, w: 5, cOut: 70, k: 3, stride: 1, pad: 1, groups: 1),
+    .init(n: 1, cIn: 24, h: 9, w: 7, cOut: 40, k: 3, stride: 2, pad: 1, groups: 1),
+    .init(n: 1, cIn: 64, h: 3, w: 16, cOut: 128, k: 3, stride: 1, pad: 1, groups: 1),
 ]
 
 /// Random inputs for one case; dx/dw/db start nonzero so accumulation is exercised.
