@@ -15,8 +15,8 @@ def kaiming_init(model):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
-class Block(nn.Module):
-    """CIFAR basic block; a shape-changing shortcut subsamples and zero-pads channels (option A)."""
+class _Residual(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus a shortcut, then ReLU; subclasses define `shortcut`."""
 
     def __init__(self, cin, cout, stride):
         super().__init__()
@@ -24,16 +24,25 @@ class Block(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.pad = (cout - cin) // 2 if (stride != 1 or cin != cout) else None
-        self.stride = stride
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        sc = x
-        if self.pad is not None:
-            sc = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad, self.pad))
-        return F.relu(out + sc)
+        return F.relu(out + self.shortcut(x))
+
+
+class Block(_Residual):
+    """CIFAR basic block; a shape-changing shortcut subsamples and zero-pads channels (option A)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__(cin, cout, stride)
+        self.pad = (cout - cin) // 2 if (stride != 1 or cin != cout) else None
+        self.stride = stride
+
+    def shortcut(self, x):
+        if self.pad is None:
+            return x
+        return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad, self.pad))
 
 
 class ResNet20(nn.Module):
@@ -60,23 +69,17 @@ class ResNet20(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(_Residual):
     """ImageNet basic block; a shape-changing shortcut is a 1x1 conv + BN projection (`downsample`)."""
 
     def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        super().__init__(cin, cout, stride)
         self.downsample = None
         if stride != 1 or cin != cout:
             self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+    def shortcut(self, x):
+        return x if self.downsample is None else self.downsample(x)
 
 
 class ResNet18(nn.Module):

@@ -27,20 +27,9 @@ struct CostCommand: ParsableCommand {
         peak_rss_bytes is the process's peak RSS after the timed steps (before any Hessian estimate).
         """)
 
-    @Option(help: "resnet20 (3×32×32) or resnet18 (3×224×224).")
-    var model: String = "resnet20"
+    @OptionGroup var step: StepOptions
     @Option(help: "fp, msq, dorefa, bsq or csq.")
     var method: String = "fp"
-    @Option(help: "Images per step.")
-    var batch: Int = 128
-    @Option(help: "Timed steps (after --warmup untimed ones).")
-    var steps: Int = 10
-    @Option(help: "Untimed warm-up steps.")
-    var warmup: Int = 2
-    @Option(help: "Kernel threads (0 = all cores).")
-    var threads: Int = 0
-    @Option(help: "PACT activation bits for msq (default: float activations).")
-    var actBits: Int?
     @Option(help: "Target compression passed to the library's dorefa/bsq/csq methods.")
     var targetCompression: Double = 10.67
     @Option(help: "Also time one Hessian-trace estimate with exactly this many probes (msq only).")
@@ -50,37 +39,34 @@ struct CostCommand: ParsableCommand {
     @Option(help: "Write the result as JSON here.")
     var json: String?
 
+    /// Refuses unknown methods and a Hessian estimate without msq (``StepOptions`` checks the rest).
     func validate() throws {
-        guard let kind = ModelKind(rawValue: model), kind == .resnet20 || kind == .resnet18 else {
-            throw ValidationError("--model must be resnet20 or resnet18 (got '\(model)')")
-        }
         guard BenchMethods.all.contains(method) else {
             throw ValidationError("unknown --method '\(method)'; expected one of \(BenchMethods.all.joined(separator: ", "))")
         }
-        guard batch >= 1, steps >= 1, warmup >= 0 else { throw ValidationError("--batch and --steps must be ≥ 1, --warmup ≥ 0") }
         if hessianProbes != nil && method != "msq" { throw ValidationError("--hessian-probes needs --method msq") }
     }
 
     func run() throws {
-        let kind = ModelKind(rawValue: model)!
-        msq_set_num_threads(Int32(threads))
+        guard let kind = step.kind else { throw ValidationError("unknown --model '\(step.model)'") }
+        msq_set_num_threads(Int32(step.threads))
         var rng = RandomSource(seed: 1)
-        let harness = try TrainingStepHarness(model: kind, method: method, batch: batch, actBits: actBits,
-                                              targetCompression: targetCompression, plannedSteps: warmup + steps, rng: &rng)
+        let harness = try TrainingStepHarness(model: kind, method: method, batch: step.batch, actBits: step.actBits,
+                                              targetCompression: targetCompression, plannedSteps: step.warmup + step.steps, rng: &rng)
         let net = harness.net, side = harness.side
-        let msPerStep = try harness.time(warmup: warmup, steps: steps).mean
+        let msPerStep = try harness.time(warmup: step.warmup, steps: step.steps).mean
         let stepPeakRSS = peakResidentSetBytes()
         var result: [String: Any] = [
-            "model": model, "method": method, "batch": batch, "steps": steps, "warmup": warmup,
+            "model": step.model, "method": method, "batch": step.batch, "steps": step.steps, "warmup": step.warmup,
             "input": harness.input,
             "threads": Int(msq_get_num_threads()),
             "trainable_params": net.trainableParameterCount,
-            "ms_per_step": msPerStep, "images_per_second": Double(batch) * 1000 / msPerStep,
+            "ms_per_step": msPerStep, "images_per_second": Double(step.batch) * 1000 / msPerStep,
             "peak_rss_bytes": stepPeakRSS,
         ]
-        if let a = actBits { result["act_bits"] = a }
+        if let a = step.actBits { result["act_bits"] = a }
         if harness.libraryMethod != nil { result["target_compression"] = targetCompression }
-        var line = "\(model) \(method) batch \(batch): \(fmt(msPerStep)) ms/step, \(fmt(Double(batch) * 1000 / msPerStep)) img/s"
+        var line = "\(step.model) \(method) batch \(step.batch): \(fmt(msPerStep)) ms/step, \(fmt(Double(step.batch) * 1000 / msPerStep)) img/s"
         line += "; peak RSS \(fmt(Double(stepPeakRSS) / 1_048_576)) MiB; \(net.trainableParameterCount) trainable parameters"
         if let probes = hessianProbes {
             let hImages = Tensor.randomNormal([hessianBatch, 3, side, side], std: 1, using: &rng)

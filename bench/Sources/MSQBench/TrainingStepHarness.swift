@@ -1,3 +1,4 @@
+import ArgumentParser
 import CKernels
 import Foundation
 import MSQ
@@ -107,4 +108,35 @@ func medianOf(_ values: [Double]) -> Double {
     let s = values.sorted()
     let mid = s.count / 2
     return s.count % 2 == 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2
+}
+
+/// The options every training-step benchmark takes (`cost`, `step`): which model, batch and
+/// thread count, how many steps.
+struct StepOptions: ParsableArguments {
+    @Option(help: "resnet20 (3×32×32) or resnet18 (3×224×224).")
+    var model: String = "resnet20"
+    @Option(help: "Images per step.")
+    var batch: Int = 128
+    @Option(help: "Timed steps (after --warmup untimed ones).")
+    var steps: Int = 10
+    @Option(help: "Untimed warm-up steps.")
+    var warmup: Int = 2
+    @Option(help: "Kernel threads (0 = all cores).")
+    var threads: Int = 0
+    @Option(help: "PACT activation bits for msq (default: float activations).")
+    var actBits: Int?
+
+    /// The model, if it is one the step benchmarks build.
+    var kind: ModelKind? {
+        guard let k = ModelKind(rawValue: model), k == .resnet20 || k == .resnet18 else { return nil }
+        return k
+    }
+
+    /// Refuses other models and counts out of range.
+    func validate() throws {
+        guard kind != nil else { throw ValidationError("--model must be resnet20 or resnet18 (got '\(model)')") }
+        guard batch >= 1, steps >= 1, warmup >= 0, threads >= 0 else {
+            throw ValidationError("--batch and --steps must be ≥ 1, --warmup and --threads ≥ 0")
+        }
+    }
 }
