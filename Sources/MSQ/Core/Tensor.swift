@@ -50,8 +50,8 @@ public struct Tensor: @unchecked Sendable {
         storage = TensorStorage(count: shape.reduce(1, *), filledWith: value)
     }
 
-    /// A tensor whose elements are not yet written: only for a kernel's output that it overwrites
-    /// in full (forward passes), never for a gradient a backward kernel accumulates into.
+    /// A tensor whose elements are not yet written: only for storage written in full right away (a
+    /// forward kernel's output, a copy), never for a gradient a backward kernel accumulates into.
     init(unfilledShape shape: [Int]) {
         precondition(shape.allSatisfy { $0 >= 0 }, "Tensor: negative dimension in \(shape)")
         self.shape = shape
@@ -62,7 +62,7 @@ public struct Tensor: @unchecked Sendable {
     public init(shape: [Int], scalars: [Float]) {
         precondition(shape.reduce(1, *) == scalars.count,
                      "Tensor: \(scalars.count) scalars do not fill shape \(shape)")
-        self.init(shape: shape)
+        self.init(unfilledShape: shape)
         scalars.withUnsafeBufferPointer { src in
             if let base = src.baseAddress { storage.pointer.update(from: base, count: src.count) }
         }
