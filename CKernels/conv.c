@@ -290,11 +290,26 @@ static int wide_images(const msq_conv2d_shape *s) {
     return imgs < 1 ? 1 : (imgs > s->n ? s->n : imgs);
 }
 
-/* col [kdim, cols] + tmp [c_out, cols] for one chunk. */
-static size_t wide_floats(const msq_conv2d_shape *s) {
-    const size_t cols = (size_t)wide_images(s) * s->h_out * s->w_out;
-    return round_floats((size_t)s->c_in * s->kh * s->kw * cols) + round_floats((size_t)s->c_out * cols);
+/* A wide chunk's buffers in its workspace: col [kdim, per * plane], then tmp [c_out, per * plane]. */
+typedef struct wide_layout {
+    int kdim, plane, per; /* rows of col, output pixels per image, images per chunk */
+    float *col, *tmp;
+    size_t floats;        /* both, cache-line rounded */
+} wide_layout;
+
+static wide_layout wide_layout_of(const msq_conv2d_shape *s, float *ws) {
+    wide_layout L;
+    L.kdim = s->c_in * s->kh * s->kw;
+    L.plane = s->h_out * s->w_out;
+    L.per = wide_images(s);
+    const size_t cols = (size_t)L.per * L.plane, col_floats = round_floats((size_t)L.kdim * cols);
+    L.col = ws;
+    L.tmp = ws ? ws + col_floats : NULL;
+    L.floats = col_floats + round_floats((size_t)s->c_out * cols);
+    return L;
 }
+
+static size_t wide_floats(const msq_conv2d_shape *s) { return wide_layout_of(s, NULL).floats; }
 
 /* Floats the Winograd or wide paths need for shape s (0 if neither applies). */
 static size_t alternative_floats(const msq_conv2d_shape *s) {
@@ -576,6 +591,17 @@ static const float *band_dy(const float *dy, float *tmp, const msq_conv2d_shape 
     return tmp;
 }
 
+/* One output plane from a GEMM result row: dst[p] += src[p] when accumulating, else
+   dst[p] = src[p] + bias_value. */
+static inline void store_plane(float *restrict dst, const float *restrict src, int count, float bias_value,
+                               int accumulate) {
+    if (accumulate) {
+        for (int p = 0; p < count; p++) dst[p] += src[p];
+    } else {
+        for (int p = 0; p < count; p++) dst[p] = src[p] + bias_value;
+    }
+}
+
 /* One band of one group: y[:, band] (+)= w_g * col (+ bias). */
 static void forward_item(float *y, const float *x, const float *w, const float *bias,
                          const msq_conv2d_shape *s, const conv_geom *G, long item, float *scratch,
@@ -606,40 +632,40 @@ static void forward_item(float *y, const float *x, const float *w, const float *
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, G->cout_g, B.cols, G->kdim, 1.0f,
                 wg, G->kdim, bm, ld, 0.0f, tmp, B.cols);
     for (int b = B.b0; b < B.b1; b++)
-        for (int o = 0; o < G->cout_g; o++) {
-            float *dst = y + group_output(s, G, b, g) + (size_t)o * G->plane_out;
-            const float *src = tmp + (size_t)o * B.cols + (size_t)(b - B.b0) * B.cols_img;
-            if (accumulate) {
-                for (int p = 0; p < B.cols_img; p++) dst[p] += src[p];
-            } else {
-                const float bv = bias ? bias[g * G->cout_g + o] : 0.0f;
-                for (int p = 0; p < B.cols_img; p++) dst[p] = src[p] + bv;
-            }
-        }
+        for (int o = 0; o < G->cout_g; o++)
+            store_plane(y + group_output(s, G, b, g) + (size_t)o * G->plane_out,
+                        tmp + (size_t)o * B.cols + (size_t)(b - B.b0) * B.cols_img, B.cols_img,
+                        bias ? bias[g * G->cout_g + o] : 0.0f, accumulate);
 }
 
 /* y = conv(x, w) + bias, or y += conv(x, w) when accumulating (bias unused then). Bands write
    disjoint parts of y, so the schedule cannot change the bits. */
+/* col[kdim, imgs * plane] for images [b0, b0 + imgs), one image per iteration (omp for inside a
+   region, ending in its barrier). */
+static void im2col_images(float *col, const float *x, const msq_conv2d_shape *s, int b0, int imgs) {
+    const int plane = s->h_out * s->w_out;
+    const size_t plane_in = (size_t)s->h_in * s->w_in;
+    #pragma omp for schedule(static)
+    for (int b = 0; b < imgs; b++)
+        im2col_rows(col + (size_t)b * plane, (size_t)imgs * plane, x + (size_t)(b0 + b) * s->c_in * plane_in,
+                    s->c_in, s, 0, s->h_out);
+}
+
 /* Wide mode (see use_wide): per chunk of whole images, the team builds the column matrix
    (images split), computes tmp = w * col (output channels split, rows on 16-row boundaries),
    then copies tmp out to y (images split). Each element is computed by one sgemm call whose
    partition depends only on the shape and the thread count. */
 static void forward_wide(float *y, const float *x, const float *w, const float *bias,
                          const msq_conv2d_shape *s, float *ws, int accumulate) {
-    const int kdim = s->c_in * s->kh * s->kw, plane = s->h_out * s->w_out;
-    const int per = wide_images(s);
-    const size_t plane_in = (size_t)s->h_in * s->w_in;
-    float *col = ws, *tmp = ws + round_floats((size_t)kdim * per * plane);
-    const int team = omp_get_max_threads();
-    #pragma omp parallel num_threads(team)
+    const wide_layout L = wide_layout_of(s, ws);
+    const int kdim = L.kdim, plane = L.plane, per = L.per;
+    float *col = L.col, *tmp = L.tmp;
+    #pragma omp parallel num_threads(omp_get_max_threads())
     {
         const int nt = omp_get_num_threads();
         for (int b0 = 0; b0 < s->n; b0 += per) {
             const int imgs = imin(per, s->n - b0), cols = imgs * plane;
-            #pragma omp for schedule(static)
-            for (int b = b0; b < b0 + imgs; b++)
-                im2col_rows(col + (size_t)(b - b0) * plane, (size_t)cols, x + (size_t)b * s->c_in * plane_in,
-                            s->c_in, s, 0, s->h_out);
+            im2col_images(col, x, s, b0, imgs);
             #pragma omp for schedule(static)
             for (int t = 0; t < nt; t++) {
                 const int m0 = split_rows(s->c_out, nt, t), m1 = split_rows(s->c_out, nt, t + 1);
@@ -650,14 +676,8 @@ static void forward_wide(float *y, const float *x, const float *w, const float *
             #pragma omp for schedule(static)
             for (long bo = 0; bo < (long)imgs * s->c_out; bo++) {
                 const int b = (int)(bo / s->c_out), o = (int)(bo % s->c_out);
-                float *dst = y + ((size_t)(b0 + b) * s->c_out + o) * plane;
-                const float *src = tmp + (size_t)o * cols + (size_t)b * plane;
-                if (accumulate) {
-                    for (int p = 0; p < plane; p++) dst[p] += src[p];
-                } else {
-                    const float bv = bias ? bias[o] : 0.0f;
-                    for (int p = 0; p < plane; p++) dst[p] = src[p] + bv;
-                }
+                store_plane(y + ((size_t)(b0 + b) * s->c_out + o) * plane, tmp + (size_t)o * cols + (size_t)b * plane,
+                            plane, bias ? bias[o] : 0.0f, accumulate);
             }
         }
     }
@@ -734,9 +754,9 @@ static void gather_dy_wide(float *tmp, const float *dy, const msq_conv2d_shape *
    over the team, then col2im per image. */
 static void backward_input_wide(float *dx, const float *dy, const float *w, const msq_conv2d_shape *s,
                                 float *ws) {
-    const int kdim = s->c_in * s->kh * s->kw, plane = s->h_out * s->w_out;
-    const int per = wide_images(s);
-    float *col = ws, *tmp = ws + round_floats((size_t)kdim * per * plane);
+    const wide_layout L = wide_layout_of(s, ws);
+    const int kdim = L.kdim, plane = L.plane, per = L.per;
+    float *col = L.col, *tmp = L.tmp;
     #pragma omp parallel num_threads(omp_get_max_threads())
     {
         const int nt = omp_get_num_threads();
@@ -827,20 +847,16 @@ static void backward_weight_bands(float *dw, float *dbias, const float *dy, cons
    and dbias with the output channels split over the team; no partial sums to reduce. */
 static void backward_weight_wide(float *dw, float *dbias, const float *dy, const float *x,
                                  const msq_conv2d_shape *s, float *ws) {
-    const int kdim = s->c_in * s->kh * s->kw, plane = s->h_out * s->w_out;
-    const int per = wide_images(s);
-    const size_t plane_in = (size_t)s->h_in * s->w_in;
-    float *col = ws, *tmp = ws + round_floats((size_t)kdim * per * plane);
+    const wide_layout L = wide_layout_of(s, ws);
+    const int kdim = L.kdim, plane = L.plane, per = L.per;
+    float *col = L.col, *tmp = L.tmp;
     #pragma omp parallel num_threads(omp_get_max_threads())
     {
         const int nt = omp_get_num_threads();
         for (int b0 = 0; b0 < s->n; b0 += per) {
             const int imgs = imin(per, s->n - b0), cols = imgs * plane;
-            #pragma omp for schedule(static) nowait
-            for (int b = b0; b < b0 + imgs; b++)
-                im2col_rows(col + (size_t)(b - b0) * plane, (size_t)cols, x + (size_t)b * s->c_in * plane_in,
-                            s->c_in, s, 0, s->h_out);
-            gather_dy_wide(tmp, dy, s, b0, imgs); /* its barrier covers the im2col too */
+            im2col_images(col, x, s, b0, imgs);
+            gather_dy_wide(tmp, dy, s, b0, imgs);
             #pragma omp for schedule(static)
             for (int t = 0; t < nt; t++) {
                 const int m0 = split_rows(s->c_out, nt, t), m1 = split_rows(s->c_out, nt, t + 1);
