@@ -45,19 +45,7 @@ struct CompareTableCommand: ParsableCommand {
 
     /// Reads every JSON file of the directory and prints the table.
     func run() throws {
-        let names = try FileManager.default.contentsOfDirectory(atPath: jsonDir).filter { $0.hasSuffix(".json") }.sorted()
-        var runs: [Run] = []
-        for name in names {
-            let path = (jsonDir as NSString).appendingPathComponent(name)
-            guard let data = FileManager.default.contents(atPath: path),
-                  let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-                  let run = Self.run(object) else {
-                FileHandle.standardError.write(Data("compare-table: ignoring \(path) (not a step result)\n".utf8))
-                continue
-            }
-            runs.append(run)
-        }
-        guard !runs.isEmpty else { throw ValidationError("no step JSON files in \(jsonDir)") }
+        let runs = try readResults(in: jsonDir, command: "compare-table", kind: "step", parse: Self.run)
         print(Self.markdown(runs), terminator: "")
     }
 

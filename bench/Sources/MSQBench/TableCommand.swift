@@ -24,19 +24,7 @@ struct TableCommand: ParsableCommand {
     }
 
     func run() throws {
-        let names = try FileManager.default.contentsOfDirectory(atPath: jsonDir).filter { $0.hasSuffix(".json") }.sorted()
-        var rows: [Row] = []
-        for name in names {
-            let path = (jsonDir as NSString).appendingPathComponent(name)
-            guard let data = FileManager.default.contents(atPath: path),
-                  let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-                  let row = Self.row(object) else {
-                FileHandle.standardError.write(Data("table: ignoring \(path) (not a cost result)\n".utf8))
-                continue
-            }
-            rows.append(row)
-        }
-        guard !rows.isEmpty else { throw ValidationError("no cost JSON files in \(jsonDir)") }
+        let rows = try readResults(in: jsonDir, command: "table", kind: "cost", parse: Self.row)
         print(Self.markdown(rows), terminator: "")
     }
 
@@ -99,4 +87,25 @@ func grouped(_ n: Int) -> String {
         out.append(ch)
     }
     return (n < 0 ? "-" : "") + out
+}
+
+/// The results in every `*.json` file of `directory` (in name order) that `parse` accepts; the others
+/// are skipped with a note on standard error (`<command>: ignoring <path> (not a <kind> result)`).
+/// Throws when none is accepted.
+func readResults<T>(in directory: String, command: String, kind: String,
+                    parse: ([String: Any]) -> T?) throws -> [T] {
+    let names = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".json") }.sorted()
+    var results: [T] = []
+    for name in names {
+        let path = (directory as NSString).appendingPathComponent(name)
+        guard let data = FileManager.default.contents(atPath: path),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let result = parse(object) else {
+            FileHandle.standardError.write(Data("\(command): ignoring \(path) (not a \(kind) result)\n".utf8))
+            continue
+        }
+        results.append(result)
+    }
+    guard !results.isEmpty else { throw ValidationError("no \(kind) JSON files in \(directory)") }
+    return results
 }
