@@ -315,6 +315,8 @@ static size_t wide_floats(const msq_conv2d_shape *s) { return wide_layout_of(s, 
 static size_t alternative_floats(const msq_conv2d_shape *s) {
     size_t f = 0;
     if (msq_conv2d_winograd_eligible(s)) f = msq_conv2d_winograd_workspace_size(s) / sizeof(float);
+    if (msq_conv2d_direct_eligible(s) && msq_conv2d_direct_workspace_size(s) / sizeof(float) > f)
+        f = msq_conv2d_direct_workspace_size(s) / sizeof(float);
     if (use_wide(s) && wide_floats(s) > f) f = wide_floats(s);
     return f;
 }
@@ -711,6 +713,8 @@ void msq_conv2d_forward(float *y, const float *x, const float *w, const float *b
     }
     if (msq_conv2d_winograd_eligible(s))
         msq_conv2d_winograd_forward(y, x, w, bias, s, ws + L.head_floats, 0);
+    else if (msq_conv2d_direct_eligible(s))
+        msq_conv2d_direct_forward(y, x, w, bias, s, ws + L.head_floats, 0);
     else
         forward_core(y, x, w, bias, s, ws + L.head_floats, L.slice_floats, 0);
     free(owned);
@@ -802,6 +806,8 @@ void msq_conv2d_backward_input(float *dx, const float *dy, const float *w,
         const msq_conv2d_shape t = transposed_shape(s);
         if (msq_conv2d_winograd_eligible(&t))
             msq_conv2d_winograd_forward(dx, dy, wt, NULL, &t, ws + L.head_floats, 1);
+        else if (msq_conv2d_direct_eligible(&t))
+            msq_conv2d_direct_forward(dx, dy, wt, NULL, &t, ws + L.head_floats, 1);
         else
             forward_core(dx, dy, wt, NULL, &t, ws + L.head_floats, L.slice_floats, 1);
     } else if (!omp_in_parallel() && use_wide(s)) {
@@ -887,6 +893,11 @@ void msq_conv2d_backward_weight(float *dw, float *dbias, const float *dy, const 
         return;
     }
     float *slices = ws + L.head_floats;
+    if (msq_conv2d_direct_eligible(s)) {
+        msq_conv2d_direct_backward_weight(dw, dbias, dy, x, s, slices);
+        free(owned);
+        return;
+    }
     if (!omp_in_parallel() && use_wide(s)) {
         backward_weight_wide(dw, dbias, dy, x, s, slices);
         free(owned);

@@ -93,6 +93,23 @@ size_t msq_conv2d_winograd_workspace_size(const msq_conv2d_shape *s);
 void msq_conv2d_winograd_forward(float *y, const float *x, const float *w, const float *bias,
                                  const msq_conv2d_shape *s, void *workspace, int accumulate);
 
+/** Direct 3x3 convolution (direct.c), which msq_conv2d_forward, msq_conv2d_backward_input and
+ *  msq_conv2d_backward_weight use by themselves where it applies and Winograd does not: 3x3
+ *  kernels, stride 1, padding 1, one group, at most 32 channels in and out. 1 for such a shape. */
+int msq_conv2d_direct_eligible(const msq_conv2d_shape *s);
+/** Bytes of scratch memory the direct kernels need for shape s at the current thread count. */
+size_t msq_conv2d_direct_workspace_size(const msq_conv2d_shape *s);
+/** y[n,c_out,h,w] = conv(x, w) + bias (accumulate == 0; bias may be NULL), or y += conv(x, w)
+ *  (accumulate != 0, bias unused), for an eligible shape; x[n,c_in,h,w], w[c_out,c_in,3,3].
+ *  Its reference is msq_conv2d_forward_ref. workspace may be NULL. */
+void msq_conv2d_direct_forward(float *y, const float *x, const float *w, const float *bias,
+                               const msq_conv2d_shape *s, void *workspace, int accumulate);
+/** dw[c_out,c_in,3,3] += Σ dy ⋆ x and dbias[c_out] += Σ dy (dbias may be NULL) for an eligible
+ *  shape; its reference is msq_conv2d_backward_weight_ref. Results depend only on the shape and
+ *  the thread count. workspace may be NULL. */
+void msq_conv2d_direct_backward_weight(float *dw, float *dbias, const float *dy, const float *x,
+                                       const msq_conv2d_shape *s, void *workspace);
+
 /* ---------------------------------------------------------------- linear (linear.c) */
 
 /** y[n,out] = x[n,in] * w[out,in]^T + b[out]; b may be NULL. */

@@ -103,6 +103,10 @@ private let convCases: [ConvTestCase] = [
     // (through the transposed conv) backward input; odd edges and padding 2 (transposed: 0).
     .init(n: 2, cIn: 64, h: 5, w: 17, cOut: 65, k: 3, stride: 1, pad: 1, groups: 1),
     .init(n: 1, cIn: 64, h: 7, w: 18, cOut: 64, k: 3, stride: 1, pad: 2, groups: 1),
+    // Direct 3x3 shapes (stride 1, padding 1, <= 32 channels): forward, backward weight and,
+    // through the transposed conv, backward input; channels not a multiple of 4, short last groups.
+    .init(n: 5, cIn: 7, h: 9, w: 13, cOut: 18, k: 3, stride: 1, pad: 1, groups: 1),
+    .init(n: 5, cIn: 32, h: 32, w: 32, cOut: 31, k: 3, stride: 1, pad: 1, groups: 1),
     // Wide mode (at 2 threads: fewer output columns per thread than output channels): shared
     // column matrix, GEMMs split by channel rows; stride 1 and 2 (col2im), and with Winograd.
     .init(n: 2, cIn: 20, h: 5, w: 5, cOut: 70, k: 3, stride: 1, pad: 1, groups: 1),
