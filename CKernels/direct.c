@@ -3,14 +3,16 @@
  * and packing the columns than multiplying.
  *
  * Flat padded layout. A group of g images of one channel is stored as one grid of
- * g * (h + 1) + 2 rows of pitch P = w + 2: image i's row y at grid row i * (h + 1) + 1 + y,
- * columns 1 ... w; every other cell is zero, so one zero row separates consecutive images and
- * serves as the bottom pad of one and the top pad of the next. An output pixel at flat index
+ * g * (h + 1) + 2 rows of pitch P = w + 1: image i's row y at grid row i * (h + 1) + 1 + y,
+ * columns 1 ... w; every other cell is zero. One zero row separates consecutive images (the
+ * bottom pad of one and the top pad of the next) and one zero column starts each row (the left
+ * pad of that row and, one cell further in flat order, the right pad of the row above). An output
+ * pixel at flat index
  *     q = (i * (h + 1) + y) * P + x      (x < w, y < h)
  * then reads its 3x3 window at grid cells q + ky * P + kx, so each tap is one contiguous vector
- * load at a fixed offset and the image edges need no branches. Indices with x >= w or y == h are
- * computed too and dropped (forward) or see a zero gradient (backward weight): 2/P + 1/(h+1) of
- * the work, 9 % at 32x32, 31 % at 8x8.
+ * load at a fixed offset and the image edges need no branches. Indices with x == w or y == h are
+ * computed too and dropped (forward) or see a zero gradient (backward weight): about
+ * 1/P + 1/(h+1) of the work, 6 % at 32x32, 21 % at 8x8.
  *
  *     forward          y[co, q] = Σ_ci Σ_ky,kx w[co, ci, ky, kx] · X[ci, q + ky·P + kx]
  *     backward weight  dw[co, ci, ky, kx] += Σ_q dY[co, q] · X[ci, q + ky·P + kx]
@@ -42,7 +44,7 @@
 
 typedef struct direct_geom {
     int g;              /* images per group */
-    int pitch;          /* P = w + 2 */
+    int pitch;          /* P = w + 1 */
     long image_cells;   /* (h + 1) * P: one image and the zero row below it */
     long xpitch;        /* floats per channel in X: the grid plus the last block's overrun */
     long ypitch;        /* floats per channel in Y / dY: g images, rounded up to QBLOCK */
@@ -64,7 +66,7 @@ int msq_conv2d_direct_eligible(const msq_conv2d_shape *s) {
 
 static direct_geom direct_geometry(const msq_conv2d_shape *s) {
     direct_geom G;
-    G.pitch = s->w_in + 2;
+    G.pitch = s->w_in + 1;
     G.image_cells = (long)(s->h_in + 1) * G.pitch;
     const size_t per_image = (size_t)(s->c_in + s->c_out) * G.image_cells * sizeof(float);
     long g = (long)(MSQ_DIRECT_GROUP_BYTES / per_image);

@@ -15,6 +15,7 @@
 #   REPEATS  runs of each side per configuration (default 2)
 #   STEPS20  timed steps on ResNet-20 (default 10)     STEPS18  on ResNet-18 (default 3)
 #   WARMUP   untimed steps per run (default 2)
+#   MODELS   which models (default "resnet20 resnet18")    METHODS  which methods (default "fp msq")
 #   OUT      directory for the JSON files (default bench/results/compare-pytorch; its *.json are
 #            deleted first)
 set -euo pipefail
@@ -26,6 +27,14 @@ STEPS20=${STEPS20:-10}
 STEPS18=${STEPS18:-3}
 WARMUP=${WARMUP:-2}
 OUT=${OUT:-bench/results/compare-pytorch}
+MODELS=${MODELS:-resnet20 resnet18}
+METHODS=${METHODS:-fp msq}
+for m in $MODELS; do
+    [[ "$m" == resnet20 || "$m" == resnet18 ]] || { echo "compare-pytorch: MODELS holds resnet20 and/or resnet18 (got '$m')" >&2; exit 1; }
+done
+for m in $METHODS; do
+    [[ "$m" == fp || "$m" == msq ]] || { echo "compare-pytorch: METHODS holds fp and/or msq (got '$m')" >&2; exit 1; }
+done
 
 install_hint="PyTorch is needed; install it in a virtual environment:
   python3 -m venv .venv && .venv/bin/pip install torch numpy
@@ -64,9 +73,9 @@ run() {
     fi
 }
 
-for config in "resnet20 128 $STEPS20" "resnet18 16 $STEPS18"; do
-    read -r model batch steps <<<"$config"
-    for method in fp msq; do
+for model in $MODELS; do
+    if [[ "$model" == resnet20 ]]; then batch=128 steps=$STEPS20; else batch=16 steps=$STEPS18; fi
+    for method in $METHODS; do
         echo "$model $method batch $batch ($WARMUP warm-up + $steps timed steps per run)…" >&2
         for ((i = 1; i <= REPEATS; i++)); do
             common=(--model "$model" --method "$method" --batch "$batch" --steps "$steps" --warmup "$WARMUP"
