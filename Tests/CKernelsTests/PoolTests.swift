@@ -43,6 +43,9 @@ private let poolConfigs: [PoolTestConfig] = [
     .init(n: 33, c: 7, h: 7, w: 1, k: 1, stride: 2, pad: 0),
     .init(n: 3, c: 3, h: 3, w: 3, k: 3, stride: 1, pad: 1),
     .init(n: 1, c: 1, h: 7, w: 7, k: 5, stride: 1, pad: 2),
+    // Rows wide enough for the 8-output vector path of stride-2 pooling (ResNet-18's stem).
+    .init(n: 2, c: 3, h: 9, w: 112, k: 3, stride: 2, pad: 1),
+    .init(n: 1, c: 2, h: 5, w: 41, k: 2, stride: 2, pad: 0),
 ]
 
 private func outCount(_ s: msq_pool2d_shape) -> Int { Int(s.n * s.c * s.h_out * s.w_out) }
