@@ -143,10 +143,13 @@ void msq_conv2d_backward_weight_ref(float *dw, float *dbias, const float *dy, co
                       otherwise col = w_g^T * dy[:, band], then col2im adds it into dx.
    Multi-image bands gather dy / scatter y through a small tmp[cout_g, cols]. A 1x1
    stride-1 unpadded conv over big planes needs no col: the input planes already are it.
-   Deep layers on small planes take the wide mode instead (see use_wide), and 3x3 stride-1
-   layers with enough channels Winograd (winograd.c).
+   Deep layers on small planes take the wide mode instead (see use_wide). 3x3 stride-1 layers
+   take Winograd for the forward and backward input: on eight interleaved images
+   (winograd_interleaved.c) when the batch fills its lanes, else by tile rows (winograd.c) when
+   the layer is wide and deep enough; the direct kernels (direct.c) take the rest of the 3x3
+   stride-1 layers with few channels, and their backward weight.
    Workspace: [flipped weights | per thread: col | tmp | partial dw | partial dbias], or after the
-   flipped weights, Winograd's or the wide mode's buffers when larger. */
+   flipped weights, Winograd's, the direct kernels' or the wide mode's buffers when larger. */
 
 /* Target size of one band's column matrix: half of a 512 KiB L2, leaving room for OpenBLAS's
    packed panels. Smaller bands re-pack the weights too often on small planes (measured on
@@ -315,6 +318,9 @@ static size_t wide_floats(const msq_conv2d_shape *s) { return wide_layout_of(s, 
 static size_t alternative_floats(const msq_conv2d_shape *s) {
     size_t f = 0;
     if (msq_conv2d_winograd_eligible(s)) f = msq_conv2d_winograd_workspace_size(s) / sizeof(float);
+    if (msq_conv2d_winograd_interleaved_eligible(s) &&
+        msq_conv2d_winograd_interleaved_workspace_size(s) / sizeof(float) > f)
+        f = msq_conv2d_winograd_interleaved_workspace_size(s) / sizeof(float);
     if (msq_conv2d_direct_eligible(s) && msq_conv2d_direct_workspace_size(s) / sizeof(float) > f)
         f = msq_conv2d_direct_workspace_size(s) / sizeof(float);
     if (use_wide(s) && wide_floats(s) > f) f = wide_floats(s);
@@ -711,7 +717,9 @@ void msq_conv2d_forward(float *y, const float *x, const float *w, const float *b
         msq_conv2d_forward_ref(y, x, w, bias, s, NULL);
         return;
     }
-    if (msq_conv2d_winograd_eligible(s))
+    if (msq_conv2d_winograd_interleaved_eligible(s))
+        msq_conv2d_winograd_interleaved_forward(y, x, w, bias, s, ws + L.head_floats, 0);
+    else if (msq_conv2d_winograd_eligible(s))
         msq_conv2d_winograd_forward(y, x, w, bias, s, ws + L.head_floats, 0);
     else if (msq_conv2d_direct_eligible(s))
         msq_conv2d_direct_forward(y, x, w, bias, s, ws + L.head_floats, 0);
@@ -804,7 +812,9 @@ void msq_conv2d_backward_input(float *dx, const float *dy, const float *w,
                     for (int k = 0; k < kk; k++) dst[k] = src[kk - 1 - k];
                 }
         const msq_conv2d_shape t = transposed_shape(s);
-        if (msq_conv2d_winograd_eligible(&t))
+        if (msq_conv2d_winograd_interleaved_eligible(&t))
+            msq_conv2d_winograd_interleaved_forward(dx, dy, wt, NULL, &t, ws + L.head_floats, 1);
+        else if (msq_conv2d_winograd_eligible(&t))
             msq_conv2d_winograd_forward(dx, dy, wt, NULL, &t, ws + L.head_floats, 1);
         else if (msq_conv2d_direct_eligible(&t))
             msq_conv2d_direct_forward(dx, dy, wt, NULL, &t, ws + L.head_floats, 1);

@@ -14,6 +14,7 @@
  * thread count, so results are reproducible for both.
  * Workspace: U | per thread: V | M | four padded input rows and their transform. */
 #include "msq_kernels.h"
+#include "winograd_weights.h"
 #include <cblas.h>
 #include <omp.h>
 #include <stddef.h>
@@ -87,7 +88,7 @@ size_t msq_conv2d_winograd_workspace_size(const msq_conv2d_shape *s) {
 }
 
 /* U[ξ][co][ci] = (G g G^T)[ξ], G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]. */
-static void transform_weights(float *u, const float *w, const msq_conv2d_shape *s) {
+void msq_winograd_transform_weights(float *u, const float *w, const msq_conv2d_shape *s) {
     const size_t plane = (size_t)s->c_out * s->c_in;
     #pragma omp for schedule(static)
     for (int co = 0; co < s->c_out; co++)
@@ -252,7 +253,7 @@ void msq_conv2d_winograd_forward(float *y, const float *x, const float *w, const
     const int team = omp_in_parallel() ? 1 : omp_get_max_threads();
     #pragma omp parallel num_threads(team) if (team > 1)
     {
-        transform_weights(u, w, s); /* ends in a barrier: U is complete before any GEMM */
+        msq_winograd_transform_weights(u, w, s); /* ends in a barrier: U is complete before any GEMM */
         /* Each chunk is done start to finish by one thread in its own slice, so V and M stay
            in that core's cache; chunks write disjoint tiles of y. */
         float *v = slices + (size_t)omp_get_thread_num() * slice, *m = v + G.v_floats, *d = m + G.m_floats;

@@ -82,7 +82,7 @@ void msq_conv2d_backward_weight_ref(float *dw, float *dbias, const float *dy, co
                                     const msq_conv2d_shape *s, void *workspace);
 
 /** Winograd F(2x2, 3x3) (winograd.c), which msq_conv2d_forward and the stride-1
- *  msq_conv2d_backward_input use by themselves where it applies: 3x3 kernels, stride 1, one group,
+ *  msq_conv2d_backward_input use by themselves where it applies and the interleaved one does not: 3x3 kernels, stride 1, one group,
  *  at least 64 channels in and out, outputs at least 16 wide (any padding). 1 when s is such a shape. */
 int msq_conv2d_winograd_eligible(const msq_conv2d_shape *s);
 /** Bytes of scratch memory msq_conv2d_winograd_forward needs for shape s. */
@@ -92,6 +92,20 @@ size_t msq_conv2d_winograd_workspace_size(const msq_conv2d_shape *s);
  *  results depend only on the shape and the thread count. workspace may be NULL. */
 void msq_conv2d_winograd_forward(float *y, const float *x, const float *w, const float *bias,
                                  const msq_conv2d_shape *s, void *workspace, int accumulate);
+
+/** Winograd F(2x2, 3x3) on eight interleaved images (winograd_interleaved.c), which the conv
+ *  kernels use by themselves for 3x3 stride-1 layers that winograd.c does not take (small planes,
+ *  fewer channels): 3x3 kernels, stride 1, one group, at least 8 input channels, and a batch
+ *  that fills at least 3/4 of its groups of eight. 1 for such a shape. */
+int msq_conv2d_winograd_interleaved_eligible(const msq_conv2d_shape *s);
+/** Bytes of scratch memory msq_conv2d_winograd_interleaved_forward needs for shape s. */
+size_t msq_conv2d_winograd_interleaved_workspace_size(const msq_conv2d_shape *s);
+/** y = conv(x, w) + bias (accumulate == 0; bias may be NULL), or y += conv(x, w) (accumulate != 0,
+ *  bias unused), for an eligible shape; x[n,c_in,h_in,w_in], w[c_out,c_in,3,3],
+ *  y[n,c_out,h_out,w_out]. Its reference is msq_conv2d_forward_ref; results depend only on the
+ *  shape and the thread count. workspace may be NULL. */
+void msq_conv2d_winograd_interleaved_forward(float *y, const float *x, const float *w, const float *bias,
+                                             const msq_conv2d_shape *s, void *workspace, int accumulate);
 
 /** Direct 3x3 convolution (direct.c), which msq_conv2d_forward, msq_conv2d_backward_input and
  *  msq_conv2d_backward_weight use by themselves where it applies and Winograd does not: 3x3

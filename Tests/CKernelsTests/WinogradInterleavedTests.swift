@@ -1,0 +1,75 @@
+import CKernels
+import Testing
+
+// Winograd F(2x2, 3x3) on eight interleaved images (winograd_interleaved.c) called directly:
+// overwrite with and without bias, accumulate, against the double-precision reference at odd
+// sizes, batches that leave lanes empty, paddings 0-2, planes narrower and wider than a vector,
+// channel counts off the 4-channel block, the cblas_sgemm products (> 64x64 weights per ξ), several
+// tile chunks per group, and 1 and 2 threads; and which shapes qualify.
+
+private typealias Kit = KernelTestKit
+
+/// max |winograd − ref| / max |ref|: a few float roundings per element in the transforms on top
+/// of the products' (observed below 1e-6 on these shapes).
+private let interleavedRelTolerance: Float = 1e-5
+
+/// Shapes as (n, c_in, h, w, c_out, pad).
+private let interleavedCases: [[Int]] = [
+    [8, 8, 3, 3, 4, 1], [3, 9, 7, 13, 10, 1], [11, 16, 5, 9, 17, 2], [16, 8, 9, 6, 8, 0],
+    [9, 65, 6, 7, 64, 1],   // cblas_sgemm products, ragged last group
+    [8, 64, 12, 12, 64, 1], // 36 tiles in chunks of 16
+]
+
+@Suite("Winograd conv, interleaved images")
+struct WinogradInterleavedTests {
+    @Test("overwrite (with and without bias) and accumulate match the reference",
+          arguments: interleavedCases, Kit.threadCountArguments)
+    func matchesReference(_ c: [Int], threads: Int) {
+        var s = msq_conv2d_shape()
+        #expect(msq_conv2d_make_shape(&s, Int32(c[0]), Int32(c[1]), Int32(c[2]), Int32(c[3]), Int32(c[4]),
+                                      3, 3, 1, Int32(c[5]), 1) == 0)
+        let yCount = Int(s.n) * Int(s.c_out) * Int(s.h_out) * Int(s.w_out)
+        var rng = Kit.Xorshift(seed: UInt64(c.reduce(3) { $0 &* 31 &+ $1 }))
+        let x = rng.floats(Int(s.n) * Int(s.c_in) * Int(s.h_in) * Int(s.w_in))
+        let w = rng.floats(Int(s.c_out) * Int(s.c_in) * 9), bias = rng.floats(Int(s.c_out))
+        let y0 = rng.floats(yCount)
+        for withBias in [false, true] {
+            var ref = [Float](repeating: 0, count: yCount)
+            msq_conv2d_forward_ref(&ref, x, w, withBias ? bias : nil, &s, nil)
+            var got = [Float](repeating: .nan, count: yCount)
+            Kit.withThreads(threads) {
+                msq_conv2d_winograd_interleaved_forward(&got, x, w, withBias ? bias : nil, &s, nil, 0)
+            }
+            let err = Kit.maxRelError(got, ref)
+            #expect(err <= interleavedRelTolerance, "bias \(withBias): rel err \(err)")
+        }
+        var conv = [Float](repeating: 0, count: yCount)
+        msq_conv2d_forward_ref(&conv, x, w, nil, &s, nil)
+        let expected = zip(y0, conv).map { $0 + $1 }
+        var acc = y0
+        Kit.withThreads(threads) { msq_conv2d_winograd_interleaved_forward(&acc, x, w, bias, &s, nil, 1) } // bias unused
+        let err = Kit.maxRelError(acc, expected)
+        #expect(err <= interleavedRelTolerance, "accumulate: rel err \(err)")
+    }
+
+    @Test("eligible: 3x3, stride 1, one group, >= 8 input channels, batch fills 3/4 of its lanes")
+    func eligibility() {
+        func eligible(n: Int = 16, _ cIn: Int, _ cOut: Int, k: Int = 3, stride: Int = 1, groups: Int = 1) -> Bool {
+            var s = msq_conv2d_shape()
+            _ = msq_conv2d_make_shape(&s, Int32(n), Int32(cIn), 8, 8, Int32(cOut), Int32(k), Int32(k),
+                                      Int32(stride), Int32(k / 2), Int32(groups))
+            return msq_conv2d_winograd_interleaved_eligible(&s) == 1
+        }
+        #expect(eligible(16, 16))
+        #expect(eligible(8, 3))
+        #expect(eligible(n: 128, 64, 64))
+        #expect(eligible(n: 6, 16, 16))
+        #expect(eligible(n: 12, 16, 16))
+        #expect(!eligible(n: 5, 16, 16))
+        #expect(!eligible(n: 9, 16, 16))
+        #expect(!eligible(3, 16))
+        #expect(!eligible(16, 16, stride: 2))
+        #expect(!eligible(16, 16, k: 5))
+        #expect(!eligible(16, 16, groups: 2))
+    }
+}
