@@ -106,6 +106,11 @@ size_t msq_conv2d_winograd_interleaved_workspace_size(const msq_conv2d_shape *s)
  *  shape and the thread count. workspace may be NULL. */
 void msq_conv2d_winograd_interleaved_forward(float *y, const float *x, const float *w, const float *bias,
                                              const msq_conv2d_shape *s, void *workspace, int accumulate);
+/** dw[c_out,c_in,3,3] += Σ dy ⋆ x and dbias[c_out] += Σ dy (dbias may be NULL) for an eligible
+ *  shape, by the same transforms run backwards. Its reference is msq_conv2d_backward_weight_ref;
+ *  results depend only on the shape and the thread count. workspace may be NULL. */
+void msq_conv2d_winograd_interleaved_backward_weight(float *dw, float *dbias, const float *dy, const float *x,
+                                                     const msq_conv2d_shape *s, void *workspace);
 
 /** Direct 3x3 convolution (direct.c), which msq_conv2d_forward, msq_conv2d_backward_input and
  *  msq_conv2d_backward_weight use by themselves where it applies and Winograd does not: 3x3

@@ -2,8 +2,8 @@ import CKernels
 import Testing
 
 // Winograd F(2x2, 3x3) on eight interleaved images (winograd_interleaved.c) called directly:
-// overwrite with and without bias, accumulate, against the double-precision reference at odd
-// sizes, batches that leave lanes empty, paddings 0-2, planes narrower and wider than a vector,
+// forward (overwrite with and without bias, accumulate) and backward weight, against the
+// double-precision reference at odd sizes, batches that leave lanes empty, paddings 0-2, planes narrower and wider than a vector,
 // channel counts off the 4-channel block, the cblas_sgemm products (> 64x64 weights per ξ), several
 // tile chunks per group, and 1 and 2 threads; and which shapes qualify.
 
@@ -50,6 +50,32 @@ struct WinogradInterleavedTests {
         Kit.withThreads(threads) { msq_conv2d_winograd_interleaved_forward(&acc, x, w, bias, &s, nil, 1) } // bias unused
         let err = Kit.maxRelError(acc, expected)
         #expect(err <= interleavedRelTolerance, "accumulate: rel err \(err)")
+    }
+
+    @Test("backward weight (with and without bias) accumulates the reference's gradient",
+          arguments: interleavedCases, Kit.threadCountArguments)
+    func weightMatchesReference(_ c: [Int], threads: Int) {
+        var s = msq_conv2d_shape()
+        #expect(msq_conv2d_make_shape(&s, Int32(c[0]), Int32(c[1]), Int32(c[2]), Int32(c[3]), Int32(c[4]),
+                                      3, 3, 1, Int32(c[5]), 1) == 0)
+        let yCount = Int(s.n) * Int(s.c_out) * Int(s.h_out) * Int(s.w_out), wCount = Int(s.c_out) * Int(s.c_in) * 9
+        var rng = Kit.Xorshift(seed: UInt64(c.reduce(5) { $0 &* 31 &+ $1 }))
+        let x = rng.floats(Int(s.n) * Int(s.c_in) * Int(s.h_in) * Int(s.w_in)), dy = rng.floats(yCount)
+        let dw0 = rng.floats(wCount), db0 = rng.floats(Int(s.c_out))
+        for withBias in [false, true] {
+            var refW = dw0, refB = db0
+            if withBias { msq_conv2d_backward_weight_ref(&refW, &refB, dy, x, &s, nil) }
+            else { msq_conv2d_backward_weight_ref(&refW, nil, dy, x, &s, nil) }
+            var gotW = dw0, gotB = db0
+            Kit.withThreads(threads) {
+                withBias ? msq_conv2d_winograd_interleaved_backward_weight(&gotW, &gotB, dy, x, &s, nil)
+                         : msq_conv2d_winograd_interleaved_backward_weight(&gotW, nil, dy, x, &s, nil)
+            }
+            let errW = Kit.maxRelError(gotW, refW), errB = Kit.maxRelError(gotB, refB)
+            #expect(errW <= interleavedRelTolerance, "bias \(withBias): dw rel err \(errW)")
+            #expect(errB <= interleavedRelTolerance, "bias \(withBias): db rel err \(errB)")
+            if !withBias { #expect(gotB == db0, "dbias touched although NULL was passed") }
+        }
     }
 
     @Test("eligible: 3x3, stride 1, one group, >= 8 input channels, batch fills 3/4 of its lanes")
