@@ -3,9 +3,10 @@ import Testing
 
 // Winograd F(2x2, 3x3) on eight interleaved images (winograd_interleaved.c) called directly:
 // forward (overwrite with and without bias, accumulate) and backward weight, against the
-// double-precision reference at odd sizes, batches that leave lanes empty, paddings 0-2, planes narrower and wider than a vector,
-// channel counts off the 4-channel block, the cblas_sgemm products (> 64x64 weights per ξ), several
-// tile chunks per group, and 1 and 2 threads; and which shapes qualify.
+// double-precision reference at odd sizes, batches that leave lanes empty, paddings 0-2, planes
+// narrower and wider than a vector, channel counts off the 4-channel block, the cblas_sgemm
+// products (> 64x64 weights per ξ), several tile chunks per group, and 1 and 2 threads; and which
+// shapes qualify.
 
 private typealias Kit = KernelTestKit
 
