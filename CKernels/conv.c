@@ -1,5 +1,6 @@
 /* conv.c — 2-D convolution (NCHW input, OIHW weights, any kernel/stride/padding/groups). */
 #include "msq_kernels.h"
+#include "conv_internal.h"
 #include <cblas.h>
 #include <omp.h>
 #include <stddef.h>
@@ -40,11 +41,10 @@ static inline size_t w_at(const msq_conv2d_shape *s, int co, int ci, int i, int 
     return (((size_t)co * (s->c_in / s->groups) + ci) * s->kh + i) * s->kw + j;
 }
 
-/* y[n,c_out,h_out,w_out] = bias[co] + sum over (ci < cin_g, i, j) of
+/* y[n,c_out,h_out,w_out] (+)= bias[co] + sum over (ci < cin_g, i, j) of
    x[n, g*cin_g + ci, oh*sh - ph + i, ow*sw - pw + j] * w[co, ci, i, j],  g = co / cout_g. */
-void msq_conv2d_forward_ref(float *y, const float *x, const float *w, const float *bias,
-                            const msq_conv2d_shape *s, void *workspace) {
-    (void)workspace;
+static void forward_ref_core(float *y, const float *x, const float *w, const float *bias,
+                             const msq_conv2d_shape *s, int accumulate) {
     const int cin_g = s->c_in / s->groups, cout_g = s->c_out / s->groups;
     for (int b = 0; b < s->n; b++)
         for (int co = 0; co < s->c_out; co++) {
@@ -63,9 +63,21 @@ void msq_conv2d_forward_ref(float *y, const float *x, const float *w, const floa
                                        (double)w[w_at(s, co, ci, i, j)];
                             }
                         }
-                    y[y_at(s, b, co, oh, ow)] = (float)acc;
+                    if (accumulate) y[y_at(s, b, co, oh, ow)] += (float)acc;
+                    else            y[y_at(s, b, co, oh, ow)] = (float)acc;
                 }
         }
+}
+
+void msq_conv2d_forward_ref(float *y, const float *x, const float *w, const float *bias,
+                            const msq_conv2d_shape *s, void *workspace) {
+    (void)workspace;
+    forward_ref_core(y, x, w, bias, s, 0);
+}
+
+void msq_conv2d_forward_fallback(float *y, const float *x, const float *w, const float *bias,
+                                 const msq_conv2d_shape *s, int accumulate) {
+    forward_ref_core(y, x, w, accumulate ? NULL : bias, s, accumulate);
 }
 
 /* dx[n,c_in,h_in,w_in] += sum over (co in c's group, i, j) of dy[n, co, oh, ow] * w[co, ci, i, j]

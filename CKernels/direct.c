@@ -21,6 +21,7 @@
  * the partials added in thread order, so results depend only on the shape and the thread count.
  * Workspace, per thread: X [c_in][xpitch] | Y or dY [c_out][ypitch] | dw, dbias partials. */
 #include "msq_kernels.h"
+#include "conv_internal.h"
 #include <omp.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -161,15 +162,7 @@ void msq_conv2d_direct_forward(float *y, const float *x, const float *w, const f
     if (!ws) {
         ws = owned = aligned_alloc(64, (msq_conv2d_direct_workspace_size(s) + 63) / 64 * 64 + 64);
         if (!ws) { /* out of memory: slow but correct */
-            const size_t count = (size_t)s->n * s->c_out * s->h_out * s->w_out;
-            float *tmp = accumulate ? malloc(count * sizeof(float)) : NULL;
-            if (accumulate && tmp) {
-                msq_conv2d_forward_ref(tmp, x, w, NULL, s, NULL);
-                for (size_t i = 0; i < count; i++) y[i] += tmp[i];
-                free(tmp);
-            } else if (!accumulate) {
-                msq_conv2d_forward_ref(y, x, w, bias, s, NULL);
-            }
+            msq_conv2d_forward_fallback(y, x, w, bias, s, accumulate);
             return;
         }
     }

@@ -14,7 +14,7 @@
  * thread count, so results are reproducible for both.
  * Workspace: U | per thread: V | M | four padded input rows and their transform. */
 #include "msq_kernels.h"
-#include "winograd_weights.h"
+#include "conv_internal.h"
 #include <cblas.h>
 #include <omp.h>
 #include <stddef.h>
@@ -243,17 +243,7 @@ void msq_conv2d_winograd_forward(float *y, const float *x, const float *w, const
         size_t bytes = (msq_conv2d_winograd_workspace_size(s) + 63) / 64 * 64 + 64;
         ws = owned = aligned_alloc(64, bytes);
         if (!ws) { /* out of memory: slow but correct */
-            if (accumulate) {
-                const size_t count = (size_t)s->n * s->c_out * s->h_out * s->w_out;
-                float *tmp = malloc(count * sizeof(float));
-                if (tmp) {
-                    msq_conv2d_forward_ref(tmp, x, w, NULL, s, NULL);
-                    for (size_t i = 0; i < count; i++) y[i] += tmp[i];
-                    free(tmp);
-                    return;
-                }
-            }
-            msq_conv2d_forward_ref(y, x, w, accumulate ? NULL : bias, s, NULL);
+            msq_conv2d_forward_fallback(y, x, w, bias, s, accumulate);
             return;
         }
     }

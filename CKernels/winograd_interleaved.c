@@ -15,7 +15,7 @@
  * The backward weight runs the same steps backwards (see msq_conv2d_winograd_interleaved_backward_weight).
  * Workspace: U | per thread: X | Y | V chunk | M chunk | partial dU. */
 #include "msq_kernels.h"
-#include "winograd_weights.h"
+#include "conv_internal.h"
 #include <cblas.h>
 #include <omp.h>
 #include <stddef.h>
@@ -282,15 +282,7 @@ void msq_conv2d_winograd_interleaved_forward(float *y, const float *x, const flo
     if (!ws) {
         ws = owned = aligned_alloc(64, (msq_conv2d_winograd_interleaved_workspace_size(s) + 63) / 64 * 64 + 64);
         if (!ws) { /* out of memory: slow but correct */
-            const size_t count = (size_t)s->n * s->c_out * s->h_out * s->w_out;
-            float *tmp = accumulate ? malloc(count * sizeof(float)) : NULL;
-            if (accumulate && tmp) {
-                msq_conv2d_forward_ref(tmp, x, w, NULL, s, NULL);
-                for (size_t i = 0; i < count; i++) y[i] += tmp[i];
-                free(tmp);
-            } else if (!accumulate) {
-                msq_conv2d_forward_ref(y, x, w, bias, s, NULL);
-            }
+            msq_conv2d_forward_fallback(y, x, w, bias, s, accumulate);
             return;
         }
     }

@@ -26,57 +26,15 @@ struct WinogradInterleavedTests {
     @Test("overwrite (with and without bias) and accumulate match the reference",
           arguments: interleavedCases, Kit.threadCountArguments)
     func matchesReference(_ c: [Int], threads: Int) {
-        var s = msq_conv2d_shape()
-        #expect(msq_conv2d_make_shape(&s, Int32(c[0]), Int32(c[1]), Int32(c[2]), Int32(c[3]), Int32(c[4]),
-                                      3, 3, 1, Int32(c[5]), 1) == 0)
-        let yCount = Int(s.n) * Int(s.c_out) * Int(s.h_out) * Int(s.w_out)
-        var rng = Kit.Xorshift(seed: UInt64(c.reduce(3) { $0 &* 31 &+ $1 }))
-        let x = rng.floats(Int(s.n) * Int(s.c_in) * Int(s.h_in) * Int(s.w_in))
-        let w = rng.floats(Int(s.c_out) * Int(s.c_in) * 9), bias = rng.floats(Int(s.c_out))
-        let y0 = rng.floats(yCount)
-        for withBias in [false, true] {
-            var ref = [Float](repeating: 0, count: yCount)
-            msq_conv2d_forward_ref(&ref, x, w, withBias ? bias : nil, &s, nil)
-            var got = [Float](repeating: .nan, count: yCount)
-            Kit.withThreads(threads) {
-                msq_conv2d_winograd_interleaved_forward(&got, x, w, withBias ? bias : nil, &s, nil, 0)
-            }
-            let err = Kit.maxRelError(got, ref)
-            #expect(err <= interleavedRelTolerance, "bias \(withBias): rel err \(err)")
-        }
-        var conv = [Float](repeating: 0, count: yCount)
-        msq_conv2d_forward_ref(&conv, x, w, nil, &s, nil)
-        let expected = zip(y0, conv).map { $0 + $1 }
-        var acc = y0
-        Kit.withThreads(threads) { msq_conv2d_winograd_interleaved_forward(&acc, x, w, bias, &s, nil, 1) } // bias unused
-        let err = Kit.maxRelError(acc, expected)
-        #expect(err <= interleavedRelTolerance, "accumulate: rel err \(err)")
+        ConvKernelChecks.forwardMatchesReference(c, threads: threads, tolerance: interleavedRelTolerance,
+                                                 msq_conv2d_winograd_interleaved_forward)
     }
 
     @Test("backward weight (with and without bias) accumulates the reference's gradient",
           arguments: interleavedCases, Kit.threadCountArguments)
     func weightMatchesReference(_ c: [Int], threads: Int) {
-        var s = msq_conv2d_shape()
-        #expect(msq_conv2d_make_shape(&s, Int32(c[0]), Int32(c[1]), Int32(c[2]), Int32(c[3]), Int32(c[4]),
-                                      3, 3, 1, Int32(c[5]), 1) == 0)
-        let yCount = Int(s.n) * Int(s.c_out) * Int(s.h_out) * Int(s.w_out), wCount = Int(s.c_out) * Int(s.c_in) * 9
-        var rng = Kit.Xorshift(seed: UInt64(c.reduce(5) { $0 &* 31 &+ $1 }))
-        let x = rng.floats(Int(s.n) * Int(s.c_in) * Int(s.h_in) * Int(s.w_in)), dy = rng.floats(yCount)
-        let dw0 = rng.floats(wCount), db0 = rng.floats(Int(s.c_out))
-        for withBias in [false, true] {
-            var refW = dw0, refB = db0
-            if withBias { msq_conv2d_backward_weight_ref(&refW, &refB, dy, x, &s, nil) }
-            else { msq_conv2d_backward_weight_ref(&refW, nil, dy, x, &s, nil) }
-            var gotW = dw0, gotB = db0
-            Kit.withThreads(threads) {
-                withBias ? msq_conv2d_winograd_interleaved_backward_weight(&gotW, &gotB, dy, x, &s, nil)
-                         : msq_conv2d_winograd_interleaved_backward_weight(&gotW, nil, dy, x, &s, nil)
-            }
-            let errW = Kit.maxRelError(gotW, refW), errB = Kit.maxRelError(gotB, refB)
-            #expect(errW <= interleavedRelTolerance, "bias \(withBias): dw rel err \(errW)")
-            #expect(errB <= interleavedRelTolerance, "bias \(withBias): db rel err \(errB)")
-            if !withBias { #expect(gotB == db0, "dbias touched although NULL was passed") }
-        }
+        ConvKernelChecks.weightMatchesReference(c, threads: threads, tolerance: interleavedRelTolerance,
+                                                msq_conv2d_winograd_interleaved_backward_weight)
     }
 
     @Test("eligible: 3x3, stride 1, one group, >= 8 input channels, batch fills 3/4 of its lanes")

@@ -21,30 +21,10 @@ struct WinogradTests {
     @Test("overwrite (with and without bias) and accumulate match the reference",
           arguments: winogradCases, Kit.threadCountArguments)
     func matchesReference(_ c: [Int], threads: Int) {
-        var s = msq_conv2d_shape()
-        #expect(msq_conv2d_make_shape(&s, Int32(c[0]), Int32(c[1]), Int32(c[2]), Int32(c[3]), Int32(c[4]),
-                                      3, 3, 1, Int32(c[5]), 1) == 0)
+        var s = ConvKernelChecks.shape(c)
         #expect(msq_conv2d_winograd_eligible(&s) == 1)
-        let yCount = Int(s.n) * Int(s.c_out) * Int(s.h_out) * Int(s.w_out)
-        var rng = Kit.Xorshift(seed: UInt64(c.reduce(0) { $0 &* 31 &+ $1 }))
-        let x = rng.floats(Int(s.n) * Int(s.c_in) * Int(s.h_in) * Int(s.w_in))
-        let w = rng.floats(Int(s.c_out) * Int(s.c_in) * 9), bias = rng.floats(Int(s.c_out))
-        let y0 = rng.floats(yCount)
-        for withBias in [false, true] {
-            var ref = [Float](repeating: 0, count: yCount)
-            msq_conv2d_forward_ref(&ref, x, w, withBias ? bias : nil, &s, nil)
-            var got = [Float](repeating: .nan, count: yCount)
-            Kit.withThreads(threads) { msq_conv2d_winograd_forward(&got, x, w, withBias ? bias : nil, &s, nil, 0) }
-            let err = Kit.maxRelError(got, ref)
-            #expect(err <= winogradRelTolerance, "bias \(withBias): rel err \(err)")
-        }
-        var conv = [Float](repeating: 0, count: yCount)
-        msq_conv2d_forward_ref(&conv, x, w, nil, &s, nil)
-        let expected = zip(y0, conv).map { $0 + $1 }
-        var acc = y0
-        Kit.withThreads(threads) { msq_conv2d_winograd_forward(&acc, x, w, bias, &s, nil, 1) } // bias unused
-        let err = Kit.maxRelError(acc, expected)
-        #expect(err <= winogradRelTolerance, "accumulate: rel err \(err)")
+        ConvKernelChecks.forwardMatchesReference(c, threads: threads, tolerance: winogradRelTolerance,
+                                                 msq_conv2d_winograd_forward)
     }
 
     @Test("eligible: 3x3, stride 1, one group, >= 64 channels each way, outputs >= 16 wide")

@@ -1,0 +1,18 @@
+/* conv_internal.h — private to CKernels: helpers the convolution files (conv.c, winograd.c,
+ * winograd_interleaved.c, direct.c) share. */
+#ifndef MSQ_CONV_INTERNAL_H
+#define MSQ_CONV_INTERNAL_H
+#include "msq_kernels.h"
+
+/* u[ξ][co][ci] = (G g_{co,ci} G^T)[ξ] for w[c_out][c_in][3][3], G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1],
+   the F(2x2, 3x3) weight transform of both Winograd layouts. An orphaned `omp for` over output
+   channels: call it from every thread of a parallel region (or outside one); it ends in a barrier. */
+void msq_winograd_transform_weights(float *u, const float *w, const msq_conv2d_shape *s);
+
+/* y = conv(x, w) + bias, or y += conv(x, w) when accumulate != 0 (bias unused then), by the
+   reference arithmetic and without allocating: the path of the workspace-hungry kernels when
+   their workspace cannot be allocated. */
+void msq_conv2d_forward_fallback(float *y, const float *x, const float *w, const float *bias,
+                                 const msq_conv2d_shape *s, int accumulate);
+
+#endif
