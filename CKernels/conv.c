@@ -160,7 +160,7 @@ void msq_conv2d_backward_weight_ref(float *dw, float *dbias, const float *dy, co
    (winograd_interleaved.c) when the batch fills its lanes, else by tile rows (winograd.c) when
    the layer is wide and deep enough; the direct kernels (direct.c) take the rest of the 3x3
    stride-1 layers with few channels. The backward weight of 3x3 stride-1 layers takes the
-   interleaved Winograd from 32 channels on, else the direct kernels where they apply.
+   interleaved Winograd where it applies, else the direct kernels where they apply.
    Workspace: [flipped weights | per thread: col | tmp | partial dw | partial dbias], or after the
    flipped weights, Winograd's, the direct kernels' or the wide mode's buffers when larger. */
 
@@ -916,9 +916,7 @@ void msq_conv2d_backward_weight(float *dw, float *dbias, const float *dy, const 
         return;
     }
     float *slices = ws + L.head_floats;
-    /* Winograd's backward weight beats the direct sums from 32 channels on; at 16 in and out its
-       transforms cost more than its 2.25x fewer products save (msq-bench kernels: 140 vs 172 GFLOP/s). */
-    if (msq_conv2d_winograd_interleaved_eligible(s) && (s->c_in > 16 || s->c_out > 16)) {
+    if (msq_conv2d_winograd_interleaved_eligible(s)) {
         msq_conv2d_winograd_interleaved_backward_weight(dw, dbias, dy, x, s, slices);
         free(owned);
         return;

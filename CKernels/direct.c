@@ -1,6 +1,7 @@
 /* direct.c — 3x3 stride-1 "same" convolution computed directly, without im2col, for layers with
- * few channels (ResNet-20's 16-64), where a GEMM over im2col columns spends more time building
- * and packing the columns than multiplying.
+ * few channels that the interleaved Winograd does not take (fewer than 8 input channels, as in
+ * ResNet-20's stem, or batches that leave its lanes empty), where a GEMM over im2col columns
+ * spends more time building and packing the columns than multiplying.
  *
  * Flat padded layout. A group of g images of one channel is stored as one grid of
  * g * (h + 1) + 2 rows of pitch P = w + 1: image i's row y at grid row i * (h + 1) + 1 + y,

@@ -55,6 +55,11 @@ typedef struct il_geom {
 
 static size_t round16(size_t n) { return (n + 15) / 16 * 16; }
 
+/* Floats between the 16 ξ planes of a V, M or D chunk of `channels` rows of tc tiles: one cache
+   line more than the plane, so that the 16 planes a tile's transform touches do not fall into
+   one L1 set (plane sizes are often multiples of 4 KiB). */
+static size_t plane_stride(int channels, long tc) { return (size_t)channels * tc * LANES + 16; }
+
 /* Lanes of the last group past the batch's end are wasted work: at least 3/4 of the lanes must
    hold images (so batches of 6-8, 12-16, 18-24, ... and every batch from 24 up). */
 int msq_conv2d_winograd_interleaved_eligible(const msq_conv2d_shape *s) {
@@ -81,8 +86,8 @@ static il_geom il_geometry(const msq_conv2d_shape *s) {
     G.u_floats = round16((size_t)16 * s->c_out * s->c_in);
     G.x_floats = round16((size_t)s->c_in * G.hp * G.wp * LANES);
     G.y_floats = round16((size_t)s->c_out * G.ho * G.wo * LANES);
-    G.v_floats = round16((size_t)16 * s->c_in * chunk * LANES);
-    G.m_floats = round16((size_t)16 * s->c_out * chunk * LANES);
+    G.v_floats = round16(16 * plane_stride(s->c_in, chunk));
+    G.m_floats = round16(16 * plane_stride(s->c_out, chunk));
     G.slice_floats = G.x_floats + G.y_floats + G.v_floats + G.m_floats + G.u_floats;
     return G;
 }
@@ -174,7 +179,7 @@ static void deinterleave_output(float *y, const float *Y, const float *bias, con
 /* V[ξ][ci][t - t0] for tiles [t0, t0 + tc): B^T d B, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. */
 static void transform_input(float *V, const float *X, const msq_conv2d_shape *s, const il_geom *G,
                             long t0, long tc) {
-    const size_t xi_stride = (size_t)s->c_in * tc * LANES; /* between ξ planes of V */
+    const size_t xi_stride = plane_stride(s->c_in, tc); /* between ξ planes of V */
     for (int ci = 0; ci < s->c_in; ci++) {
         const float *xc = X + (size_t)ci * G->hp * G->wp * LANES;
         for (long t = t0; t < t0 + tc; t++) {
@@ -203,7 +208,7 @@ static void transform_input(float *V, const float *X, const msq_conv2d_shape *s,
 /* Y[co][2ty + a][2tx + b] = (A^T M A)[a][b] for tiles [t0, t0 + tc), A^T = [1 1 1 0; 0 1 -1 -1]. */
 static void transform_output(float *Y, const float *M, const msq_conv2d_shape *s, const il_geom *G,
                              long t0, long tc) {
-    const size_t xi_stride = (size_t)s->c_out * tc * LANES;
+    const size_t xi_stride = plane_stride(s->c_out, tc);
     for (int co = 0; co < s->c_out; co++) {
         float *yc = Y + (size_t)co * G->ho * G->wo * LANES;
         for (long t = t0; t < t0 + tc; t++) {
@@ -304,8 +309,8 @@ void msq_conv2d_winograd_interleaved_forward(float *y, const float *x, const flo
                 transform_input(V, X, s, &G, t0, tc);
                 for (int xi = 0; xi < 16; xi++) {
                     const float *uk = u + (size_t)xi * s->c_out * s->c_in;
-                    const float *vk = V + (size_t)xi * s->c_in * cols;
-                    float *mk = M + (size_t)xi * s->c_out * cols;
+                    const float *vk = V + (size_t)xi * plane_stride(s->c_in, tc);
+                    float *mk = M + (size_t)xi * plane_stride(s->c_out, tc);
                     if (few)
                         products_few(mk, uk, vk, s->c_out, s->c_in, cols);
                     else
@@ -330,7 +335,7 @@ void msq_conv2d_winograd_interleaved_forward(float *y, const float *x, const flo
 /* D[ξ][co][t - t0] for tiles [t0, t0 + tc) of dY (Y's layout), A = [1 0; 1 1; 1 -1; 0 -1]. */
 static void transform_dy(float *D, const float *Yg, const msq_conv2d_shape *s, const il_geom *G,
                          long t0, long tc) {
-    const size_t xi_stride = (size_t)s->c_out * tc * LANES;
+    const size_t xi_stride = plane_stride(s->c_out, tc);
     for (int co = 0; co < s->c_out; co++) {
         const float *yc = Yg + (size_t)co * G->ho * G->wo * LANES;
         for (long t = t0; t < t0 + tc; t++) {
@@ -452,7 +457,8 @@ void msq_conv2d_winograd_interleaved_backward_weight(float *dw, float *dbias, co
                 transform_input(V, X, s, &G, t0, tc);
                 transform_dy(D, Y, s, &G, t0, tc);
                 for (int xi = 0; xi < 16; xi++) {
-                    const float *dk = D + (size_t)xi * s->c_out * cols, *vk = V + (size_t)xi * s->c_in * cols;
+                    const float *dk = D + (size_t)xi * plane_stride(s->c_out, tc);
+                    const float *vk = V + (size_t)xi * plane_stride(s->c_in, tc);
                     float *uk = dU + (size_t)xi * s->c_out * s->c_in;
                     if (few)
                         products_few_nt(uk, dk, vk, s->c_out, s->c_in, cols);

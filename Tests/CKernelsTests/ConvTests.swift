@@ -108,11 +108,11 @@ private let convCases: [ConvTestCase] = [
     .init(n: 5, cIn: 7, h: 9, w: 13, cOut: 18, k: 3, stride: 1, pad: 1, groups: 1),
     .init(n: 5, cIn: 32, h: 32, w: 32, cOut: 31, k: 3, stride: 1, pad: 1, groups: 1),
     // Interleaved Winograd (3x3 stride 1, >= 8 input channels, batch filling 3/4 of its groups of
-    // eight): forward and, through the transposed conv, backward input; narrow planes, padding 0-2.
+    // eight): forward, backward weight and, through the transposed conv, backward input; narrow
+    // planes, padding 0-2.
     .init(n: 8, cIn: 9, h: 7, w: 13, cOut: 10, k: 3, stride: 1, pad: 1, groups: 1),
     .init(n: 6, cIn: 16, h: 5, w: 4, cOut: 8, k: 3, stride: 1, pad: 2, groups: 1),
     .init(n: 16, cIn: 12, h: 6, w: 9, cOut: 13, k: 3, stride: 1, pad: 0, groups: 1),
-    // ... and its backward weight (more than 16 channels).
     .init(n: 8, cIn: 17, h: 5, w: 6, cOut: 18, k: 3, stride: 1, pad: 1, groups: 1),
     // Wide mode (at 2 threads: fewer output columns per thread than output channels): shared
     // column matrix, GEMMs split by channel rows; stride 1 and 2 (col2im), and with Winograd.
