@@ -91,6 +91,26 @@ func countModules<T>(_ m: any Module, of type: T.Type) -> Int {
         #expect(model.backward(Tensor(shape: [1, 1000], repeating: 0.001)).shape == x.shape)
     }
 
+    @Test("backwardParameters accumulates exactly backward's parameter gradients",
+          arguments: [ModelKind.resnet20, .resnet18])
+    func backwardParametersMatchesBackward(kind: ModelKind) throws {
+        let model = makeModel(kind, inputChannels: 3, numClasses: 10, seed: 4)
+        var rng = RandomSource(seed: 5)
+        let x = randomTensor([2, 3, kind == .resnet20 ? 12 : 40, kind == .resnet20 ? 12 : 40], rng: &rng)
+        let labels: [Int32] = [1, 7]
+        func gradients(full: Bool) throws -> [[Float]] {
+            model.zeroGradients()
+            let loss = SoftmaxCrossEntropy()
+            _ = try loss.forward(logits: model.forward(x, mode: .train), labels: labels)
+            if full { _ = model.backward(loss.backward()) } else { model.backwardParameters(loss.backward()) }
+            return model.namedParameters().filter(\.parameter.trainable).map(\.parameter.grad.scalars)
+        }
+        let full = try gradients(full: true), params = try gradients(full: false)
+        #expect(full.count == params.count)
+        #expect(full == params)
+        #expect(full.contains { $0.contains { $0 != 0 } })
+    }
+
     @Test("Initialisation is a function of the seed", arguments: [ModelKind.resnet20, .resnet18])
     func determinism(kind: ModelKind) {
         let a = makeModel(kind, inputChannels: 3, numClasses: 10, seed: 42).namedParameters()

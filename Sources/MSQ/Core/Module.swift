@@ -42,6 +42,10 @@ public protocol Module: AnyObject {
     func forward(_ input: Tensor, mode: ForwardMode) -> Tensor
     /// Given dLoss/dOutput of the last forward, accumulates parameter gradients and returns dLoss/dInput.
     func backward(_ gradOutput: Tensor) -> Tensor
+    /// ``backward(_:)`` for a caller that discards dLoss/dInput (training, Hessian traces): the same
+    /// parameter gradients, but a module may skip computing its input gradient (a network's first
+    /// convolution then saves its transposed convolution, the costliest input gradient there is).
+    func backwardParameters(_ gradOutput: Tensor)
     /// Calls `body` with every parameter and buffer and its dotted path (`layer2.1.conv1.weight`).
     func visitParameters(prefix: String, _ body: (String, Parameter) -> Void)
     /// Calls `body` with every direct and nested child module and its path, depth first.
@@ -51,6 +55,9 @@ public protocol Module: AnyObject {
 extension Module {
     /// Leaves have no children.
     public func visitModules(prefix: String, _ body: (String, Module) -> Void) {}
+
+    /// By default the full backward, its input gradient dropped.
+    public func backwardParameters(_ gradOutput: Tensor) { _ = backward(gradOutput) }
 
     /// Every parameter and buffer with its full path, in a stable order.
     public func namedParameters() -> [(name: String, parameter: Parameter)] {

@@ -151,6 +151,17 @@ public final class Conv2d: Module {
     /// dx = conv_transpose(dy, effectiveWeight), passed back through the input quantizer if any
     /// (which accumulates dα); accumulates dW (through the transform) and dBias.
     public func backward(_ gradOutput: Tensor) -> Tensor {
+        // With inputGradient true the core always returns dx.
+        backwardCore(gradOutput, inputGradient: true) ?? Tensor(shape: [0])
+    }
+
+    /// dW (through the transform) and dBias as in ``backward(_:)``, without dx unless an input
+    /// quantizer needs it for dα.
+    public func backwardParameters(_ gradOutput: Tensor) {
+        _ = backwardCore(gradOutput, inputGradient: inputQuantizer != nil)
+    }
+
+    private func backwardCore(_ gradOutput: Tensor, inputGradient: Bool) -> Tensor? {
         guard let x = cachedInput, let w = cachedWeight, let we = cachedEffectiveWeight else {
             fatalError("\(layerDescription): backward called without a preceding forward")
         }
@@ -163,11 +174,17 @@ public final class Conv2d: Module {
         let quantizer = cachedQuantizer
         cachedQuantizer = nil
         let ws = workspace.pointer(bytes: msq_conv2d_workspace_size(&s))
-        var dx = Tensor(shape: x.shape)
-        gradOutput.withUnsafePointer { dy in
-            we.withUnsafePointer { wp in
-                dx.withUnsafeMutablePointer { dxp in msq_conv2d_backward_input(dxp, dy, wp, &s, ws) }
+        var dx: Tensor? = nil
+        if inputGradient {
+            var g = Tensor(shape: x.shape)
+            gradOutput.withUnsafePointer { dy in
+                we.withUnsafePointer { wp in
+                    g.withUnsafeMutablePointer { dxp in msq_conv2d_backward_input(dxp, dy, wp, &s, ws) }
+                }
             }
+            dx = g
+        }
+        gradOutput.withUnsafePointer { dy in
             x.withUnsafePointer { xp in
                 LayerKit.withGradPointer(bias) { db in
                     if let transform = weightTransform {
@@ -186,6 +203,7 @@ public final class Conv2d: Module {
             }
         }
         // dx so far is dL/dx_q; the quantizer's straight-through estimator maps it to dL/dx.
+        guard let dx else { return nil }
         return quantizer?.backward(dx) ?? dx
     }
 

@@ -44,6 +44,14 @@ public final class Sequential: Module {
         return g
     }
 
+    /// The children's backward in reverse order, the first child's without its input gradient.
+    public func backwardParameters(_ gradOutput: Tensor) {
+        guard let first = children.first else { return }
+        var g = gradOutput
+        for child in children.dropFirst().reversed() { g = child.module.backward(g) }
+        first.module.backwardParameters(g)
+    }
+
     /// Each child's parameters under `prefix.<child name>`.
     public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
         for child in children { child.module.visitParameters(prefix: joinPath(prefix, child.name), body) }

@@ -94,6 +94,9 @@ public final class ImageNetResNet: Module {
     /// dLoss/dImages; accumulates every parameter's gradient.
     public func backward(_ gradOutput: Tensor) -> Tensor { body.backward(gradOutput) }
 
+    /// The parameter gradients of ``backward(_:)``; the stem convolution skips dLoss/dImages.
+    public func backwardParameters(_ gradOutput: Tensor) { body.backwardParameters(gradOutput) }
+
     /// `conv1.*`, `bn1.*`, `layerS.B.*`, `fc.*` (torchvision's names).
     public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
         self.body.visitParameters(prefix: prefix, body)

@@ -112,7 +112,7 @@ public struct HessianVectorProduct {
         let logits = model.forward(images, mode: .eval)
         let loss = SoftmaxCrossEntropy()
         _ = try loss.forward(logits: logits, labels: labels)
-        _ = model.backward(loss.backward())
+        model.backwardParameters(loss.backward())
         return layers.map { layer in layer.parameter.grad.scalars.map(Double.init) }
     }
 }

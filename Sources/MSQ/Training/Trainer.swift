@@ -97,7 +97,7 @@ public final class Trainer {
                 let logits = model.forward(batch.images, mode: .train)
                 let loss = try lossFunction.forward(logits: logits, labels: batch.labels)
                 guard loss.isFinite else { throw TrainingError.diverged(epoch: epoch, step: stepInEpoch, loss: loss) }
-                _ = model.backward(lossFunction.backward())
+                model.backwardParameters(lossFunction.backward())
                 _ = try method.afterBackward(model: model, epoch: epoch, step: progress.globalStep)
                 optimizer.step(learningRate: Float(lr))
 

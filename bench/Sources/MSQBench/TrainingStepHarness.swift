@@ -69,7 +69,7 @@ final class TrainingStepHarness {
         net.zeroGradients()
         let logits = net.forward(images, mode: .train)
         _ = try loss.forward(logits: logits, labels: labels)
-        _ = net.backward(loss.backward())
+        net.backwardParameters(loss.backward())
         regularizer?.apply()
         if let libraryMethod { _ = try libraryMethod.afterBackward(model: net, epoch: 1, step: stepIndex) }
         sgd.step(learningRate: 0.01)
