@@ -403,23 +403,22 @@ static void products_few_nt(float *restrict du, const float *restrict d, const f
         }
 }
 
-/* dw[co][ci][3][3] += G^T dU[·][co][ci] G, G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]. */
-static void weights_from_du(float *dw, const float *du, const msq_conv2d_shape *s) {
+/* dw[co][ci][3][3] += G^T dU[·][co][ci] G for the pair k = co * c_in + ci,
+   G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]. */
+static void weights_from_du(float *dw, const float *du, const msq_conv2d_shape *s, size_t k) {
     const size_t plane = (size_t)s->c_out * s->c_in;
-    for (size_t k = 0; k < plane; k++) {
-        float e[4][4], t[3][4];
-        for (int xi = 0; xi < 16; xi++) e[xi / 4][xi % 4] = du[(size_t)xi * plane + k];
-        for (int j = 0; j < 4; j++) { /* G^T e: rows a = 0, 1, 2 */
-            t[0][j] = e[0][j] + 0.5f * (e[1][j] + e[2][j]);
-            t[1][j] = 0.5f * (e[1][j] - e[2][j]);
-            t[2][j] = 0.5f * (e[1][j] + e[2][j]) + e[3][j];
-        }
-        float *g = dw + k * 9;
-        for (int a = 0; a < 3; a++) { /* (G^T e) G */
-            g[3 * a + 0] += t[a][0] + 0.5f * (t[a][1] + t[a][2]);
-            g[3 * a + 1] += 0.5f * (t[a][1] - t[a][2]);
-            g[3 * a + 2] += 0.5f * (t[a][1] + t[a][2]) + t[a][3];
-        }
+    float e[4][4], t[3][4];
+    for (int xi = 0; xi < 16; xi++) e[xi / 4][xi % 4] = du[(size_t)xi * plane + k];
+    for (int j = 0; j < 4; j++) { /* G^T e: rows a = 0, 1, 2 */
+        t[0][j] = e[0][j] + 0.5f * (e[1][j] + e[2][j]);
+        t[1][j] = 0.5f * (e[1][j] - e[2][j]);
+        t[2][j] = 0.5f * (e[1][j] + e[2][j]) + e[3][j];
+    }
+    float *g = dw + k * 9;
+    for (int a = 0; a < 3; a++) { /* (G^T e) G */
+        g[3 * a + 0] += t[a][0] + 0.5f * (t[a][1] + t[a][2]);
+        g[3 * a + 1] += 0.5f * (t[a][1] - t[a][2]);
+        g[3 * a + 2] += 0.5f * (t[a][1] + t[a][2]) + t[a][3];
     }
 }
 
@@ -440,6 +439,7 @@ void msq_conv2d_winograd_interleaved_backward_weight(float *dw, float *dbias, co
     const int team = omp_in_parallel() ? 1 : omp_get_max_threads();
     const int few = (long)s->c_out * s->c_in <= MSQ_WINOGRAD_IL_FEW_WEIGHTS;
     const size_t plane_out = (size_t)s->h_out * s->w_out;
+    const size_t pairs = (size_t)s->c_out * s->c_in, du_count = 16 * pairs;
     #pragma omp parallel num_threads(team) if (team > 1)
     {
         float *X = slices + (size_t)omp_get_thread_num() * G.slice_floats;
@@ -470,7 +470,7 @@ void msq_conv2d_winograd_interleaved_backward_weight(float *dw, float *dbias, co
         }
         /* dbias: whole output channels per thread, images and pixels in order. */
         if (dbias) {
-            #pragma omp for schedule(static)
+            #pragma omp for schedule(static) nowait
             for (int co = 0; co < s->c_out; co++) {
                 float acc = 0.0f;
                 for (int b = 0; b < s->n; b++) {
@@ -480,14 +480,17 @@ void msq_conv2d_winograd_interleaved_backward_weight(float *dw, float *dbias, co
                 dbias[co] += acc;
             }
         }
+        /* The partials in thread order into thread 0's (the groups loop's barrier has passed),
+           then every weight pair from its 16 sums. */
+        const int nt = omp_get_num_threads();
+        float *du0 = slices + G.x_floats + G.y_floats + G.v_floats + G.m_floats;
+        for (int t = 1; t < nt; t++) {
+            const float *p = du0 + (size_t)t * G.slice_floats;
+            #pragma omp for schedule(static)
+            for (size_t i = 0; i < du_count; i++) du0[i] += p[i];
+        }
+        #pragma omp for schedule(static)
+        for (size_t k = 0; k < pairs; k++) weights_from_du(dw, du0, s, k);
     }
-    /* Partials in thread order into thread 0's, then into dw. */
-    float *du0 = slices + G.x_floats + G.y_floats + G.v_floats + G.m_floats;
-    const size_t du_count = (size_t)16 * s->c_out * s->c_in;
-    for (int t = 1; t < team; t++) {
-        const float *p = du0 + (size_t)t * G.slice_floats;
-        for (size_t i = 0; i < du_count; i++) du0[i] += p[i];
-    }
-    weights_from_du(dw, du0, s);
     free(owned);
 }
