@@ -10,9 +10,9 @@
  *     Y[co][2ty + a][2tx + b] = (A^T M[·][co][t] A)[a][b]
  * and the images are de-interleaved into y at the end (8x8 transposes). Groups of eight images
  * are split over the team (static schedule); a group's tiles go through the three steps in chunks
- * sized for the core's L2. Lanes past the batch's end hold stale or zero data: lanes never mix, and
- * those lanes are never written back. Results depend only on the shape and the thread count.
- * The backward weight runs the same steps backwards (see msq_conv2d_winograd_interleaved_backward_weight).
+ * sized for the core's L2. Lanes past the batch's end hold zeros (lanes never mix, and those
+ * lanes are never written back). Results depend only on the shape and the thread count.
+ * The backward weight runs the same steps backwards (msq_conv2d_winograd_interleaved_backward_weight).
  * Workspace: U | per thread: X | Y | V chunk | M chunk | partial dU. */
 #include "msq_kernels.h"
 #include "conv_internal.h"
@@ -140,6 +140,21 @@ static void interleave(float *X, const float *x, int c, int h, int w, int rows, 
                 for (int l = 0; l < LANES; l++)
                     dst[(size_t)c * LANES + l] = src[l] ? src[l][(size_t)r * w + c] : 0.0f;
         }
+    }
+}
+
+/* Zeroes the cells of the grids X[c][rows][cols][lane] outside [top, top + h) x [left, left + w),
+   the cells interleave never writes: a call clears only these, not the whole grid. */
+static void zero_border(float *X, int c, int rows, int cols, int top, int left, int h, int w) {
+    const size_t row = (size_t)cols * LANES, right = (size_t)(cols - left - w) * LANES;
+    for (int ch = 0; ch < c; ch++) {
+        float *g = X + (size_t)ch * rows * row;
+        memset(g, 0, (size_t)top * row * sizeof(float));
+        for (int r = top; r < top + h; r++) {
+            memset(g + r * row, 0, (size_t)left * LANES * sizeof(float));
+            memset(g + r * row + (size_t)(left + w) * LANES, 0, right * sizeof(float));
+        }
+        memset(g + (size_t)(top + h) * row, 0, (size_t)(rows - top - h) * row * sizeof(float));
     }
 }
 
@@ -299,7 +314,7 @@ void msq_conv2d_winograd_interleaved_forward(float *y, const float *x, const flo
         msq_winograd_transform_weights(u, w, s); /* ends in a barrier */
         float *X = slices + (size_t)omp_get_thread_num() * G.slice_floats;
         float *Y = X + G.x_floats, *V = Y + G.y_floats, *M = V + G.v_floats;
-        memset(X, 0, G.x_floats * sizeof(float)); /* X's padding cells stay zero from here on */
+        zero_border(X, s->c_in, G.hp, G.wp, s->pad_h, s->pad_w, s->h_in, s->w_in);
         #pragma omp for schedule(static)
         for (int g = 0; g < G.groups; g++) {
             const int b0 = g * LANES, count = s->n - b0 < LANES ? s->n - b0 : LANES;
@@ -444,8 +459,8 @@ void msq_conv2d_winograd_interleaved_backward_weight(float *dw, float *dbias, co
     {
         float *X = slices + (size_t)omp_get_thread_num() * G.slice_floats;
         float *Y = X + G.x_floats, *V = Y + G.y_floats, *D = V + G.v_floats, *dU = D + G.m_floats;
-        /* Padding cells of X, and Y's cells past h_out x w_out, stay zero from here on. */
-        memset(X, 0, (G.x_floats + G.y_floats) * sizeof(float));
+        zero_border(X, s->c_in, G.hp, G.wp, s->pad_h, s->pad_w, s->h_in, s->w_in);
+        zero_border(Y, s->c_out, G.ho, G.wo, 0, 0, s->h_out, s->w_out);
         memset(dU, 0, G.u_floats * sizeof(float));
         #pragma omp for schedule(static)
         for (int g = 0; g < G.groups; g++) {
