@@ -33,10 +33,12 @@ typedef float v8 __attribute__((vector_size(32), aligned(4)));
 /* At least this many tiles per chunk (128 GEMM columns), so that cblas_sgemm's packing of U[ξ]
    is amortised on deep layers even when a tile's V and M exceed the chunk budget. */
 #define MIN_CHUNK_TILES 16
-/* Up to this many weights per ξ (c_out * c_in) the products use products_few below instead of
-   cblas_sgemm, whose packing costs more than the product at K = 16..64. */
+/* Up to this many weights per ξ (c_out * c_in) the forward products use products_few below
+   instead of cblas_sgemm, whose packing costs more than the product at K = 16 (msq-bench kernels:
+   274 vs 264 effective GFLOP/s at 16x16; from 32x32 on cblas_sgemm is as fast or faster). The
+   backward weight's products always go to cblas_sgemm (264 vs 244 at 16x16, 320 vs 278 at 32x32). */
 #ifndef MSQ_WINOGRAD_IL_FEW_WEIGHTS
-#define MSQ_WINOGRAD_IL_FEW_WEIGHTS (64 * 64)
+#define MSQ_WINOGRAD_IL_FEW_WEIGHTS (16 * 16)
 #endif
 /* Fewer input channels than this and the transforms outweigh the 2.25x saving (a stem's 3). */
 #ifndef MSQ_WINOGRAD_IL_MIN_CHANNELS
@@ -371,53 +373,6 @@ static void transform_dy(float *D, const float *Yg, const msq_conv2d_shape *s, c
     }
 }
 
-static inline float hsum(v8 v) {
-    const float a = (v[0] + v[4]) + (v[1] + v[5]), b = (v[2] + v[6]) + (v[3] + v[7]);
-    return a + b;
-}
-
-/* du[co][ci] += Σ_j d[co][j] v[ci][j] for j < cols (a multiple of 8); d[c_out][cols],
-   v[c_in][cols]. Register block: 4 output x 2 input channels, 8 vector partial sums. */
-static void products_few_nt(float *restrict du, const float *restrict d, const float *restrict v,
-                            int c_out, int c_in, long cols) {
-#pragma clang fp contract(fast)
-    int co = 0;
-    for (; co + 4 <= c_out; co += 4) {
-        const float *d0 = d + (size_t)co * cols, *d1 = d0 + cols, *d2 = d1 + cols, *d3 = d2 + cols;
-        int ci = 0;
-        for (; ci + 2 <= c_in; ci += 2) {
-            const float *v0 = v + (size_t)ci * cols, *v1 = v0 + cols;
-            v8 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
-            for (long j = 0; j < cols; j += 8) {
-                const v8 x0 = *(const v8 *)(v0 + j), x1 = *(const v8 *)(v1 + j);
-                v8 e = *(const v8 *)(d0 + j); a00 += e * x0; a01 += e * x1;
-                e = *(const v8 *)(d1 + j);    a10 += e * x0; a11 += e * x1;
-                e = *(const v8 *)(d2 + j);    a20 += e * x0; a21 += e * x1;
-                e = *(const v8 *)(d3 + j);    a30 += e * x0; a31 += e * x1;
-            }
-            float *o = du + (size_t)co * c_in + ci;
-            o[0] += hsum(a00); o[1] += hsum(a01); o += c_in;
-            o[0] += hsum(a10); o[1] += hsum(a11); o += c_in;
-            o[0] += hsum(a20); o[1] += hsum(a21); o += c_in;
-            o[0] += hsum(a30); o[1] += hsum(a31);
-        }
-        for (; ci < c_in; ci++)
-            for (int r = 0; r < 4; r++) {
-                const float *dr = d + (size_t)(co + r) * cols, *vr = v + (size_t)ci * cols;
-                v8 a = {0};
-                for (long j = 0; j < cols; j += 8) a += *(const v8 *)(dr + j) * *(const v8 *)(vr + j);
-                du[(size_t)(co + r) * c_in + ci] += hsum(a);
-            }
-    }
-    for (; co < c_out; co++)
-        for (int ci = 0; ci < c_in; ci++) {
-            const float *dr = d + (size_t)co * cols, *vr = v + (size_t)ci * cols;
-            v8 a = {0};
-            for (long j = 0; j < cols; j += 8) a += *(const v8 *)(dr + j) * *(const v8 *)(vr + j);
-            du[(size_t)co * c_in + ci] += hsum(a);
-        }
-}
-
 /* dw[co][ci][3][3] += G^T dU[·][co][ci] G for the pair k = co * c_in + ci,
    G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]. */
 static void weights_from_du(float *dw, const float *du, const msq_conv2d_shape *s, size_t k) {
@@ -452,7 +407,6 @@ void msq_conv2d_winograd_interleaved_backward_weight(float *dw, float *dbias, co
     }
     float *slices = ws + G.u_floats;
     const int team = omp_in_parallel() ? 1 : omp_get_max_threads();
-    const int few = (long)s->c_out * s->c_in <= MSQ_WINOGRAD_IL_FEW_WEIGHTS;
     const size_t plane_out = (size_t)s->h_out * s->w_out;
     const size_t pairs = (size_t)s->c_out * s->c_in, du_count = 16 * pairs;
     #pragma omp parallel num_threads(team) if (team > 1)
@@ -475,11 +429,8 @@ void msq_conv2d_winograd_interleaved_backward_weight(float *dw, float *dbias, co
                     const float *dk = D + (size_t)xi * plane_stride(s->c_out, tc);
                     const float *vk = V + (size_t)xi * plane_stride(s->c_in, tc);
                     float *uk = dU + (size_t)xi * s->c_out * s->c_in;
-                    if (few)
-                        products_few_nt(uk, dk, vk, s->c_out, s->c_in, cols);
-                    else
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->c_out, s->c_in, (int)cols,
-                                    1.0f, dk, (int)cols, vk, (int)cols, 1.0f, uk, s->c_in);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->c_out, s->c_in, (int)cols,
+                                1.0f, dk, (int)cols, vk, (int)cols, 1.0f, uk, s->c_in);
                 }
             }
         }

@@ -5,7 +5,7 @@ import Testing
 // forward (overwrite with and without bias, accumulate) and backward weight, against the
 // double-precision reference at odd sizes, batches that leave lanes empty, paddings 0-2, planes
 // narrower and wider than a vector, channel counts off the 4-channel block, the cblas_sgemm
-// products (> 64x64 weights per ξ), several tile chunks per group, and 1 and 2 threads; and which
+// forward products (> 16x16 weights per ξ), several tile chunks per group, and 1 and 2 threads; and which
 // shapes qualify.
 
 private typealias Kit = KernelTestKit
@@ -17,7 +17,7 @@ private let interleavedRelTolerance: Float = 1e-5
 /// Shapes as (n, c_in, h, w, c_out, pad).
 private let interleavedCases: [[Int]] = [
     [8, 8, 3, 3, 4, 1], [3, 9, 7, 13, 10, 1], [11, 16, 5, 9, 17, 2], [16, 8, 9, 6, 8, 0],
-    [9, 65, 6, 7, 64, 1],   // cblas_sgemm products, ragged last group
+    [9, 65, 6, 7, 64, 1],   // ragged last group
     [8, 64, 12, 12, 64, 1], // 36 tiles in chunks of 16
 ]
 
