@@ -4,9 +4,9 @@ import Testing
 // Winograd F(2x2, 3x3) on eight interleaved images (winograd_interleaved.c) called directly:
 // forward (overwrite with and without bias, accumulate) and backward weight, against the
 // double-precision reference at odd sizes, batches that leave lanes empty, paddings 0-2, planes
-// narrower and wider than a vector, channel counts off the 4-channel block, the cblas_sgemm
-// forward products (> 16x16 weights per ξ), several tile chunks per group, and 1 and 2 threads; and which
-// shapes qualify.
+// narrower and wider than a vector, channel counts off the 4-channel block, both kinds of forward
+// products (register-blocked up to 16x16 weights per ξ, cblas_sgemm above), several tile chunks
+// per group, and 1 and 2 threads; and which shapes qualify.
 
 private typealias Kit = KernelTestKit
 
