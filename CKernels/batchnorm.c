@@ -30,10 +30,11 @@ static inline void finish_stats(float *save_mean, float *save_invstd, float *run
 
 /* ---------------------------------------------------------------- reference */
 
-void msq_batchnorm_forward_train_ref(float *y, float *save_mean, float *save_invstd,
-                                     float *running_mean, float *running_var,
-                                     const float *x, const float *gamma, const float *beta,
-                                     int n, int c, int hw, float momentum, float eps) {
+/* y = BN(x), or relu(BN(x)) when relu != 0 (relu as in activation.c: v < 0 ? 0 : v). */
+static void forward_train_ref(float *y, float *save_mean, float *save_invstd, float *running_mean,
+                              float *running_var, const float *x, const float *gamma,
+                              const float *beta, int n, int c, int hw, float momentum, float eps,
+                              int relu) {
     long m = (long)n * hw;
     for (int ch = 0; ch < c; ch++) {
         double sum = 0.0;
@@ -51,9 +52,26 @@ void msq_batchnorm_forward_train_ref(float *y, float *save_mean, float *save_inv
         for (int i = 0; i < n; i++)
             for (int j = 0; j < hw; j++) {
                 size_t o = row(i, ch, c, hw) + j;
-                y[o] = (x[o] - mu) * a + b;
+                const float v = (x[o] - mu) * a + b;
+                y[o] = relu && v < 0.0f ? 0.0f : v;
             }
     }
+}
+
+void msq_batchnorm_forward_train_ref(float *y, float *save_mean, float *save_invstd,
+                                     float *running_mean, float *running_var,
+                                     const float *x, const float *gamma, const float *beta,
+                                     int n, int c, int hw, float momentum, float eps) {
+    forward_train_ref(y, save_mean, save_invstd, running_mean, running_var, x, gamma, beta, n, c, hw,
+                      momentum, eps, 0);
+}
+
+void msq_batchnorm_relu_forward_train_ref(float *y, float *save_mean, float *save_invstd,
+                                          float *running_mean, float *running_var,
+                                          const float *x, const float *gamma, const float *beta,
+                                          int n, int c, int hw, float momentum, float eps) {
+    forward_train_ref(y, save_mean, save_invstd, running_mean, running_var, x, gamma, beta, n, c, hw,
+                      momentum, eps, 1);
 }
 
 void msq_batchnorm_forward_eval_ref(float *y, const float *x, const float *gamma, const float *beta,
@@ -76,9 +94,15 @@ static inline void add_param_grads(float *dgamma, float *dbeta, int ch, double s
     if (dbeta) dbeta[ch] += (float)sdy;
 }
 
-void msq_batchnorm_backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy,
-                                const float *x, const float *gamma, const float *save_mean,
-                                const float *save_invstd, int n, int c, int hw) {
+/* The gradient reaching BN's output: dy, or with the fused ReLU's output y, relu'(·) dy
+   (activation.c's relu_b: 0 where y <= 0). */
+static inline float masked(const float *y, const float *dy, size_t o) {
+    return y && y[o] <= 0.0f ? 0.0f : dy[o];
+}
+
+static void backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy, const float *y,
+                         const float *x, const float *gamma, const float *save_mean,
+                         const float *save_invstd, int n, int c, int hw) {
     long m = (long)n * hw;
     for (int ch = 0; ch < c; ch++) {
         float mu = save_mean[ch], invstd = save_invstd[ch];
@@ -86,8 +110,9 @@ void msq_batchnorm_backward_ref(float *dx, float *dgamma, float *dbeta, const fl
         for (int i = 0; i < n; i++)
             for (int j = 0; j < hw; j++) {
                 size_t o = row(i, ch, c, hw) + j;
-                sdy += dy[o];
-                sdyx += (double)dy[o] * ((double)x[o] - (double)mu);
+                const float g = masked(y, dy, o);
+                sdy += g;
+                sdyx += (double)g * ((double)x[o] - (double)mu);
             }
         add_param_grads(dgamma, dbeta, ch, sdy, sdyx, invstd);
         if (!dx) continue;
@@ -98,9 +123,22 @@ void msq_batchnorm_backward_ref(float *dx, float *dgamma, float *dbeta, const fl
         for (int i = 0; i < n; i++)
             for (int j = 0; j < hw; j++) {
                 size_t o = row(i, ch, c, hw) + j;
-                dx[o] += (dy[o] - gm - (x[o] - mu) * proj) * k;
+                dx[o] += (masked(y, dy, o) - gm - (x[o] - mu) * proj) * k;
             }
     }
+}
+
+void msq_batchnorm_backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                const float *x, const float *gamma, const float *save_mean,
+                                const float *save_invstd, int n, int c, int hw) {
+    backward_ref(dx, dgamma, dbeta, dy, NULL, x, gamma, save_mean, save_invstd, n, c, hw);
+}
+
+void msq_batchnorm_relu_backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                     const float *y, const float *x, const float *gamma,
+                                     const float *save_mean, const float *save_invstd,
+                                     int n, int c, int hw) {
+    backward_ref(dx, dgamma, dbeta, dy, y, x, gamma, save_mean, save_invstd, n, c, hw);
 }
 
 void msq_batchnorm_backward_eval_ref(float *dx, float *dgamma, float *dbeta, const float *dy,
@@ -124,10 +162,9 @@ void msq_batchnorm_backward_eval_ref(float *dx, float *dgamma, float *dbeta, con
 /* ---------------------------------------------------------------- fast: OpenMP over channels,
    simd over the contiguous hw run of each (sample, channel) */
 
-void msq_batchnorm_forward_train(float *y, float *save_mean, float *save_invstd,
-                                 float *running_mean, float *running_var,
-                                 const float *x, const float *gamma, const float *beta,
-                                 int n, int c, int hw, float momentum, float eps) {
+static void forward_train(float *y, float *save_mean, float *save_invstd, float *running_mean,
+                          float *running_var, const float *x, const float *gamma, const float *beta,
+                          int n, int c, int hw, float momentum, float eps, int relu) {
     long m = (long)n * hw;
     #pragma omp parallel for schedule(static) if ((long)c * m > BN_PARALLEL_MIN)
     for (int ch = 0; ch < c; ch++) {
@@ -152,10 +189,34 @@ void msq_batchnorm_forward_train(float *y, float *save_mean, float *save_invstd,
         for (int i = 0; i < n; i++) {
             const float *xr = x + row(i, ch, c, hw);
             float *yr = y + row(i, ch, c, hw);
-            #pragma omp simd
-            for (int j = 0; j < hw; j++) yr[j] = (xr[j] - mu) * a + b;
+            if (relu) {
+                #pragma omp simd
+                for (int j = 0; j < hw; j++) {
+                    const float v = (xr[j] - mu) * a + b;
+                    yr[j] = v < 0.0f ? 0.0f : v;
+                }
+            } else {
+                #pragma omp simd
+                for (int j = 0; j < hw; j++) yr[j] = (xr[j] - mu) * a + b;
+            }
         }
     }
+}
+
+void msq_batchnorm_forward_train(float *y, float *save_mean, float *save_invstd,
+                                 float *running_mean, float *running_var,
+                                 const float *x, const float *gamma, const float *beta,
+                                 int n, int c, int hw, float momentum, float eps) {
+    forward_train(y, save_mean, save_invstd, running_mean, running_var, x, gamma, beta, n, c, hw,
+                  momentum, eps, 0);
+}
+
+void msq_batchnorm_relu_forward_train(float *y, float *save_mean, float *save_invstd,
+                                      float *running_mean, float *running_var,
+                                      const float *x, const float *gamma, const float *beta,
+                                      int n, int c, int hw, float momentum, float eps) {
+    forward_train(y, save_mean, save_invstd, running_mean, running_var, x, gamma, beta, n, c, hw,
+                  momentum, eps, 1);
 }
 
 void msq_batchnorm_forward_eval(float *y, const float *x, const float *gamma, const float *beta,
@@ -173,9 +234,9 @@ void msq_batchnorm_forward_eval(float *y, const float *x, const float *gamma, co
     }
 }
 
-void msq_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
-                            const float *x, const float *gamma, const float *save_mean,
-                            const float *save_invstd, int n, int c, int hw) {
+static void backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *y,
+                     const float *x, const float *gamma, const float *save_mean,
+                     const float *save_invstd, int n, int c, int hw) {
     long m = (long)n * hw;
     #pragma omp parallel for schedule(static) if ((long)c * m > BN_PARALLEL_MIN)
     for (int ch = 0; ch < c; ch++) {
@@ -183,10 +244,20 @@ void msq_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float 
         double dmu = (double)mu, sdy = 0.0, sdyx = 0.0;
         for (int i = 0; i < n; i++) {
             const float *xr = x + row(i, ch, c, hw), *gr = dy + row(i, ch, c, hw);
-            #pragma omp simd reduction(+ : sdy, sdyx)
-            for (int j = 0; j < hw; j++) {
-                sdy += gr[j];
-                sdyx += (double)gr[j] * ((double)xr[j] - dmu);
+            const float *yr = y ? y + row(i, ch, c, hw) : NULL;
+            if (yr) {
+                #pragma omp simd reduction(+ : sdy, sdyx)
+                for (int j = 0; j < hw; j++) {
+                    const float g = yr[j] <= 0.0f ? 0.0f : gr[j];
+                    sdy += g;
+                    sdyx += (double)g * ((double)xr[j] - dmu);
+                }
+            } else {
+                #pragma omp simd reduction(+ : sdy, sdyx)
+                for (int j = 0; j < hw; j++) {
+                    sdy += gr[j];
+                    sdyx += (double)gr[j] * ((double)xr[j] - dmu);
+                }
             }
         }
         add_param_grads(dgamma, dbeta, ch, sdy, sdyx, invstd);
@@ -197,10 +268,29 @@ void msq_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float 
         for (int i = 0; i < n; i++) {
             const float *xr = x + row(i, ch, c, hw), *gr = dy + row(i, ch, c, hw);
             float *dr = dx + row(i, ch, c, hw);
-            #pragma omp simd
-            for (int j = 0; j < hw; j++) dr[j] += (gr[j] - gm - (xr[j] - mu) * proj) * k;
+            if (y) {
+                const float *yr = y + row(i, ch, c, hw);
+                #pragma omp simd
+                for (int j = 0; j < hw; j++) dr[j] += ((yr[j] <= 0.0f ? 0.0f : gr[j]) - gm - (xr[j] - mu) * proj) * k;
+            } else {
+                #pragma omp simd
+                for (int j = 0; j < hw; j++) dr[j] += (gr[j] - gm - (xr[j] - mu) * proj) * k;
+            }
         }
     }
+}
+
+void msq_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                            const float *x, const float *gamma, const float *save_mean,
+                            const float *save_invstd, int n, int c, int hw) {
+    backward(dx, dgamma, dbeta, dy, NULL, x, gamma, save_mean, save_invstd, n, c, hw);
+}
+
+void msq_batchnorm_relu_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                 const float *y, const float *x, const float *gamma,
+                                 const float *save_mean, const float *save_invstd,
+                                 int n, int c, int hw) {
+    backward(dx, dgamma, dbeta, dy, y, x, gamma, save_mean, save_invstd, n, c, hw);
 }
 
 void msq_batchnorm_backward_eval(float *dx, float *dgamma, float *dbeta, const float *dy,

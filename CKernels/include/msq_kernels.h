@@ -184,6 +184,29 @@ void msq_batchnorm_backward_eval_ref(float *dx, float *dgamma, float *dbeta, con
                                      const float *x, const float *gamma, const float *running_mean,
                                      const float *running_var, int n, int c, int hw, float eps);
 
+/** Training-mode batch norm fused with the ReLU after it: y = relu(BN(x)), with BN exactly as
+ *  msq_batchnorm_forward_train (same statistics, running averages and rounding) and relu as
+ *  msq_activation_forward's (v < 0 ? 0 : v). One pass over y instead of two. */
+void msq_batchnorm_relu_forward_train(float *y, float *save_mean, float *save_invstd,
+                                      float *running_mean, float *running_var,
+                                      const float *x, const float *gamma, const float *beta,
+                                      int n, int c, int hw, float momentum, float eps);
+void msq_batchnorm_relu_forward_train_ref(float *y, float *save_mean, float *save_invstd,
+                                          float *running_mean, float *running_var,
+                                          const float *x, const float *gamma, const float *beta,
+                                          int n, int c, int hw, float momentum, float eps);
+/** Backward of msq_batchnorm_relu_forward_train given its output y[n,c,hw]: msq_batchnorm_backward
+ *  of dy masked by relu'(y) (0 where y <= 0, as msq_activation_backward), without forming the
+ *  masked gradient. Accumulates into dx (may be NULL), dgamma, dbeta. */
+void msq_batchnorm_relu_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                 const float *y, const float *x, const float *gamma,
+                                 const float *save_mean, const float *save_invstd,
+                                 int n, int c, int hw);
+void msq_batchnorm_relu_backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                     const float *y, const float *x, const float *gamma,
+                                     const float *save_mean, const float *save_invstd,
+                                     int n, int c, int hw);
+
 /* ---------------------------------------------------------------- activations (activation.c) */
 
 typedef enum msq_activation {

@@ -71,6 +71,35 @@ private func trainBackward(_ t: BNCase, _ fwd: TrainOut, fast: Bool) -> (dx: [Fl
     return (dx, dg, db)
 }
 
+/// relu(BN(x)) by the fused kernel.
+private func fusedForward(_ t: BNCase, fast: Bool) -> TrainOut {
+    let s = t.shape
+    var o = TrainOut(y: [Float](repeating: 0, count: s.count), mean: [Float](repeating: 0, count: s.c),
+                     invstd: [Float](repeating: 0, count: s.c), runningMean: t.runningMean, runningVar: t.runningVar)
+    let f = fast ? msq_batchnorm_relu_forward_train : msq_batchnorm_relu_forward_train_ref
+    f(&o.y, &o.mean, &o.invstd, &o.runningMean, &o.runningVar, t.x, t.gamma, t.beta,
+      Int32(s.n), Int32(s.c), Int32(s.hw), bnMomentum, bnEps)
+    return o
+}
+
+/// BN's backward of `dy` (the case's own by default) after the forward `fwd`.
+private func trainBackward(_ t: BNCase, _ fwd: TrainOut, dy: [Float], fast: Bool) -> (dx: [Float], dgamma: [Float], dbeta: [Float]) {
+    let s = t.shape
+    var (dx, dg, db) = (t.dx0, t.dgamma0, t.dbeta0)
+    let f = fast ? msq_batchnorm_backward : msq_batchnorm_backward_ref
+    f(&dx, &dg, &db, dy, t.x, t.gamma, fwd.mean, fwd.invstd, Int32(s.n), Int32(s.c), Int32(s.hw))
+    return (dx, dg, db)
+}
+
+/// The fused kernel's backward of the case's dy, given the fused forward `fwd`.
+private func fusedBackward(_ t: BNCase, _ fwd: TrainOut, fast: Bool) -> (dx: [Float], dgamma: [Float], dbeta: [Float]) {
+    let s = t.shape
+    var (dx, dg, db) = (t.dx0, t.dgamma0, t.dbeta0)
+    let f = fast ? msq_batchnorm_relu_backward : msq_batchnorm_relu_backward_ref
+    f(&dx, &dg, &db, t.dy, fwd.y, t.x, t.gamma, fwd.mean, fwd.invstd, Int32(s.n), Int32(s.c), Int32(s.hw))
+    return (dx, dg, db)
+}
+
 private func evalForward(_ t: BNCase, x: [Float]? = nil, gamma: [Float]? = nil, beta: [Float]? = nil,
                          fast: Bool) -> [Float] {
     let s = t.shape
@@ -118,6 +147,33 @@ struct BatchNormTests {
             let againB = trainBackward(t, ref, fast: true)
             #expect(Kit.bits(againB.dx) == Kit.bits(b.dx) && Kit.bits(againB.dgamma) == Kit.bits(b.dgamma),
                     "backward not deterministic: \(tag)")
+        }
+    }
+
+    @Test("BN + ReLU fused: relu(BN forward) bit for bit; backward = BN backward of the ReLU-masked gradient",
+          arguments: bnShapes)
+    func fusedReLUMatchesComposition(shape: KernelTestKit.Shape4) {
+        var t = BNCase(shape, seed: 13)
+        // Some exact zeros in dy, which the mask must pass through unchanged.
+        for i in stride(from: 0, to: t.dy.count, by: 7) { t.dy[i] = 0 }
+        for threads in Kit.threadCounts {
+            msq_set_num_threads(threads)
+            for fast in [false, true] {
+                let tag = "\(shape) threads=\(threads) fast=\(fast)"
+                let plain = trainForward(t, fast: fast), fused = fusedForward(t, fast: fast)
+                #expect(Kit.bits(fused.y) == Kit.bits(plain.y.map { $0 < 0 ? 0 : $0 }), "y \(tag)")
+                #expect(Kit.bits(fused.mean) == Kit.bits(plain.mean) && Kit.bits(fused.invstd) == Kit.bits(plain.invstd)
+                        && Kit.bits(fused.runningVar) == Kit.bits(plain.runningVar), "statistics \(tag)")
+                let masked = zip(fused.y, t.dy).map { y, g in y <= 0 ? 0 : g }
+                if shape.count >= 16 {
+                    #expect(zip(masked, t.dy).contains { $0 != $1 } && masked.contains { $0 != 0 },
+                            "the ReLU must cut some entries and keep others \(tag)")
+                }
+                let want = trainBackward(t, plain, dy: masked, fast: fast), got = fusedBackward(t, fused, fast: fast)
+                Kit.expectClose(got.dx, want.dx, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol, "dx \(tag)")
+                Kit.expectClose(got.dgamma, want.dgamma, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol, "dgamma \(tag)")
+                Kit.expectClose(got.dbeta, want.dbeta, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol, "dbeta \(tag)")
+            }
         }
     }
 

@@ -26,6 +26,8 @@ public final class BatchNorm2d: Module {
     public let runningVar: Parameter
 
     private var cachedInput: Tensor?
+    /// The output of a ``forwardReLU(_:mode:)``, whose backward masks with it (nil after ``forward(_:mode:)``).
+    private var cachedOutput: Tensor?
     private var cachedGamma = Tensor(shape: [0])
     private var cachedMode: ForwardMode = .train
     private var saveMean = Tensor(shape: [0])
@@ -55,7 +57,18 @@ public final class BatchNorm2d: Module {
 
     /// Normalises with batch statistics (`.train`, updating the running averages) or running ones (`.eval`).
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
+        forwardCore(input, mode: mode, relu: false)
+    }
+
+    /// `relu(forward(x))`, the batch norm + ReLU pair of a residual block, in one pass over the
+    /// output in training; its backward is ``backwardReLU(_:)``. Same values as the two layers.
+    func forwardReLU(_ input: Tensor, mode: ForwardMode) -> Tensor {
+        forwardCore(input, mode: mode, relu: true)
+    }
+
+    private func forwardCore(_ input: Tensor, mode: ForwardMode, relu: Bool) -> Tensor {
         cachedInput = nil
+        cachedOutput = nil
         let (n, hw) = geometry(input.shape)
         let (cn, cc, chw) = (LayerKit.c(n), LayerKit.c(channels), LayerKit.c(hw))
         var y = Tensor(unfilledShape: input.shape)
@@ -73,7 +86,8 @@ public final class BatchNorm2d: Module {
                                 invstd.withUnsafeMutablePointer { s in
                                     runningMean.value.withUnsafeMutablePointer { rm in
                                         runningVar.value.withUnsafeMutablePointer { rv in
-                                            msq_batchnorm_forward_train(yp, m, s, rm, rv, x, g, b, cn, cc, chw, momentum, eps)
+                                            (relu ? msq_batchnorm_relu_forward_train : msq_batchnorm_forward_train)(
+                                                yp, m, s, rm, rv, x, g, b, cn, cc, chw, momentum, eps)
                                         }
                                     }
                                 }
@@ -93,6 +107,7 @@ public final class BatchNorm2d: Module {
                             rvT.withUnsafePointer { rv in
                                 y.withUnsafeMutablePointer { yp in
                                     msq_batchnorm_forward_eval(yp, x, g, b, rm, rv, cn, cc, chw, eps)
+                                    if relu { msq_activation_forward(yp, yp, input.count, MSQ_ACT_RELU) }
                                 }
                             }
                         }
@@ -105,11 +120,27 @@ public final class BatchNorm2d: Module {
         cachedInput = input
         cachedGamma = weight.value
         cachedMode = mode
+        if relu { cachedOutput = y }
         return y
     }
 
     /// dx, accumulating dγ = Σ dy·x̂ and dβ = Σ dy; uses the train or eval formula to match the forward.
     public func backward(_ gradOutput: Tensor) -> Tensor {
+        LayerKit.require(cachedOutput == nil, "\(layerDescription): backward after forwardReLU; use backwardReLU")
+        return backwardCore(gradOutput, reluOutput: nil)
+    }
+
+    /// The backward of ``forwardReLU(_:mode:)``: ``backward(_:)`` of dy masked by relu′ (0 where the
+    /// output is ≤ 0), in one pass in training.
+    func backwardReLU(_ gradOutput: Tensor) -> Tensor {
+        guard let y = cachedOutput else {
+            fatalError("\(layerDescription): backwardReLU called without a preceding forwardReLU")
+        }
+        cachedOutput = nil
+        return backwardCore(gradOutput, reluOutput: y)
+    }
+
+    private func backwardCore(_ gradOutput: Tensor, reluOutput: Tensor?) -> Tensor {
         guard let x = cachedInput else {
             fatalError("\(layerDescription): backward called without a preceding forward")
         }
@@ -121,6 +152,17 @@ public final class BatchNorm2d: Module {
         var dx = Tensor(shape: x.shape)
         let gamma = cachedGamma
         cachedGamma = Tensor(shape: [0])
+        // In eval mode the ReLU's mask goes first, into a gradient of its own.
+        var gradOutput = gradOutput
+        if let y = reluOutput, cachedMode == .eval {
+            var masked = Tensor(shape: y.shape)
+            gradOutput.withUnsafePointer { dy in
+                y.withUnsafePointer { yp in
+                    masked.withUnsafeMutablePointer { mp in msq_activation_backward(mp, dy, yp, y.count, MSQ_ACT_RELU) }
+                }
+            }
+            gradOutput = masked
+        }
         gradOutput.withUnsafePointer { dy in
             x.withUnsafePointer { xp in
                 gamma.withUnsafePointer { g in
@@ -131,7 +173,13 @@ public final class BatchNorm2d: Module {
                                 case .train:
                                     saveMean.withUnsafePointer { m in
                                         saveInvstd.withUnsafePointer { s in
-                                            msq_batchnorm_backward(dxp, dg, db, dy, xp, g, m, s, cn, cc, chw)
+                                            if let y = reluOutput {
+                                                y.withUnsafePointer { yp in
+                                                    msq_batchnorm_relu_backward(dxp, dg, db, dy, yp, xp, g, m, s, cn, cc, chw)
+                                                }
+                                            } else {
+                                                msq_batchnorm_backward(dxp, dg, db, dy, xp, g, m, s, cn, cc, chw)
+                                            }
                                         }
                                     }
                                 case .eval:

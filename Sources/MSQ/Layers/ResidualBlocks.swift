@@ -107,6 +107,17 @@ private func makeShortcut(_ kind: ShortcutKind, inChannels: Int, outChannels: In
     }
 }
 
+/// `act(bn.forward(x))`: with ReLU as one fused pass (``BatchNorm2d/forwardReLU(_:mode:)``), else
+/// the two layers. The backward below must be given the same `act`.
+private func bnActForward(_ bn: BatchNorm2d, _ act: Activation, _ x: Tensor, mode: ForwardMode) -> Tensor {
+    act.kind == .relu ? bn.forwardReLU(x, mode: mode) : act.forward(bn.forward(x, mode: mode), mode: mode)
+}
+
+/// The backward of ``bnActForward(_:_:_:mode:)``.
+private func bnActBackward(_ bn: BatchNorm2d, _ act: Activation, _ g: Tensor) -> Tensor {
+    act.kind == .relu ? bn.backwardReLU(g) : bn.backward(act.backward(g))
+}
+
 /// Runs a residual block's tail: `relu(main + shortcut(x))` and its backward.
 private func residualBackward(main: Tensor, shortcut: (any Module)?, gradSum: Tensor) -> Tensor {
     var dx = main
@@ -165,8 +176,7 @@ public final class BasicBlock: Module {
     /// `act(bn2(conv2(act(bn1(conv1(x))))) + shortcut(x))`.
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
         var out = conv1.forward(input, mode: mode)
-        out = bn1.forward(out, mode: mode)
-        out = act1.forward(out, mode: mode)
+        out = bnActForward(bn1, act1, out, mode: mode)
         out = conv2.forward(out, mode: mode)
         out = bn2.forward(out, mode: mode)
         let identity = shortcut?.forward(input, mode: mode) ?? input
@@ -178,8 +188,7 @@ public final class BasicBlock: Module {
         let gradSum = act2.backward(gradOutput)
         var g = bn2.backward(gradSum)
         g = conv2.backward(g)
-        g = act1.backward(g)
-        g = bn1.backward(g)
+        g = bnActBackward(bn1, act1, g)
         g = conv1.backward(g)
         return residualBackward(main: g, shortcut: shortcut, gradSum: gradSum)
     }
@@ -256,8 +265,8 @@ public final class Bottleneck: Module {
 
     /// `act(bn3(conv3(act(bn2(conv2(act(bn1(conv1(x)))))))) + shortcut(x))`.
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
-        var out = act1.forward(bn1.forward(conv1.forward(input, mode: mode), mode: mode), mode: mode)
-        out = act2.forward(bn2.forward(conv2.forward(out, mode: mode), mode: mode), mode: mode)
+        var out = bnActForward(bn1, act1, conv1.forward(input, mode: mode), mode: mode)
+        out = bnActForward(bn2, act2, conv2.forward(out, mode: mode), mode: mode)
         out = bn3.forward(conv3.forward(out, mode: mode), mode: mode)
         let identity = shortcut?.forward(input, mode: mode) ?? input
         return act3.forward(LayerKit.add(out, identity, context: "Bottleneck residual add"), mode: mode)
@@ -267,8 +276,8 @@ public final class Bottleneck: Module {
     public func backward(_ gradOutput: Tensor) -> Tensor {
         let gradSum = act3.backward(gradOutput)
         var g = conv3.backward(bn3.backward(gradSum))
-        g = conv2.backward(bn2.backward(act2.backward(g)))
-        g = conv1.backward(bn1.backward(act1.backward(g)))
+        g = conv2.backward(bnActBackward(bn2, act2, g))
+        g = conv1.backward(bnActBackward(bn1, act1, g))
         return residualBackward(main: g, shortcut: shortcut, gradSum: gradSum)
     }
 
