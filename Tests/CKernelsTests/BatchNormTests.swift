@@ -53,11 +53,17 @@ private struct TrainOut {
     var y, mean, invstd, runningMean, runningVar: [Float]
 }
 
-private func trainForward(_ t: BNCase, fast: Bool) -> TrainOut {
+/// BN(x), or relu(BN(x)) by the fused kernel.
+private func trainForward(_ t: BNCase, fast: Bool, relu: Bool = false) -> TrainOut {
     let s = t.shape
     var o = TrainOut(y: [Float](repeating: 0, count: s.count), mean: [Float](repeating: 0, count: s.c),
                      invstd: [Float](repeating: 0, count: s.c), runningMean: t.runningMean, runningVar: t.runningVar)
-    let f = fast ? msq_batchnorm_forward_train : msq_batchnorm_forward_train_ref
+    let f = switch (fast, relu) {
+    case (true, false): msq_batchnorm_forward_train
+    case (false, false): msq_batchnorm_forward_train_ref
+    case (true, true): msq_batchnorm_relu_forward_train
+    case (false, true): msq_batchnorm_relu_forward_train_ref
+    }
     f(&o.y, &o.mean, &o.invstd, &o.runningMean, &o.runningVar, t.x, t.gamma, t.beta,
       Int32(s.n), Int32(s.c), Int32(s.hw), bnMomentum, bnEps)
     return o
@@ -69,17 +75,6 @@ private func trainBackward(_ t: BNCase, _ fwd: TrainOut, fast: Bool) -> (dx: [Fl
     let f = fast ? msq_batchnorm_backward : msq_batchnorm_backward_ref
     f(&dx, &dg, &db, t.dy, t.x, t.gamma, fwd.mean, fwd.invstd, Int32(s.n), Int32(s.c), Int32(s.hw))
     return (dx, dg, db)
-}
-
-/// relu(BN(x)) by the fused kernel.
-private func fusedForward(_ t: BNCase, fast: Bool) -> TrainOut {
-    let s = t.shape
-    var o = TrainOut(y: [Float](repeating: 0, count: s.count), mean: [Float](repeating: 0, count: s.c),
-                     invstd: [Float](repeating: 0, count: s.c), runningMean: t.runningMean, runningVar: t.runningVar)
-    let f = fast ? msq_batchnorm_relu_forward_train : msq_batchnorm_relu_forward_train_ref
-    f(&o.y, &o.mean, &o.invstd, &o.runningMean, &o.runningVar, t.x, t.gamma, t.beta,
-      Int32(s.n), Int32(s.c), Int32(s.hw), bnMomentum, bnEps)
-    return o
 }
 
 /// BN's backward of `dy` (the case's own by default) after the forward `fwd`.
@@ -160,7 +155,7 @@ struct BatchNormTests {
             msq_set_num_threads(threads)
             for fast in [false, true] {
                 let tag = "\(shape) threads=\(threads) fast=\(fast)"
-                let plain = trainForward(t, fast: fast), fused = fusedForward(t, fast: fast)
+                let plain = trainForward(t, fast: fast), fused = trainForward(t, fast: fast, relu: true)
                 #expect(Kit.bits(fused.y) == Kit.bits(plain.y.map { $0 < 0 ? 0 : $0 }), "y \(tag)")
                 #expect(Kit.bits(fused.mean) == Kit.bits(plain.mean) && Kit.bits(fused.invstd) == Kit.bits(plain.invstd)
                         && Kit.bits(fused.runningVar) == Kit.bits(plain.runningVar), "statistics \(tag)")
