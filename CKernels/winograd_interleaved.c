@@ -34,7 +34,7 @@ typedef float v8 __attribute__((vector_size(32), aligned(4)));
    is amortised on deep layers even when a tile's V and M exceed the chunk budget. */
 #define MIN_CHUNK_TILES 16
 /* Up to this many weights per ξ (c_out * c_in) the forward products use products_few below
-   instead of cblas_sgemm, whose packing costs more than the product at K = 16 (msq-bench kernels:
+   instead of cblas_sgemm, whose packing costs more than the product at K = 16 (a C harness here:
    274 vs 264 effective GFLOP/s at 16x16; from 32x32 on cblas_sgemm is as fast or faster). The
    backward weight's products always go to cblas_sgemm (264 vs 244 at 16x16, 320 vs 278 at 32x32). */
 #ifndef MSQ_WINOGRAD_IL_FEW_WEIGHTS
