@@ -62,12 +62,23 @@ static size_t round16(size_t n) { return (n + 15) / 16 * 16; }
    one L1 set (plane sizes are often multiples of 4 KiB). */
 static size_t plane_stride(int channels, long tc) { return (size_t)channels * tc * LANES + 16; }
 
+static il_geom il_geometry(const msq_conv2d_shape *s);
+
 /* Lanes of the last group past the batch's end are wasted work: at least 3/4 of the lanes must
-   hold images (so batches of 6-8, 12-16, 18-24, ... and every batch from 24 up). */
+   hold images (so batches of 6-8, 12-16, 18-24, ... and every batch from 24 up). And a thread's
+   interleaved input and output grids (eight whole images) must stay under
+   MSQ_WINOGRAD_IL_MAX_GRID_BYTES: large planes (a VGG's 224x224 x 64 channels would need 400 MB
+   at two threads) go to the other kernels. */
+#ifndef MSQ_WINOGRAD_IL_MAX_GRID_BYTES
+#define MSQ_WINOGRAD_IL_MAX_GRID_BYTES (32u << 20)
+#endif
 int msq_conv2d_winograd_interleaved_eligible(const msq_conv2d_shape *s) {
     const long lanes = (long)(s->n + LANES - 1) / LANES * LANES;
-    return s->kh == 3 && s->kw == 3 && s->stride_h == 1 && s->stride_w == 1 && s->groups == 1 &&
-           s->c_in >= MSQ_WINOGRAD_IL_MIN_CHANNELS && 4L * s->n >= 3 * lanes;
+    if (!(s->kh == 3 && s->kw == 3 && s->stride_h == 1 && s->stride_w == 1 && s->groups == 1 &&
+          s->c_in >= MSQ_WINOGRAD_IL_MIN_CHANNELS && 4L * s->n >= 3 * lanes))
+        return 0;
+    const il_geom G = il_geometry(s);
+    return (G.x_floats + G.y_floats) * sizeof(float) <= MSQ_WINOGRAD_IL_MAX_GRID_BYTES;
 }
 
 static il_geom il_geometry(const msq_conv2d_shape *s) {

@@ -95,8 +95,9 @@ void msq_conv2d_winograd_forward(float *y, const float *x, const float *w, const
 
 /** Winograd F(2x2, 3x3) on eight interleaved images (winograd_interleaved.c), which the conv
  *  kernels use by themselves for 3x3 stride-1 layers that winograd.c does not take (small planes,
- *  fewer channels): 3x3 kernels, stride 1, one group, at least 8 input channels, and a batch
- *  that fills at least 3/4 of its groups of eight. 1 for such a shape. */
+ *  fewer channels): 3x3 kernels, stride 1, one group, at least 8 input channels, a batch that
+ *  fills at least 3/4 of its groups of eight, and eight images' input and output grids under
+ *  32 MiB per thread. 1 for such a shape. */
 int msq_conv2d_winograd_interleaved_eligible(const msq_conv2d_shape *s);
 /** Bytes of scratch memory msq_conv2d_winograd_interleaved_forward needs for shape s. */
 size_t msq_conv2d_winograd_interleaved_workspace_size(const msq_conv2d_shape *s);

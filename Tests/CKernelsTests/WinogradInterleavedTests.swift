@@ -37,7 +37,7 @@ struct WinogradInterleavedTests {
                                                 msq_conv2d_winograd_interleaved_backward_weight)
     }
 
-    @Test("eligible: 3x3, stride 1, one group, >= 8 input channels, batch fills 3/4 of its lanes")
+    @Test("eligible: 3x3, stride 1, one group, >= 8 input channels, batch fills 3/4 of its lanes, grids under the cap")
     func eligibility() {
         func eligible(n: Int = 16, _ cIn: Int, _ cOut: Int, k: Int = 3, stride: Int = 1, groups: Int = 1) -> Bool {
             var s = msq_conv2d_shape()
@@ -56,5 +56,11 @@ struct WinogradInterleavedTests {
         #expect(!eligible(16, 16, stride: 2))
         #expect(!eligible(16, 16, k: 5))
         #expect(!eligible(16, 16, groups: 2))
+        // Grids over the size cap: eight 224x224 images at 64 channels in and out.
+        var big = msq_conv2d_shape()
+        _ = msq_conv2d_make_shape(&big, 16, 64, 224, 224, 64, 3, 3, 1, 1, 1)
+        #expect(msq_conv2d_winograd_interleaved_eligible(&big) == 0)
+        _ = msq_conv2d_make_shape(&big, 16, 64, 56, 56, 64, 3, 3, 1, 1, 1) // ResNet-18's layer1
+        #expect(msq_conv2d_winograd_interleaved_eligible(&big) == 1)
     }
 }
