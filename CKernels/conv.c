@@ -381,13 +381,16 @@ size_t msq_conv2d_workspace_size(const msq_conv2d_shape *s) {
 }
 
 /* Caller's workspace, or a private one sized for the current thread count. */
-static float *workspace_or_alloc(void *workspace, const msq_conv2d_shape *s, float **owned) {
+float *msq_conv_workspace_or_alloc(void *workspace, size_t bytes, float **owned) {
     *owned = NULL;
     if (workspace) return (float *)workspace;
-    size_t bytes = msq_conv2d_workspace_size(s);
     bytes = (bytes + 63) / 64 * 64 + 64; /* aligned_alloc wants a multiple of the alignment */
     *owned = aligned_alloc(64, bytes);
     return *owned;
+}
+
+static float *workspace_or_alloc(void *workspace, const msq_conv2d_shape *s, float **owned) {
+    return msq_conv_workspace_or_alloc(workspace, msq_conv2d_workspace_size(s), owned);
 }
 
 /* Threads for a loop over `items` independent pieces of work (1 inside someone's region). */

@@ -9,6 +9,10 @@
    channels: call it from every thread of a parallel region (or outside one); it ends in a barrier. */
 void msq_winograd_transform_weights(float *u, const float *w, const msq_conv2d_shape *s);
 
+/* The caller's workspace, or (workspace NULL) a 64-byte aligned one of `bytes` bytes that *owned
+   also points to, for the caller to free; NULL when that allocation fails. */
+float *msq_conv_workspace_or_alloc(void *workspace, size_t bytes, float **owned);
+
 /* y = conv(x, w) + bias, or y += conv(x, w) when accumulate != 0 (bias unused then), by the
    reference arithmetic and without allocating: the path of the workspace-hungry kernels when
    their workspace cannot be allocated. */

@@ -159,13 +159,10 @@ static void forward_block(float *yb, const float *xg, const float *w, int rows, 
 void msq_conv2d_direct_forward(float *y, const float *x, const float *w, const float *bias,
                                const msq_conv2d_shape *s, void *workspace, int accumulate) {
     const direct_geom G = direct_geometry(s);
-    float *owned = NULL, *ws = workspace;
-    if (!ws) {
-        ws = owned = aligned_alloc(64, (msq_conv2d_direct_workspace_size(s) + 63) / 64 * 64 + 64);
-        if (!ws) { /* out of memory: slow but correct */
-            msq_conv2d_forward_fallback(y, x, w, bias, s, accumulate);
-            return;
-        }
+    float *owned, *ws = msq_conv_workspace_or_alloc(workspace, msq_conv2d_direct_workspace_size(s), &owned);
+    if (!ws) { /* out of memory: slow but correct */
+        msq_conv2d_forward_fallback(y, x, w, bias, s, accumulate);
+        return;
     }
     const int groups = (s->n + G.g - 1) / G.g, h = s->h_in, wd = s->w_in;
     const size_t plane = (size_t)h * wd;
@@ -251,13 +248,10 @@ static void weight_block(float *dw, const float *dyg, const float *xrow, int row
 void msq_conv2d_direct_backward_weight(float *dw, float *dbias, const float *dy, const float *x,
                                        const msq_conv2d_shape *s, void *workspace) {
     const direct_geom G = direct_geometry(s);
-    float *owned = NULL, *ws = workspace;
-    if (!ws) {
-        ws = owned = aligned_alloc(64, (msq_conv2d_direct_workspace_size(s) + 63) / 64 * 64 + 64);
-        if (!ws) { /* out of memory: slow but correct */
-            msq_conv2d_backward_weight_ref(dw, dbias, dy, x, s, NULL);
-            return;
-        }
+    float *owned, *ws = msq_conv_workspace_or_alloc(workspace, msq_conv2d_direct_workspace_size(s), &owned);
+    if (!ws) { /* out of memory: slow but correct */
+        msq_conv2d_backward_weight_ref(dw, dbias, dy, x, s, NULL);
+        return;
     }
     const int groups = (s->n + G.g - 1) / G.g, team = team_threads();
     const size_t wcount = (size_t)s->c_out * s->c_in * 9;

@@ -238,14 +238,10 @@ static void transform_output(float *y, const float *m, const float *bias, const 
 void msq_conv2d_winograd_forward(float *y, const float *x, const float *w, const float *bias,
                                  const msq_conv2d_shape *s, void *workspace, int accumulate) {
     const wino_geom G = wino_geometry(s);
-    float *owned = NULL, *ws = workspace;
-    if (!ws) {
-        size_t bytes = (msq_conv2d_winograd_workspace_size(s) + 63) / 64 * 64 + 64;
-        ws = owned = aligned_alloc(64, bytes);
-        if (!ws) { /* out of memory: slow but correct */
-            msq_conv2d_forward_fallback(y, x, w, bias, s, accumulate);
-            return;
-        }
+    float *owned, *ws = msq_conv_workspace_or_alloc(workspace, msq_conv2d_winograd_workspace_size(s), &owned);
+    if (!ws) { /* out of memory: slow but correct */
+        msq_conv2d_forward_fallback(y, x, w, bias, s, accumulate);
+        return;
     }
     float *u = ws, *slices = u + G.u_floats;
     const size_t slice = G.v_floats + G.m_floats + G.scratch_floats;

@@ -311,13 +311,10 @@ static void products_few(float *restrict m, const float *restrict u, const float
 void msq_conv2d_winograd_interleaved_forward(float *y, const float *x, const float *w, const float *bias,
                                              const msq_conv2d_shape *s, void *workspace, int accumulate) {
     const il_geom G = il_geometry(s);
-    float *owned = NULL, *ws = workspace;
-    if (!ws) {
-        ws = owned = aligned_alloc(64, (msq_conv2d_winograd_interleaved_workspace_size(s) + 63) / 64 * 64 + 64);
-        if (!ws) { /* out of memory: slow but correct */
-            msq_conv2d_forward_fallback(y, x, w, bias, s, accumulate);
-            return;
-        }
+    float *owned, *ws = msq_conv_workspace_or_alloc(workspace, msq_conv2d_winograd_interleaved_workspace_size(s), &owned);
+    if (!ws) { /* out of memory: slow but correct */
+        msq_conv2d_forward_fallback(y, x, w, bias, s, accumulate);
+        return;
     }
     float *u = ws, *slices = u + G.u_floats;
     const int team = omp_in_parallel() ? 1 : omp_get_max_threads();
@@ -408,13 +405,10 @@ static void weights_from_du(float *dw, const float *du, const msq_conv2d_shape *
 void msq_conv2d_winograd_interleaved_backward_weight(float *dw, float *dbias, const float *dy, const float *x,
                                                      const msq_conv2d_shape *s, void *workspace) {
     const il_geom G = il_geometry(s);
-    float *owned = NULL, *ws = workspace;
-    if (!ws) {
-        ws = owned = aligned_alloc(64, (msq_conv2d_winograd_interleaved_workspace_size(s) + 63) / 64 * 64 + 64);
-        if (!ws) { /* out of memory: slow but correct */
-            msq_conv2d_backward_weight_ref(dw, dbias, dy, x, s, NULL);
-            return;
-        }
+    float *owned, *ws = msq_conv_workspace_or_alloc(workspace, msq_conv2d_winograd_interleaved_workspace_size(s), &owned);
+    if (!ws) { /* out of memory: slow but correct */
+        msq_conv2d_backward_weight_ref(dw, dbias, dy, x, s, NULL);
+        return;
     }
     float *slices = ws + G.u_floats;
     const int team = omp_in_parallel() ? 1 : omp_get_max_threads();
