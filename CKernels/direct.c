@@ -234,6 +234,7 @@ static void weight_block(float *dw, const float *dyg, const float *xrow, int row
         dw -= 3 * wrow;
     }
 #endif
+    if (q == cells) return; /* the caller's cell counts are whole vectors: nothing left */
     /* The cells past the last full vector, single channels, and everything without AVX2. */
     for (int r = 0; r < rows; r++) {
         const float *d = dyg + (size_t)r * yp;
