@@ -151,8 +151,10 @@ public final class Conv2d: Module {
     /// dx = conv_transpose(dy, effectiveWeight), passed back through the input quantizer if any
     /// (which accumulates dα); accumulates dW (through the transform) and dBias.
     public func backward(_ gradOutput: Tensor) -> Tensor {
-        // With inputGradient true the core always returns dx.
-        backwardCore(gradOutput, inputGradient: true) ?? Tensor(shape: [0])
+        guard let dx = backwardCore(gradOutput, inputGradient: true) else {
+            preconditionFailure("\(layerDescription): the backward core returns dx whenever it is asked for it")
+        }
+        return dx
     }
 
     /// dW (through the transform) and dBias as in ``backward(_:)``, without dx unless an input
