@@ -6,9 +6,6 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
 
 int msq_conv2d_make_shape(msq_conv2d_shape *s, int n, int c_in, int h_in, int w_in, int c_out,
                           int kh, int kw, int stride, int pad, int groups) {
@@ -400,181 +397,6 @@ static int team_size(long items) {
     return (int)(items < t ? (items < 1 ? 1 : items) : t);
 }
 
-/* Output columns ow whose input column ow*sw - pw + j lies inside [0, w_in): [*lo, *hi). */
-static inline void valid_ow(const msq_conv2d_shape *s, int j, int *lo, int *hi) {
-    const int off = s->pad_w - j; /* iw = ow*sw - off */
-    int l = off > 0 ? (off + s->stride_w - 1) / s->stride_w : 0;
-    int h = s->w_in - 1 + off >= 0 ? (s->w_in - 1 + off) / s->stride_w + 1 : 0;
-    l = imin(l, s->w_out);
-    h = imax(imin(h, s->w_out), l);
-    *lo = l; *hi = h;
-}
-
-/* The zero fills in im2col are mostly 0-2 floats long; clang would turn each into a memset
-   call, which costs more than the stores. */
-#if defined(__clang__)
-#define MSQ_INLINE_FILLS __attribute__((no_builtin("memset")))
-#else
-#define MSQ_INLINE_FILLS
-#endif
-
-/* im2col_rows for unit stride and w_out == w_in ("same" padding, the common case): output
-   rows and input rows then have the same length, so the valid rows of one (c, i, j) are one
-   contiguous, shifted copy of the input plane; only the padding columns at the row ends are
-   zeroed afterwards. Far fewer, longer loops than row by row on small planes. */
-MSQ_INLINE_FILLS static void im2col_rows_same(float *restrict col, size_t ldcol,
-                                              const float *restrict x, int channels,
-                                              const msq_conv2d_shape *s, int oh0, int oh1) {
-    const int H = s->h_in, W = s->w_in;
-    const size_t rows = (size_t)(oh1 - oh0);
-    for (int c = 0; c < channels; c++) {
-        const float *xc = x + (size_t)c * H * W;
-        for (int i = 0; i < s->kh; i++) {
-            /* Output rows whose input row oh - pad_h + i exists: [a, e). */
-            const int a = imin(oh1, imax(oh0, s->pad_h - i));
-            const int e = imax(a, imin(oh1, H + s->pad_h - i));
-            const size_t n_valid = (size_t)(e - a);
-            for (int j = 0; j < s->kw; j++, col += ldcol) {
-                int lo, hi;
-                valid_ow(s, j, &lo, &hi);
-                float *dst = col;
-                for (size_t k = 0; k < (size_t)(a - oh0) * W; k++) dst[k] = 0.0f;
-                for (size_t k = (size_t)(e - oh0) * W; k < rows * W; k++) dst[k] = 0.0f;
-                if (n_valid == 0) continue;
-                dst += (size_t)(a - oh0) * W;
-                if (hi <= lo) {
-                    for (size_t k = 0; k < n_valid * W; k++) dst[k] = 0.0f;
-                    continue;
-                }
-                /* dst[k] = src[k] over the span from the first valid element of the first row
-                   to the last valid element of the last row; src stays inside those rows. */
-                const float *src = xc + (size_t)(a - s->pad_h + i) * W;
-                const ptrdiff_t shift = j - s->pad_w;
-                const size_t end = (n_valid - 1) * W + (size_t)hi;
-                for (size_t k = (size_t)lo; k < end; k++) dst[k] = src[(ptrdiff_t)k + shift];
-                /* Padding columns: row starts [0, lo), row ends [hi, W), contiguous across
-                   each row boundary. */
-                for (int k = 0; k < lo; k++) dst[k] = 0.0f;
-                for (size_t r = 0; r + 1 < n_valid; r++) {
-                    float *gap = dst + r * W;
-                    for (int k = hi; k < W + lo; k++) gap[k] = 0.0f;
-                }
-                for (size_t k = end; k < n_valid * W; k++) dst[k] = 0.0f;
-            }
-        }
-    }
-}
-
-/* Stride-2 row kernels: dst[ow] = src[2*ow] (gather) and dst[2*ow] += src[ow] (scatter-add)
-   for ow in [0, count). Compilers leave these strided loops scalar; with AVX2, eight outputs
-   come from two overlapping loads (elements 0..7 and 7..14) so nothing past the last needed
-   element is ever touched, which matters for the scatter: the next element may belong to
-   another thread's plane. */
-static inline void gather_stride2(float *restrict dst, const float *restrict src, int count) {
-    int k = 0;
-#if defined(__AVX2__)
-    for (; k + 8 <= count; k += 8) {
-        const __m256 a = _mm256_loadu_ps(src + 2 * k);     /* s0..s7:  evens at lanes 0,2,4,6 */
-        const __m256 b = _mm256_loadu_ps(src + 2 * k + 7); /* s7..s14: evens at lanes 1,3,5,7 */
-        const __m256d t = _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 2, 0)));
-        /* t = a0 a2 b1 b3 | a4 a6 b5 b7 as 64-bit pairs; swap the middle pairs. */
-        const __m256d even = _mm256_permute4x64_pd(t, _MM_SHUFFLE(3, 1, 2, 0));
-        _mm256_storeu_ps(dst + k, _mm256_castpd_ps(even));
-    }
-#endif
-    for (; k < count; k++) dst[k] = src[2 * k];
-}
-
-static inline void scatter_add_stride2(float *restrict dst, const float *restrict src, int count) {
-    int k = 0;
-#if defined(__AVX2__)
-    const __m256 zero = _mm256_setzero_ps();
-    for (; k + 8 <= count; k += 8) {
-        /* x = s0 s1 s4 s5 | s2 s3 s6 s7, so the unpacks interleave s with zeros in order. */
-        const __m256 x = _mm256_castpd_ps(_mm256_permute4x64_pd(
-            _mm256_castps_pd(_mm256_loadu_ps(src + k)), _MM_SHUFFLE(3, 1, 2, 0)));
-        const __m256 lo = _mm256_unpacklo_ps(x, zero); /* s0 0 s1 0 s2 0 s3 0 */
-        const __m256 hi = _mm256_unpackhi_ps(zero, x); /* 0 s4 0 s5 0 s6 0 s7 */
-        float *d = dst + 2 * k;
-        /* Blend so the untouched lanes keep their exact bits (adding 0 would turn -0 into +0). */
-        const __m256 d0 = _mm256_loadu_ps(d);
-        _mm256_storeu_ps(d, _mm256_blend_ps(d0, _mm256_add_ps(d0, lo), 0x55));
-        const __m256 d1 = _mm256_loadu_ps(d + 7);
-        _mm256_storeu_ps(d + 7, _mm256_blend_ps(d1, _mm256_add_ps(d1, hi), 0xAA));
-    }
-#endif
-    for (; k < count; k++) dst[2 * k] += src[k];
-}
-
-/* Output rows [oh0, oh1) of one image's column matrix, row r = (c*kh + i)*kw + j at
-   col + r*ldcol: col[r, (oh-oh0)*w_out + ow] = x[c, oh*sh-ph+i, ow*sw-pw+j], 0 in the padding.
-   Row by row so the innermost loop runs along contiguous memory; rows are short (w_out
-   floats), so plain loops beat memcpy calls. */
-MSQ_INLINE_FILLS static void im2col_rows(float *restrict col, size_t ldcol,
-                                         const float *restrict x, int channels,
-                                         const msq_conv2d_shape *s, int oh0, int oh1) {
-    const int H = s->h_in, W = s->w_in, OW = s->w_out, sw = s->stride_w;
-    if (unit_stride(s) && W == OW) {
-        im2col_rows_same(col, ldcol, x, channels, s, oh0, oh1);
-        return;
-    }
-    for (int c = 0; c < channels; c++) {
-        const float *xc = x + (size_t)c * H * W;
-        for (int i = 0; i < s->kh; i++)
-            for (int j = 0; j < s->kw; j++, col += ldcol) {
-                int lo, hi;
-                valid_ow(s, j, &lo, &hi);
-                const int shift = j - s->pad_w;
-                float *dst = col;
-                for (int oh = oh0; oh < oh1; oh++, dst += OW) {
-                    const int ih = oh * s->stride_h - s->pad_h + i;
-                    if (ih < 0 || ih >= H) {
-                        for (int ow = 0; ow < OW; ow++) dst[ow] = 0.0f;
-                        continue;
-                    }
-                    const float *src = xc + (size_t)ih * W;
-                    for (int ow = 0; ow < lo; ow++) dst[ow] = 0.0f;
-                    if (sw == 1) {
-                        for (int ow = lo; ow < hi; ow++) dst[ow] = src[ow + shift];
-                    } else if (sw == 2) {
-                        gather_stride2(dst + lo, src + 2 * lo + shift, hi - lo);
-                    } else {
-                        for (int ow = lo; ow < hi; ow++) dst[ow] = src[ow * sw + shift];
-                    }
-                    for (int ow = hi; ow < OW; ow++) dst[ow] = 0.0f;
-                }
-            }
-    }
-}
-
-/* Adjoint of im2col_rows: x[c, ih, iw] += every col entry that was read from there. */
-static void col2im_rows_add(float *restrict x, const float *restrict col, size_t ldcol,
-                            int channels, const msq_conv2d_shape *s, int oh0, int oh1) {
-    const int H = s->h_in, W = s->w_in, OW = s->w_out, sw = s->stride_w;
-    for (int c = 0; c < channels; c++) {
-        float *xc = x + (size_t)c * H * W;
-        for (int i = 0; i < s->kh; i++)
-            for (int j = 0; j < s->kw; j++, col += ldcol) {
-                int lo, hi;
-                valid_ow(s, j, &lo, &hi);
-                const int shift = j - s->pad_w;
-                const float *src = col;
-                for (int oh = oh0; oh < oh1; oh++, src += OW) {
-                    const int ih = oh * s->stride_h - s->pad_h + i;
-                    if (ih < 0 || ih >= H) continue;
-                    float *dst = xc + (size_t)ih * W;
-                    if (sw == 1) {
-                        for (int ow = lo; ow < hi; ow++) dst[ow + shift] += src[ow];
-                    } else if (sw == 2) {
-                        scatter_add_stride2(dst + 2 * lo + shift, src + lo, hi - lo);
-                    } else {
-                        for (int ow = lo; ow < hi; ow++) dst[ow * sw + shift] += src[ow];
-                    }
-                }
-            }
-    }
-}
-
 static inline const float *group_input(const float *x, const msq_conv2d_shape *s,
                                        const conv_geom *G, int b, int g) {
     return x + ((size_t)b * s->c_in + (size_t)g * G->cin_g) * G->plane_in;
@@ -593,7 +415,7 @@ static const float *band_matrix(const float *x, float *col, const msq_conv2d_sha
         return group_input(x, s, G, B->b0, g) + (size_t)B->oh0 * s->w_out;
     }
     for (int b = B->b0; b < B->b1; b++)
-        im2col_rows(col + (size_t)(b - B->b0) * B->cols_img, (size_t)B->cols,
+        msq_im2col_rows(col + (size_t)(b - B->b0) * B->cols_img, (size_t)B->cols,
                     group_input(x, s, G, b, g), G->cin_g, s, B->oh0, B->oh1);
     *ld = B->cols;
     return col;
@@ -671,7 +493,7 @@ static void im2col_images(float *col, const float *x, const msq_conv2d_shape *s,
     const size_t plane_in = (size_t)s->h_in * s->w_in;
     #pragma omp for schedule(static)
     for (int b = 0; b < imgs; b++)
-        im2col_rows(col + (size_t)b * plane, (size_t)imgs * plane, x + (size_t)(b0 + b) * s->c_in * plane_in,
+        msq_im2col_rows(col + (size_t)b * plane, (size_t)imgs * plane, x + (size_t)(b0 + b) * s->c_in * plane_in,
                     s->c_in, s, 0, s->h_out);
 }
 
@@ -761,7 +583,7 @@ static void backward_input_item(float *dx, const float *dy, const float *w,
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, G->kdim, B.cols, G->cout_g, 1.0f,
                     wg, G->kdim, dyb, ld, 0.0f, col, B.cols);
         for (int b = B.b0; b < B.b1; b++)
-            col2im_rows_add(dx + ((size_t)b * s->c_in + (size_t)g * G->cin_g) * G->plane_in,
+            msq_col2im_rows_add(dx + ((size_t)b * s->c_in + (size_t)g * G->cin_g) * G->plane_in,
                             col + (size_t)(b - B.b0) * B.cols_img, (size_t)B.cols, G->cin_g, s,
                             B.oh0, B.oh1);
     }
@@ -800,7 +622,7 @@ static void backward_input_wide(float *dx, const float *dy, const float *w, cons
             }
             #pragma omp for schedule(static)
             for (int b = 0; b < imgs; b++)
-                col2im_rows_add(dx + (size_t)(b0 + b) * s->c_in * s->h_in * s->w_in, col + (size_t)b * plane,
+                msq_col2im_rows_add(dx + (size_t)(b0 + b) * s->c_in * s->h_in * s->w_in, col + (size_t)b * plane,
                                 (size_t)cols, s->c_in, s, 0, s->h_out);
         }
     }

@@ -1,4 +1,4 @@
-/* conv_internal.h — private to CKernels: helpers the convolution files (conv.c, winograd.c,
+/* conv_internal.h — private to CKernels: helpers the convolution files (conv.c, im2col.c, winograd.c,
  * winograd_interleaved.c, direct.c) share. */
 #ifndef MSQ_CONV_INTERNAL_H
 #define MSQ_CONV_INTERNAL_H
@@ -18,5 +18,15 @@ float *msq_conv_workspace_or_alloc(void *workspace, size_t bytes, float **owned)
    their workspace cannot be allocated. */
 void msq_conv2d_forward_fallback(float *y, const float *x, const float *w, const float *bias,
                                  const msq_conv2d_shape *s, int accumulate);
+
+/* Output rows [oh0, oh1) of one image's column matrix (im2col.c): row r = (c*kh + i)*kw + j at
+   col + r*ldcol holds col[r, (oh-oh0)*w_out + ow] = x[c, oh*sh-ph+i, ow*sw-pw+j], 0 in the
+   padding, for `channels` input planes of shape s starting at x. */
+void msq_im2col_rows(float *restrict col, size_t ldcol, const float *restrict x, int channels,
+                     const msq_conv2d_shape *s, int oh0, int oh1);
+
+/* Adjoint of msq_im2col_rows: x[c, ih, iw] += every col entry that was read from there. */
+void msq_col2im_rows_add(float *restrict x, const float *restrict col, size_t ldcol, int channels,
+                         const msq_conv2d_shape *s, int oh0, int oh1);
 
 #endif

@@ -119,6 +119,18 @@ private let convCases: [ConvTestCase] = [
     .init(n: 2, cIn: 20, h: 5, w: 5, cOut: 70, k: 3, stride: 1, pad: 1, groups: 1),
     .init(n: 1, cIn: 24, h: 9, w: 7, cOut: 40, k: 3, stride: 2, pad: 1, groups: 1),
     .init(n: 1, cIn: 64, h: 3, w: 16, cOut: 128, k: 3, stride: 1, pad: 1, groups: 1),
+    // Stride 2 over split phase rows (kernels >= 3 wide): rows of exactly 8 (ResNet-20's 32->64
+    // layer), 8 + 8 + an overlapped tail, 4..7, under 4; padding 0 and wider than the kernel's
+    // half; a plane too wide for the phase buffers (the gathering path).
+    .init(n: 5, cIn: 3, h: 16, w: 16, cOut: 4, k: 3, stride: 2, pad: 1, groups: 1),
+    .init(n: 2, cIn: 2, h: 9, w: 37, cOut: 3, k: 7, stride: 2, pad: 3, groups: 1),
+    .init(n: 2, cIn: 3, h: 11, w: 13, cOut: 2, k: 5, stride: 2, pad: 0, groups: 1),
+    .init(n: 2, cIn: 2, h: 7, w: 5, cOut: 3, k: 3, stride: 2, pad: 3, groups: 1),
+    .init(n: 1, cIn: 1, h: 3, w: 2801, cOut: 2, k: 3, stride: 2, pad: 1, groups: 1),
+    // 1x1 stride 2 (ResNet-18's shortcuts): gathered rows of 7, 14 and 5 (overlapped 4-wide tails).
+    .init(n: 2, cIn: 4, h: 14, w: 14, cOut: 3, k: 1, stride: 2, pad: 0, groups: 1),
+    .init(n: 2, cIn: 4, h: 5, w: 28, cOut: 3, k: 1, stride: 2, pad: 0, groups: 1),
+    .init(n: 2, cIn: 4, h: 9, w: 9, cOut: 3, k: 1, stride: 2, pad: 0, groups: 1),
 ]
 
 /// Random inputs for one case; dx/dw/db start nonzero so accumulation is exercised.
