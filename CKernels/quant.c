@@ -10,6 +10,9 @@
 #include "msq_kernels.h"
 #include <math.h>
 #include <stdlib.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 _Static_assert(MSQ_QUANT_CHUNK <= 1 << 30, "lsb_chunk counts a chunk's nonzeros in 32 bits");
 #define QUANT_PARALLEL_MIN 16384 /* elements; below this a parallel region costs more than it saves */
@@ -20,9 +23,49 @@ static inline float pow2f(int e) { return (float)(1u << e); }
 /* w~ = 0.5f + w / (2s); 2s is exact. */
 static inline float wtilde(float w, float two_s) { return 0.5f + w / two_s; }
 
+/* 2^n · w~ without a division, for the fast kernels (a vector division costs more than all
+   the rest of RoundClamp). With d = 2s / 2^(n-1) and r = RN(1/d): q1 = RN(w·r), the residual
+   e = w − q1·d exactly (one FMA), and RN(q1 + e·r) = RN(w / d) (Markstein's correction;
+   Handbook of Floating-Point Arithmetic, 2nd ed., §4.7). Then RN(2^(n-1) + 2q) (one FMA) is
+   2^n · RN(0.5 + RN(w / (2s))) — powers of two commute with rounding — with one mul fewer.
+   q is half the quotient the spec rounds so that q1 cannot overflow while the spec's quotient
+   is finite; a subnormal quotient vanishes into 2^(n-1) either way, and an infinite q1 (the
+   spec's quotient overflows too; q2 is NaN) is kept. bench/scripts/check-quotient.sh checks
+   this against the spec for every non-NaN float w, at bits 1-16 and scales over [2^-60, 2^60];
+   fast_scale() keeps the kernels inside that range. */
+static inline float code_real(float w, float d, float recip, float half) {
+    const float q1 = w * recip;
+    const float e = fmaf(-q1, d, w);
+    const float q2 = fmaf(e, recip, q1);
+    return fmaf(2.0f, q2 != q2 ? q1 : q2, half);
+}
+
+/* Scales the division-free kernels take; others (never seen in training, where s = max|W|
+   of real weights) run the `_ref` arithmetic. Inside it (bits <= 16), d, r and s / 2^(n-1)
+   are normal numbers, so the products that replace divisions round exactly as they do. */
+static inline int fast_scale(float scale) { return scale >= 0x1p-60f && scale <= 0x1p60f; }
+
 /* clamp(round(v), 0, hi): rintf is round-half-even in the default rounding mode. fmaxf/fminf
    send NaN to 0 (fmaxf(NaN, 0) = 0), so a NaN weight becomes code 0 instead of UB on conversion. */
 static inline float roundclamp(float v, float hi) { return fminf(fmaxf(rintf(v), 0.0f), hi); }
+
+#if defined(__AVX2__)
+/* Eight-wide code_real and roundclamp, the same operations in the same order (the compiler
+   vectorised them only sometimes; a scalar loop is four times slower). maxps returns its
+   second operand when either is NaN, which is fmaxf's choice here: NaN becomes code 0. */
+static inline __m256 code_real8(__m256 w, __m256 d, __m256 recip, __m256 half) {
+    const __m256 q1 = _mm256_mul_ps(w, recip);
+    const __m256 e = _mm256_fnmadd_ps(q1, d, w);
+    const __m256 q2 = _mm256_fmadd_ps(e, recip, q1);
+    const __m256 q = _mm256_blendv_ps(q2, q1, _mm256_cmp_ps(q2, q2, _CMP_UNORD_Q));
+    return _mm256_fmadd_ps(_mm256_set1_ps(2.0f), q, half);
+}
+
+static inline __m256 roundclamp8(__m256 v, __m256 hi) {
+    const __m256 r = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm256_min_ps(_mm256_max_ps(r, _mm256_setzero_ps()), hi);
+}
+#endif
 
 static inline size_t n_chunks(size_t count) { return (count + MSQ_QUANT_CHUNK - 1) / MSQ_QUANT_CHUNK; }
 
@@ -76,27 +119,52 @@ void msq_roundclamp_forward_ref(float *wq, int32_t *codes, const float *w, size_
         rc_fwd_one(&wq[i], codes ? &codes[i] : NULL, w[i], two_s, scale_n, hi, half, scale);
 }
 
+typedef struct rc_params {
+    float d, recip, half, hi, s_half, s; /* code_real's d, 1/d, 2^(n-1); 2^n - 1; s/2^(n-1), s */
+} rc_params;
+
+/* One chunk of the fast forward: wq = RN(j·s') as q·s' − s, codes = j = q − 2^(n-1). */
+static void rc_fwd_chunk(float *restrict wq, int32_t *restrict codes, const float *restrict w, size_t m,
+                         const rc_params *pp) {
+    const rc_params p = *pp;
+    size_t i = 0;
+#if defined(__AVX2__)
+    const __m256 d = _mm256_set1_ps(p.d), recip = _mm256_set1_ps(p.recip), half = _mm256_set1_ps(p.half);
+    const __m256 hi = _mm256_set1_ps(p.hi), s_half = _mm256_set1_ps(p.s_half), neg_s = _mm256_set1_ps(-p.s);
+    for (; i + 8 <= m; i += 8) {
+        const __m256 q = roundclamp8(code_real8(_mm256_loadu_ps(w + i), d, recip, half), hi);
+        _mm256_storeu_ps(wq + i, _mm256_fmadd_ps(q, s_half, neg_s));
+        if (codes) _mm256_storeu_si256((__m256i *)(codes + i), _mm256_cvttps_epi32(_mm256_sub_ps(q, half)));
+    }
+#endif
+    for (; i < m; i++) {
+        const float q = roundclamp(code_real(w[i], p.d, p.recip, p.half), p.hi);
+        wq[i] = fmaf(q, p.s_half, -p.s);
+        if (codes) codes[i] = (int32_t)(q - p.half);
+    }
+}
+
 void msq_roundclamp_forward(float *wq, int32_t *codes, const float *w, size_t count,
                             float scale, int bits) {
     if (scale == 0.0f) {
         rc_fwd_zero(wq, codes, count);
         return;
     }
-    const float two_s = 2.0f * scale, scale_n = pow2f(bits), hi = scale_n - 1.0f, half = pow2f(bits - 1);
-    if (codes) {
-        #pragma omp parallel for simd schedule(static) if (count > QUANT_PARALLEL_MIN)
-        for (size_t i = 0; i < count; i++) {
-            float q = roundclamp(scale_n * wtilde(w[i], two_s), hi);
-            float j = q - half;
-            wq[i] = (scale * j) / half;
-            codes[i] = (int32_t)j;
-        }
-    } else {
-        #pragma omp parallel for simd schedule(static) if (count > QUANT_PARALLEL_MIN)
-        for (size_t i = 0; i < count; i++) {
-            float q = roundclamp(scale_n * wtilde(w[i], two_s), hi);
-            wq[i] = (scale * (q - half)) / half;
-        }
+    if (!fast_scale(scale)) {
+        msq_roundclamp_forward_ref(wq, codes, w, count, scale, bits);
+        return;
+    }
+    const float hi = pow2f(bits) - 1.0f, half = pow2f(bits - 1);
+    const float d = 2.0f * scale / half, recip = 1.0f / d;
+    /* (s·j)/2^(n-1) = RN(j·s') with s' = s/2^(n-1) exact (scaling by a power of two commutes
+       with rounding for normal numbers), and j·s' = q·s' − s exactly: one FMA. */
+    const rc_params p = {d, recip, half, hi, scale / half, scale};
+    const size_t nc = n_chunks(count);
+    #pragma omp parallel for schedule(static) if (count > QUANT_PARALLEL_MIN)
+    for (size_t c = 0; c < nc; c++) {
+        const size_t start = c * MSQ_QUANT_CHUNK;
+        const size_t m = count - start < MSQ_QUANT_CHUNK ? count - start : MSQ_QUANT_CHUNK;
+        rc_fwd_chunk(wq + start, codes ? codes + start : NULL, w + start, m, &p);
     }
 }
 
@@ -124,10 +192,15 @@ void msq_roundclamp_backward(float *dw, const float *dwq, const float *w, size_t
         for (size_t i = 0; i < count; i++) dw[i] += dwq[i];
         return;
     }
-    const float two_s = 2.0f * scale, scale_n = pow2f(bits), hi = scale_n - 1.0f;
+    if (!fast_scale(scale)) {
+        msq_roundclamp_backward_ref(dw, dwq, w, count, scale, bits, zero_outside);
+        return;
+    }
+    const float hi = pow2f(bits) - 1.0f, half = pow2f(bits - 1);
+    const float d = 2.0f * scale / half, recip = 1.0f / d;
     #pragma omp parallel for simd schedule(static) if (count > QUANT_PARALLEL_MIN)
     for (size_t i = 0; i < count; i++) {
-        float r = rintf(scale_n * wtilde(w[i], two_s));
+        float r = rintf(code_real(w[i], d, recip, half));
         float d = dw[i];
         dw[i] = (r >= 0.0f && r <= hi) ? d + dwq[i] : d;
     }
@@ -137,6 +210,7 @@ void msq_roundclamp_backward(float *dw, const float *dwq, const float *w, size_t
 
 typedef struct lsb_params {
     float two_s, scale_n, hi_n, scale_m, hi_m, pow_k, step;
+    float half, d, recip, inv_pow_k; /* for code_real: 2^(n-1), 2s / 2^(n-1), 1/d; 2^-k */
 } lsb_params;
 
 static lsb_params lsb_make(float scale, int bits, int k, float coeff) {
@@ -148,6 +222,10 @@ static lsb_params lsb_make(float scale, int bits, int k, float coeff) {
     p.hi_m = p.scale_m - 1.0f;
     p.pow_k = pow2f(k);
     p.step = coeff * (p.scale_n / p.two_s);
+    p.half = pow2f(bits - 1);
+    p.d = p.two_s / p.half;
+    p.recip = 1.0f / p.d;
+    p.inv_pow_k = 1.0f / p.pow_k;
     return p;
 }
 
@@ -194,24 +272,30 @@ void msq_lsb_forward_backward_ref(float *lsb, double *abs_sum, int64_t *nonzero,
     if (nonzero) *nonzero = nzc;
 }
 
+/* lsb_one by code_real: 2^(n-k)·w~ = (2^n·w~)·2^-k exactly. Returns lsb_int != 0. */
+static inline int lsb_fast(float *l, float w, const lsb_params *p) {
+    float a = code_real(w, p->d, p->recip, p->half);
+    float qn = roundclamp(a, p->hi_n);
+    float qm = roundclamp(a * p->inv_pow_k, p->hi_m);
+    float base = p->pow_k * qm;
+    *l = a - base;
+    return qn != base;
+}
+
 /* One chunk of the fused pass: writes lsb (into `out`, the caller's array or a scratch chunk),
-   adds the gradient, returns the chunk's |lsb| sum and nonzero count. */
+   adds the gradient, returns the chunk's |lsb| sum and nonzero count. Three short loops over
+   data in L1: fused into one, with everything in registers, it ran slower (AVX2 has 16). */
 static double lsb_chunk(float *restrict out, int64_t *nz_out, float *restrict grad,
                         const float *restrict w, size_t m, const lsb_params *pp) {
     const lsb_params p = *pp;
     /* A 32-bit count (a chunk holds at most MSQ_QUANT_CHUNK weights): with a 64-bit one the
-       vectoriser keeps four floats per AVX2 register instead of eight, and this loop is
-       compute-bound (a division and two roundings per weight). */
+       vectoriser keeps four floats per AVX2 register instead of eight. */
     int32_t nzc = 0;
     #pragma omp simd reduction(+ : nzc)
     for (size_t i = 0; i < m; i++) {
-        float wt = wtilde(w[i], p.two_s);
-        float a = p.scale_n * wt;
-        float qn = roundclamp(a, p.hi_n);
-        float qm = roundclamp(p.scale_m * wt, p.hi_m);
-        float base = p.pow_k * qm;
-        nzc += (qn - base) != 0.0f;
-        out[i] = a - base;
+        float l;
+        nzc += lsb_fast(&l, w[i], &p);
+        out[i] = l;
     }
     if (grad) {
         #pragma omp simd
@@ -231,6 +315,10 @@ void msq_lsb_forward_backward(float *lsb, double *abs_sum, int64_t *nonzero, flo
                               float coeff) {
     if (scale == 0.0f) {
         lsb_zero(lsb, abs_sum, nonzero, count);
+        return;
+    }
+    if (!fast_scale(scale)) {
+        msq_lsb_forward_backward_ref(lsb, abs_sum, nonzero, grad, w, count, scale, bits, k, coeff);
         return;
     }
     lsb_params p = lsb_make(scale, bits, k, coeff);

@@ -4,6 +4,8 @@ import Testing
 // MSQ's quantizer kernels (MSQ-SPEC §1 RoundClamp, §2 LSB regulariser, §5 PACT):
 //   - fast and `_ref` kernels against a plain Swift transcription of the spec, bit for bit on codes
 //     and nonzero counts, at 1 and 2 threads, odd sizes, n = 2...8, k = 1, 2;
+//   - fast against `_ref` bit for bit on every output but the double sums, on hard weights
+//     (random bit patterns, inf, NaN, boundaries) and scales inside and outside the fast range;
 //   - the grid properties the spec asks for (nesting, bin alignment, clamp, lsb_int range);
 //   - gradients (STE, regulariser vs central differences, PACT), accumulation, s == 0, determinism.
 // Every helper here is private and prefixed `Quant` so it cannot collide with shared test support.
@@ -555,6 +557,69 @@ struct QuantizerTests {
                 var dw = [Float](repeating: 1, count: count)
                 f(&dw, [Float](repeating: 2, count: count), w, count, 0, Int32(n), 1)
                 #expect(dw.allSatisfy { $0 == 3 }, "backward s=0 \(name) n=\(n)")
+            }
+        }
+    }
+
+    /// Weights that stress the fast kernels' division-free arithmetic (quant.c, code_real): random
+    /// bit patterns (every exponent, subnormals, ±inf, NaN), ±0, the scale's neighbours, exact
+    /// n-bit rounding boundaries, and weights whose quotient sits at the float range's edge.
+    private static func hardWeights(scale s: Float, bits n: Int, seed: UInt64) -> [Float] {
+        var rng = QuantRng(seed: seed)
+        var w: [Float] = [0, -0, .infinity, -.infinity, .nan, s, -s, s.nextUp, s.nextDown, -s.nextUp,
+                          .leastNonzeroMagnitude, -.leastNonzeroMagnitude, .greatestFiniteMagnitude,
+                          -.greatestFiniteMagnitude, 0x1.fffffcp+126, -0x1.fffffcp+126]
+        for i in 0..<4099 {
+            switch i % 3 {
+            case 0: w.append(Float(bitPattern: UInt32(truncatingIfNeeded: rng.next())))
+            case 1:
+                // w~ = c / 2^(n+1): n-bit levels and rounding boundaries (ties), at this scale.
+                let c = rng.int(0...(1 << (n + 1)))
+                w.append(s * (2 * (Float(c) / Float(1 << (n + 1))) - 1))
+            default: w.append(rng.float(-1.5, 1.5) * s)
+            }
+        }
+        return w
+    }
+
+    @Test("fast kernels equal the _ref ones bit for bit on hard weights and scales")
+    func quantFastEqualsRefBitwise() {
+        // In the fast range [2^-60, 2^60] (mantissa all ones, powers of two, the ends) and outside it
+        // (the fast kernels fall back to the reference arithmetic there).
+        let scales: [Float] = [1, 0x1.fffffep-1, 0.3, 0x1p-60, 0x1p60, 7.3e-9, 4.1e5, 0x1p-70, 0x1p70]
+        func same(_ a: [Float], _ b: [Float]) -> Bool {
+            zip(a, b).allSatisfy { $0.bitPattern == $1.bitPattern || ($0.isNaN && $1.isNaN) }
+        }
+        for (si, s) in scales.enumerated() {
+            for n in [1, 2, 5, 8, 16] {
+                let w = Self.hardWeights(scale: s, bits: n, seed: UInt64(si * 100 + n))
+                var rng = QuantRng(seed: UInt64(n))
+                let grad0 = w.map { _ in rng.float(-1, 1) }
+                for threads in quantThreadCounts {
+                    msq_set_num_threads(threads)
+                    let tag = "s=\(s) n=\(n) threads=\(threads)"
+                    let fast = quantCodes(w, scale: s, bits: n, msq_roundclamp_forward)
+                    let ref = quantCodes(w, scale: s, bits: n, msq_roundclamp_forward_ref)
+                    #expect(fast.codes == ref.codes, "codes \(tag)")
+                    #expect(same(fast.wq, ref.wq), "wq \(tag)")
+                    var dwFast = grad0, dwRef = grad0
+                    msq_roundclamp_backward(&dwFast, grad0, w, w.count, s, Int32(n), 1)
+                    msq_roundclamp_backward_ref(&dwRef, grad0, w, w.count, s, Int32(n), 1)
+                    #expect(same(dwFast, dwRef), "zero_outside backward \(tag)")
+                    for k in [1, 2] where k < n {
+                        let f = quantRunLSB(msq_lsb_forward_backward, w, scale: s, bits: n, k: k, coeff: 0.0123,
+                                            grad0: grad0)
+                        let r = quantRunLSB(msq_lsb_forward_backward_ref, w, scale: s, bits: n, k: k,
+                                            coeff: 0.0123, grad0: grad0)
+                        #expect(same(f.lsb, r.lsb), "lsb k=\(k) \(tag)")
+                        #expect(f.nonzero == r.nonzero, "nonzero k=\(k) \(tag)")
+                        #expect(same(f.grad, r.grad), "grad k=\(k) \(tag)")
+                        // inf/NaN weights make the sum inf/NaN in both; otherwise the same terms.
+                        #expect(f.absSum == r.absSum || (f.absSum.isNaN && r.absSum.isNaN)
+                                    || abs(f.absSum - r.absSum) <= quantAbsSumRTol * r.absSum,
+                                "abs_sum k=\(k) \(tag)")
+                    }
+                }
             }
         }
     }
