@@ -131,8 +131,17 @@ static void rc_fwd_chunk(float *restrict wq, int32_t *restrict codes, const floa
 #if defined(__AVX2__)
     const __m256 d = _mm256_set1_ps(p.d), recip = _mm256_set1_ps(p.recip), half = _mm256_set1_ps(p.half);
     const __m256 hi = _mm256_set1_ps(p.hi), s_half = _mm256_set1_ps(p.s_half), neg_s = _mm256_set1_ps(-p.s);
+    const __m256 pos_s = _mm256_set1_ps(p.s);
     for (; i + 8 <= m; i += 8) {
-        const __m256 q = roundclamp8(code_real8(_mm256_loadu_ps(w + i), d, recip, half), hi);
+        /* Only the clamped code is used here, so w is clamped to [-s, s] first (the codes of
+           weights outside are 0 and 2^n - 1 either way; maxps sends NaN to -s, code 0, as
+           roundclamp does): then 0 <= code value <= 2^n, the quotient cannot overflow and
+           neither the guard nor the clamp at 0 is needed. Two operations fewer per vector. */
+        const __m256 wc = _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(w + i), neg_s), pos_s);
+        const __m256 q1 = _mm256_mul_ps(wc, recip);
+        const __m256 q2 = _mm256_fmadd_ps(_mm256_fnmadd_ps(q1, d, wc), recip, q1);
+        const __m256 a = _mm256_fmadd_ps(_mm256_set1_ps(2.0f), q2, half);
+        const __m256 q = _mm256_min_ps(_mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), hi);
         _mm256_storeu_ps(wq + i, _mm256_fmadd_ps(q, s_half, neg_s));
         if (codes) _mm256_storeu_si256((__m256i *)(codes + i), _mm256_cvttps_epi32(_mm256_sub_ps(q, half)));
     }
