@@ -208,9 +208,10 @@ static inline void split_phases(float *restrict even, float *restrict odd, const
 
 /* The phase layout of one call: input column iw = 2*ow + j - pw is phase (j - pw) mod 2 at
    index ow + floor((j - pw) / 2); a phase row holds index t at t + margin. The input rows of a
-   block of output rows are split first, then each (i, j) row of col is written front to back:
-   written in input-row order instead, every store went to another row of col and missed L1
-   one line at a time (a 16-wide plane's column matrix came out at 12 GB/s). */
+   block of output rows are split first, then each (i, j) row of col is written front to back
+   by a tight loop over the output rows whose input row exists (that range is computed once
+   per i: a first version divided by the stride once per input row, and on 16-wide planes those
+   divisions cost more than the copies). */
 typedef struct s2_layout {
     int margin, pitch; /* floats before index 0; floats per phase row (whole vectors) */
     int out_rows;      /* output rows per block: their input rows fit the phase buffers */
