@@ -49,24 +49,6 @@ static inline int fast_scale(float scale) { return scale >= 0x1p-60f && scale <=
    send NaN to 0 (fmaxf(NaN, 0) = 0), so a NaN weight becomes code 0 instead of UB on conversion. */
 static inline float roundclamp(float v, float hi) { return fminf(fmaxf(rintf(v), 0.0f), hi); }
 
-#if defined(__AVX2__)
-/* Eight-wide code_real and roundclamp, the same operations in the same order (the compiler
-   vectorised them only sometimes; a scalar loop is four times slower). maxps returns its
-   second operand when either is NaN, which is fmaxf's choice here: NaN becomes code 0. */
-static inline __m256 code_real8(__m256 w, __m256 d, __m256 recip, __m256 half) {
-    const __m256 q1 = _mm256_mul_ps(w, recip);
-    const __m256 e = _mm256_fnmadd_ps(q1, d, w);
-    const __m256 q2 = _mm256_fmadd_ps(e, recip, q1);
-    const __m256 q = _mm256_blendv_ps(q2, q1, _mm256_cmp_ps(q2, q2, _CMP_UNORD_Q));
-    return _mm256_fmadd_ps(_mm256_set1_ps(2.0f), q, half);
-}
-
-static inline __m256 roundclamp8(__m256 v, __m256 hi) {
-    const __m256 r = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    return _mm256_min_ps(_mm256_max_ps(r, _mm256_setzero_ps()), hi);
-}
-#endif
-
 static inline size_t n_chunks(size_t count) { return (count + MSQ_QUANT_CHUNK - 1) / MSQ_QUANT_CHUNK; }
 
 /* Sum of 8 lanes in a fixed tree order. */
