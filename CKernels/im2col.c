@@ -11,14 +11,19 @@ static inline int imin(int a, int b) { return a < b ? a : b; }
 static inline int imax(int a, int b) { return a > b ? a : b; }
 static int unit_stride(const msq_conv2d_shape *s) { return s->stride_h == 1 && s->stride_w == 1; }
 
+/* Outputs o in [0, out) whose input o*stride - pad + tap lies inside [0, in): [*lo, *hi). */
+static inline void valid_out(int in, int out, int stride, int pad, int tap, int *lo, int *hi) {
+    const int off = pad - tap; /* input = o*stride - off */
+    int l = off > 0 ? (off + stride - 1) / stride : 0;
+    int h = in - 1 + off >= 0 ? (in - 1 + off) / stride + 1 : 0;
+    l = imin(l, out);
+    h = imax(imin(h, out), l);
+    *lo = l; *hi = h;
+}
+
 /* Output columns ow whose input column ow*sw - pw + j lies inside [0, w_in): [*lo, *hi). */
 static inline void valid_ow(const msq_conv2d_shape *s, int j, int *lo, int *hi) {
-    const int off = s->pad_w - j; /* iw = ow*sw - off */
-    int l = off > 0 ? (off + s->stride_w - 1) / s->stride_w : 0;
-    int h = s->w_in - 1 + off >= 0 ? (s->w_in - 1 + off) / s->stride_w + 1 : 0;
-    l = imin(l, s->w_out);
-    h = imax(imin(h, s->w_out), l);
-    *lo = l; *hi = h;
+    valid_out(s->w_in, s->w_out, s->stride_w, s->pad_w, j, lo, hi);
 }
 
 /* The zero fills in im2col are mostly 0-2 floats long; clang would turn each into a memset
@@ -151,9 +156,8 @@ static inline void scatter_add_stride2(float *restrict dst, const float *restric
 #define MSQ_INLINE_COPIES
 #endif
 
-/* floor(a / b) for any sign of a, b > 0. */
-static inline int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
-static inline int floor_half(int a) { return floor_div(a, 2); }
+/* floor(a / 2) for any sign. */
+static inline int floor_half(int a) { return a >= 0 ? a / 2 : -((1 - a) / 2); }
 
 /* dst[0, n) = src[0, n): eight or four floats per move, the last move overlapping the one
    before it instead of a scalar tail (both read and write only inside the two ranges). */
@@ -250,6 +254,7 @@ MSQ_INLINE_COPIES static void im2col_rows_s2(float *restrict col, size_t ldcol, 
         const int shift = j - s->pad_w;
         src_of[j] = (shift & 1) * S2_PHASE_FLOATS + L->margin + floor_half(shift);
     }
+    const ptrdiff_t step = (ptrdiff_t)sh * L->pitch; /* phase rows between output rows */
     for (int c = 0; c < channels; c++) {
         const float *xc = x + (size_t)c * H * W;
         float *colc = col + (size_t)c * kh * kw * ldcol;
@@ -265,9 +270,9 @@ MSQ_INLINE_COPIES static void im2col_rows_s2(float *restrict col, size_t ldcol, 
             }
             for (int i = 0; i < kh; i++) {
                 /* Output rows [oa, oz) of this block read input rows inside the plane. */
-                const int oa = imin(oe, imax(ob, -floor_div(i - s->pad_h, sh)));
-                const int oz = imax(oa, imin(oe, floor_div(H - 1 + s->pad_h - i, sh) + 1));
-                const ptrdiff_t step = (ptrdiff_t)sh * L->pitch;
+                int lo, hi;
+                valid_out(H, s->h_out, sh, s->pad_h, i, &lo, &hi);
+                const int oa = imin(oe, imax(ob, lo)), oz = imax(oa, imin(oe, hi));
                 for (int j = 0; j < kw; j++) {
                     float *dst = colc + (size_t)(i * kw + j) * ldcol;
                     for (size_t k = (size_t)(ob - oh0) * OW; k < (size_t)(oa - oh0) * OW; k++) dst[k] = 0.0f;
