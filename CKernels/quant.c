@@ -192,8 +192,8 @@ void msq_roundclamp_backward(float *dw, const float *dwq, const float *w, size_t
     #pragma omp parallel for simd schedule(static) if (count > QUANT_PARALLEL_MIN)
     for (size_t i = 0; i < count; i++) {
         float r = rintf(code_real(w[i], d, recip, half));
-        float d = dw[i];
-        dw[i] = (r >= 0.0f && r <= hi) ? d + dwq[i] : d;
+        float g = dw[i];
+        dw[i] = (r >= 0.0f && r <= hi) ? g + dwq[i] : g;
     }
 }
 
