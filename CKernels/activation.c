@@ -99,3 +99,46 @@ void msq_activation_backward(float *dx, const float *dy, const float *x, size_t 
     default: msq_activation_backward_ref(dx, dy, x, count, kind); break;
     }
 }
+
+/* ---- R-operator (curvature.c composes these into Hessian-vector products) */
+
+/* act''(x): zero almost everywhere for the piecewise-linear kinds; hardswish is x(x+3)/6 on
+   [-3, 3] (PyTorch's hardswish_backward takes that branch at both ends), GELU's is φ(x)(2 − x²). */
+static inline float act_second(float x, msq_activation kind) {
+    switch (kind) {
+    case MSQ_ACT_RELU: case MSQ_ACT_RELU6: return 0.0f;
+    case MSQ_ACT_HARDSWISH: return (x >= -3.0f && x <= 3.0f) ? 1.0f / 3.0f : 0.0f;
+    case MSQ_ACT_GELU: return INV_SQRT_2PI * expf(x * x * -0.5f) * (2.0f - x * x);
+    }
+    return 0.0f;
+}
+
+static void act_rbackward(float *rdx, const float *rdy, const float *dy, const float *x, const float *rx,
+                          size_t count, msq_activation kind, int parallel) {
+    int second = dy != NULL && rx != NULL && kind != MSQ_ACT_RELU && kind != MSQ_ACT_RELU6;
+    #pragma omp parallel for schedule(static) if (parallel && count > ACT_PARALLEL_MIN)
+    for (size_t i = 0; i < count; i++) {
+        float r = act_bwd(rdy[i], x[i], kind);
+        if (second) r += dy[i] * act_second(x[i], kind) * rx[i];
+        rdx[i] += r;
+    }
+}
+
+void msq_activation_rforward(float *ry, const float *rx, const float *x, size_t count, msq_activation kind) {
+    #pragma omp parallel for schedule(static) if (count > ACT_PARALLEL_MIN)
+    for (size_t i = 0; i < count; i++) ry[i] = act_bwd(rx[i], x[i], kind);
+}
+
+void msq_activation_rforward_ref(float *ry, const float *rx, const float *x, size_t count, msq_activation kind) {
+    for (size_t i = 0; i < count; i++) ry[i] = act_bwd(rx[i], x[i], kind);
+}
+
+void msq_activation_rbackward(float *rdx, const float *rdy, const float *dy, const float *x, const float *rx,
+                              size_t count, msq_activation kind) {
+    act_rbackward(rdx, rdy, dy, x, rx, count, kind, 1);
+}
+
+void msq_activation_rbackward_ref(float *rdx, const float *rdy, const float *dy, const float *x,
+                                  const float *rx, size_t count, msq_activation kind) {
+    act_rbackward(rdx, rdy, dy, x, rx, count, kind, 0);
+}

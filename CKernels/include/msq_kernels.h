@@ -276,6 +276,90 @@ void msq_softmax_cross_entropy_backward(float *dlogits, const float *probs, cons
 void msq_softmax_cross_entropy_backward_ref(float *dlogits, const float *probs, const int32_t *labels,
                                             int n, int k, float label_smoothing, float scale);
 
+/* ---------------------------------------------------------------- R-operator (curvature.c, activation.c) */
+
+/* Hessian-vector products by Pearlmutter's R-operator (MSQ-SPEC §4), layer by layer, eval mode.
+ * For y = f(x; θ): the R-forward gives Ry = ∂f/∂x·Rx + ∂f/∂θ·v (v: the probe's block for θ); the
+ * R-backward takes (dy, R dy) to R dx and accumulates R dθ = (H v)_θ. A NULL tangent (rx, v) is
+ * zero. A NULL dy drops every term of the first-order gradient, which leaves the generalized
+ * Gauss-Newton product J^T H_loss J v. R-backward outputs accumulate (+=), R-forwards overwrite. */
+
+/** ry[n,c_out,h_out,w_out] = conv(rx, w) + conv(x, v). scratch (ry's size) is needed only when rx
+ *  and v are both non-NULL. Each term runs through msq_conv2d_forward's dispatch. */
+void msq_conv2d_rforward(float *ry, float *scratch, const float *x, const float *rx, const float *w,
+                         const float *v, const msq_conv2d_shape *s, void *workspace);
+void msq_conv2d_rforward_ref(float *ry, float *scratch, const float *x, const float *rx, const float *w,
+                             const float *v, const msq_conv2d_shape *s, void *workspace);
+/** rdx[n,c_in,h_in,w_in] += conv_transpose(rdy, w) + conv_transpose(dy, v). */
+void msq_conv2d_rbackward_input(float *rdx, const float *rdy, const float *dy, const float *w,
+                                const float *v, const msq_conv2d_shape *s, void *workspace);
+void msq_conv2d_rbackward_input_ref(float *rdx, const float *rdy, const float *dy, const float *w,
+                                    const float *v, const msq_conv2d_shape *s, void *workspace);
+/** rdw[c_out,c_in/groups,kh,kw] += corr(x, rdy) + corr(rx, dy). */
+void msq_conv2d_rbackward_weight(float *rdw, const float *rdy, const float *dy, const float *x,
+                                 const float *rx, const msq_conv2d_shape *s, void *workspace);
+void msq_conv2d_rbackward_weight_ref(float *rdw, const float *rdy, const float *dy, const float *x,
+                                     const float *rx, const msq_conv2d_shape *s, void *workspace);
+
+/** ry[n,out] = rx[n,in]·w[out,in]^T + x·v^T. */
+void msq_linear_rforward(float *ry, const float *x, const float *rx, const float *w, const float *v,
+                         int n, int in_features, int out_features);
+void msq_linear_rforward_ref(float *ry, const float *x, const float *rx, const float *w, const float *v,
+                             int n, int in_features, int out_features);
+/** rdx[n,in] += rdy·w + dy·v; rdw[out,in] += rdy^T·x + dy^T·rx (rdx or rdw may be NULL). */
+void msq_linear_rbackward(float *rdx, float *rdw, const float *rdy, const float *dy, const float *x,
+                          const float *rx, const float *w, const float *v, int n, int in_features,
+                          int out_features);
+void msq_linear_rbackward_ref(float *rdx, float *rdw, const float *rdy, const float *dy, const float *x,
+                              const float *rx, const float *w, const float *v, int n, int in_features,
+                              int out_features);
+
+/** Eval-mode batch norm (optionally fused with the ReLU after it): ry[n,c,hw] = a_c·rx, a_c =
+ *  gamma_c / sqrt(running_var_c + eps), times relu_out > 0 when relu_out (the fused forward's
+ *  output) is not NULL. */
+void msq_batchnorm_rforward_eval(float *ry, const float *rx, const float *relu_out, const float *gamma,
+                                 const float *running_var, int n, int c, int hw, float eps);
+void msq_batchnorm_rforward_eval_ref(float *ry, const float *rx, const float *relu_out, const float *gamma,
+                                     const float *running_var, int n, int c, int hw, float eps);
+/** rdx += a_c·rdy (masked as the R-forward): eval-mode batch norm is affine in x, so no dy term. */
+void msq_batchnorm_rbackward_eval(float *rdx, const float *rdy, const float *relu_out, const float *gamma,
+                                  const float *running_var, int n, int c, int hw, float eps);
+void msq_batchnorm_rbackward_eval_ref(float *rdx, const float *rdy, const float *relu_out, const float *gamma,
+                                      const float *running_var, int n, int c, int hw, float eps);
+
+/** ry[i] = act'(x[i])·rx[i] (the derivatives of msq_activation_backward). */
+void msq_activation_rforward(float *ry, const float *rx, const float *x, size_t count, msq_activation kind);
+void msq_activation_rforward_ref(float *ry, const float *rx, const float *x, size_t count, msq_activation kind);
+/** rdx[i] += rdy[i]·act'(x[i]) + dy[i]·act''(x[i])·rx[i] (act'' = 0 for relu and relu6, 1/3 on
+ *  [-3, 3] for hardswish, φ(x)(2 − x²) for GELU). */
+void msq_activation_rbackward(float *rdx, const float *rdy, const float *dy, const float *x, const float *rx,
+                              size_t count, msq_activation kind);
+void msq_activation_rbackward_ref(float *rdx, const float *rdy, const float *dy, const float *x,
+                                  const float *rx, size_t count, msq_activation kind);
+
+/** ry[n,c,h_out,w_out] = rx at the forward's argmax (max pooling is linear once its argmax is
+ *  fixed; its R-backward is msq_maxpool2d_backward, average pooling's are its own kernels). */
+void msq_maxpool2d_rforward(float *ry, const float *rx, const int32_t *argmax, const msq_pool2d_shape *s);
+void msq_maxpool2d_rforward_ref(float *ry, const float *rx, const int32_t *argmax, const msq_pool2d_shape *s);
+
+/** rdz[n,k] = (diag p − p p^T)·rz / n per row: the Hessian of the batch-mean softmax cross-entropy
+ *  w.r.t. the logits (with or without label smoothing) times rz. probs from the forward. */
+void msq_softmax_cross_entropy_hvp(float *rdz, const float *probs, const float *rz, int n, int k);
+void msq_softmax_cross_entropy_hvp_ref(float *rdz, const float *probs, const float *rz, int n, int k);
+
+/** Rademacher probe slice: v[i] = ±1 for global index g = offset + i, bit (g mod 64) of word g/64 of
+ *  a counter-based hash of (seed, stream) (1 → +1). The same values for any thread count and any
+ *  slicing, so layer l's block is the slice at offset Σ_{m<l} N_m of one probe over all layers. */
+void msq_rademacher(float *v, size_t count, uint64_t seed, uint64_t stream, uint64_t offset);
+void msq_rademacher_ref(float *v, size_t count, uint64_t seed, uint64_t stream, uint64_t offset);
+
+/** Elements per partial sum in msq_dot. */
+#define MSQ_DOT_CHUNK 4096
+/** Σ a[i]·b[i] in double: fixed chunks of MSQ_DOT_CHUNK summed in chunk order, so the same bits at
+ *  every thread count. The _ref twin sums sequentially (last bits may differ). */
+double msq_dot(const float *a, const float *b, size_t count);
+double msq_dot_ref(const float *a, const float *b, size_t count);
+
 /* ---------------------------------------------------------------- optimizer (sgd.c) */
 
 /** One SGD step with PyTorch's semantics (dampening 0):

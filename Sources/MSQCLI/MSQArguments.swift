@@ -23,6 +23,8 @@ struct MSQArguments: ParsableArguments {
     var minBits: Int?
     @Option(help: "Hessian-aware pruning step k (on|off, default on; off: every layer drops 1 bit at a time). msq only.")
     var hessian: String?
+    @Option(help: "How Hessian-vector products are computed: auto (Gauss-Newton for piecewise-linear CNNs, else the exact R-operator), exact, gauss-newton, central-difference (the old float32 reference). msq only.")
+    var hessianMode: String?
     @Option(help: "Calibration images for the Hessian traces (default 64). msq only.")
     var hessianBatch: Int?
     @Option(help: "Most Hutchinson probes per trace estimate (default 8). msq only.")
@@ -39,7 +41,7 @@ struct MSQArguments: ParsableArguments {
             "--target-compression": targetCompression != nil, "--weight-bits": weightBits != nil,
             "--act-bits": actBits != nil, "--lambda": lambda != nil, "--prune-threshold": pruneThreshold != nil,
             "--prune-interval": pruneInterval != nil, "--prune-deadline": pruneDeadline != nil,
-            "--min-bits": minBits != nil, "--hessian": hessian != nil, "--hessian-batch": hessianBatch != nil,
+            "--min-bits": minBits != nil, "--hessian": hessian != nil, "--hessian-mode": hessianMode != nil, "--hessian-batch": hessianBatch != nil,
             "--hessian-probes": hessianProbes != nil, "--lambda-growth": lambdaGrowth != nil,
             "--dorefa-scaled": dorefaScaled,
         ]
@@ -50,7 +52,8 @@ struct MSQArguments: ParsableArguments {
     static let applicable: [String: Set<String>] = [
         "fp": [],
         "msq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
-                "--prune-deadline", "--min-bits", "--hessian", "--hessian-batch", "--hessian-probes", "--lambda-growth"],
+                "--prune-deadline", "--min-bits", "--hessian", "--hessian-mode", "--hessian-batch", "--hessian-probes",
+                "--lambda-growth"],
         "dorefa": ["--weight-bits", "--act-bits", "--dorefa-scaled"],
         "bsq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
                 "--prune-deadline", "--min-bits"],
@@ -94,6 +97,12 @@ struct MSQArguments: ParsableArguments {
         guard hessianSetting == "on" || hessianSetting == "off" else { throw ValidationError("--hessian must be on or off (got \(hessianSetting))") }
         if let pruneThreshold { o.pruneThreshold = pruneThreshold }
         o.hessian = hessianSetting == "on"
+        if let hessianMode, hessianMode != "auto" {
+            guard let mode = HessianMode(rawValue: hessianMode) else {
+                throw ValidationError("--hessian-mode must be auto, \(HessianMode.allCases.map(\.rawValue).joined(separator: ", ")) (got \(hessianMode))")
+            }
+            o.hessianMode = mode
+        }
         if let hessianBatch { o.hessianBatch = hessianBatch }
         if let hessianProbes { o.hessianProbes = hessianProbes }
         if let lambdaGrowth { o.lambdaGrowth = lambdaGrowth }

@@ -12,6 +12,12 @@ public final class Parameter {
     public let trainable: Bool
     /// Whether weight decay applies (false for BN affine parameters and biases, by convention).
     public var decays: Bool
+    /// The direction v of a Hessian-vector product restricted to this tensor (same shape as
+    /// ``value``), read by ``CurvatureModule/rForward(_:tangent:)``; nil = 0. Set only while an HVP runs.
+    public var tangent: Tensor?
+    /// Where ``CurvatureModule/rBackward(_:tangent:inputGradients:)`` accumulates (H v) restricted to
+    /// this tensor; nil = this tensor is outside the space H acts on. Set only while an HVP runs.
+    public var hessianVector: Tensor?
 
     /// Wraps an initial value; the gradient starts at zero.
     public init(_ value: Tensor, trainable: Bool = true, decays: Bool = true) {

@@ -24,6 +24,8 @@ public final class BatchNorm2d: Module {
     public let runningMean: Parameter
     /// Running (unbiased) variance `[C]` (not trainable).
     public let runningVar: Parameter
+    // rForward's snapshot for rBackward: γ, running variance, the fused ReLU's output (nil if unfused).
+    private var curvatureCache: (gamma: Tensor, runningVar: Tensor, reluOutput: Tensor?, shape: [Int])?
 
     private var cachedInput: Tensor?
     /// The output of a ``forwardReLU(_:mode:)``, whose backward masks with it (nil after ``forward(_:mode:)``).
@@ -206,5 +208,75 @@ public final class BatchNorm2d: Module {
         body(joinPath(prefix, "bias"), bias)
         body(joinPath(prefix, "running_mean"), runningMean)
         body(joinPath(prefix, "running_var"), runningVar)
+    }
+}
+
+extension BatchNorm2d: CurvatureModule {
+    /// Eval-mode `y = γ·(x − μ)/sqrt(σ² + ε) + β` and `Ry = γ/sqrt(σ² + ε)·Rx` (``msq_batchnorm_rforward_eval``).
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        rForwardCore(input, tangent: tangent, relu: false)
+    }
+
+    /// ``rForward(_:tangent:)`` fused with the ReLU after it: `relu(BN(x))`, tangent masked by y > 0.
+    func rForwardReLU(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        rForwardCore(input, tangent: tangent, relu: true)
+    }
+
+    private func rForwardCore(_ input: Tensor, tangent: Tensor?, relu: Bool) -> (output: Tensor, tangent: Tensor?) {
+        curvatureCache = nil
+        let y = relu ? forwardReLU(input, mode: .eval) : forward(input, mode: .eval)
+        // The R-pass keeps its own snapshot; the first-order caches are not needed.
+        cachedOutput = nil
+        let (n, hw) = geometry(input.shape)
+        let gamma = weight.value, rv = runningVar.value
+        var ry: Tensor? = nil
+        if let tangent {
+            LayerKit.require(tangent.shape == input.shape,
+                             "\(layerDescription): input tangent shape \(tangent.shape), expected \(input.shape)")
+            var out = Tensor(unfilledShape: input.shape)
+            tangent.withUnsafePointer { rx in
+                LayerKit.withOptionalPointer(relu ? y : nil) { yp in
+                    gamma.withUnsafePointer { g in
+                        rv.withUnsafePointer { v in
+                            out.withUnsafeMutablePointer { rp in
+                                msq_batchnorm_rforward_eval(rp, rx, yp, g, v, LayerKit.c(n), LayerKit.c(channels), LayerKit.c(hw), eps)
+                            }
+                        }
+                    }
+                }
+            }
+            ry = out
+        }
+        curvatureCache = (gamma, rv, relu ? y : nil, input.shape)
+        return (y, ry)
+    }
+
+    /// `g_x = a·g_y` and `R g_x = a·R g_y`, a = γ/sqrt(σ² + ε) (masked when fused with ReLU): the map
+    /// is affine in x, so it adds no curvature of its own. γ and β are outside the Hessian's space.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        guard let c = curvatureCache else {
+            fatalError("\(layerDescription): rBackward called without a preceding rForward")
+        }
+        curvatureCache = nil
+        LayerKit.require(tangent.shape == c.shape && (gradient?.shape ?? c.shape) == c.shape,
+                         "\(layerDescription): gradient shapes do not match output \(c.shape)")
+        guard inputGradients else { return (nil, nil) }
+        let (n, hw) = geometry(c.shape)
+        func scaled(_ t: Tensor) -> Tensor {
+            var out = Tensor(shape: c.shape)
+            t.withUnsafePointer { tp in
+                LayerKit.withOptionalPointer(c.reluOutput) { yp in
+                    c.gamma.withUnsafePointer { g in
+                        c.runningVar.withUnsafePointer { v in
+                            out.withUnsafeMutablePointer { op in
+                                msq_batchnorm_rbackward_eval(op, tp, yp, g, v, LayerKit.c(n), LayerKit.c(channels), LayerKit.c(hw), eps)
+                            }
+                        }
+                    }
+                }
+            }
+            return out
+        }
+        return (gradient.map(scaled), scaled(tangent))
     }
 }

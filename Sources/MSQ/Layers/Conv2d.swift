@@ -69,6 +69,8 @@ public final class Conv2d: Module {
     private var cachedWeight: Tensor?
     private var cachedEffectiveWeight: Tensor?
     private var cachedShape = msq_conv2d_shape()
+    // What rBackward needs from rForward: x_q, Rx, the effective weight, its tangent, the geometry.
+    private var curvatureCache: (x: Tensor, rx: Tensor?, w: Tensor, v: Tensor?, shape: msq_conv2d_shape)?
 
     /// A convolution with freshly initialised parameters drawn from `rng`.
     public init(inChannels: Int, outChannels: Int, kernelSize: Int, stride: Int = 1, padding: Int = 0,
@@ -219,3 +221,106 @@ public final class Conv2d: Module {
         weightTransform?.visitParameters(prefix: prefix, body)
     }
 }
+
+extension Conv2d: CurvatureModule {
+    /// `y = conv(x_q, W) + bias` and `Ry = conv(Rx, W) + conv(x_q, V)`, V = `weight.tangent`
+    /// (``msq_conv2d_rforward``); the input quantizer passes tangents through unchanged.
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        curvatureCache = nil
+        var s = makeShape(input.shape)
+        let x = inputQuantizer?.forward(input) ?? input
+        let w = effectiveWeight
+        let v = weight.tangent
+        if let v {
+            LayerKit.require(v.shape == weight.value.shape,
+                             "\(layerDescription): weight tangent shape \(v.shape), expected \(weight.value.shape)")
+        }
+        if let tangent {
+            LayerKit.require(tangent.shape == input.shape,
+                             "\(layerDescription): input tangent shape \(tangent.shape), expected \(input.shape)")
+        }
+        let outShape = [Int(s.n), Int(s.c_out), Int(s.h_out), Int(s.w_out)]
+        var y = Tensor(unfilledShape: outShape)
+        let ws = workspace.pointer(bytes: msq_conv2d_workspace_size(&s))
+        x.withUnsafePointer { xp in
+            w.withUnsafePointer { wp in
+                LayerKit.withOptionalPointer(bias?.value) { b in
+                    y.withUnsafeMutablePointer { yp in msq_conv2d_forward(yp, xp, wp, b, &s, ws) }
+                }
+            }
+        }
+        var ry: Tensor? = nil
+        if tangent != nil || v != nil {
+            var out = Tensor(unfilledShape: outShape)
+            var scratch = Tensor(unfilledShape: tangent != nil && v != nil ? outShape : [0])
+            x.withUnsafePointer { xp in
+                w.withUnsafePointer { wp in
+                    LayerKit.withOptionalPointer(tangent) { rx in
+                        LayerKit.withOptionalPointer(v) { vp in
+                            scratch.withUnsafeMutablePointer { sp in
+                                out.withUnsafeMutablePointer { rp in
+                                    msq_conv2d_rforward(rp, sp, xp, rx, wp, vp, &s, ws)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            ry = out
+        }
+        curvatureCache = (x, tangent, w, v, s)
+        return (y, ry)
+    }
+
+    /// `g_x = convᵀ(g_y, W)`, `R g_x = convᵀ(R g_y, W) + convᵀ(g_y, V)`, and into
+    /// `weight.hessianVector`: `corr(x_q, R g_y) + corr(Rx, g_y)` (``msq_conv2d_rbackward_weight``).
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        guard let c = curvatureCache else {
+            fatalError("\(layerDescription): rBackward called without a preceding rForward")
+        }
+        curvatureCache = nil
+        var s = c.shape
+        let expected = [Int(s.n), Int(s.c_out), Int(s.h_out), Int(s.w_out)]
+        LayerKit.require(tangent.shape == expected && (gradient?.shape ?? expected) == expected,
+                         "\(layerDescription): gradient shapes \(gradient?.shape ?? []) / \(tangent.shape) do not match output \(expected)")
+        let ws = workspace.pointer(bytes: msq_conv2d_workspace_size(&s))
+        if weight.hessianVector != nil {
+            LayerKit.require(weight.hessianVector?.shape == weight.value.shape,
+                             "\(layerDescription): hessianVector shape \(weight.hessianVector?.shape ?? []), expected \(weight.value.shape)")
+            tangent.withUnsafePointer { rdy in
+                LayerKit.withOptionalPointer(gradient) { dy in
+                    c.x.withUnsafePointer { xp in
+                        LayerKit.withOptionalPointer(c.rx) { rx in
+                            weight.hessianVector!.withUnsafeMutablePointer { hv in
+                                msq_conv2d_rbackward_weight(hv, rdy, dy, xp, rx, &s, ws)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        guard inputGradients else { return (nil, nil) }
+        var gx: Tensor? = nil
+        if let gradient {
+            var g = Tensor(shape: c.x.shape)
+            gradient.withUnsafePointer { dy in
+                c.w.withUnsafePointer { wp in
+                    g.withUnsafeMutablePointer { dxp in msq_conv2d_backward_input(dxp, dy, wp, &s, ws) }
+                }
+            }
+            gx = g
+        }
+        var rgx = Tensor(shape: c.x.shape)
+        tangent.withUnsafePointer { rdy in
+            LayerKit.withOptionalPointer(gradient) { dy in
+                c.w.withUnsafePointer { wp in
+                    LayerKit.withOptionalPointer(c.v) { vp in
+                        rgx.withUnsafeMutablePointer { rdx in msq_conv2d_rbackward_input(rdx, rdy, dy, wp, vp, &s, ws) }
+                    }
+                }
+            }
+        }
+        return (gx, rgx)
+    }
+}
+

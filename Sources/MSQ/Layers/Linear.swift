@@ -29,6 +29,8 @@ public final class Linear: Module {
     private var cachedQuantizer: PACTQuantizer?
     private var cachedWeight: Tensor?
     private var cachedEffectiveWeight: Tensor?
+    // What rBackward needs from rForward: x_q, Rx, the effective weight and its tangent.
+    private var curvatureCache: (x: Tensor, rx: Tensor?, w: Tensor, v: Tensor?)?
 
     /// A linear layer with freshly initialised parameters drawn from `rng` (weight first, then bias).
     public init(inFeatures: Int, outFeatures: Int, bias: Bool = true, rng: inout RandomSource) {
@@ -126,3 +128,98 @@ public final class Linear: Module {
         weightTransform?.visitParameters(prefix: prefix, body)
     }
 }
+
+extension Linear: CurvatureModule {
+    /// `y = x_q·Wᵀ + bias` and `Ry = Rx·Wᵀ + x_q·Vᵀ`, V = `weight.tangent` (``msq_linear_rforward``);
+    /// the input quantizer passes tangents through unchanged.
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        curvatureCache = nil
+        let d = input.shape
+        LayerKit.require(d.count == 2 && d[1] == inFeatures,
+                         "\(layerDescription): expected input [N, \(inFeatures)], got \(d)")
+        LayerKit.require(tangent == nil || tangent?.shape == d,
+                         "\(layerDescription): input tangent shape \(tangent?.shape ?? []), expected \(d)")
+        let v = weight.tangent
+        LayerKit.require(v == nil || v?.shape == weight.value.shape,
+                         "\(layerDescription): weight tangent shape \(v?.shape ?? []), expected \(weight.value.shape)")
+        let x = inputQuantizer?.forward(input) ?? input
+        let w = effectiveWeight
+        let (n, ci, co) = (LayerKit.c(d[0]), LayerKit.c(inFeatures), LayerKit.c(outFeatures))
+        var y = Tensor(unfilledShape: [d[0], outFeatures])
+        x.withUnsafePointer { xp in
+            w.withUnsafePointer { wp in
+                LayerKit.withOptionalPointer(bias?.value) { b in
+                    y.withUnsafeMutablePointer { yp in msq_linear_forward(yp, xp, wp, b, n, ci, co) }
+                }
+            }
+        }
+        var ry: Tensor? = nil
+        if tangent != nil || v != nil {
+            var out = Tensor(unfilledShape: [d[0], outFeatures])
+            x.withUnsafePointer { xp in
+                w.withUnsafePointer { wp in
+                    LayerKit.withOptionalPointer(tangent) { rx in
+                        LayerKit.withOptionalPointer(v) { vp in
+                            out.withUnsafeMutablePointer { rp in msq_linear_rforward(rp, xp, rx, wp, vp, n, ci, co) }
+                        }
+                    }
+                }
+            }
+            ry = out
+        }
+        curvatureCache = (x, tangent, w, v)
+        return (y, ry)
+    }
+
+    /// `g_x = g_y·W`, `R g_x = R g_y·W + g_y·V`, and into `weight.hessianVector`:
+    /// `R g_yᵀ·x_q + g_yᵀ·Rx` (``msq_linear_rbackward``).
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        guard let c = curvatureCache else {
+            fatalError("\(layerDescription): rBackward called without a preceding rForward")
+        }
+        curvatureCache = nil
+        let n = c.x.shape[0]
+        LayerKit.require(tangent.shape == [n, outFeatures] && (gradient?.shape ?? tangent.shape) == tangent.shape,
+                         "\(layerDescription): gradient shapes do not match output \([n, outFeatures])")
+        LayerKit.require(weight.hessianVector == nil || weight.hessianVector?.shape == weight.value.shape,
+                         "\(layerDescription): hessianVector shape \(weight.hessianVector?.shape ?? []), expected \(weight.value.shape)")
+        let (cn, ci, co) = (LayerKit.c(n), LayerKit.c(inFeatures), LayerKit.c(outFeatures))
+        var gx: Tensor? = nil
+        if inputGradients, let gradient {
+            var g = Tensor(shape: c.x.shape)
+            gradient.withUnsafePointer { dy in
+                c.x.withUnsafePointer { xp in
+                    c.w.withUnsafePointer { wp in
+                        g.withUnsafeMutablePointer { dxp in msq_linear_backward(dxp, nil, nil, dy, xp, wp, cn, ci, co) }
+                    }
+                }
+            }
+            gx = g
+        }
+        var rgx = Tensor(shape: inputGradients ? c.x.shape : [0])
+        tangent.withUnsafePointer { rdy in
+            LayerKit.withOptionalPointer(gradient) { dy in
+                c.x.withUnsafePointer { xp in
+                    LayerKit.withOptionalPointer(c.rx) { rx in
+                        c.w.withUnsafePointer { wp in
+                            LayerKit.withOptionalPointer(c.v) { vp in
+                                rgx.withUnsafeMutablePointer { rdx in
+                                    let rdxp = inputGradients ? rdx : nil
+                                    if weight.hessianVector != nil {
+                                        weight.hessianVector!.withUnsafeMutablePointer { hv in
+                                            msq_linear_rbackward(rdxp, hv, rdy, dy, xp, rx, wp, vp, cn, ci, co)
+                                        }
+                                    } else if inputGradients {
+                                        msq_linear_rbackward(rdxp, nil, rdy, dy, xp, rx, wp, vp, cn, ci, co)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return inputGradients ? (gx, rgx) : (nil, nil)
+    }
+}
+

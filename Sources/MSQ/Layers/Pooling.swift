@@ -25,8 +25,8 @@ public final class MaxPool2d: Module {
     public let stride: Int
     /// Implicit padding on each side (at most k/2).
     public let padding: Int
-    private var cachedShape = msq_pool2d_shape()
-    private var cachedArgmax: [Int32]?
+    fileprivate var cachedShape = msq_pool2d_shape()
+    fileprivate var cachedArgmax: [Int32]?
 
     /// A max-pooling layer; `stride` nil means `kernelSize`.
     public init(kernelSize: Int, stride: Int? = nil, padding: Int = 0) {
@@ -84,7 +84,7 @@ public final class AvgPool2d: Module {
     public let stride: Int
     /// Implicit zero padding on each side (at most k/2).
     public let padding: Int
-    private var cachedShape: msq_pool2d_shape?
+    fileprivate var cachedShape: msq_pool2d_shape?
 
     /// An average-pooling layer; `stride` nil means `kernelSize`.
     public init(kernelSize: Int, stride: Int? = nil, padding: Int = 0) {
@@ -127,7 +127,7 @@ public final class AvgPool2d: Module {
 
 /// Global average pooling: `[N, C, H, W]` → `[N, C]`, `y[n,c] = (1/HW) Σ_hw x[n,c,h,w]`.
 public final class GlobalAvgPool2d: Module {
-    private var cachedInputShape: [Int]?
+    fileprivate var cachedInputShape: [Int]?
 
     /// A global average-pooling layer.
     public init() {}
@@ -169,7 +169,7 @@ public final class GlobalAvgPool2d: Module {
 
 /// Flattens every dimension after the first: `[N, d1, d2, …]` → `[N, d1·d2·…]` (no copy).
 public final class Flatten: Module {
-    private var cachedInputShape: [Int]?
+    fileprivate var cachedInputShape: [Int]?
 
     /// A flatten layer.
     public init() {}
@@ -195,4 +195,83 @@ public final class Flatten: Module {
 
     /// No parameters.
     public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {}
+}
+
+extension MaxPool2d: CurvatureModule {
+    /// `y = maxpool(x)` and `Ry = Rx` at the argmax (``msq_maxpool2d_rforward``).
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        let y = forward(input, mode: .eval)
+        guard let tangent else { return (y, nil) }
+        LayerKit.require(tangent.shape == input.shape,
+                         "\(layerDescription): input tangent shape \(tangent.shape), expected \(input.shape)")
+        var s = cachedShape
+        var ry = Tensor(unfilledShape: y.shape)
+        tangent.withUnsafePointer { rx in
+            (cachedArgmax ?? []).withUnsafeBufferPointer { a in
+                ry.withUnsafeMutablePointer { rp in msq_maxpool2d_rforward(rp, rx, a.baseAddress!, &s) }
+            }
+        }
+        return (y, ry)
+    }
+
+    /// Both gradients scattered to the argmax: max pooling is linear once the argmax is fixed.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        let argmax = cachedArgmax
+        let rgx = backward(tangent)
+        cachedArgmax = argmax
+        let gx = gradient.map { backward($0) }
+        cachedArgmax = nil
+        return (gx, rgx)
+    }
+}
+
+extension AvgPool2d: CurvatureModule {
+    /// `y = avgpool(x)`, `Ry = avgpool(Rx)`.
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        let ry = tangent.map { forward($0, mode: .eval) }
+        return (forward(input, mode: .eval), ry)
+    }
+
+    /// Both gradients through the (linear) backward.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        let shape = cachedShape
+        let rgx = backward(tangent)
+        cachedShape = shape
+        defer { cachedShape = nil }
+        return (gradient.map { backward($0) }, rgx)
+    }
+}
+
+extension GlobalAvgPool2d: CurvatureModule {
+    /// `y = mean_hw(x)`, `Ry = mean_hw(Rx)`.
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        let ry = tangent.map { forward($0, mode: .eval) }
+        return (forward(input, mode: .eval), ry)
+    }
+
+    /// Both gradients through the (linear) backward.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        let shape = cachedInputShape
+        let rgx = backward(tangent)
+        cachedInputShape = shape
+        defer { cachedInputShape = nil }
+        return (gradient.map { backward($0) }, rgx)
+    }
+}
+
+extension Flatten: CurvatureModule {
+    /// Reshapes the input and its tangent.
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        let ry = tangent.map { forward($0, mode: .eval) }
+        return (forward(input, mode: .eval), ry)
+    }
+
+    /// Reshapes both gradients back.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        let shape = cachedInputShape
+        let rgx = backward(tangent)
+        cachedInputShape = shape
+        defer { cachedInputShape = nil }
+        return (gradient.map { backward($0) }, rgx)
+    }
 }

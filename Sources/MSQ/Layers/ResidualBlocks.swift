@@ -19,7 +19,7 @@ public final class ZeroPadShortcut: Module {
     public let outChannels: Int
     /// Spatial subsampling factor.
     public let stride: Int
-    private var cachedInputShape: [Int]?
+    fileprivate var cachedInputShape: [Int]?
 
     /// A zero-padding shortcut from `inChannels` to `outChannels` channels with the given stride.
     public init(inChannels: Int, outChannels: Int, stride: Int) {
@@ -127,6 +127,44 @@ private func residualBackward(main: Tensor, shortcut: (any Module)?, gradSum: Te
         LayerKit.accumulate(&dx, gradSum)
     }
     return dx
+}
+
+/// R-forward of ``bnActForward(_:_:_:mode:)``.
+private func bnActRForward(_ bn: BatchNorm2d, _ act: Activation, _ x: (output: Tensor, tangent: Tensor?)) -> (output: Tensor, tangent: Tensor?) {
+    if act.kind == .relu { return bn.rForwardReLU(x.output, tangent: x.tangent) }
+    let b = bn.rForward(x.output, tangent: x.tangent)
+    return act.rForward(b.output, tangent: b.tangent)
+}
+
+/// R-backward of ``bnActRForward(_:_:_:)``.
+private func bnActRBackward(_ bn: BatchNorm2d, _ act: Activation, _ g: (gradient: Tensor?, tangent: Tensor?)) -> (gradient: Tensor?, tangent: Tensor?) {
+    guard let rg = g.tangent else { return (nil, nil) }
+    if act.kind == .relu { return bn.rBackward(g.gradient, tangent: rg, inputGradients: true) }
+    let a = act.rBackward(g.gradient, tangent: rg, inputGradients: true)
+    guard let ra = a.tangent else { return (nil, nil) }
+    return bn.rBackward(a.gradient, tangent: ra, inputGradients: true)
+}
+
+/// R-forward of a residual tail: `act(main + shortcut(x))` with both branches' tangents summed.
+private func residualRForward(main: (output: Tensor, tangent: Tensor?), shortcut: (any Module)?,
+                              input: (output: Tensor, tangent: Tensor?), act: Activation,
+                              context: String) -> (output: Tensor, tangent: Tensor?) {
+    let identity = shortcut.map { curvatureChild($0).rForward(input.output, tangent: input.tangent) } ?? input
+    let sum = LayerKit.add(main.output, identity.output, context: context)
+    return act.rForward(sum, tangent: addTangents(main.tangent, identity.tangent, context: context))
+}
+
+/// R-backward of the block input: the main branch's and the shortcut's gradients summed (the
+/// shortcut's R-backward runs even when the caller discards input gradients: a projection
+/// shortcut has weights of its own).
+private func residualRBackward(main: (gradient: Tensor?, tangent: Tensor?), shortcut: (any Module)?,
+                               sum: (gradient: Tensor?, tangent: Tensor), inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+    let side: (gradient: Tensor?, tangent: Tensor?) = shortcut.map {
+        curvatureChild($0).rBackward(sum.gradient, tangent: sum.tangent, inputGradients: inputGradients)
+    } ?? (sum.gradient, sum.tangent)
+    guard inputGradients else { return (nil, nil) }
+    let g = addTangents(main.gradient, side.gradient, context: "residual gradient")
+    return (g, addTangents(main.tangent, side.tangent, context: "residual tangent"))
 }
 
 /// ResNet basic block (two 3×3 convolutions):
@@ -313,3 +351,75 @@ extension LayerKit {
         }
     }
 }
+
+extension ZeroPadShortcut: CurvatureModule {
+    /// Subsamples and pads the input and its tangent alike (a linear map).
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        let ry = tangent.map { forward($0, mode: .eval) }
+        return (forward(input, mode: .eval), ry)
+    }
+
+    /// Both gradients through the (linear) backward.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        let shape = cachedInputShape
+        let rgx = backward(tangent)
+        cachedInputShape = shape
+        defer { cachedInputShape = nil }
+        return (gradient.map { backward($0) }, rgx)
+    }
+}
+
+extension BasicBlock: CurvatureModule {
+    /// R-forward of `act(bn2(conv2(act(bn1(conv1(x))))) + shortcut(x))`.
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        var out = conv1.rForward(input, tangent: tangent)
+        out = bnActRForward(bn1, act1, out)
+        out = conv2.rForward(out.output, tangent: out.tangent)
+        out = bn2.rForward(out.output, tangent: out.tangent)
+        return residualRForward(main: out, shortcut: shortcut, input: (input, tangent), act: act2,
+                                context: "BasicBlock residual add")
+    }
+
+    /// R-backward through both branches, summed.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        let sum = act2.rBackward(gradient, tangent: tangent, inputGradients: true)
+        guard let rsum = sum.tangent else { return (nil, nil) }
+        var g = bn2.rBackward(sum.gradient, tangent: rsum, inputGradients: true)
+        g = conv2.rBackward(g.gradient, tangent: g.tangent ?? rsum, inputGradients: true)
+        g = bnActRBackward(bn1, act1, g)
+        g = conv1.rBackward(g.gradient, tangent: g.tangent ?? rsum, inputGradients: inputGradients)
+        return residualRBackward(main: g, shortcut: shortcut, sum: (sum.gradient, rsum), inputGradients: inputGradients)
+    }
+
+    /// Piecewise linear when its activation is.
+    public var isPiecewiseLinear: Bool { act1.isPiecewiseLinear }
+}
+
+extension Bottleneck: CurvatureModule {
+    /// R-forward of `act(bn3(conv3(act(bn2(conv2(act(bn1(conv1(x)))))))) + shortcut(x))`.
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        var out = bnActRForward(bn1, act1, conv1.rForward(input, tangent: tangent))
+        out = bnActRForward(bn2, act2, conv2.rForward(out.output, tangent: out.tangent))
+        out = conv3.rForward(out.output, tangent: out.tangent)
+        out = bn3.rForward(out.output, tangent: out.tangent)
+        return residualRForward(main: out, shortcut: shortcut, input: (input, tangent), act: act3,
+                                context: "Bottleneck residual add")
+    }
+
+    /// R-backward through both branches, summed.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        let sum = act3.rBackward(gradient, tangent: tangent, inputGradients: true)
+        guard let rsum = sum.tangent else { return (nil, nil) }
+        var g = bn3.rBackward(sum.gradient, tangent: rsum, inputGradients: true)
+        g = conv3.rBackward(g.gradient, tangent: g.tangent ?? rsum, inputGradients: true)
+        g = bnActRBackward(bn2, act2, g)
+        g = conv2.rBackward(g.gradient, tangent: g.tangent ?? rsum, inputGradients: true)
+        g = bnActRBackward(bn1, act1, g)
+        g = conv1.rBackward(g.gradient, tangent: g.tangent ?? rsum, inputGradients: inputGradients)
+        return residualRBackward(main: g, shortcut: shortcut, sum: (sum.gradient, rsum), inputGradients: inputGradients)
+    }
+
+    /// Piecewise linear when its activation is.
+    public var isPiecewiseLinear: Bool { act1.isPiecewiseLinear }
+}
+

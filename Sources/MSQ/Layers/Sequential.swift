@@ -66,3 +66,22 @@ public final class Sequential: Module {
         }
     }
 }
+
+extension Sequential: CurvatureModule {
+    /// The children's R-forwards in order.
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        var x = (output: input, tangent: tangent)
+        for child in children { x = curvatureChild(child.module).rForward(x.output, tangent: x.tangent) }
+        return x
+    }
+
+    /// The children's R-backwards in reverse; the first child's input gradients only if asked for.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        var g: (gradient: Tensor?, tangent: Tensor?) = (gradient, tangent)
+        for (i, child) in children.enumerated().reversed() {
+            guard let rg = g.tangent else { break }
+            g = curvatureChild(child.module).rBackward(g.gradient, tangent: rg, inputGradients: i > 0 || inputGradients)
+        }
+        return g
+    }
+}

@@ -79,6 +79,26 @@ public final class SoftmaxCrossEntropy {
         }
         return grad
     }
+
+    /// The Hessian of the last forward's mean loss w.r.t. the logits times `rz [N, K]`:
+    /// `(diag p_i − p_i p_iᵀ)·rz_i / N` per row (``msq_softmax_cross_entropy_hvp``; label smoothing
+    /// does not change it, the smoothed targets still sum to one).
+    public func hessianProduct(_ rz: Tensor) -> Tensor {
+        guard let probs = probabilities else {
+            fatalError("SoftmaxCrossEntropy: hessianProduct called without a successful forward")
+        }
+        LayerKit.require(rz.shape == probs.shape,
+                         "SoftmaxCrossEntropy: tangent shape \(rz.shape) does not match logits \(probs.shape)")
+        var out = Tensor(unfilledShape: probs.shape)
+        probs.withUnsafePointer { p in
+            rz.withUnsafePointer { t in
+                out.withUnsafeMutablePointer { o in
+                    msq_softmax_cross_entropy_hvp(o, p, t, LayerKit.c(probs.shape[0]), LayerKit.c(probs.shape[1]))
+                }
+            }
+        }
+        return out
+    }
 }
 
 /// The predicted class of each row of `logits [N, K]`: the index of the row's maximum

@@ -88,6 +88,18 @@ public final class CIFARResNet: Module {
     }
 }
 
+extension CIFARResNet: CurvatureModule {
+    /// The body's R-forward (eval mode).
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        body.rForward(input, tangent: tangent)
+    }
+
+    /// The body's R-backward.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        body.rBackward(gradient, tangent: tangent, inputGradients: inputGradients)
+    }
+}
+
 /// Makes every ``Conv2d`` inside `module` use one shared ``ConvWorkspace`` (scratch is only live
 /// within a kernel call, so sequential layers can share it). Returns the shared workspace.
 @discardableResult

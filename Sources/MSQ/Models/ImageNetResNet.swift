@@ -107,3 +107,15 @@ public final class ImageNetResNet: Module {
         self.body.visitModules(prefix: prefix, body)
     }
 }
+
+extension ImageNetResNet: CurvatureModule {
+    /// The body's R-forward (eval mode).
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        body.rForward(input, tangent: tangent)
+    }
+
+    /// The body's R-backward.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        body.rBackward(gradient, tangent: tangent, inputGradients: inputGradients)
+    }
+}

@@ -1,3 +1,5 @@
+import CKernels
+
 /// Hessian-vector products and Hutchinson trace estimates over the quantized layers' weights
 /// (MSQ-SPEC §4, paper Sec. 3.2, Eq. 9).
 ///
@@ -8,21 +10,47 @@
 /// the gradient is the straight-through one, so H is the Hessian of L(Q(W)) w.r.t. W under the STE
 /// (what MSQ's sensitivity uses); with no transform attached it is the Hessian of L(W).
 
-/// H·v restricted to the quantized layers' weights, by central differences of the gradient:
+/// How ``HessianVectorProduct`` computes H·v.
+public enum HessianMode: String, CaseIterable, Codable, Sendable {
+    /// Pearlmutter's R-operator, forward over reverse: the exact H·v (C kernels, float32).
+    case exact
+    /// The generalized Gauss-Newton product J^T H_L J v: one R-forward and one backward. Its
+    /// diagonal blocks equal the Hessian's almost everywhere for networks piecewise linear in each
+    /// layer's weights (conv, linear, eval batch norm, ReLU, pooling, sums); its off-diagonal blocks
+    /// do not, so per-layer Hutchinson terms agree with ``exact`` in expectation, not probe by probe.
+    case gaussNewton = "gauss-newton"
+    /// (∇L(w + εv) − ∇L(w − εv)) / 2ε, the reference the R-operator replaced. Not an HVP of a ReLU
+    /// network in float32: a step large enough to beat round-off flips ReLUs (MSQ-SPEC §4).
+    case centralDifference = "central-difference"
+
+    /// The cheapest mode that is exact for `model`'s per-layer traces: ``gaussNewton`` when every
+    /// module is piecewise linear, ``exact`` when every module has an R-operator, else
+    /// ``centralDifference`` (a model with modules that do not conform to ``CurvatureModule``).
+    public static func automatic(for model: any Module) -> HessianMode {
+        switch try? curvatureSupport(of: model) {
+        case .piecewiseLinear?: return .gaussNewton
+        case .general?: return .exact
+        case nil: return .centralDifference
+        }
+    }
+}
+
+/// H·v restricted to the quantized layers' weights, by the R-operator (``HessianMode/exact``,
+/// ``HessianMode/gaussNewton``) or by central differences of the gradient:
 ///
 ///     Hv ≈ (∇L(w + εv) − ∇L(w − εv)) / (2ε),    ε = relativeStep · ‖w‖ / ‖v‖
 ///
 /// where ‖w‖ is the Euclidean norm of ALL the layers' weights concatenated and ‖v‖ that of the whole
-/// probe, so the perturbation εv has norm `relativeStep · ‖w‖` whatever the scale of v (default
-/// relativeStep = 1e-3: large enough that Float32 gradient round-off divided by 2ε stays ~1e-4
-/// relative, small enough that the O(ε²) truncation error is negligible). If ‖w‖ = 0, ε = relativeStep / ‖v‖.
+/// probe (perturbed weights formed in Double, rounded to Float). If ‖w‖ = 0, ε = relativeStep / ‖v‖.
 ///
-/// Vectors are per layer, `[[Double]]` in `layers` order, each of the layer's `count` elements in
-/// the weight tensor's row-major order. Perturbed weights are formed in Double and rounded to Float.
+/// Vectors are per layer, in `layers` order, each of the layer's `count` elements in the weight
+/// tensor's row-major order: `[[Double]]` through ``apply(_:)``, float ``Tensor``s through
+/// ``apply(tensors:)``. The R-operator modes set each weight's ``Parameter/tangent`` and
+/// ``Parameter/hessianVector`` for the duration of a call and need every module to conform to
+/// ``CurvatureModule``.
 ///
-/// Side effects: none that survive a call. Every layer's weight tensor is restored to the exact
-/// original value (the saved tensor is put back, nothing is added or subtracted), and every
-/// trainable parameter's gradient is restored too (the gradient passes zero and overwrite them).
+/// Side effects: none that survive a call. Weights, gradients, tangents are as they were (central
+/// differences put the saved tensors back, nothing is added or subtracted).
 public struct HessianVectorProduct {
     /// The model whose loss is differentiated.
     public let model: any Module
@@ -32,17 +60,21 @@ public struct HessianVectorProduct {
     public let images: Tensor
     /// The calibration labels, one per image.
     public let labels: [Int32]
-    /// eps0 in ε = eps0 · ‖w‖ / ‖v‖.
+    /// How H·v is computed.
+    public let mode: HessianMode
+    /// eps0 in ε = eps0 · ‖w‖ / ‖v‖ (central differences only).
     public let relativeStep: Double
 
-    /// An HVP on a fixed batch; `relativeStep` is eps0 (see the type's documentation).
+    /// An HVP on a fixed batch. `mode` nil picks ``HessianMode/automatic(for:)``; `relativeStep` is
+    /// eps0 of the central differences (see the type's documentation).
     public init(model: any Module, layers: [QuantizedLayer], images: Tensor, labels: [Int32],
-                relativeStep: Double = 1e-3) {
+                mode: HessianMode? = nil, relativeStep: Double = 1e-3) {
         precondition(relativeStep > 0 && relativeStep.isFinite, "HessianVectorProduct: relativeStep must be positive")
         self.model = model
         self.layers = layers
         self.images = images
         self.labels = labels
+        self.mode = mode ?? HessianMode.automatic(for: model)
         self.relativeStep = relativeStep
     }
 
@@ -54,7 +86,7 @@ public struct HessianVectorProduct {
         layers.reduce(0.0) { $0 + $1.parameter.value.squaredNorm() }.squareRoot()
     }
 
-    /// The step ε this HVP uses for probe `v`.
+    /// The step ε central differences use for probe `v`.
     public func step(for v: [[Double]]) -> Double {
         let vn = v.reduce(0.0) { acc, row in row.reduce(acc) { $0 + $1 * $1 } }.squareRoot()
         precondition(vn > 0, "HessianVectorProduct: the zero vector has no direction")
@@ -71,13 +103,63 @@ public struct HessianVectorProduct {
     }
 
     /// H·v per layer (see the type's documentation). `v` must have one row of N_l elements per layer.
-    /// - Throws: ``LossError`` if a label is outside the model's classes.
+    /// - Throws: ``LossError`` if a label is outside the model's classes; ``CurvatureError`` if an
+    ///   R-operator mode meets a module without one.
     public func apply(_ v: [[Double]]) throws -> [[Double]] {
-        precondition(v.count == layers.count, "HessianVectorProduct: \(v.count) vector blocks for \(layers.count) layers")
-        for (row, layer) in zip(v, layers) {
-            precondition(row.count == layer.parameter.value.count,
-                         "HessianVectorProduct: block of \(row.count) for layer '\(layer.path)' of \(layer.parameter.value.count) weights")
+        checkBlocks(v.map(\.count))
+        if mode == .centralDifference { return try centralDifference(v) }
+        let tensors = zip(v, layers).map { row, layer in
+            Tensor(shape: layer.parameter.value.shape, scalars: row.map(Float.init))
         }
+        return try rOperator(tensors, exact: mode == .exact).map { $0.scalars.map(Double.init) }
+    }
+
+    /// H·v per layer on float tensors shaped as the layers' weights (the form the Hutchinson
+    /// estimator uses: no Double copies of a probe).
+    public func apply(tensors v: [Tensor]) throws -> [Tensor] {
+        checkBlocks(v.map(\.count))
+        switch mode {
+        case .centralDifference:
+            let hv = try centralDifference(v.map { $0.scalars.map(Double.init) })
+            return zip(hv, layers).map { Tensor(shape: $1.parameter.value.shape, scalars: $0.map(Float.init)) }
+        case .exact, .gaussNewton:
+            return try rOperator(v.enumerated().map { i, t in t.reshaped(layers[i].parameter.value.shape) },
+                                 exact: mode == .exact)
+        }
+    }
+
+    private func checkBlocks(_ counts: [Int]) {
+        precondition(counts.count == layers.count, "HessianVectorProduct: \(counts.count) vector blocks for \(layers.count) layers")
+        for (n, layer) in zip(counts, layers) {
+            precondition(n == layer.parameter.value.count,
+                         "HessianVectorProduct: block of \(n) for layer '\(layer.path)' of \(layer.parameter.value.count) weights")
+        }
+    }
+
+    /// One R-forward, the loss's Hessian on the logits' tangent, one R-backward (with the gradient
+    /// chain when `exact`, without it for Gauss-Newton).
+    private func rOperator(_ v: [Tensor], exact: Bool) throws -> [Tensor] {
+        _ = try curvatureSupport(of: model)
+        let root = curvatureChild(model)
+        for (layer, t) in zip(layers, v) {
+            layer.parameter.tangent = t
+            layer.parameter.hessianVector = Tensor(shape: t.shape)
+        }
+        defer {
+            for layer in layers {
+                layer.parameter.tangent = nil
+                layer.parameter.hessianVector = nil
+            }
+        }
+        let (logits, rz) = root.rForward(images, tangent: nil)
+        let loss = SoftmaxCrossEntropy()
+        _ = try loss.forward(logits: logits, labels: labels)
+        let rg = loss.hessianProduct(rz ?? Tensor(shape: logits.shape))
+        _ = root.rBackward(exact ? loss.backward() : nil, tangent: rg, inputGradients: false)
+        return layers.map { $0.parameter.hessianVector ?? Tensor(shape: $0.parameter.value.shape) }
+    }
+
+    private func centralDifference(_ v: [[Double]]) throws -> [[Double]] {
         let eps = step(for: v)
         let savedWeights = layers.map { $0.parameter.value }
         let savedGrads = model.trainableParameters().map { ($0, $0.grad) }
@@ -140,9 +222,9 @@ public struct HessianTraceEstimate: Sendable, Equatable {
 
 /// Hutchinson's estimator of the per-layer Hessian traces (MSQ-SPEC §4).
 ///
-/// Probe j draws a Rademacher vector v_j (±1 each) over ALL quantized weights at once from
-/// `RandomSource(seed: seed, stream: [j])`, layers in order, each layer's weights in row-major
-/// order, one random bit per weight (see ``rademacherProbe(seed:probe:counts:)``).
+/// Probe j draws a Rademacher vector v_j (±1 each) over ALL quantized weights at once, layers in
+/// order, each layer's weights in row-major order, from the counter-based ``msq_rademacher`` with
+/// stream j (see ``rademacherProbe(seed:probe:counts:)``): the same vectors at any thread count.
 /// One HVP gives every layer's v_j,lᵀ(Hv_j)_l (block-diagonal estimate). Probing stops after
 /// `maxProbes`, or earlier once at least `minProbes` probes were taken and the running mean of the
 /// total trace changed by less than `relativeTolerance · |running mean|` with the last probe
@@ -159,35 +241,36 @@ public final class HutchinsonTrace {
     /// Relative change of the running total-trace mean under which probing stops.
     public let relativeTolerance: Double
 
-    /// A trace estimator on a fixed calibration batch; `relativeStep` is the HVP's eps0.
+    /// A trace estimator on a fixed calibration batch; `mode` nil is ``HessianMode/automatic(for:)``,
+    /// `relativeStep` the central differences' eps0.
     public init(model: any Module, layers: [QuantizedLayer], images: Tensor, labels: [Int32], seed: UInt64,
                 maxProbes: Int = 50, minProbes: Int = 4, relativeTolerance: Double = 0.05,
-                relativeStep: Double = 1e-3) {
+                mode: HessianMode? = nil, relativeStep: Double = 1e-3) {
         precondition(maxProbes >= 1, "HutchinsonTrace: maxProbes must be at least 1")
         precondition(minProbes >= 1, "HutchinsonTrace: minProbes must be at least 1")
         precondition(relativeTolerance >= 0, "HutchinsonTrace: relativeTolerance must be non-negative")
         self.hvp = HessianVectorProduct(model: model, layers: layers, images: images, labels: labels,
-                                        relativeStep: relativeStep)
+                                        mode: mode, relativeStep: relativeStep)
         self.seed = seed
         self.maxProbes = maxProbes
         self.minProbes = minProbes
         self.relativeTolerance = relativeTolerance
     }
 
-    /// The Rademacher probe number `probe` for layers of `counts` weights: ±1 per weight, bit k of
-    /// successive `next()` words of `RandomSource(seed: seed, stream: [probe])` (1 → +1, 0 → −1).
+    /// The Rademacher probe number `probe` for layers of `counts` weights: layer l's block is the
+    /// slice at offset Σ_{m<l} N_m of ``msq_rademacher``'s stream `probe` under `seed`.
     public static func rademacherProbe(seed: UInt64, probe: Int, counts: [Int]) -> [[Double]] {
-        var rng = RandomSource(seed: seed, stream: [UInt64(probe)])
-        var word: UInt64 = 0
-        var left = 0
+        probeTensors(seed: seed, probe: probe, counts: counts).map { $0.scalars.map(Double.init) }
+    }
+
+    /// ``rademacherProbe(seed:probe:counts:)`` as float tensors of shape `[N_l]`.
+    public static func probeTensors(seed: UInt64, probe: Int, counts: [Int]) -> [Tensor] {
+        var offset: UInt64 = 0
         return counts.map { n in
-            (0..<n).map { _ in
-                if left == 0 { word = rng.next(); left = 64 }
-                let bit = word & 1
-                word >>= 1
-                left -= 1
-                return bit == 1 ? 1.0 : -1.0
-            }
+            var t = Tensor(unfilledShape: [n])
+            t.withUnsafeMutablePointer { msq_rademacher($0, n, seed, UInt64(probe), offset) }
+            offset += UInt64(n)
+            return t
         }
     }
 
@@ -201,12 +284,13 @@ public final class HutchinsonTrace {
         var m = 0
         var previousMean: Double? = nil
         while m < maxProbes {
-            let v = Self.rademacherProbe(seed: seed, probe: m, counts: counts)
-            let hv = try hvp.apply(v)
+            let v = Self.probeTensors(seed: seed, probe: m, counts: counts)
+            let hv = try hvp.apply(tensors: v)
             var total = 0.0
             for l in 0..<L {
-                var d = 0.0
-                for k in 0..<counts[l] { d += v[l][k] * hv[l][k] }
+                let d = v[l].withUnsafePointer { a in
+                    hv[l].withUnsafePointer { b in msq_dot(a, b, counts[l]) }
+                }
                 sum[l] += d
                 sumSq[l] += d * d
                 total += d

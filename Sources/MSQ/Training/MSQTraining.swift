@@ -18,6 +18,9 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
     public var minBits: Int = 2
     /// Hessian-aware k (MSQ-SPEC §4); off makes k = 1 everywhere [--hessian on|off].
     public var hessian: Bool = true
+    /// How the HVPs are computed; nil = ``HessianMode/automatic(for:)`` (Gauss-Newton for the
+    /// ResNets, which are piecewise linear in each layer's weights) [--hessian-mode].
+    public var hessianMode: HessianMode? = nil
     /// Calibration images for the Hessian (the first N training images, no augmentation) [--hessian-batch].
     public var hessianBatch: Int = 64
     /// m_max, the most Hutchinson probes per estimate [--hessian-probes].
@@ -40,6 +43,8 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
             "msq.hessian_batch": String(hessianBatch), "msq.hessian_probes": String(hessianProbes),
             "msq.hessian_tolerance": String(hessianTolerance), "msq.lambda_growth": String(lambdaGrowth),
         ]) { shared, _ in shared }
+            // Only when chosen: checkpoints written before the option existed still resume.
+            .merging(hessianMode.map { ["msq.hessian_mode": $0.rawValue] } ?? [:]) { shared, _ in shared }
     }
 
     /// Checks ranges a user can get wrong; `layerCount`/`maxCompression` come from the model.
@@ -179,14 +184,15 @@ public final class MSQTraining: TrainingMethod {
                                             labels: calibration.labels,
                                             seed: seed &+ 0x4865_7373 &+ UInt64(state.hessianEstimates),
                                             maxProbes: options.hessianProbes, minProbes: min(4, options.hessianProbes),
-                                            relativeTolerance: options.hessianTolerance)
+                                            relativeTolerance: options.hessianTolerance, mode: options.hessianMode)
             let estimate = try atQuantizedWeights(model: model) { try estimator.estimate() }
             state.hessianEstimates += 1
             state.hessianProbesUsed += estimate.probes
             let seconds = Date().timeIntervalSince(start)
             state.hessianSeconds += seconds
-            plan.log(String(format: "  Hessian traces: %d probes on %d images, %.1f s; total trace %.4g",
-                            estimate.probes, calibration.labels.count, seconds, estimate.totalTrace))
+            plan.log(String(format: "  Hessian traces (%@): %d probes on %d images, %.1f s; total trace %.4g",
+                            estimator.hvp.mode.rawValue, estimate.probes, calibration.labels.count, seconds,
+                            estimate.totalTrace))
             traces = estimate.traces
             standardErrors = estimate.variances.map { $0.squareRoot() }
             let o = sensitivity(traces: estimate.traces, layers: layers)
