@@ -1,5 +1,7 @@
 /* conv_internal.h — private to CKernels: helpers the convolution files (conv.c, im2col.c, winograd.c,
- * winograd_interleaved.c, direct.c) share. */
+ * winograd_interleaved.c, direct.c) share. They live below their callers (see conv.c's layering):
+ * the Winograd weight transform and the workspace allocation in conv_common.c, the fallback in
+ * conv_ref.c, the im2col rows in im2col.c. */
 #ifndef MSQ_CONV_INTERNAL_H
 #define MSQ_CONV_INTERNAL_H
 #include "msq_kernels.h"

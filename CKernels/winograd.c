@@ -9,9 +9,10 @@
  *     V[ξ][ci][t] = (B^T d_{ci,t} B)[ξ]           input transform
  *     M[ξ][co][t] = Σ_ci U[ξ][co][ci] V[ξ][ci][t]  16 single-threaded GEMMs
  *     y[co, tile t] = (A^T M[·][co][t] A)          output transform (chunks own disjoint tiles)
- * with U[ξ][co][ci] = (G g_{co,ci} G^T)[ξ] computed once per call by the whole team. A chunk never
- * leaves its core's cache between the three steps. The chunking depends only on the shape and the
- * thread count, so results are reproducible for both.
+ * with U[ξ][co][ci] = (G g_{co,ci} G^T)[ξ] computed once per call by the whole team
+ * (msq_winograd_transform_weights, conv_common.c). A chunk never leaves its core's cache between
+ * the three steps. The chunking depends only on the shape and the thread count, so results are
+ * reproducible for both.
  * Workspace: U | per thread: V | M | four padded input rows and their transform. */
 #include "msq_kernels.h"
 #include "conv_internal.h"
@@ -85,42 +86,6 @@ size_t msq_conv2d_winograd_workspace_size(const msq_conv2d_shape *s) {
     const wino_geom G = wino_geometry(s);
     const size_t threads = (size_t)(omp_get_max_threads() > 1 ? omp_get_max_threads() : 1);
     return (G.u_floats + threads * (G.v_floats + G.m_floats + G.scratch_floats)) * sizeof(float);
-}
-
-/* U[ξ][co][ci] = (G g G^T)[ξ], G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], for eight input
-   channels at a time (one per lane; the last block's missing lanes compute zeros and are not
-   stored): every U row is written as contiguous runs, and the arithmetic runs 8-wide. */
-typedef float wv8 __attribute__((vector_size(32), aligned(4)));
-
-void msq_winograd_transform_weights(float *u, const float *w, const msq_conv2d_shape *s) {
-    const size_t plane = (size_t)s->c_out * s->c_in;
-    #pragma omp for schedule(static)
-    for (int co = 0; co < s->c_out; co++)
-        for (int ci0 = 0; ci0 < s->c_in; ci0 += 8) {
-            const int lanes = s->c_in - ci0 < 8 ? s->c_in - ci0 : 8;
-            const float *g = w + ((size_t)co * s->c_in + ci0) * 9;
-            wv8 gk[9];
-            for (int k = 0; k < 9; k++)
-                for (int l = 0; l < 8; l++) gk[k][l] = l < lanes ? g[l * 9 + k] : 0.0f;
-            wv8 t[4][3]; /* G g */
-            for (int j = 0; j < 3; j++) {
-                const wv8 g0 = gk[j], g1 = gk[3 + j], g2 = gk[6 + j];
-                t[0][j] = g0;
-                t[1][j] = 0.5f * (g0 + g1 + g2);
-                t[2][j] = 0.5f * (g0 - g1 + g2);
-                t[3][j] = g2;
-            }
-            float *dst = u + (size_t)co * s->c_in + ci0;
-            for (int i = 0; i < 4; i++) {
-                const wv8 a = t[i][0], b = t[i][1], c = t[i][2];
-                const wv8 row[4] = {a, 0.5f * (a + b + c), 0.5f * (a - b + c), c};
-                for (int j = 0; j < 4; j++) {
-                    float *d = dst + (size_t)(4 * i + j) * plane;
-                    if (lanes == 8) *(wv8 *)d = row[j];
-                    else for (int l = 0; l < lanes; l++) d[l] = row[j][l];
-                }
-            }
-        }
 }
 
 /* Transforms work on whole rows of tiles so every inner loop runs over consecutive tiles of one

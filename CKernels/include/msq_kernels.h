@@ -42,7 +42,8 @@ void msq_gemm(float *c, const float *a, const float *b, int trans_a, int trans_b
 void msq_gemm_ref(float *c, const float *a, const float *b, int trans_a, int trans_b,
                   int m, int n, int k, float alpha, float beta);
 
-/* ---------------------------------------------------------------- conv2d (conv.c) */
+/* ---------------------------------------------------------------- conv2d (conv.c; the shape maker
+   in conv_common.c, the _ref twins in conv_ref.c) */
 
 /** Geometry of a 2-D convolution over NCHW input with OIHW weights.
  *  x[n, c_in, h_in, w_in], w[c_out, c_in/groups, kh, kw], y[n, c_out, h_out, w_out],
