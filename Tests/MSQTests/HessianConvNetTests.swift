@@ -11,10 +11,10 @@ private let convGradientTolerance = 1e-4
 /// Step of the double-precision 4-point stencil, relative: the probe is scaled so that the
 /// perturbation t·v has norm `convStencilRelativeStep · ‖θ‖` (truncation O(t⁴) and Double round-off
 /// divided by t both stay below 1e-9 relative).
-private let convStencilRelativeStep = 1e-4
+let convStencilRelativeStep = 1e-4
 
 /// The walk-order paths of the net's conv/linear layers, which are the layers H acts on.
-private let convNetLayerPaths = ["stem", "block1.conv1", "block1.conv2", "block1.downsample.0",
+let convNetLayerPaths = ["stem", "block1.conv1", "block1.conv2", "block1.downsample.0",
                                  "block2.conv1", "block2.conv2", "fc"]
 
 /// A small conv net that uses every engine layer which carries or passes gradients, in eval mode:
@@ -34,26 +34,27 @@ private let convNetLayerPaths = ["stem", "block1.conv1", "block1.conv2", "block1
 ///
 /// GELU, not ReLU, so the loss is smooth; max pooling is the one kink left, and the tests check that
 /// no window's winner changes at any point where the gradient is evaluated.
-private struct ConvNetProblem {
+struct ConvNetProblem {
     let model: Sequential
     let layers: [QuantizedLayer]
     let images: Tensor
     let labels: [Int32]
     let reference: ReferenceConvNet
 
-    init(seed: UInt64) throws {
+    /// `activation`: GELU (smooth; the default) or ReLU (piecewise linear: the Gauss-Newton checks).
+    init(seed: UInt64, activation: ActivationKind = .gelu) throws {
         var rng = RandomSource(seed: seed)
         let stem = Conv2d(inChannels: 2, outChannels: 4, kernelSize: 3, stride: 1, padding: 1, bias: true, rng: &rng)
         let bn = BatchNorm2d(channels: 4)
         let block1 = BasicBlock(inChannels: 4, outChannels: 6, stride: 2, shortcut: .projection,
-                                activation: .gelu, rng: &rng)
+                                activation: activation, rng: &rng)
         let block2 = BasicBlock(inChannels: 6, outChannels: 8, stride: 1, shortcut: .zeroPad,
-                                activation: .gelu, rng: &rng)
+                                activation: activation, rng: &rng)
         let fc = Linear(inFeatures: 8, outFeatures: 3, rng: &rng)
         // Larger classifier weights so the softmax is not nearly flat (more curvature in the loss).
         fc.weight.value = Tensor(shape: fc.weight.value.shape, scalars: fc.weight.value.scalars.map { $0 * 3 })
         model = Sequential(named: [
-            ("stem", stem), ("bn", bn), ("act", Activation(.gelu)), ("avgpool", AvgPool2d(kernelSize: 2, stride: 1)),
+            ("stem", stem), ("bn", bn), ("act", Activation(activation)), ("avgpool", AvgPool2d(kernelSize: 2, stride: 1)),
             ("block1", block1), ("block2", block2), ("maxpool", MaxPool2d(kernelSize: 2, stride: 1)),
             ("gap", GlobalAvgPool2d()), ("flatten", Flatten()), ("fc", fc),
         ])
@@ -100,7 +101,8 @@ private struct ConvNetProblem {
         reference = ReferenceConvNet(
             x: d(images), labels: labels.map(Int.init), stemBias: d(try #require(stem.bias).value),
             bn: norm(bn), b1bn1: norm(block1.bn1), b1bn2: norm(block1.bn2), b1downBN: norm(downBN),
-            b2bn1: norm(block2.bn1), b2bn2: norm(block2.bn2), fcBias: d(try #require(fc.bias).value))
+            b2bn1: norm(block2.bn1), b2bn2: norm(block2.bn2), fcBias: d(try #require(fc.bias).value),
+            relu: activation == .relu, stencilRelativeStep: activation == .relu ? 1e-6 : convStencilRelativeStep)
         #expect(layers.map(\.count) == ReferenceConvNet.weightCounts)
     }
 
@@ -123,7 +125,7 @@ private struct ConvNetProblem {
 /// seven weight tensors (θ, `weightCounts` in walk order), everything else held fixed. Batch norm uses
 /// the given running statistics (eval mode), GELU the exact erf form, max pooling keeps the first
 /// maximum (as the engine).
-private struct ReferenceConvNet {
+struct ReferenceConvNet {
     /// A batch norm in eval mode: y = (x − mean) · gamma · invstd + beta, per channel.
     struct Norm {
         let gamma: [Double], beta: [Double], mean: [Double], invstd: [Double]
@@ -140,6 +142,10 @@ private struct ReferenceConvNet {
     let stemBias: [Double]
     let bn: Norm, b1bn1: Norm, b1bn2: Norm, b1downBN: Norm, b2bn1: Norm, b2bn2: Norm
     let fcBias: [Double]
+    /// ReLU instead of GELU.
+    var relu = false
+    /// The stencil's relative step (ReLU nets take a smaller one, so that no ReLU flips inside it).
+    var stencilRelativeStep = convStencilRelativeStep
     let n = 4
 
     /// stem, block1.conv1, block1.conv2, block1.downsample.0, block2.conv1, block2.conv2, fc.
@@ -237,10 +243,14 @@ private struct ReferenceConvNet {
         0.5 * (1 + erf(v / 2.0.squareRoot())) + v * exp(-0.5 * v * v) / (2 * Double.pi).squareRoot()
     }
 
-    func gelu(_ x: Map) -> Map { Map(data: x.data.map(Self.gelu), c: x.c, h: x.h, w: x.w) }
+    /// The network's activation: GELU, or ReLU when `relu` (relu'(0) = 0, as the engine).
+    func gelu(_ x: Map) -> Map {
+        Map(data: x.data.map { relu ? max($0, 0) : Self.gelu($0) }, c: x.c, h: x.h, w: x.w)
+    }
 
     func geluBackward(_ dy: Map, _ x: Map) -> Map {
-        Map(data: zip(dy.data, x.data).map { $0 * Self.geluDerivative($1) }, c: x.c, h: x.h, w: x.w)
+        Map(data: zip(dy.data, x.data).map { relu ? ($1 > 0 ? $0 : 0) : $0 * Self.geluDerivative($1) },
+            c: x.c, h: x.h, w: x.w)
     }
 
     func add(_ a: Map, _ b: Map) -> Map { Map(data: zip(a.data, b.data).map(+), c: a.c, h: a.h, w: a.w) }
@@ -341,10 +351,14 @@ private struct ReferenceConvNet {
         return (r.argmax, r.gaps)
     }
 
+    /// Whether each activation input (every element of the five activation layers' inputs) is
+    /// positive at θ: with ReLU the Hessian is defined where this pattern does not change.
+    func activationSigns(_ theta: [Double]) -> [Bool] { evaluate(theta).signs }
+
     /// ∇_θ L, the mean softmax cross-entropy over the batch.
     func gradient(_ theta: [Double]) -> [Double] { evaluate(theta).gradient }
 
-    private func evaluate(_ theta: [Double]) -> (gradient: [Double], argmax: [Int], gaps: [Double]) {
+    private func evaluate(_ theta: [Double]) -> (gradient: [Double], argmax: [Int], gaps: [Double], signs: [Bool]) {
         let w = (0..<7).map { slice(theta, $0) }
         // Forward, keeping what backward needs.
         let x0 = Map(data: x, c: 2, h: 6, w: 6)
@@ -414,7 +428,8 @@ private struct ReferenceConvNet {
         let dS3 = avgPoolBackward(dS4, s3, k: 2)
         let dS1 = normBackward(geluBackward(dS3, s2), bn)
         _ = convBackward(dS1, x0, Self.stem, w[0], dw: &grads[0])
-        return (grads.flatMap { $0 }, argmax, gaps)
+        let signs = [s2, n1, sum1, m1, sum2].flatMap { $0.data.map { $0 > 0 } }
+        return (grads.flatMap { $0 }, argmax, gaps, signs)
     }
 
     /// The perturbation t = `relativeStep` · ‖θ‖ / ‖v‖ of the stencil.
@@ -424,7 +439,7 @@ private struct ReferenceConvNet {
 
     /// H·v by the 4-point stencil (−g(2t) + 8g(t) − 8g(−t) + g(−2t)) / 12t on the double gradient.
     func hvp(_ theta: [Double], _ v: [Double]) -> [Double] {
-        let t = Self.stencilStep(theta, v, relativeStep: convStencilRelativeStep)
+        let t = Self.stencilStep(theta, v, relativeStep: stencilRelativeStep)
         func g(_ s: Double) -> [Double] { gradient(zip(theta, v).map { $0 + s * $1 }) }
         let (p1, m1, p2, m2) = (g(t), g(-t), g(2 * t), g(-2 * t))
         return (0..<theta.count).map { (-p2[$0] + 8 * p1[$0] - 8 * m1[$0] + m2[$0]) / (12 * t) }
