@@ -2,16 +2,50 @@ import ArgumentParser
 import Foundation
 import MSQ
 
-/// `msq inspect`: what a checkpoint holds, and a hash of its weights for comparing runs.
+/// `msq inspect`: what a checkpoint holds, and a hash of its weights for comparing runs; with
+/// `--hessian`, the per-layer Hessian figures PyHessian reports, computed here.
 struct InspectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inspect",
-        abstract: "Print a checkpoint's progress, run options, tensors and a hash of its model weights.")
+        abstract: "Print a checkpoint's progress, run options, tensors and a hash of its model weights.",
+        discussion: """
+            With --hessian: per quantized layer the Hutchinson trace of its Hessian block with its standard error, \
+            the average trace Tr(H_l)/N_l, the top eigenvalue by power iteration and Ω_l at the layer's bits, on the \
+            first --calibration training images (eval mode, at the quantized weights), written to JSON too.
+            """)
 
     @Argument(help: "Path of a checkpoint file (checkpoint.msqckpt).")
     var checkpoint: String
     @Flag(help: "List every tensor with its shape.")
     var tensors = false
+    @Flag(help: "Compute per-layer Hessian traces, top eigenvalues and Ω (see below).")
+    var hessian = false
+    @Option(help: "Calibration images for --hessian: the first N training images (default 64).")
+    var calibration: Int = 64
+    @Option(help: "Hutchinson probes for --hessian (default 16).")
+    var probes: Int = 16
+    @Option(help: "Most power iterations per layer for the top eigenvalue (default 20).")
+    var powerIterations: Int = 20
+    @Option(help: "Hessian-vector products: auto, exact, gauss-newton, central-difference (default auto).")
+    var hessianMode: String = "auto"
+    @Option(help: "Probe seed (default 0).")
+    var seed: UInt64 = 0
+    @Option(help: "Dataset directory, for datasets read from files (default: the dataset's standard place).")
+    var dataDir: String?
+    @Option(help: "Where --hessian writes its JSON (default: hessian.json beside the checkpoint).")
+    var json: String?
+    @Option(help: "Kernel threads (0 = all cores).")
+    var threads: Int = 0
+
+    func validate() throws {
+        if calibration < 1 { throw ValidationError("--calibration must be at least 1 (got \(calibration))") }
+        if probes < 1 { throw ValidationError("--probes must be at least 1 (got \(probes))") }
+        if powerIterations < 1 { throw ValidationError("--power-iterations must be at least 1 (got \(powerIterations))") }
+        if threads < 0 { throw ValidationError("--threads must be ≥ 0 (got \(threads); 0 means all cores)") }
+        if hessianMode != "auto" && HessianMode(rawValue: hessianMode) == nil {
+            throw ValidationError("--hessian-mode must be auto, \(HessianMode.allCases.map(\.rawValue).joined(separator: ", ")) (got \(hessianMode))")
+        }
+    }
 
     func run() throws {
         let ckpt = try Checkpoint.read(from: checkpoint)
@@ -26,5 +60,46 @@ struct InspectCommand: ParsableCommand {
         if tensors {
             for (entry, _) in model { writeLine("    \(entry.name) \(entry.shape)") }
         }
+        if hessian { try inspectHessian(ckpt) }
+    }
+
+    private func inspectHessian(_ ckpt: Checkpoint) throws {
+        setKernelThreads(threads)
+        let restored = try RestoredModel(checkpoint: ckpt)
+        let datasetName = restored.dataset.name
+        let runSeed = ckpt.header.runDescription["seed"].flatMap(UInt64.init) ?? 0
+        let data = try DatasetCatalog.load(name: datasetName, directory: dataDir, limitTrain: calibration,
+                                           limitTest: 1, seed: runSeed)
+        let batch = try calibrationBatch(from: data.train, normalization: data.normalization, count: calibration)
+        let start = Date()
+        let result = try MSQ.inspectHessian(model: restored.model, layers: restored.layers, images: batch.images,
+                                            labels: batch.labels, mode: HessianMode(rawValue: hessianMode), probes: probes,
+                                            seed: seed, maxIterations: powerIterations, quantized: restored.isQuantized)
+        let seconds = Date().timeIntervalSince(start)
+        writeLine(String(format: "hessian (%@): %d probes on %d images, power iteration ≤ %d per layer, %.1f s",
+                         result.mode.rawValue, probes, batch.labels.count, powerIterations, seconds))
+        writeLine("  layer                    params  bits     Tr(H)      ± se   Tr(H)/N      λ_max  iters        Ω")
+        for r in result.layers {
+            let name = r.path.padding(toLength: max(22, r.path.count), withPad: " ", startingAt: 0)
+            let bits = r.bits.map(String.init) ?? "-"
+            writeLine("  " + name + String(format: " %8d  %4s  %9.4g  %8.2g  %8.3g  %9.4g  %5d  %9.3g",
+                                           r.params, bits, r.trace, r.traceStandardError, r.averageTrace,
+                                           r.topEigenvalue, r.powerIterations, r.omega ?? .nan))
+        }
+        struct Report: Encodable {
+            var checkpoint: String, mode: String, calibration: Int, probes: Int, seed: UInt64, seconds: Double
+            var layers: [LayerHessianReport]
+        }
+        let out = json ?? URL(fileURLWithPath: checkpoint).deletingLastPathComponent().appendingPathComponent("hessian.json").path
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let bytes = try encoder.encode(Report(checkpoint: checkpoint, mode: result.mode.rawValue, calibration: batch.labels.count,
+                                              probes: probes, seed: seed, seconds: seconds, layers: result.layers))
+        do {
+            try bytes.write(to: URL(fileURLWithPath: out), options: .atomic)
+        } catch {
+            throw ValidationError("cannot write \(out): \(error.localizedDescription)")
+        }
+        writeLine("  wrote \(out)")
     }
 }

@@ -236,28 +236,9 @@ public final class MSQTraining: TrainingMethod {
         }
     }
 
-    /// Runs `body` with each layer's weight replaced by Q_n(W) and its quantizer bypassed, then puts
-    /// the latent weights and quantizers back. The Hessian is that of the task loss at the weights
-    /// the network computes with (MSQ-SPEC §4 leaves the point open): central differences of the
-    /// straight-through gradient would straddle rounding boundaries (at 8 bits a bin is ~100x the
-    /// HVP step), so they measure the quantizer's jumps, not curvature.
-    /// PACT activation quantizers are bypassed too, for the same reason.
+    /// ``atQuantizedWeights(model:layers:_:)`` over this run's layers.
     func atQuantizedWeights<T>(model: Module, _ body: () throws -> T) rethrows -> T {
-        let latent = layers.map { $0.parameter.value }
-        for layer in layers { layer.parameter.value = layer.quantizer.forward(layer.parameter.value) }
-        for layer in layers { layer.quantizer.isBypassed = true }
-        let activations = quantizableLayers(of: model).compactMap { _, m in
-            (m as? Conv2d)?.inputQuantizer ?? (m as? Linear)?.inputQuantizer
-        }
-        for q in activations { q.isBypassed = true }
-        defer {
-            for q in activations { q.isBypassed = false }
-            for (layer, w) in zip(layers, latent) {
-                layer.quantizer.isBypassed = false
-                layer.parameter.value = w
-            }
-        }
-        return try body()
+        try MSQ.atQuantizedWeights(model: model, layers: layers, body)
     }
 
     /// The per-layer precisions as one line, `conv1:8 layer1.0.conv1:3 …`.
