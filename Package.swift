@@ -44,6 +44,7 @@ let package = Package(
             dependencies: ["MSQ", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "CKernelsTests", dependencies: ["CKernels"]),
-        .testTarget(name: "MSQTests", dependencies: ["MSQ", "CKernels"]),
+        // Fixtures are read from the source tree (`#filePath`), not bundled as resources.
+        .testTarget(name: "MSQTests", dependencies: ["MSQ", "CKernels"], exclude: ["Fixtures"]),
     ]
 )
