@@ -24,7 +24,7 @@ struct SafeTensorsHeader {
         do {
             raw = try JSONDecoder().decode(RawHeader.self, from: Data(bytes))
         } catch let error as DecodingError {
-            throw .malformedHeader(path: path, reason: describe(error))
+            throw .malformedHeader(path: path, reason: describe(error, json: Data(bytes)))
         } catch {
             throw .malformedHeader(path: path, reason: "\(error)")
         }
@@ -48,9 +48,10 @@ struct SafeTensorsHeader {
     }
 
     /// A decoding error as "at KEY.PATH: what went wrong", without Foundation's long dump.
-    private static func describe(_ error: DecodingError) -> String {
+    private static func describe(_ error: DecodingError, json: Data) -> String {
         let (context, what): (DecodingError.Context?, String) = switch error {
-        case let .dataCorrupted(c): (c, "not valid JSON")
+        case let .dataCorrupted(c) where c.codingPath.isEmpty: (nil, describeCorrupt(json))
+        case let .dataCorrupted(c): (c, c.debugDescription)
         case let .keyNotFound(key, c): (c, "missing key '\(key.stringValue)'")
         case let .typeMismatch(type, c): (c, "expected \(type)")
         case let .valueNotFound(type, c): (c, "expected \(type), found null")
@@ -60,6 +61,19 @@ struct SafeTensorsHeader {
         let at = context.codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
         let detail = context.underlyingError.map { " (\($0.localizedDescription))" } ?? ""
         return (at.isEmpty ? "" : "at \(at): ") + what + detail
+    }
+
+    /// Why JSONDecoder found the header corrupt: some decoders report a fractional or
+    /// out-of-range number where an Int belongs as corrupt data, without a path, so tell that
+    /// apart from JSON that does not parse at all.
+    private static func describeCorrupt(_ json: Data) -> String {
+        do {
+            _ = try JSONSerialization.jsonObject(with: json)
+            return "a value has the wrong type (shape and data_offsets hold non-negative integers; dtype and metadata values are strings)"
+        } catch {
+            let detail = (error as NSError).userInfo[NSDebugDescriptionErrorKey].map { " (\($0))" } ?? ""
+            return "not valid JSON" + detail
+        }
     }
 }
 
