@@ -1,8 +1,10 @@
-"""Models shared by the PyTorch peers of msq-bench: CIFAR ResNet-20 and ImageNet ResNet-18.
+"""Models shared by the PyTorch peers of msq-bench: CIFAR ResNets (6n+2) and ImageNet ResNet-18.
 
-Both match MSQ's (Sources/MSQ/Models): ResNet-20 with option-A (zero-padding) shortcuts, ResNet-18 in
+Both match MSQ's (Sources/MSQ/Models): CIFAR ResNets with option-A (zero-padding) shortcuts, ResNet-18 in
 torchvision's layout, written out here so torchvision is not needed. Convolutions are bias-free and
 Kaiming-normal (fan-out) initialised, BN starts at gamma = 1, beta = 0, the classifier has a bias.
+`reference_model` builds every `msq --model` kind with the state_dict names MSQ's parameter paths map
+to (Sources/MSQ/Deployment/PyTorchNames.swift); only it needs torchvision (resnet18/resnet50).
 """
 import torch.nn as nn
 import torch.nn.functional as F
@@ -46,7 +48,7 @@ class Block(_Residual):
 
 
 class ResNet20(nn.Module):
-    """CIFAR ResNet-20 (3 stages of n = 3 blocks, widths 16, 32, 64) for `cin`-channel images."""
+    """CIFAR ResNet of depth 6n + 2 (3 stages of n blocks, widths 16, 32, 64; n = 3 is ResNet-20) for `cin`-channel images."""
 
     def __init__(self, cin=1, classes=10, n=3):
         super().__init__()
@@ -103,3 +105,34 @@ class ResNet18(nn.Module):
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+CIFAR_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56}
+IMAGENET_MODELS = ("resnet18", "resnet50")
+MODEL_NAMES = tuple(CIFAR_DEPTHS) + IMAGENET_MODELS
+
+
+def cifar_resnet(depth, cin=1, classes=10):
+    """CIFAR ResNet of depth 6n + 2 (20, 32, 56, ...), MSQ's CIFARResNet."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
+    return ResNet20(cin, classes, n=(depth - 2) // 6)
+
+
+def reference_model(name, in_channels, classes):
+    """The PyTorch twin of `msq --model NAME`: models.py's CIFAR ResNets, torchvision's resnet18/50.
+
+    torchvision's stem takes 3 channels; for other counts conv1 is replaced by a 7x7/2 conv with
+    `in_channels` inputs, as MSQ's ImageNetResNet builds it (the state_dict names do not change).
+    """
+    if name in CIFAR_DEPTHS:
+        return cifar_resnet(CIFAR_DEPTHS[name], in_channels, classes)
+    if name not in IMAGENET_MODELS:
+        raise ValueError(f"unknown model '{name}'; valid models: {', '.join(MODEL_NAMES)}")
+    import torchvision  # only these two need it
+
+    model = getattr(torchvision.models, name)(num_classes=classes)
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return model
