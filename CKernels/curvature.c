@@ -135,6 +135,7 @@ static inline void bn_eval_scaled(float *out, const float *in, const float *relu
                                   const float *running_var, int n, int c, int hw, float eps,
                                   int accumulate, int parallel) {
     long planes = (long)n * c;
+    /* Four plain loops, so each one vectorises (a mask or accumulate test inside one loop did not). */
     #pragma omp parallel for schedule(static) if (parallel && planes * (long)hw > CURV_PARALLEL_MIN)
     for (long p = 0; p < planes; p++) {
         int ch = (int)(p % c);
@@ -142,9 +143,14 @@ static inline void bn_eval_scaled(float *out, const float *in, const float *relu
         float *o = out + p * hw;
         const float *t = in + p * hw;
         const float *m = relu_out != NULL ? relu_out + p * hw : NULL;
-        for (int i = 0; i < hw; i++) {
-            float r = (m != NULL && !(m[i] > 0.0f)) ? 0.0f : a * t[i];
-            o[i] = accumulate ? o[i] + r : r;
+        if (m == NULL && accumulate) {
+            for (int i = 0; i < hw; i++) o[i] += a * t[i];
+        } else if (m == NULL) {
+            for (int i = 0; i < hw; i++) o[i] = a * t[i];
+        } else if (accumulate) {
+            for (int i = 0; i < hw; i++) o[i] += m[i] > 0.0f ? a * t[i] : 0.0f;
+        } else {
+            for (int i = 0; i < hw; i++) o[i] = m[i] > 0.0f ? a * t[i] : 0.0f;
         }
     }
 }

@@ -66,11 +66,7 @@ struct InspectCommand: ParsableCommand {
     private func inspectHessian(_ ckpt: Checkpoint) throws {
         setKernelThreads(threads)
         let restored = try RestoredModel(checkpoint: ckpt)
-        let datasetName = restored.dataset.name
-        let runSeed = ckpt.header.runDescription["seed"].flatMap(UInt64.init) ?? 0
-        let data = try DatasetCatalog.load(name: datasetName, directory: dataDir, limitTrain: calibration,
-                                           limitTest: 1, seed: runSeed)
-        let batch = try calibrationBatch(from: data.train, normalization: data.normalization, count: calibration)
+        let batch = try restored.calibrationBatch(count: calibration, dataDirectory: dataDir)
         let start = Date()
         let result = try MSQ.inspectHessian(model: restored.model, layers: restored.layers, images: batch.images,
                                             labels: batch.labels, mode: HessianMode(rawValue: hessianMode), probes: probes,

@@ -16,6 +16,8 @@ public struct RestoredModel {
     public let layers: [QuantizedLayer]
     /// Whether the checkpoint carries a quantization scheme.
     public let isQuantized: Bool
+    /// The run's seed (synthetic data is drawn from it).
+    public let runSeed: UInt64
 
     /// Rebuilds the network of `checkpoint` (model and dataset from its run description, scheme from
     /// its method state) and loads every tensor the network has.
@@ -32,6 +34,7 @@ public struct RestoredModel {
         } catch {
             throw .checkpointMismatch(reason: "\(error)")
         }
+        runSeed = h.runDescription["seed"].flatMap(UInt64.init) ?? 0
         model = makeModel(kind, inputChannels: dataset.sampleShape[0], numClasses: dataset.numClasses, seed: 0)
         if let scheme = try? QuantizationScheme.decode(fromMethodState: h.methodState) {
             do {
@@ -56,6 +59,15 @@ public struct RestoredModel {
             }
             parameter.value = value
         }
+    }
+
+    /// The Hessian's calibration batch for this run: the first `count` training images of its
+    /// dataset (read from `dataDirectory`, or the dataset's standard place), normalised, as MSQ takes it.
+    /// - Throws: ``DataError`` when the data cannot be read.
+    public func calibrationBatch(count: Int, dataDirectory: String?) throws -> (images: Tensor, labels: [Int32]) {
+        let data = try DatasetCatalog.load(name: dataset.name, directory: dataDirectory, limitTrain: count,
+                                           limitTest: 1, seed: runSeed)
+        return try MSQ.calibrationBatch(from: data.train, normalization: data.normalization, count: count)
     }
 }
 
