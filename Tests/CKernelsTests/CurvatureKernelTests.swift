@@ -31,6 +31,7 @@ let rConvCases: [RConvCase] = [
     RConvCase(n: 8, cin: 8, h: 10, w: 10, cout: 8, k: 3, stride: 1, pad: 1), // interleaved Winograd
     RConvCase(n: 2, cin: 3, h: 11, w: 9, cout: 4, k: 3, stride: 2, pad: 1),  // stride-2 phase columns
     RConvCase(n: 3, cin: 4, h: 7, w: 5, cout: 5, k: 1, stride: 2, pad: 0),   // 1x1 stride-2 shortcut
+    RConvCase(n: 5, cin: 1, h: 28, w: 28, cout: 16, k: 7, stride: 2, pad: 3), // ResNet-18's stem on 28x28
 ]
 
 private func convShape(_ c: RConvCase) -> msq_conv2d_shape {
