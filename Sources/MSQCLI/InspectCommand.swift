@@ -78,9 +78,9 @@ struct InspectCommand: ParsableCommand {
         for r in result.layers {
             let name = r.path.padding(toLength: max(22, r.path.count), withPad: " ", startingAt: 0)
             let bits = r.bits.map(String.init) ?? "-"
-            writeLine("  " + name + String(format: " %8d  %4s  %9.4g  %8.2g  %8.3g  %9.4g  %5d  %9.3g",
-                                           r.params, bits, r.trace, r.traceStandardError, r.averageTrace,
-                                           r.topEigenvalue, r.powerIterations, r.omega ?? .nan))
+            writeLine("  " + name + String(format: " %8d  ", r.params) + String(repeating: " ", count: max(0, 4 - bits.count)) + bits
+                      + String(format: "  %9.4g  %8.2g  %8.3g  %9.4g  %5d  %9.3g", r.trace, r.traceStandardError,
+                               r.averageTrace, r.topEigenvalue, r.powerIterations, r.omega ?? .nan))
         }
         struct Report: Encodable {
             var checkpoint: String, mode: String, calibration: Int, probes: Int, seed: UInt64, seconds: Double
