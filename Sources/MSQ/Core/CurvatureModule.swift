@@ -86,3 +86,20 @@ func addTangents(_ a: Tensor?, _ b: Tensor?, context: @autoclosure () -> String)
     guard let b else { return a }
     return LayerKit.add(a, b, context: context())
 }
+
+/// R-forward of a parameter-free module linear in its input: the tangent goes through the same map
+/// (first, so that the caches left behind are the input's).
+func linearRForward(_ input: Tensor, tangent: Tensor?, forward: (Tensor) -> Tensor) -> (output: Tensor, tangent: Tensor?) {
+    let ry = tangent.map(forward)
+    return (forward(input), ry)
+}
+
+/// R-backward of a parameter-free module linear in its input: both gradients through its backward,
+/// which releases its cache, so `restore` puts it back between the two calls.
+func linearRBackward(_ gradient: Tensor?, tangent: Tensor, backward: (Tensor) -> Tensor,
+                     restore: () -> Void) -> (gradient: Tensor?, tangent: Tensor?) {
+    let rgx = backward(tangent)
+    guard let gradient else { return (nil, rgx) }
+    restore()
+    return (backward(gradient), rgx)
+}

@@ -228,50 +228,38 @@ extension MaxPool2d: CurvatureModule {
 extension AvgPool2d: CurvatureModule {
     /// `y = avgpool(x)`, `Ry = avgpool(Rx)`.
     public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
-        let ry = tangent.map { forward($0, mode: .eval) }
-        return (forward(input, mode: .eval), ry)
+        linearRForward(input, tangent: tangent) { forward($0, mode: .eval) }
     }
 
     /// Both gradients through the (linear) backward.
     public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
-        let shape = cachedShape
-        let rgx = backward(tangent)
-        cachedShape = shape
-        defer { cachedShape = nil }
-        return (gradient.map { backward($0) }, rgx)
+        let cache = cachedShape
+        return linearRBackward(gradient, tangent: tangent, backward: backward) { cachedShape = cache }
     }
 }
 
 extension GlobalAvgPool2d: CurvatureModule {
     /// `y = mean_hw(x)`, `Ry = mean_hw(Rx)`.
     public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
-        let ry = tangent.map { forward($0, mode: .eval) }
-        return (forward(input, mode: .eval), ry)
+        linearRForward(input, tangent: tangent) { forward($0, mode: .eval) }
     }
 
     /// Both gradients through the (linear) backward.
     public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
-        let shape = cachedInputShape
-        let rgx = backward(tangent)
-        cachedInputShape = shape
-        defer { cachedInputShape = nil }
-        return (gradient.map { backward($0) }, rgx)
+        let cache = cachedInputShape
+        return linearRBackward(gradient, tangent: tangent, backward: backward) { cachedInputShape = cache }
     }
 }
 
 extension Flatten: CurvatureModule {
     /// Reshapes the input and its tangent.
     public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
-        let ry = tangent.map { forward($0, mode: .eval) }
-        return (forward(input, mode: .eval), ry)
+        linearRForward(input, tangent: tangent) { forward($0, mode: .eval) }
     }
 
     /// Reshapes both gradients back.
     public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
-        let shape = cachedInputShape
-        let rgx = backward(tangent)
-        cachedInputShape = shape
-        defer { cachedInputShape = nil }
-        return (gradient.map { backward($0) }, rgx)
+        let cache = cachedInputShape
+        return linearRBackward(gradient, tangent: tangent, backward: backward) { cachedInputShape = cache }
     }
 }

@@ -129,6 +129,16 @@ private func residualBackward(main: Tensor, shortcut: (any Module)?, gradSum: Te
     return dx
 }
 
+/// `module`'s R-backward on the pair the module after it returned: a module asked for input
+/// gradients always returns their tangent.
+private func rBackwardChained(_ module: any CurvatureModule, _ g: (gradient: Tensor?, tangent: Tensor?),
+                              inputGradients: Bool = true) -> (gradient: Tensor?, tangent: Tensor?) {
+    guard let rg = g.tangent else {
+        preconditionFailure("\(type(of: module)): R-backward after a module that returned no input tangent")
+    }
+    return module.rBackward(g.gradient, tangent: rg, inputGradients: inputGradients)
+}
+
 /// R-forward of ``bnActForward(_:_:_:mode:)``.
 private func bnActRForward(_ bn: BatchNorm2d, _ act: Activation, _ x: (output: Tensor, tangent: Tensor?)) -> (output: Tensor, tangent: Tensor?) {
     if act.kind == .relu { return bn.rForwardReLU(x.output, tangent: x.tangent) }
@@ -138,11 +148,7 @@ private func bnActRForward(_ bn: BatchNorm2d, _ act: Activation, _ x: (output: T
 
 /// R-backward of ``bnActRForward(_:_:_:)``.
 private func bnActRBackward(_ bn: BatchNorm2d, _ act: Activation, _ g: (gradient: Tensor?, tangent: Tensor?)) -> (gradient: Tensor?, tangent: Tensor?) {
-    guard let rg = g.tangent else { return (nil, nil) }
-    if act.kind == .relu { return bn.rBackward(g.gradient, tangent: rg, inputGradients: true) }
-    let a = act.rBackward(g.gradient, tangent: rg, inputGradients: true)
-    guard let ra = a.tangent else { return (nil, nil) }
-    return bn.rBackward(a.gradient, tangent: ra, inputGradients: true)
+    act.kind == .relu ? rBackwardChained(bn, g) : rBackwardChained(bn, rBackwardChained(act, g))
 }
 
 /// R-forward of a residual tail: `act(main + shortcut(x))` with both branches' tangents summed.
@@ -355,17 +361,13 @@ extension LayerKit {
 extension ZeroPadShortcut: CurvatureModule {
     /// Subsamples and pads the input and its tangent alike (a linear map).
     public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
-        let ry = tangent.map { forward($0, mode: .eval) }
-        return (forward(input, mode: .eval), ry)
+        linearRForward(input, tangent: tangent) { forward($0, mode: .eval) }
     }
 
     /// Both gradients through the (linear) backward.
     public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
-        let shape = cachedInputShape
-        let rgx = backward(tangent)
-        cachedInputShape = shape
-        defer { cachedInputShape = nil }
-        return (gradient.map { backward($0) }, rgx)
+        let cache = cachedInputShape
+        return linearRBackward(gradient, tangent: tangent, backward: backward) { cachedInputShape = cache }
     }
 }
 
@@ -385,9 +387,9 @@ extension BasicBlock: CurvatureModule {
         let sum = act2.rBackward(gradient, tangent: tangent, inputGradients: true)
         guard let rsum = sum.tangent else { return (nil, nil) }
         var g = bn2.rBackward(sum.gradient, tangent: rsum, inputGradients: true)
-        g = conv2.rBackward(g.gradient, tangent: g.tangent ?? rsum, inputGradients: true)
+        g = rBackwardChained(conv2, g)
         g = bnActRBackward(bn1, act1, g)
-        g = conv1.rBackward(g.gradient, tangent: g.tangent ?? rsum, inputGradients: inputGradients)
+        g = rBackwardChained(conv1, g, inputGradients: inputGradients)
         return residualRBackward(main: g, shortcut: shortcut, sum: (sum.gradient, rsum), inputGradients: inputGradients)
     }
 
@@ -411,11 +413,11 @@ extension Bottleneck: CurvatureModule {
         let sum = act3.rBackward(gradient, tangent: tangent, inputGradients: true)
         guard let rsum = sum.tangent else { return (nil, nil) }
         var g = bn3.rBackward(sum.gradient, tangent: rsum, inputGradients: true)
-        g = conv3.rBackward(g.gradient, tangent: g.tangent ?? rsum, inputGradients: true)
+        g = rBackwardChained(conv3, g)
         g = bnActRBackward(bn2, act2, g)
-        g = conv2.rBackward(g.gradient, tangent: g.tangent ?? rsum, inputGradients: true)
+        g = rBackwardChained(conv2, g)
         g = bnActRBackward(bn1, act1, g)
-        g = conv1.rBackward(g.gradient, tangent: g.tangent ?? rsum, inputGradients: inputGradients)
+        g = rBackwardChained(conv1, g, inputGradients: inputGradients)
         return residualRBackward(main: g, shortcut: shortcut, sum: (sum.gradient, rsum), inputGradients: inputGradients)
     }
 
