@@ -128,6 +128,14 @@ public struct Tensor: @unchecked Sendable {
             return s
         }
     }
+
+    /// Σ_i self[i]·other[i] in double, the same bits at every thread count (``msq_dot``). The two
+    /// tensors must have the same number of elements (shapes may differ).
+    public func dot(_ other: Tensor) -> Double {
+        precondition(count == other.count, "Tensor.dot: \(count) elements against \(other.count)")
+        let n = count
+        return withUnsafePointer { a in other.withUnsafePointer { b in msq_dot(a, b, n) } }
+    }
 }
 
 extension Tensor: CustomStringConvertible {

@@ -154,7 +154,7 @@ public func inspectHessian(model: any Module, layers: [QuantizedLayer], images: 
 /// Power iteration on H_ll: the Rayleigh quotient of the eigenvalue largest in magnitude and the
 /// iterations taken.
 private func topEigenvalue(hvp: HessianVectorProduct, layer l: Int, counts: [Int], seed: UInt64,
-                       maxIterations: Int, tolerance: Double) throws -> (Double, Int) {
+                           maxIterations: Int, tolerance: Double) throws -> (Double, Int) {
     var v = HutchinsonTrace.probeTensors(seed: seed &+ 0x706F_7765_72, probe: l, counts: [counts[l]])[0]
     var lambda = 0.0, iterations = 0
     for it in 1...maxIterations {
@@ -164,7 +164,7 @@ private func topEigenvalue(hvp: HessianVectorProduct, layer l: Int, counts: [Int
         v = Tensor(shape: v.shape, scalars: v.scalars.map { Float(Double($0) / norm) })
         let blocks = counts.enumerated().map { i, n in i == l ? v : Tensor(shape: [n]) }
         let hv = try hvp.apply(tensors: blocks)[l].reshaped([counts[l]])
-        let rayleigh = v.withUnsafePointer { a in hv.withUnsafePointer { b in msq_dot(a, b, counts[l]) } }
+        let rayleigh = v.dot(hv)
         let converged = it > 1 && abs(rayleigh - lambda) <= tolerance * abs(rayleigh)
         lambda = rayleigh
         v = hv

@@ -27,7 +27,12 @@ public enum HessianMode: String, CaseIterable, Codable, Sendable {
     /// module is piecewise linear, ``exact`` when every module has an R-operator, else
     /// ``centralDifference`` (a model with modules that do not conform to ``CurvatureModule``).
     public static func automatic(for model: any Module) -> HessianMode {
-        switch try? curvatureSupport(of: model) {
+        automatic(for: try? curvatureSupport(of: model))
+    }
+
+    /// ``automatic(for:)`` from a model's ``curvatureSupport(of:)`` (nil: a module has no R-operator).
+    static func automatic(for support: CurvatureSupport?) -> HessianMode {
+        switch support {
         case .piecewiseLinear?: return .gaussNewton
         case .general?: return .exact
         case nil: return .centralDifference
@@ -64,6 +69,8 @@ public struct HessianVectorProduct {
     public let mode: HessianMode
     /// eps0 in ε = eps0 · ‖w‖ / ‖v‖ (central differences only).
     public let relativeStep: Double
+    // Whether every module has an R-operator, checked once: the model's structure does not change.
+    private let support: Result<CurvatureSupport, CurvatureError>
 
     /// An HVP on a fixed batch. `mode` nil picks ``HessianMode/automatic(for:)``; `relativeStep` is
     /// eps0 of the central differences (see the type's documentation).
@@ -74,7 +81,9 @@ public struct HessianVectorProduct {
         self.layers = layers
         self.images = images
         self.labels = labels
-        self.mode = mode ?? HessianMode.automatic(for: model)
+        let support = Result { () throws(CurvatureError) in try curvatureSupport(of: model) }
+        self.support = support
+        self.mode = mode ?? HessianMode.automatic(for: try? support.get())
         self.relativeStep = relativeStep
     }
 
@@ -139,7 +148,7 @@ public struct HessianVectorProduct {
     /// One R-forward, the loss's Hessian on the logits' tangent, one R-backward (with the gradient
     /// chain when `exact`, without it for Gauss-Newton).
     private func rOperator(_ v: [Tensor], exact: Bool) throws -> [Tensor] {
-        _ = try curvatureSupport(of: model)
+        _ = try support.get()
         let root = curvatureChild(model)
         for (layer, t) in zip(layers, v) {
             layer.parameter.tangent = t
@@ -288,9 +297,7 @@ public final class HutchinsonTrace {
             let hv = try hvp.apply(tensors: v)
             var total = 0.0
             for l in 0..<L {
-                let d = v[l].withUnsafePointer { a in
-                    hv[l].withUnsafePointer { b in msq_dot(a, b, counts[l]) }
-                }
+                let d = v[l].dot(hv[l])
                 sum[l] += d
                 sumSq[l] += d * d
                 total += d
