@@ -14,14 +14,7 @@ swift build -c release --package-path bench >/dev/null
 BENCH=$(swift build -c release --package-path bench --show-bin-path)/msq-bench
 FULL="--model resnet20 --dataset fashion-mnist --epochs 8 --batch-size 128 --lr 0.1 --seed 0"
 SUB="--model resnet20 --dataset fashion-mnist --epochs 6 --limit-train 10000 --batch-size 128 --lr 0.1 --seed 0"
-run() {  # name, then msq train options
-    local name=$1; shift
-    [[ -f "$RUNS/$name/summary.json" ]] && return 0
-    local resume=()
-    [[ -f "$RUNS/$name/checkpoint.msqckpt" ]] && resume=(--resume)
-    echo "== $name: msq train $*" >&2
-    "$MSQ" train "$@" --out "$RUNS/$name" "${resume[@]}" > "$RUNS/$name.log" 2>&1
-}
+source bench/scripts/resumable-run.sh
 run full-fp       $FULL --method fp
 run full-dorefa3  $FULL --method dorefa --weight-bits 3 --dorefa-scaled
 run full-bsq      $FULL --method bsq --target-compression 10.67

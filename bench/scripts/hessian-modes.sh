@@ -15,14 +15,7 @@ if [[ -z "${MSQ:-}" ]]; then
     MSQ=$(swift build -c release --show-bin-path)/msq
 fi
 SUB="--model resnet20 --dataset fashion-mnist --epochs 6 --limit-train 10000 --batch-size 128 --lr 0.1 --method msq --target-compression 10.67"
-run() {  # name, then msq train options
-    local name=$1; shift
-    [[ -f "$RUNS/$name/summary.json" ]] && return 0
-    local resume=()
-    [[ -f "$RUNS/$name/checkpoint.msqckpt" ]] && resume=(--resume)
-    echo "== $name: msq train $*" >&2
-    "$MSQ" train "$@" --out "$RUNS/$name" "${resume[@]}" > "$RUNS/$name.log" 2>&1
-}
+source bench/scripts/resumable-run.sh
 for seed in $SEEDS; do
     run "auto-s$seed" $SUB --seed "$seed"
     run "cd-s$seed"   $SUB --seed "$seed" --hessian-mode central-difference
