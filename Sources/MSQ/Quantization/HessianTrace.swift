@@ -322,22 +322,12 @@ public final class HutchinsonTrace {
 ///
 ///     Ω_l = Tr(H_l) / N_l · ‖Q_{n_l}(W_l) − W_l‖²
 ///
-/// with Q_{n_l} the layer's RoundClamp quantizer at its current precision (computed from its codes,
-/// so the quantizer's `lastScale` is not touched) and N_l = `layer.count`.
+/// with Q_{n_l} the layer's RoundClamp quantizer at its current precision
+/// (``RoundClampQuantizer/squaredErrors(of:bits:)``; `lastScale` untouched) and N_l = `layer.count`.
 public func sensitivity(traces: [Double], layers: [QuantizedLayer]) -> [Double] {
     precondition(traces.count == layers.count, "sensitivity: \(traces.count) traces for \(layers.count) layers")
     return zip(traces, layers).map { trace, layer in
-        let w = layer.parameter.value
-        let (s, codes) = layer.quantizer.codes(of: w)
-        let half = Double(1 << (layer.bits - 1))
-        var err = 0.0
-        w.withUnsafePointer { p in
-            for k in 0..<w.count {
-                let q = Double(s) * Double(codes[k]) / half
-                let d = q - Double(p[k])
-                err += d * d
-            }
-        }
+        let err = layer.quantizer.squaredErrors(of: layer.parameter.value, bits: [layer.bits])[0]
         return layer.count > 0 ? trace / Double(layer.count) * err : 0
     }
 }

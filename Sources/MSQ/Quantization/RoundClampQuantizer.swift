@@ -76,6 +76,26 @@ public final class RoundClampQuantizer: WeightTransform {
         return dw
     }
 
+    /// ||Q_b(W) − W||² in double for every precision b in `bits` (the layer's own ``bits`` untouched),
+    /// with this quantizer's scale rule: the quantization error the allocation costs of MSQ-SPEC §3
+    /// and HAWQ's Ω_l(n) are built from. Returns the errors in the order of `bits`.
+    public func squaredErrors(of weight: Tensor, bits: [Int]) -> [Double] {
+        let s = Self.scale(of: weight)
+        let n = weight.count
+        var scratch = [Float](repeating: 0, count: n)
+        return bits.map { b in
+            precondition((1...16).contains(b), "RoundClampQuantizer: bits \(b) outside 1...16")
+            return weight.withUnsafePointer { w in
+                scratch.withUnsafeMutableBufferPointer { q in
+                    msq_roundclamp_forward(q.baseAddress, nil, w, n, s, Int32(b))
+                    var err = 0.0
+                    for i in 0..<n { let d = Double(q[i]) - Double(w[i]); err += d * d }
+                    return err
+                }
+            }
+        }
+    }
+
     /// The deployable form of `weight` at the current precision: s = max|W| and the n-bit
     /// two's-complement codes j_n ∈ [−2^(n−1), 2^(n−1) − 1] (row-major, `weight.count` of them),
     /// so that Q_n(W) = s · j_n / 2^(n−1). Does not change ``lastScale``.
