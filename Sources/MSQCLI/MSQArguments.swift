@@ -31,6 +31,10 @@ struct MSQArguments: ParsableArguments {
     var hessianProbes: Int?
     @Option(help: "Multiply λ by this after each interval that had to force pruning (default 1: never). msq only.")
     var lambdaGrowth: Double?
+    @Option(help: "How λ is weighted per layer as its precision falls: uniform (the paper's single λ) or constant-pull (λ·2^(8−n): the pull per weight keeps its 8-bit strength). msq only.")
+    var lambdaScaling: String?
+    @Option(help: "Which layers are forced down when the target needs it: estimated-loss (least estimated loss increase per stored bit saved, Hessian-weighted when --hessian on; default) or nonzero-rate (the paper's wording: lowest LSB nonzero rate first). msq only.")
+    var forcedOrder: String?
     @Flag(help: "dorefa: multiply each layer's quantized weights by max|W| (DoReFa's weights are in [-1, 1] otherwise).")
     var dorefaScaled = false
 
@@ -43,6 +47,7 @@ struct MSQArguments: ParsableArguments {
             "--prune-interval": pruneInterval != nil, "--prune-deadline": pruneDeadline != nil,
             "--min-bits": minBits != nil, "--hessian": hessian != nil, "--hessian-mode": hessianMode != nil, "--hessian-batch": hessianBatch != nil,
             "--hessian-probes": hessianProbes != nil, "--lambda-growth": lambdaGrowth != nil,
+            "--lambda-scaling": lambdaScaling != nil, "--forced-order": forcedOrder != nil,
             "--dorefa-scaled": dorefaScaled,
         ]
         return given.filter { $0.value }.map { $0.key }
@@ -53,7 +58,7 @@ struct MSQArguments: ParsableArguments {
         "fp": [],
         "msq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
                 "--prune-deadline", "--min-bits", "--hessian", "--hessian-mode", "--hessian-batch", "--hessian-probes",
-                "--lambda-growth"],
+                "--lambda-growth", "--lambda-scaling", "--forced-order"],
         "dorefa": ["--weight-bits", "--act-bits", "--dorefa-scaled"],
         "bsq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
                 "--prune-deadline", "--min-bits"],
@@ -106,6 +111,18 @@ struct MSQArguments: ParsableArguments {
         if let hessianBatch { o.hessianBatch = hessianBatch }
         if let hessianProbes { o.hessianProbes = hessianProbes }
         if let lambdaGrowth { o.lambdaGrowth = lambdaGrowth }
+        if let lambdaScaling {
+            guard let value = LambdaScaling(rawValue: lambdaScaling) else {
+                throw ValidationError("--lambda-scaling must be \(LambdaScaling.allCases.map(\.rawValue).joined(separator: " or ")) (got \(lambdaScaling))")
+            }
+            o.lambdaScaling = value
+        }
+        if let forcedOrder {
+            guard let value = ForcedPruningOrder(rawValue: forcedOrder) else {
+                throw ValidationError("--forced-order must be \(ForcedPruningOrder.allCases.map(\.rawValue).joined(separator: " or ")) (got \(forcedOrder))")
+            }
+            o.forcedOrder = value
+        }
         try checkActivationBits()
         if !(2...16).contains(msqWeightBits) { throw ValidationError("--weight-bits must be in 2...16 (got \(msqWeightBits))") }
         return o

@@ -13,6 +13,7 @@ struct OptionsIdentityTests {
             "msq.prune_interval": "0.5", "msq.prune_deadline": "0.6", "msq.min_bits": "2",
             "msq.hessian": "true", "msq.hessian_batch": "64", "msq.hessian_probes": "8",
             "msq.hessian_tolerance": "0.05", "msq.lambda_growth": "1.0",
+            "msq.lambda_scaling": "uniform", "msq.forced_order": "estimated-loss",
         ])
     }
 

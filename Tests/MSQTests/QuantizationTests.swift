@@ -164,13 +164,15 @@ private func tinyModel(seed: UInt64) -> Sequential {
         #expect(measured.layers.map(\.nonzeroRate) == report.layers.map(\.nonzeroRate))
     }
 
-    @Test("k is capped at n − 1 for low-precision layers")
+    @Test("k(forPath:) names layers; k_eff never exceeds n − n_min")
     func effectiveK() throws {
         let model = tinyModel(seed: 4)
-        let layers = try quantizeForMSQ(model, initialBits: 2)
+        let layers = try quantizeForMSQ(model, initialBits: 4)
         let reg = LSBRegularizer(layers: layers, lambda: 1)
         reg.k = [2, 2]
-        #expect(reg.effectiveK(0) == 1 && reg.effectiveK(1) == 1)
+        #expect(reg.effectiveK(0) == 2 && reg.effectiveK(1) == 2)
+        layers[1].quantizer.bits = 3
+        #expect(reg.effectiveK(1) == 1)
         #expect(reg.k(forPath: "fc2") == 2)
         #expect(reg.k(forPath: "nope") == nil)
         _ = reg.measure()
@@ -266,7 +268,7 @@ private func tinyModel(seed: UInt64) -> Sequential {
         }
         let after = reg.measure()
         #expect(after.regularizer < before.regularizer)
-        let meanRate = { (r: LSBReport) in r.layers.map(\.nonzeroRate).reduce(0, +) / Double(r.layers.count) }
+        let meanRate = { (r: LSBReport) in r.layers.compactMap(\.nonzeroRate).reduce(0, +) / Double(r.layers.count) }
         #expect(meanRate(after) < meanRate(before))
     }
 }

@@ -332,6 +332,17 @@ public func sensitivity(traces: [Double], layers: [QuantizedLayer]) -> [Double] 
     }
 }
 
+/// `traces` with each per-weight trace Tr_l/N_l raised to at least 1 % of the mean of
+/// max(Tr_l/N_l, 0) over layers: a floor for Hutchinson estimates of positive semidefinite blocks
+/// that noise made negative or zero (all zero stays zero).
+public func flooredTraces(_ traces: [Double], counts: [Int]) -> [Double] {
+    precondition(traces.count == counts.count, "flooredTraces: \(traces.count) traces for \(counts.count) layers")
+    guard !traces.isEmpty else { return [] }
+    let perWeight = zip(traces, counts).map { $0 / Double(max(1, $1)) }
+    let floor = 0.01 * perWeight.reduce(0) { $0 + max($1, 0) } / Double(perWeight.count)
+    return zip(perWeight, counts).map { max($0, floor) * Double(max(1, $1)) }
+}
+
 /// The aggressive-pruning step per layer (MSQ-SPEC §4): k_l = 1 if Ω_l > mean(Ω), else 2.
 /// (Sensitive layers are pruned gently, one bit; the rest two bits.) Empty input gives `[]`.
 public func aggressivePruningK(omega: [Double]) -> [Int] {

@@ -1,18 +1,50 @@
 import CKernels
+import Foundation
 
 /// One pass of the LSB regulariser over the quantized layers: the value R and per-layer LSB statistics.
 public struct LSBReport {
     /// R(W) = (1/N_total) · Σ_l Σ_i |lsb_{l,i}| (MSQ-SPEC §2, Eq. 6), N_total = Σ_l N_l. Not multiplied by λ.
     public var regularizer: Double
+    /// λ · Σ_l w_l Σ_i |lsb_{l,i}| / N_total: the term added to the loss, with the per-layer
+    /// weights w_l of ``LSBRegularizer/lambdaScaling`` (all 1 for ``LambdaScaling/uniform``).
+    public var weightedRegularizer: Double
     /// Per layer, in the regulariser's layer order: the module path, the LSB nonzero rate
     /// r_l = #{i : lsb_int_{l,i} ≠ 0} / N_l (MSQ-SPEC §3), and Σ_i |lsb_{l,i}| (in double).
-    public var layers: [(path: String, nonzeroRate: Double, absSum: Double)]
+    /// A layer at n_min has no coarser grid: it is neither regularised nor measured, and its rate
+    /// is nil (MSQ-SPEC §2).
+    public var layers: [(path: String, nonzeroRate: Double?, absSum: Double)]
 
     /// Bundles a regulariser value and per-layer statistics.
-    public init(regularizer: Double, layers: [(path: String, nonzeroRate: Double, absSum: Double)]) {
+    public init(regularizer: Double, weightedRegularizer: Double,
+                layers: [(path: String, nonzeroRate: Double?, absSum: Double)]) {
         self.regularizer = regularizer
+        self.weightedRegularizer = weightedRegularizer
         self.layers = layers
     }
+}
+
+/// How λ is weighted per layer: the paper's single λ, or a weight that grows as a layer's
+/// precision falls so the regulariser still acts at the low precisions where decisions are made.
+///
+/// The pull per weight is λ · w_l · 2^(n_l) / (2 s N_total) with w_l = 2^(e · (8 − n_l)):
+/// e = 0 (``uniform``, MSQ-SPEC §2 as written) makes the pull 32x weaker at 3 bits than at 8;
+/// e = 1 (``constantPull``) keeps it at its 8-bit value at every precision.
+public enum LambdaScaling: String, Codable, Sendable, CaseIterable {
+    /// w_l = 1: Eq. 6–7 literally.
+    case uniform
+    /// w_l = 2^(8 − n_l): the pull per weight does not shrink with the precision.
+    case constantPull = "constant-pull"
+
+    /// The exponent e of w_l = 2^(e · (8 − n_l)).
+    var exponent: Double {
+        switch self {
+        case .uniform: 0
+        case .constantPull: 1
+        }
+    }
+
+    /// w_l for a layer at `bits`.
+    public func weight(bits: Int) -> Double { Foundation.pow(2, exponent * Double(8 - bits)) }
 }
 
 /// MSQ's LSB regulariser (MSQ-SPEC §2, paper Eqs. 3, 5–8) over a model's quantized layers.
@@ -24,7 +56,11 @@ public struct LSBReport {
 ///     R(W)    = (1/N_total) · Σ_l Σ_i |lsb_{l,i}|,    N_total = Σ_l N_l
 ///     λ·dR/dW = sign(lsb) · λ · 2^n / (2 s) / N_total             (Eq. 7)
 ///
-/// The objective is L = L_task(Q(W)) + λ·R(W) (Eq. 8). ``apply()`` adds λ·dR/dW into each layer
+/// k is bounded by what the layer may still drop, k_eff = min(k_l, n_l − n_min), and a layer at
+/// n_min is skipped: it has no coarser grid to be pulled to (MSQ-SPEC §2).
+///
+/// The objective is L = L_task(Q(W)) + λ·R(W) (Eq. 8), each layer's term weighted by
+/// ``lambdaScaling``. ``apply()`` adds λ·dR/dW into each layer
 /// weight's `grad` (call it after the task loss's backward, before the optimizer step);
 /// ``measure()`` computes the same statistics without touching gradients. Each layer takes one
 /// fused kernel pass (`msq_lsb_forward_backward`). The layers' precisions are read from their
@@ -36,18 +72,26 @@ public final class LSBRegularizer {
     public var lambda: Double
     /// k_l per layer (same order as ``layers``), the number of LSBs the layer drops at its next
     /// pruning; default 1 (the Hessian-aware scheduler sets 1 or 2). A layer's effective k is
-    /// min(k_l, n_l − 1), since the kernel needs 1 ≤ k < n (a 2-bit layer always uses k = 1).
+    /// min(k_l, n_l − n_min) (``effectiveK(_:)``).
     public var k: [Int] {
         didSet { precondition(k.count == layers.count && k.allSatisfy { $0 >= 1 },
                               "LSBRegularizer: k needs \(layers.count) entries, each >= 1") }
     }
     /// N_total = Σ_l N_l over ``layers``.
     public let totalCount: Int
+    /// n_min: the precision no layer goes below; a layer there is neither regularised nor measured.
+    public let minBits: Int
+    /// The per-layer weight of λ (``LambdaScaling``).
+    public var lambdaScaling: LambdaScaling
 
-    /// A regulariser over `layers` with weight `lambda`; every k_l starts at 1.
-    public init(layers: [QuantizedLayer], lambda: Double) {
+    /// A regulariser over `layers` with weight `lambda` and floor `minBits` (n_min); every k_l
+    /// starts at 1.
+    public init(layers: [QuantizedLayer], lambda: Double, minBits: Int = 2, lambdaScaling: LambdaScaling = .uniform) {
+        precondition(minBits >= 1, "LSBRegularizer: minBits \(minBits) < 1")
         self.layers = layers
         self.lambda = lambda
+        self.minBits = minBits
+        self.lambdaScaling = lambdaScaling
         self.k = Array(repeating: 1, count: layers.count)
         self.totalCount = layers.reduce(0) { $0 + $1.count }
     }
@@ -69,9 +113,10 @@ public final class LSBRegularizer {
         k = next
     }
 
-    /// The k the kernel uses for layer `index`: min(k_l, n_l − 1), at least 1.
+    /// The k the layer at `index` is regularised, measured and pruned with: min(k_l, n_l − n_min);
+    /// 0 for a layer at (or below) n_min, which is skipped.
     public func effectiveK(_ index: Int) -> Int {
-        max(1, min(k[index], layers[index].bits - 1))
+        max(0, min(k[index], layers[index].bits - minBits))
     }
 
     /// Computes R and the per-layer statistics and ADDS λ·dR/dW (Eq. 7, coeff = λ/N_total) into each
@@ -83,12 +128,17 @@ public final class LSBRegularizer {
     public func measure() -> LSBReport { run(accumulateGradient: false) }
 
     private func run(accumulateGradient: Bool) -> LSBReport {
-        guard totalCount > 0 else { return LSBReport(regularizer: 0, layers: []) }
-        let coeff = Float(lambda / Double(totalCount))
-        var total = 0.0
-        var stats: [(path: String, nonzeroRate: Double, absSum: Double)] = []
+        guard totalCount > 0 else { return LSBReport(regularizer: 0, weightedRegularizer: 0, layers: []) }
+        var total = 0.0, weighted = 0.0
+        var stats: [(path: String, nonzeroRate: Double?, absSum: Double)] = []
         stats.reserveCapacity(layers.count)
         for (i, layer) in layers.enumerated() {
+            guard effectiveK(i) > 0 else {
+                stats.append((layer.path, nil, 0))
+                continue
+            }
+            let scale = lambdaScaling.weight(bits: layer.bits)
+            let coeff = Float(lambda * scale / Double(totalCount))
             let p = layer.parameter
             let w = p.value
             let n = w.count, bits = Int32(layer.bits), kk = Int32(effectiveK(i))
@@ -106,8 +156,10 @@ public final class LSBRegularizer {
                 }
             }
             total += absSum
+            weighted += scale * absSum
             stats.append((layer.path, n > 0 ? Double(nonzero) / Double(n) : 0, absSum))
         }
-        return LSBReport(regularizer: total / Double(totalCount), layers: stats)
+        return LSBReport(regularizer: total / Double(totalCount),
+                         weightedRegularizer: lambda * weighted / Double(totalCount), layers: stats)
     }
 }

@@ -30,6 +30,10 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
     /// λ is multiplied by this after every interval that had to force pruning (1 = never raised)
     /// [--lambda-growth].
     public var lambdaGrowth: Double = 1
+    /// How λ is weighted per layer as its precision falls [--lambda-scaling].
+    public var lambdaScaling: LambdaScaling = .uniform
+    /// The order of forced drops and how the deadline closes the gap [--forced-order].
+    public var forcedOrder: ForcedPruningOrder = .estimatedLoss
 
     /// Options with the given target and the defaults above.
     public init(targetCompression: Double) {
@@ -42,6 +46,9 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
             "msq.prune_threshold": String(pruneThreshold), "msq.hessian": String(hessian),
             "msq.hessian_batch": String(hessianBatch), "msq.hessian_probes": String(hessianProbes),
             "msq.hessian_tolerance": String(hessianTolerance), "msq.lambda_growth": String(lambdaGrowth),
+            // Always present: a checkpoint from before the 2026-12 allocation rules was trained
+            // by other rules, and resuming it under these would splice two algorithms.
+            "msq.lambda_scaling": lambdaScaling.rawValue, "msq.forced_order": forcedOrder.rawValue,
         ]) { shared, _ in shared }
             // Only when chosen: checkpoints written before the option existed still resume.
             .merging(hessianMode.map { ["msq.hessian_mode": $0.rawValue] } ?? [:]) { shared, _ in shared }
@@ -117,9 +124,11 @@ public final class MSQTraining: TrainingMethod {
         }
         self.options = options
         self.layers = layers
-        self.regularizer = LSBRegularizer(layers: layers, lambda: options.lambda)
+        self.regularizer = LSBRegularizer(layers: layers, lambda: options.lambda, minBits: options.minBits,
+                                          lambdaScaling: options.lambdaScaling)
         self.scheduler = LSBPruningScheduler(targetCompression: options.targetCompression,
-                                             threshold: options.pruneThreshold, minBits: options.minBits)
+                                             threshold: options.pruneThreshold, minBits: options.minBits,
+                                             forcedOrder: options.forcedOrder)
         self.activationBits = activationBits
         self.activationExcluded = activationExcluded
         self.calibration = calibration
@@ -169,44 +178,20 @@ public final class MSQTraining: TrainingMethod {
         if done % pace.intervalSteps == 0 || done == pace.deadlineStep {
             try pruningInterval(model: model, stepsDone: done, report: report)
         }
-        return regularizer.lambda * report.regularizer
+        return report.weightedRegularizer
     }
 
+    /// One pruning interval (MSQ-SPEC §3–4). `report` is this step's regulariser pass, on the grids
+    /// of the k the layers were regularised toward during the interval: the decisions use it and
+    /// that k. The traces taken here rank the forced drops now and set k for the NEXT interval.
     func pruningInterval(model: Module, stepsDone: Int, report: LSBReport) throws {
         state.intervals += 1
         let counts = layers.map(\.count)
-        var traces: [Double]? = nil
-        var standardErrors: [Double]? = nil
-        var omega: [Double]? = nil
-        if options.hessian, let calibration {
-            let start = Date()
-            let estimator = HutchinsonTrace(model: model, layers: layers, images: calibration.images,
-                                            labels: calibration.labels,
-                                            seed: seed &+ 0x4865_7373 &+ UInt64(state.hessianEstimates),
-                                            maxProbes: options.hessianProbes, minProbes: min(4, options.hessianProbes),
-                                            relativeTolerance: options.hessianTolerance, mode: options.hessianMode)
-            let estimate = try atQuantizedWeights(model: model) { try estimator.estimate() }
-            state.hessianEstimates += 1
-            state.hessianProbesUsed += estimate.probes
-            let seconds = Date().timeIntervalSince(start)
-            state.hessianSeconds += seconds
-            plan.log(String(format: "  Hessian traces (%@): %d probes on %d images, %.1f s; total trace %.4g",
-                            estimator.hvp.mode.rawValue, estimate.probes, calibration.labels.count, seconds,
-                            estimate.totalTrace))
-            traces = estimate.traces
-            standardErrors = estimate.variances.map { $0.squareRoot() }
-            let o = sensitivity(traces: estimate.traces, layers: layers)
-            omega = o
-            regularizer.k = aggressivePruningK(omega: o)
-        } else {
-            regularizer.k = Array(repeating: 1, count: layers.count)
-        }
-        // r_l must be measured against the coarser grid of the k the layer is about to use.
-        let measured = regularizer.k == state.k ? report : regularizer.measure()
-        state.k = regularizer.k
+        let hessian = try estimateTraces(model: model)
         let status = layers.indices.map { i in
             PruningLayerStatus(path: layers[i].path, count: counts[i], bits: layers[i].bits,
-                               nonzeroRate: measured.layers[i].nonzeroRate, k: regularizer.effectiveK(i))
+                               nonzeroRate: report.layers[i].nonzeroRate, k: regularizer.effectiveK(i),
+                               dropLoss: dropLoss(layer: i, traces: hessian?.traces))
         }
         let deadline = pace.isDeadline(stepsDone)
         let budget = pace.budget(stepsDone: stepsDone, initialBits: state.initialBits,
@@ -218,22 +203,69 @@ public final class MSQTraining: TrainingMethod {
             layers[i].quantizer.bits = d.toBits
             state.events.append(PruningEvent(step: stepsDone, epoch: Double(stepsDone) / Double(plan.stepsPerEpoch), decision: d))
         }
+        // k for the next interval, from Ω at the precisions the layers now have.
+        var omega: [Double]? = nil
+        if let hessian {
+            let o = sensitivity(traces: hessian.traces, layers: layers)
+            omega = o
+            regularizer.k = aggressivePruningK(omega: o)
+        } else {
+            regularizer.k = Array(repeating: 1, count: layers.count)
+        }
+        state.k = regularizer.k
         if decisions.contains(where: \.forced) && options.lambdaGrowth > 1 {
             regularizer.lambda *= options.lambdaGrowth
         }
         state.lambda = regularizer.lambda
         state.scheme = QuantizationScheme(quantizedLayers: layers, activationBits: activationBits,
                                           activationExcluded: activationExcluded)
-        printTable(stepsDone: stepsDone, status: status, traces: traces, standardErrors: standardErrors,
+        printTable(stepsDone: stepsDone, status: status, traces: hessian?.raw, standardErrors: hessian?.standardErrors,
                    omega: omega, before: before,
                    decisions: decisions, deadline: deadline, budget: budget)
         if compressionRatio(layers) >= options.targetCompression - 1e-9 {
             state.phase = "finetuning"
             state.finalPhaseStartStep = stepsDone
-            plan.log(String(format: "msq: target reached at step %d (epoch %.2f): C %.2fx (paper %.2fx), %.3f bits average; finetuning at the fixed scheme %@",
+            plan.log(String(format: "msq: target reached at step %d (epoch %.2f): C %.2fx (paper %.2fx), %.3f bits average, overshoot %.2f %%; finetuning at the fixed scheme %@",
                             stepsDone, Double(stepsDone) / Double(plan.stepsPerEpoch), compressionRatio(layers),
-                            compressionRatioPaper(layers), averageWeightBits(layers), bitScheme))
+                            compressionRatioPaper(layers), averageWeightBits(layers),
+                            100 * (compressionRatio(layers) / options.targetCompression - 1), bitScheme))
         }
+    }
+
+    /// Per-layer traces of this interval (nil with the Hessian off): `raw` as estimated, `traces`
+    /// floored at 1 % of the mean positive per-weight trace, since a Hutchinson estimate of a
+    /// Gauss-Newton block (positive semidefinite) can come out negative from cross-layer probe
+    /// noise, and a negative trace would rank a layer as the safest to cut.
+    func estimateTraces(model: Module) throws -> (raw: [Double], traces: [Double], standardErrors: [Double])? {
+        guard options.hessian, let calibration else { return nil }
+        let start = Date()
+        let estimator = HutchinsonTrace(model: model, layers: layers, images: calibration.images,
+                                        labels: calibration.labels,
+                                        seed: seed &+ 0x4865_7373 &+ UInt64(state.hessianEstimates),
+                                        maxProbes: options.hessianProbes, minProbes: min(4, options.hessianProbes),
+                                        relativeTolerance: options.hessianTolerance, mode: options.hessianMode)
+        let estimate = try atQuantizedWeights(model: model) { try estimator.estimate() }
+        state.hessianEstimates += 1
+        state.hessianProbesUsed += estimate.probes
+        let seconds = Date().timeIntervalSince(start)
+        state.hessianSeconds += seconds
+        plan.log(String(format: "  Hessian traces (%@): %d probes on %d images, %.1f s; total trace %.4g",
+                        estimator.hvp.mode.rawValue, estimate.probes, calibration.labels.count, seconds,
+                        estimate.totalTrace))
+        return (estimate.traces, flooredTraces(estimate.traces, counts: layers.map(\.count)),
+                estimate.variances.map { $0.squareRoot() })
+    }
+
+    /// The estimated loss increase of dropping layer `i` by 1, 2, … bits down to n_min
+    /// (MSQ-SPEC §3): Tr(H_l)/N_l · (‖Q_{n−j}(W) − W‖² − ‖Q_n(W) − W‖²), the trace factor left out
+    /// when `traces` is nil (Hessian off).
+    func dropLoss(layer i: Int, traces: [Double]?) -> [Double] {
+        let layer = layers[i]
+        guard layer.bits > options.minBits else { return [] }
+        let precisions = Array((options.minBits...layer.bits).reversed())
+        let errors = layer.quantizer.squaredErrors(of: layer.parameter.value, bits: precisions)
+        let factor = traces.map { $0[i] / Double(max(1, layer.count)) } ?? 1
+        return errors.dropFirst().map { factor * max(0, $0 - errors[0]) }
     }
 
     /// ``atQuantizedWeights(model:layers:_:)`` over this run's layers.
@@ -266,7 +298,7 @@ public final class MSQTraining: TrainingMethod {
                 change = ""
             }
             plan.log("  " + pad(layer.path, width) + lpad(String(layer.count), 8) + lpad(String(before[i]), 5)
-                     + lpad(String(format: "%.4f", status[i].nonzeroRate), 8)
+                     + lpad(status[i].nonzeroRate.map { String(format: "%.4f", $0) } ?? "-", 8)
                      + lpad(traces.map { String(format: "%.3e", $0[i]) } ?? "-", 11)
                      + lpad(standardErrors.map { String(format: "%.1e", $0[i]) } ?? "-", 10)
                      + lpad(omega.map { String(format: "%.3e", $0[i]) } ?? "-", 11)
@@ -297,7 +329,7 @@ public final class MSQTraining: TrainingMethod {
     }
 
     public func summaryFields() -> [String: Any] {
-        pruningRunSummary(paths: layers.map(\.path), counts: layers.map(\.count), bits: layers.map(\.bits),
+        var fields = pruningRunSummary(paths: layers.map(\.path), counts: layers.map(\.count), bits: layers.map(\.bits),
                           targetCompression: options.targetCompression,
                           events: state.events.map { pruningEventObject(step: $0.step, epoch: $0.epoch, decision: $0.decision) },
                           forcedPrunings: state.events.filter(\.decision.forced).count, intervals: state.intervals,
@@ -306,6 +338,13 @@ public final class MSQTraining: TrainingMethod {
                                                   probes: state.hessianProbesUsed, seconds: state.hessianSeconds),
                           activationBits: activationBits, finalPhaseStartStep: state.finalPhaseStartStep,
                           stepsPerEpoch: plan.stepsPerEpoch)
+        // C reached − target, and the same relative to the target (MSQ-SPEC §3: budget wasted).
+        let reached = compressionRatio(layers)
+        fields["overshoot"] = reached - options.targetCompression
+        fields["overshoot_percent"] = 100 * (reached / options.targetCompression - 1)
+        fields["lambda_scaling"] = options.lambdaScaling.rawValue
+        fields["forced_order"] = options.forcedOrder.rawValue
+        return fields
     }
 }
 

@@ -153,5 +153,6 @@ func pruningRunSummary(paths: [String], counts: [Int], bits: [Int], targetCompre
 /// One precision change as a `summary.json` object: MSQ's keys, which the bit-level methods extend.
 func pruningEventObject(step: Int, epoch: Double, decision: PruningDecision) -> [String: Any] {
     ["step": step, "epoch": epoch, "layer": decision.path, "from_bits": decision.fromBits,
-     "to_bits": decision.toBits, "nonzero_rate": decision.nonzeroRate, "forced": decision.forced]
+     "to_bits": decision.toBits, "nonzero_rate": decision.nonzeroRate ?? NSNull(), "forced": decision.forced,
+     "estimated_loss": decision.estimatedLoss ?? NSNull()]
 }
