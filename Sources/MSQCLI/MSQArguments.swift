@@ -25,6 +25,8 @@ struct MSQArguments: ParsableArguments {
     var hessian: String?
     @Option(help: "How Hessian-vector products are computed: auto (Gauss-Newton for piecewise-linear CNNs, else the exact R-operator), exact, gauss-newton, central-difference (the old float32 reference). msq only.")
     var hessianMode: String?
+    @Option(help: "How the per-layer traces are estimated: hutchinson (Rademacher probes through Hessian-vector products) or sampled-gauss-newton (gradients at labels sampled from the model's softmax: never negative, no cross-layer noise). msq only.")
+    var hessianTrace: String?
     @Option(help: "Calibration images for the Hessian traces (default 64). msq only.")
     var hessianBatch: Int?
     @Option(help: "Most Hutchinson probes per trace estimate (default 8). msq only.")
@@ -45,7 +47,7 @@ struct MSQArguments: ParsableArguments {
             "--target-compression": targetCompression != nil, "--weight-bits": weightBits != nil,
             "--act-bits": actBits != nil, "--lambda": lambda != nil, "--prune-threshold": pruneThreshold != nil,
             "--prune-interval": pruneInterval != nil, "--prune-deadline": pruneDeadline != nil,
-            "--min-bits": minBits != nil, "--hessian": hessian != nil, "--hessian-mode": hessianMode != nil, "--hessian-batch": hessianBatch != nil,
+            "--min-bits": minBits != nil, "--hessian": hessian != nil, "--hessian-mode": hessianMode != nil, "--hessian-trace": hessianTrace != nil, "--hessian-batch": hessianBatch != nil,
             "--hessian-probes": hessianProbes != nil, "--lambda-growth": lambdaGrowth != nil,
             "--lambda-scaling": lambdaScaling != nil, "--forced-order": forcedOrder != nil,
             "--dorefa-scaled": dorefaScaled,
@@ -57,8 +59,8 @@ struct MSQArguments: ParsableArguments {
     static let applicable: [String: Set<String>] = [
         "fp": [],
         "msq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
-                "--prune-deadline", "--min-bits", "--hessian", "--hessian-mode", "--hessian-batch", "--hessian-probes",
-                "--lambda-growth", "--lambda-scaling", "--forced-order"],
+                "--prune-deadline", "--min-bits", "--hessian", "--hessian-mode", "--hessian-trace", "--hessian-batch",
+                "--hessian-probes", "--lambda-growth", "--lambda-scaling", "--forced-order"],
         "dorefa": ["--weight-bits", "--act-bits", "--dorefa-scaled"],
         "bsq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
                 "--prune-deadline", "--min-bits"],
@@ -107,6 +109,12 @@ struct MSQArguments: ParsableArguments {
                 throw ValidationError("--hessian-mode must be auto, \(HessianMode.allCases.map(\.rawValue).joined(separator: ", ")) (got \(hessianMode))")
             }
             o.hessianMode = mode
+        }
+        if let hessianTrace {
+            guard let value = TraceEstimator(rawValue: hessianTrace) else {
+                throw ValidationError("--hessian-trace must be \(TraceEstimator.allCases.map(\.rawValue).joined(separator: " or ")) (got \(hessianTrace))")
+            }
+            o.hessianTrace = value
         }
         if let hessianBatch { o.hessianBatch = hessianBatch }
         if let hessianProbes { o.hessianProbes = hessianProbes }

@@ -219,4 +219,36 @@ struct AllocationTests {
         #expect(t == [10, 0.04, 0.05, 30])
         #expect(flooredTraces([0, 0], counts: [1, 1]) == [0, 0])
     }
+
+    @Test("sampled-label Gauss-Newton traces agree with the exact Gauss-Newton traces (unit-vector HVPs)")
+    func sampledGaussNewtonTrace() throws {
+        let model = twoLayerModel(seed: 11)
+        let layers = try quantizeForMSQ(model, initialBits: 8)
+        var rng = RandomSource(seed: 3)
+        var images = Tensor(shape: [12, 8])
+        images.withUnsafeMutablePointer { p in for i in 0..<96 { p[i] = rng.nextGaussian() } }
+        let labels = (0..<12).map { Int32($0 % 4) }
+        for layer in layers { layer.quantizer.isBypassed = true }
+        defer { for layer in layers { layer.quantizer.isBypassed = false } }
+        // Exact: Σ_k e_kᵀ G e_k over every weight of the layer.
+        let hvp = HessianVectorProduct(model: model, layers: layers, images: images, labels: labels, mode: .gaussNewton)
+        let counts = layers.map(\.count)
+        var exact = [Double](repeating: 0, count: layers.count)
+        for (l, n) in counts.enumerated() {
+            for k in 0..<n {
+                var v = counts.map { [Double](repeating: 0, count: $0) }
+                v[l][k] = 1
+                exact[l] += try hvp.apply(v)[l][k]
+            }
+        }
+        let estimate = try SampledGaussNewtonTrace(model: model, layers: layers, images: images, seed: 5,
+                                                   maxProbes: 600, minProbes: 600, relativeTolerance: 0).estimate()
+        #expect(estimate.probes == 600)
+        for l in layers.indices {
+            let se = estimate.variances[l].squareRoot()
+            #expect(exact[l] > 0)
+            #expect(abs(estimate.traces[l] - exact[l]) <= 4 * se, "layer \(l): \(estimate.traces[l]) vs exact \(exact[l]) ± \(se)")
+            #expect(se < 0.1 * exact[l])
+        }
+    }
 }

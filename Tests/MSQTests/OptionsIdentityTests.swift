@@ -14,6 +14,7 @@ struct OptionsIdentityTests {
             "msq.hessian": "true", "msq.hessian_batch": "64", "msq.hessian_probes": "8",
             "msq.hessian_tolerance": "0.05", "msq.lambda_growth": "1.0",
             "msq.lambda_scaling": "uniform", "msq.forced_order": "estimated-loss",
+            "msq.hessian_trace": "hutchinson",
         ])
     }
 

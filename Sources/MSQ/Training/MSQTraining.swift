@@ -21,6 +21,8 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
     /// How the HVPs are computed; nil = ``HessianMode/automatic(for:)`` (Gauss-Newton for the
     /// ResNets, which are piecewise linear in each layer's weights) [--hessian-mode].
     public var hessianMode: HessianMode? = nil
+    /// Which estimator gives the per-layer traces [--hessian-trace].
+    public var hessianTrace: TraceEstimator = .hutchinson
     /// Calibration images for the Hessian (the first N training images, no augmentation) [--hessian-batch].
     public var hessianBatch: Int = 64
     /// m_max, the most Hutchinson probes per estimate [--hessian-probes].
@@ -49,6 +51,7 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
             // Always present: a checkpoint from before the 2026-12 allocation rules was trained
             // by other rules, and resuming it under these would splice two algorithms.
             "msq.lambda_scaling": lambdaScaling.rawValue, "msq.forced_order": forcedOrder.rawValue,
+            "msq.hessian_trace": hessianTrace.rawValue,
         ]) { shared, _ in shared }
             // Only when chosen: checkpoints written before the option existed still resume.
             .merging(hessianMode.map { ["msq.hessian_mode": $0.rawValue] } ?? [:]) { shared, _ in shared }
@@ -239,19 +242,31 @@ public final class MSQTraining: TrainingMethod {
     func estimateTraces(model: Module) throws -> (raw: [Double], traces: [Double], standardErrors: [Double])? {
         guard options.hessian, let calibration else { return nil }
         let start = Date()
-        let estimator = HutchinsonTrace(model: model, layers: layers, images: calibration.images,
-                                        labels: calibration.labels,
-                                        seed: seed &+ 0x4865_7373 &+ UInt64(state.hessianEstimates),
-                                        maxProbes: options.hessianProbes, minProbes: min(4, options.hessianProbes),
-                                        relativeTolerance: options.hessianTolerance, mode: options.hessianMode)
-        let estimate = try atQuantizedWeights(model: model) { try estimator.estimate() }
+        let traceSeed = seed &+ 0x4865_7373 &+ UInt64(state.hessianEstimates)
+        let estimate: HessianTraceEstimate
+        let how: String
+        switch options.hessianTrace {
+        case .hutchinson:
+            let estimator = HutchinsonTrace(model: model, layers: layers, images: calibration.images,
+                                            labels: calibration.labels, seed: traceSeed,
+                                            maxProbes: options.hessianProbes, minProbes: min(4, options.hessianProbes),
+                                            relativeTolerance: options.hessianTolerance, mode: options.hessianMode)
+            estimate = try atQuantizedWeights(model: model) { try estimator.estimate() }
+            how = "Hutchinson, " + estimator.hvp.mode.rawValue
+        case .sampledGaussNewton:
+            let estimator = SampledGaussNewtonTrace(model: model, layers: layers, images: calibration.images,
+                                                    seed: traceSeed, maxProbes: options.hessianProbes,
+                                                    minProbes: min(4, options.hessianProbes),
+                                                    relativeTolerance: options.hessianTolerance)
+            estimate = try atQuantizedWeights(model: model) { try estimator.estimate() }
+            how = "sampled Gauss-Newton"
+        }
         state.hessianEstimates += 1
         state.hessianProbesUsed += estimate.probes
         let seconds = Date().timeIntervalSince(start)
         state.hessianSeconds += seconds
         plan.log(String(format: "  Hessian traces (%@): %d probes on %d images, %.1f s; total trace %.4g",
-                        estimator.hvp.mode.rawValue, estimate.probes, calibration.labels.count, seconds,
-                        estimate.totalTrace))
+                        how, estimate.probes, calibration.labels.count, seconds, estimate.totalTrace))
         return (estimate.traces, flooredTraces(estimate.traces, counts: layers.map(\.count)),
                 estimate.variances.map { $0.squareRoot() })
     }
