@@ -37,6 +37,8 @@ struct MSQArguments: ParsableArguments {
     var lambdaScaling: String?
     @Option(help: "Which layers are forced down when the target needs it: estimated-loss (least estimated loss increase per stored bit saved, Hessian-weighted when --hessian on; default) or nonzero-rate (the paper's wording: lowest LSB nonzero rate first). msq only.")
     var forcedOrder: String?
+    @Option(help: "hawq: float training before the traces are taken, in epochs (default 1; 0 after --init-from).")
+    var hawqWarmup: Double?
     @Flag(help: "dorefa: multiply each layer's quantized weights by max|W| (DoReFa's weights are in [-1, 1] otherwise).")
     var dorefaScaled = false
 
@@ -50,6 +52,7 @@ struct MSQArguments: ParsableArguments {
             "--min-bits": minBits != nil, "--hessian": hessian != nil, "--hessian-mode": hessianMode != nil, "--hessian-trace": hessianTrace != nil, "--hessian-batch": hessianBatch != nil,
             "--hessian-probes": hessianProbes != nil, "--lambda-growth": lambdaGrowth != nil,
             "--lambda-scaling": lambdaScaling != nil, "--forced-order": forcedOrder != nil,
+            "--hawq-warmup": hawqWarmup != nil,
             "--dorefa-scaled": dorefaScaled,
         ]
         return given.filter { $0.value }.map { $0.key }
@@ -64,6 +67,8 @@ struct MSQArguments: ParsableArguments {
         "dorefa": ["--weight-bits", "--act-bits", "--dorefa-scaled"],
         "bsq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
                 "--prune-deadline", "--min-bits"],
+        "hawq": ["--target-compression", "--weight-bits", "--min-bits", "--hessian-trace", "--hessian-batch",
+                 "--hessian-probes", "--hawq-warmup"],
         "csq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-interval", "--prune-deadline",
                 "--min-bits"],
     ]
@@ -180,6 +185,33 @@ struct MSQArguments: ParsableArguments {
         if let weightBits { o.initialBits = weightBits }
         try checkActivationBits()
         return o
+    }
+
+    /// HAWQ's options (`--method hawq`).
+    func hawqOptions() throws -> HAWQOptions {
+        guard let target = targetCompression else {
+            throw ValidationError("--method hawq needs --target-compression (e.g. 10.67 for 3 bits per weight on average)")
+        }
+        var o = HAWQOptions(targetCompression: target)
+        if let weightBits { o.maxBits = weightBits }
+        if let minBits { o.minBits = minBits }
+        if let hawqWarmup { o.warmupEpochs = hawqWarmup }
+        if let hessianBatch { o.hessianBatch = hessianBatch }
+        if let hessianProbes { o.hessianProbes = hessianProbes }
+        if let hessianTrace {
+            guard let value = TraceEstimator(rawValue: hessianTrace) else {
+                throw ValidationError("--hessian-trace must be \(TraceEstimator.allCases.map(\.rawValue).joined(separator: " or ")) (got \(hessianTrace))")
+            }
+            o.hessianTrace = value
+        }
+        return o
+    }
+
+    /// Quantizes `model` at --weight-bits and builds the HAWQ method.
+    func makeHAWQ(model: any Module, options: HAWQOptions, data: LoadedData, seed: UInt64) throws -> HAWQTraining {
+        let layers = try quantizeForMSQ(model, initialBits: options.maxBits)
+        let calibration = try calibrationBatch(from: data.train, normalization: data.normalization, count: options.hessianBatch)
+        return try HAWQTraining(layers: layers, options: options, calibration: calibration, seed: seed)
     }
 
     /// The activation part of a method's run fingerprint.

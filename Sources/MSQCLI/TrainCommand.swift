@@ -17,7 +17,7 @@ struct TrainCommand: ParsableCommand {
     var dataset: String = "fashion-mnist"
     @Option(help: "Dataset directory (default for fashion-mnist: /usr/share/datasets/fashion-mnist).")
     var dataDir: String?
-    @Option(help: "Training method: fp (float), msq (LSB pruning to --target-compression), or the baselines dorefa (uniform QAT at --weight-bits), bsq (bit-plane group lasso to --target-compression), csq (continuous sparsification of bits and bit masks to --target-compression).")
+    @Option(help: "Training method: fp (float), msq (LSB pruning to --target-compression), or the baselines dorefa (uniform QAT at --weight-bits), hawq (float warm-up, Hessian traces, the least-Ω scheme for --target-compression by dynamic programming, then QAT), bsq (bit-plane group lasso to --target-compression), csq (continuous sparsification of bits and bit masks to --target-compression).")
     var method: String = "fp"
     @Option(help: "Number of epochs.")
     var epochs: Int = 2
@@ -52,15 +52,15 @@ struct TrainCommand: ParsableCommand {
     @Flag(help: "Continue the run whose checkpoint is in --out.")
     var resume = false
 
-    @OptionGroup(title: "Quantized methods (--method msq, dorefa, bsq, csq)")
+    @OptionGroup(title: "Quantized methods (--method msq, dorefa, bsq, csq, hawq)")
     var msq: MSQArguments
 
     func run() throws {
         guard let kind = ModelKind(rawValue: model) else {
             throw ValidationError("unknown --model \(model); choose one of \(ModelKind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        guard ["fp", "msq", "dorefa", "bsq", "csq"].contains(method) else {
-            throw ValidationError("unknown --method \(method); choose fp, msq, dorefa, bsq or csq")
+        guard ["fp", "msq", "dorefa", "bsq", "csq", "hawq"].contains(method) else {
+            throw ValidationError("unknown --method \(method); choose fp, msq, dorefa, bsq, csq or hawq")
         }
         try msq.refuseInapplicable(method: method)
         if resume && out == nil { throw ValidationError("--resume needs the --out directory of the run to continue") }
@@ -85,6 +85,7 @@ struct TrainCommand: ParsableCommand {
         var doReFaOptions: DoReFaOptions? = nil
         var bsqOptions: BSQOptions? = nil
         var csqOptions: CSQOptions? = nil
+        var hawqOptions: HAWQOptions? = nil
         switch method {
         case "msq":
             let options = try msq.options()
@@ -104,6 +105,10 @@ struct TrainCommand: ParsableCommand {
             let options = try msq.csqOptions()
             csqOptions = options
             config.methodOptions = options.identity.merging(["csq.act_bits": msq.actBitsIdentity]) { a, _ in a }
+        case "hawq":
+            let options = try msq.hawqOptions()
+            hawqOptions = options
+            config.methodOptions = options.identity
         default:
             break
         }
@@ -122,6 +127,8 @@ struct TrainCommand: ParsableCommand {
             trainingMethod = try BSQTraining(model: network, options: bsqOptions, activationBits: msq.actBits)
         } else if let csqOptions {
             trainingMethod = try CSQTraining(model: network, options: csqOptions, activationBits: msq.actBits)
+        } else if let hawqOptions {
+            trainingMethod = try msq.makeHAWQ(model: network, options: hawqOptions, data: data, seed: seed)
         } else {
             trainingMethod = FloatTraining()
         }
