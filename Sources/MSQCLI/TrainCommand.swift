@@ -51,6 +51,8 @@ struct TrainCommand: ParsableCommand {
     var out: String?
     @Flag(help: "Continue the run whose checkpoint is in --out.")
     var resume = false
+    @Option(help: ArgumentHelp("Start from the weights and batch-norm statistics of an earlier run's checkpoint (e.g. a float run's checkpoint.msqckpt), any --method; its optimizer state, step and method state are not taken (the run starts at step 0). Same model and shapes required. Part of the run fingerprint (content hash); with --resume the run's own checkpoint wins, but the file must still be there and unchanged.", valueName: "checkpoint"))
+    var initFrom: String?
 
     @OptionGroup(title: "Quantized methods (--method msq, dorefa, bsq, csq)")
     var msq: MSQArguments
@@ -113,6 +115,15 @@ struct TrainCommand: ParsableCommand {
                                            limitTrain: config.limitTrain, limitTest: config.limitTest, seed: seed)
         let network = makeModel(kind, inputChannels: data.train.sampleShape[0], numClasses: data.train.numClasses, seed: seed)
         let outDir = out ?? defaultOutputDirectory()
+        if let initFrom {
+            // Before any quantizer is attached: BSQ and CSQ build their bit variables from these weights.
+            let loaded = try loadWeights(from: initFrom, into: network, expectedModel: model)
+            config.initFrom = loaded
+            writeLine("init-from \(initFrom): \(loaded.tensorCount) tensors (weights and batch-norm statistics) of a "
+                      + "\(loaded.sourceMethod ?? "?") run after \(loaded.sourceEpochs) epochs, weights_fnv1a64 \(loaded.weightsHashHex)"
+                      + (loaded.ignored.isEmpty ? "" : "; not taken: \(loaded.ignored.count) PACT clip levels")
+                      + "; optimizer state and step are not taken (step 0)")
+        }
         let trainingMethod: TrainingMethod
         if let msqOptions {
             trainingMethod = try msq.makeMethod(model: network, options: msqOptions, data: data, seed: seed)
