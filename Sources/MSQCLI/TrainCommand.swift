@@ -87,7 +87,10 @@ struct TrainCommand: ParsableCommand {
         var doReFaOptions: DoReFaOptions? = nil
         var bsqOptions: BSQOptions? = nil
         var csqOptions: CSQOptions? = nil
+        let schemeSpec = try msq.bitSchemeSpec()
         switch method {
+        case "msq" where schemeSpec != nil:
+            break  // options from the resolved scheme, once the model is built
         case "msq":
             let options = try msq.options()
             msqOptions = options
@@ -124,11 +127,30 @@ struct TrainCommand: ParsableCommand {
                       + (loaded.ignored.isEmpty ? "" : "; not taken: \(loaded.ignored.count) PACT clip levels")
                       + "; optimizer state and step are not taken (step 0)")
         }
+        var fixedScheme: [QuantizationScheme.LayerBits]? = nil
+        if let schemeSpec {
+            let resolved = try schemeSpec.resolve(layerPaths: quantizableLayers(of: network).map(\.path))
+            fixedScheme = resolved
+            config.bitScheme = bitSchemeLine(resolved)
+            let counts = quantizableLayers(of: network).compactMap { _, m in ((m as? Conv2d)?.weight ?? (m as? Linear)?.weight)?.value.count }
+            let bits = resolved.map(\.bits)
+            let total = Double(counts.reduce(0, +))
+            let stored = zip(counts, bits).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+            let magnitude = zip(counts, bits).reduce(0.0) { $0 + Double($1.0) * Double($1.1 - 1) }
+            writeLine(String(format: "bit scheme (fixed from step 0): %d layers, %.3f bits average, C %.3fx (sign counted; paper-style magnitude bits: %.3fx)",
+                             resolved.count, stored / total, 32 * total / stored, 32 * total / magnitude))
+            writeLine("  " + config.bitScheme!)
+        }
         let trainingMethod: TrainingMethod
-        if let msqOptions {
+        if method == "msq", let fixedScheme {
+            let (fixed, options) = try msq.makeFixedSchemeMethod(model: network, scheme: fixedScheme, seed: seed)
+            config.methodOptions = options.identity.merging(["msq.act_bits": msq.actBitsIdentity]) { a, _ in a }
+            trainingMethod = fixed
+        } else if let msqOptions {
             trainingMethod = try msq.makeMethod(model: network, options: msqOptions, data: data, seed: seed)
         } else if let doReFaOptions {
-            trainingMethod = try DoReFaTraining(model: network, options: doReFaOptions, activationBits: msq.actBits)
+            trainingMethod = try DoReFaTraining(model: network, options: doReFaOptions, activationBits: msq.actBits,
+                                                bitScheme: fixedScheme)
         } else if let bsqOptions {
             trainingMethod = try BSQTraining(model: network, options: bsqOptions, activationBits: msq.actBits)
         } else if let csqOptions {

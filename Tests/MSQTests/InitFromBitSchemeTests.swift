@@ -2,7 +2,8 @@ import Foundation
 import MSQ
 import Testing
 
-// `msq train --init-from` (loadWeights) and its fingerprint entry (issue 13, item 5).
+// `msq train --init-from` (loadWeights) and `--bit-scheme` (BitSchemeSpec, MSQTraining's fixedScheme,
+// DoReFaTraining's bitScheme), and the fingerprint entries of both (issue 13, item 5).
 
 /// Float32 bit patterns, for bitwise comparisons.
 private func bitPatterns(_ t: Tensor) -> [UInt32] { t.scalars.map(\.bitPattern) }
@@ -24,6 +25,14 @@ private func writeModelCheckpoint(_ model: any Module, modelName: String, to pat
                                    rngState: [1, 2, 3, 4], methodState: "{}",
                                    tensors: params.map { CheckpointTensor(name: $0.name, shape: $0.parameter.value.shape) })
     try Checkpoint(header: header, tensorData: params.map(\.parameter.value)).write(to: path)
+}
+
+/// The tiny ResNet-20's quantized layer paths, in walk order.
+private let tinyPaths: [String] = quantizableLayers(of: makeModel(.resnet20, inputChannels: 1, numClasses: 4, seed: 0)).map(\.path)
+
+/// A mixed scheme over the tiny ResNet-20 touching 2…8 bits.
+private let mixedScheme: [QuantizationScheme.LayerBits] = tinyPaths.enumerated().map { i, path in
+    .init(path: path, bits: [8, 3, 2, 5, 4, 6][i % 6])
 }
 
 /// Expects `body` to throw exactly `expected`.
@@ -182,5 +191,214 @@ struct InitFromTests {
         let resumed = try trainer(initFrom: a, out: out)
         try resumed.run(resume: true)
         #expect(weights(resumed.model) == weights(straight.model))
+    }
+}
+
+@Suite("Bit schemes", .serialized)
+struct BitSchemeTests {
+    @Test("inline, one-per-line file, bit_scheme line and summary.json forms parse alike; * is the default")
+    func parsing() throws {
+        let inline = try BitSchemeSpec.load("conv1:8,fc:4,*:3")
+        #expect(inline.entries == [.init(path: "conv1", bits: 8), .init(path: "fc", bits: 4)])
+        #expect(inline.defaultBits == 3)
+        let resolved = try inline.resolve(layerPaths: tinyPaths)
+        #expect(resolved.map(\.path) == tinyPaths)
+        #expect(resolved.map(\.bits) == tinyPaths.map { $0 == "conv1" ? 8 : $0 == "fc" ? 4 : 3 })
+
+        let line = bitSchemeLine(mixedScheme)
+        #expect(try BitSchemeSpec.parse(line, origin: "log").resolve(layerPaths: tinyPaths) == mixedScheme)
+
+        let dir = freshDirectory()
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let file = dir + "/scheme.txt"
+        try ("# seed 0's scheme\n\n" + mixedScheme.map { "\($0.path):\($0.bits)  # layer" }.joined(separator: "\n") + "\n")
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(try BitSchemeSpec.load(file).resolve(layerPaths: tinyPaths) == mixedScheme)
+        let summary = dir + "/summary.json"
+        let json = try JSONSerialization.data(withJSONObject: ["bit_scheme": line, "compression_ratio": 9.1])
+        try json.write(to: URL(fileURLWithPath: summary))
+        #expect(try BitSchemeSpec.load(summary).resolve(layerPaths: tinyPaths) == mixedScheme)
+
+        let bad = dir + "/bad.txt"
+        try "conv1:8\nfc 3\n".write(toFile: bad, atomically: true, encoding: .utf8)
+        expectError(BitSchemeError.syntax(origin: bad, line: 2, entry: "fc", reason: "no ':'")) { _ = try BitSchemeSpec.load(bad) }
+    }
+
+    @Test("unknown paths, bits outside 2...16, duplicates, unnamed layers and bad syntax are refused with typed errors")
+    func errors() throws {
+        expectError(BitSchemeError.bitsOutOfRange(path: "conv1", bits: 1)) { _ = try BitSchemeSpec.load("conv1:1,fc:4") }
+        expectError(BitSchemeError.bitsOutOfRange(path: "fc", bits: 17)) { _ = try BitSchemeSpec.load("conv1:8,fc:17") }
+        expectError(BitSchemeError.bitsOutOfRange(path: "*", bits: 0)) { _ = try BitSchemeSpec.load("*:0") }
+        expectError(BitSchemeError.duplicate(path: "conv1")) { _ = try BitSchemeSpec.load("conv1:8,fc:4,conv1:4") }
+        expectError(BitSchemeError.duplicate(path: "*")) { _ = try BitSchemeSpec.load("*:4,*:3") }
+        expectError(BitSchemeError.syntax(origin: "\"conv1:8:2\"", line: 0, entry: "conv1:8:2", reason: "more than one ':'")) {
+            _ = try BitSchemeSpec.load("conv1:8:2")
+        }
+        expectError(BitSchemeError.syntax(origin: "\"conv1:x\"", line: 0, entry: "conv1:x", reason: "bits must be an integer")) {
+            _ = try BitSchemeSpec.load("conv1:x")
+        }
+        expectError(BitSchemeError.noSuchFile("/nonexistent/scheme.txt")) { _ = try BitSchemeSpec.load("/nonexistent/scheme.txt") }
+        expectError(BitSchemeError.empty(origin: "\",\"")) { _ = try BitSchemeSpec.parse(",", origin: "\",\"") }
+
+        let unknown = try BitSchemeSpec.load("conv1:8,layer9.0.conv1:3,*:4")
+        expectError(BitSchemeError.unknownLayers(["layer9.0.conv1"], valid: tinyPaths)) { _ = try unknown.resolve(layerPaths: tinyPaths) }
+        let message = BitSchemeError.unknownLayers(["layer9.0.conv1"], valid: tinyPaths).description
+        #expect(message.contains("layer9.0.conv1") && message.contains("layer3.2.conv2") && message.contains("fc"))
+        let partial = try BitSchemeSpec.load("conv1:8,fc:4")
+        expectError(BitSchemeError.missingLayers(Array(tinyPaths.dropFirst().dropLast()), valid: tinyPaths)) {
+            _ = try partial.resolve(layerPaths: tinyPaths)
+        }
+        // Entries built in code are checked by resolve too.
+        expectError(BitSchemeError.duplicate(path: "fc")) {
+            _ = try BitSchemeSpec(entries: [.init(path: "fc", bits: 3), .init(path: "fc", bits: 4)], defaultBits: 4)
+                .resolve(layerPaths: tinyPaths)
+        }
+    }
+
+    /// The tiny MSQ run at `scheme`, fixed from step 0, as `msq train --method msq --bit-scheme`
+    /// builds it: TinyTrainingSetup's, or with `exportable` Fashion-MNIST-shaped synthetic images
+    /// (1×28×28, 10 classes, 32 training images: 2-step epochs) recorded as `fashion-mnist`, so that
+    /// `msq export` rebuilds the network from the run description.
+    private struct FixedSchemeRun {
+        var config: TrainingConfig
+        let train: SyntheticDataset
+        let test: SyntheticDataset
+        let normalization = Normalization(mean: [0.5], std: [0.3])
+        let classes: Int
+        var scheme: [QuantizationScheme.LayerBits]
+
+        init(scheme: [QuantizationScheme.LayerBits], epochs: Int, exportable: Bool = false) throws {
+            self.scheme = scheme
+            let setup = try TinyTrainingSetup(method: "msq", epochs: epochs)
+            config = setup.config
+            config.bitScheme = bitSchemeLine(scheme)
+            if exportable {
+                train = try SyntheticDataset(count: 32, sampleShape: [1, 28, 28], numClasses: 10, seed: 1)
+                test = try SyntheticDataset(count: 16, sampleShape: [1, 28, 28], numClasses: 10, seed: 2)
+                config.dataset = "fashion-mnist"
+                classes = 10
+            } else {
+                train = setup.train
+                test = setup.test
+                classes = 4
+            }
+        }
+
+        func make(out: String, wrap: (MSQTraining) -> TrainingMethod = { $0 }) throws -> (Trainer, MSQTraining, [QuantizedLayer]) {
+            let model = MSQ.makeModel(.resnet20, inputChannels: 1, numClasses: classes, seed: config.seed)
+            let layers = try QuantizationScheme(layers: scheme).apply(to: model)
+            var options = MSQOptions(targetCompression: compressionRatio(layers))
+            options.hessian = false
+            var c = config
+            c.methodOptions = options.identity
+            let method = try MSQTraining(layers: layers, options: options, calibration: nil, seed: config.seed,
+                                         fixedScheme: true)
+            let trainer = Trainer(config: c, model: model, method: wrap(method), train: train, test: test,
+                                  normalization: normalization, outDirectory: out, log: { _ in })
+            return (trainer, method, layers)
+        }
+    }
+
+    /// Checks at every step that the precisions are the scheme's and that the method adds nothing
+    /// to the loss or the gradients (no LSB regulariser, no pruning).
+    private final class SchemeWatcher: TrainingMethod {
+        let inner: MSQTraining
+        let layers: [QuantizedLayer]
+        let scheme: [Int]
+        var steps = 0
+        init(_ inner: MSQTraining, scheme: [Int]) {
+            self.inner = inner
+            self.layers = inner.layers
+            self.scheme = scheme
+        }
+        var name: String { inner.name }
+        func prepare(model: Module, plan: TrainingPlan) throws {
+            try inner.prepare(model: model, plan: plan)
+            #expect(layers.map(\.bits) == scheme)
+        }
+        func afterBackward(model: Module, epoch: Int, step: Int) throws -> Double {
+            let grads = model.trainableParameters().map { bitPatterns($0.grad) }
+            #expect(layers.map(\.bits) == scheme)
+            let extra = try inner.afterBackward(model: model, epoch: epoch, step: step)
+            #expect(extra == 0)
+            #expect(model.trainableParameters().map { bitPatterns($0.grad) } == grads)
+            #expect(layers.map(\.bits) == scheme)
+            steps += 1
+            return extra
+        }
+        func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws {
+            try inner.endOfEpoch(model: model, epoch: epoch, log: log)
+            #expect(layers.map(\.bits) == scheme)
+        }
+        func encodeState() throws -> String { try inner.encodeState() }
+        func restoreState(_ json: String) throws { try inner.restoreState(json) }
+        func summaryFields() -> [String: Any] { inner.summaryFields() }
+    }
+
+    @Test("a fixed-scheme MSQ run keeps exactly that scheme at every step and never regularises or prunes")
+    func fixedSchemeIsPlainQAT() throws {
+        let run = try FixedSchemeRun(scheme: mixedScheme, epochs: 3)
+        var watcher: SchemeWatcher?
+        let (trainer, method, layers) = try run.make(out: freshDirectory()) { m in
+            let w = SchemeWatcher(m, scheme: mixedScheme.map(\.bits))
+            watcher = w
+            return w
+        }
+        #expect(method.isFinetuning && method.fixedScheme)
+        let summary = try trainer.run(resume: false)
+        #expect(watcher?.steps == 9)
+        #expect(method.events.isEmpty)
+        #expect(summary["bit_scheme"] as? String == bitSchemeLine(mixedScheme))
+        #expect(summary["given_bit_scheme"] as? String == bitSchemeLine(mixedScheme))
+        #expect(summary["fixed_scheme"] as? Bool == true)
+        #expect(summary["pruning_intervals"] as? Int == 0)
+        #expect(summary["hessian_estimates"] as? Int == 0)
+        #expect(summary["final_phase_start_step"] as? Int == 0)
+        let c = try #require(summary["compression_ratio"] as? Double)
+        let cp = try #require(summary["compression_ratio_paper"] as? Double)
+        #expect(c == compressionRatio(layers) && cp == compressionRatioPaper(layers))
+        #expect(c > 5 && c < 16 && cp > c)
+    }
+
+    @Test("a fixed-scheme MSQ run resumes bit for bit, refuses another --bit-scheme, and exports and evaluates as an MSQ run")
+    func fixedSchemeResumeAndExport() throws {
+        let run = try FixedSchemeRun(scheme: mixedScheme, epochs: 2, exportable: true)
+        let (reference, _, _) = try run.make(out: freshDirectory())
+        let summary = try reference.run(resume: false)
+
+        let dir = freshDirectory()
+        #expect(throws: CrashAfterEpoch.Crash.self) {
+            try run.make(out: dir, wrap: { CrashAfterEpoch($0, crashEpoch: 2) }).0.run(resume: false)
+        }
+        var other = mixedScheme
+        other[1].bits = 4
+        try expectResumeRefused(try FixedSchemeRun(scheme: other, epochs: 2, exportable: true).make(out: dir).0,
+                                naming: "bit_scheme")
+        let (resumed, resumedMethod, _) = try run.make(out: dir)
+        try resumed.run(resume: true)
+        #expect(weights(resumed.model) == weights(reference.model))
+        #expect(resumedMethod.bitScheme == bitSchemeLine(mixedScheme))
+
+        let ckpt = try Checkpoint.read(from: dir + "/" + Trainer.checkpointName)
+        let packed = try PackedModel.export(checkpoint: ckpt)
+        #expect(packed.scheme.layers == mixedScheme)
+        let deployed = try packed.makeModule()
+        let eval = evaluate(deployed, on: run.test, normalization: run.normalization, batchSize: 256)
+        #expect(eval.accuracy == summary["test_accuracy"] as? Double)
+    }
+
+    @Test("DoReFa takes a per-layer scheme; one naming an unknown layer is refused before anything is attached")
+    func doReFaScheme() throws {
+        let model = makeModel(.resnet20, inputChannels: 1, numClasses: 4, seed: 0)
+        let method = try DoReFaTraining(model: model, options: DoReFaOptions(weightBits: 8), bitScheme: mixedScheme)
+        #expect(method.quantizers.map(\.bits) == mixedScheme.map(\.bits))
+        #expect(method.summaryFields()["bit_scheme"] as? String == bitSchemeLine(mixedScheme))
+
+        let fresh = makeModel(.resnet20, inputChannels: 1, numClasses: 4, seed: 0)
+        let bad = mixedScheme + [.init(path: "layer9.0.conv1", bits: 3)]
+        expectError(BitSchemeError.unknownLayers(["layer9.0.conv1"], valid: tinyPaths)) {
+            _ = try DoReFaTraining(model: fresh, options: DoReFaOptions(weightBits: 8), bitScheme: bad)
+        }
+        #expect(quantizableLayers(of: fresh).allSatisfy { _, m in (m as? Conv2d)?.weightTransform == nil && (m as? Linear)?.weightTransform == nil })
     }
 }

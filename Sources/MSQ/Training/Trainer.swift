@@ -152,6 +152,7 @@ public final class Trainer {
             "threads": Int(msq_get_num_threads()),
         ]
         if let initFrom = config.initFrom { summary["init_from"] = initFrom.summaryObject }
+        if let bitScheme = config.bitScheme { summary["given_bit_scheme"] = bitScheme }
         summary.merge(method.summaryFields()) { _, new in new }
         try writeJSON(summary, to: summaryPath)
         log(String(format: "done: test accuracy %.4f after %d epochs; summary in %@", lastEval.accuracy,

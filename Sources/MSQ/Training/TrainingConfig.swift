@@ -46,6 +46,10 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     /// nil = the model's seeded initialisation. In the fingerprint as `init_from` (the content hash
     /// only), so a run is only resumed with the same starting weights.
     public var initFrom: LoadedWeights?
+    /// The fixed per-layer precisions the run trains at from step 0 (`--bit-scheme`, resolved:
+    /// ``bitSchemeLine(_:)`` of ``BitSchemeSpec/resolve(layerPaths:)``); nil = none. In the
+    /// fingerprint as `bit_scheme`.
+    public var bitScheme: String?
 
     /// A configuration with the required fields; the rest take their defaults.
     public init(model: String, dataset: String, epochs: Int, batchSize: Int, learningRate: Double) {
@@ -68,8 +72,9 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
             "seed": String(seed), "threads": String(threads),
         ]
         var extra: [String: String] = [:]
-        // Only when set: checkpoints written before this option existed still resume.
+        // Only when set: checkpoints written before these options existed still resume.
         if let initFrom { extra["init_from"] = initFrom.identity }
+        if let bitScheme { extra["bit_scheme"] = bitScheme }
         return base.merging(methodOptions) { old, _ in old }.merging(extra) { old, _ in old }
     }
 
