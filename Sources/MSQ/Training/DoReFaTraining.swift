@@ -87,8 +87,8 @@ public final class DoReFaTraining: TrainingMethod {
 
     public func prepare(model: Module, plan: TrainingPlan) throws {
         self.plan = plan
-        plan.log(String(format: "dorefa: %d layers, %d weights at %@%@ (C %.2fx, paper %.2fx); activations %@",
-                        paths.count, counts.reduce(0, +), precisionDescription, options.scaled ? " × max|W|" : "",
+        plan.log(String(format: "dorefa: %d layers, %d weights%@ at %@ (C %.2fx, paper %.2fx); activations %@",
+                        paths.count, counts.reduce(0, +), options.scaled ? " (× max|W|)" : "", precisionDescription,
                         LSBPruningScheduler.compression(counts: counts, bits: bits),
                         paperCompression(counts: counts, bits: bits),
                         activationBits.map { "\($0)-bit PACT" } ?? "float"))
