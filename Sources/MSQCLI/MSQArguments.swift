@@ -5,9 +5,9 @@ import MSQ
 /// ``MSQOptions``'s, ``DoReFaOptions``'s, ``BSQOptions``'s and ``CSQOptions``'s. Which method takes
 /// which option is ``applicable``; the others are refused with a message.
 struct MSQArguments: ParsableArguments {
-    @Option(help: "Target compression, sign bit counted: 10.67 = 3 bits per weight on average (the paper's \"16x\"). Required with --method msq, bsq and csq.")
+    @Option(help: "Target compression, sign bit counted: 10.67 = 3 bits per weight on average (the paper's \"16x\"). Required with --method msq (except with --bit-scheme), bsq and csq.")
     var targetCompression: Double?
-    @Option(help: "Bits per weight, sign included. msq: starting precision (default 8). dorefa: the fixed precision of every layer (required). bsq, csq: starting precision = bit planes + 1 (default 9: 8 planes).")
+    @Option(help: "Bits per weight, sign included. msq: starting precision (default 8). dorefa: the fixed precision of every layer (required unless --bit-scheme). bsq, csq: starting precision = bit planes + 1 (default 9: 8 planes).")
     var weightBits: Int?
     @Option(help: "Quantize the inputs of the quantized layers (except the first) to A bits with PACT (default: float). msq, dorefa, bsq, csq.")
     var actBits: Int?
@@ -41,6 +41,8 @@ struct MSQArguments: ParsableArguments {
     var hawqWarmup: Double?
     @Flag(help: "dorefa: multiply each layer's quantized weights by max|W| (DoReFa's weights are in [-1, 1] otherwise).")
     var dorefaScaled = false
+    @Option(help: ArgumentHelp("Train this fixed per-layer scheme from step 0 (the control run). msq: plain QAT with the RoundClamp quantizer, no regulariser, pruning or Hessian; dorefa: per-layer DoReFa bits. SPEC is a file (path:bits entries, one per line or the bit_scheme line of MSQ's logs, or an earlier run's summary.json) or inline path:bits,path:bits,...; *:bits sets every layer not named, otherwise every quantized layer must be named once. Replaces --target-compression and --weight-bits.", valueName: "spec"))
+    var bitScheme: String?
 
     /// The quantized methods' options the user gave explicitly, by CLI name.
     var givenOptions: [String] {
@@ -55,7 +57,7 @@ struct MSQArguments: ParsableArguments {
             "--hawq-warmup": hawqWarmup != nil,
             "--dorefa-scaled": dorefaScaled,
         ]
-        return given.filter { $0.value }.map { $0.key }
+        return given.filter { $0.value }.map { $0.key } + (bitScheme != nil ? ["--bit-scheme"] : [])
     }
 
     /// The options each method takes.
@@ -73,12 +75,31 @@ struct MSQArguments: ParsableArguments {
                 "--min-bits"],
     ]
 
+    /// The methods that take --bit-scheme (kept apart from ``applicable`` to keep that table as it was).
+    static let bitSchemeMethods: Set<String> = ["msq", "dorefa"]
+
     /// Refuses options given with a method that does not take them, naming the methods that do.
     func refuseInapplicable(method: String) throws {
-        let allowed = Self.applicable[method] ?? []
+        let allowed = (Self.applicable[method] ?? []).union(Self.bitSchemeMethods.contains(method) ? ["--bit-scheme"] : [])
         for option in givenOptions where !allowed.contains(option) {
-            let takers = Self.applicable.filter { $0.value.contains(option) }.keys.sorted()
+            let takers = option == "--bit-scheme" ? Self.bitSchemeMethods.sorted()
+                : Self.applicable.filter { $0.value.contains(option) }.keys.sorted()
             throw ValidationError("\(option) does not apply to --method \(method); it applies to --method \(takers.joined(separator: ", "))")
+        }
+        if bitScheme != nil {
+            // A fixed scheme searches nothing: the options of the search, and the precision options
+            // the scheme replaces, are refused rather than silently ignored.
+            let withScheme: Set<String> = ["--bit-scheme", "--act-bits", "--dorefa-scaled"]
+            for option in givenOptions where !withScheme.contains(option) {
+                switch option {
+                case "--target-compression":
+                    throw ValidationError("--target-compression does not apply with --bit-scheme: the compression is the scheme's own (printed, and written to summary.json as compression_ratio)")
+                case "--weight-bits":
+                    throw ValidationError("--weight-bits does not apply with --bit-scheme: give unnamed layers a precision with *:bits in the scheme")
+                default:
+                    throw ValidationError("\(option) does not apply with --bit-scheme: a fixed scheme is plain QAT from step 0 (no regulariser, pruning or Hessian)")
+                }
+            }
         }
     }
 
@@ -159,8 +180,38 @@ struct MSQArguments: ParsableArguments {
                                activationBits: actBits, activationExcluded: excluded, seed: seed)
     }
 
+    /// The --bit-scheme spec, read and checked for syntax, duplicates and ranges (nil without the option).
+    func bitSchemeSpec() throws -> BitSchemeSpec? {
+        try bitScheme.map { try BitSchemeSpec.load($0) }
+    }
+
+    /// MSQ at a fixed scheme (`--method msq --bit-scheme`): RoundClamp quantizers at the scheme's
+    /// precisions (and PACT inputs when --act-bits is set), starting in the finetuning phase. The
+    /// options are MSQ's defaults with the scheme's own compression as the target and the Hessian
+    /// off (no search runs, so none of them acts; they are in the fingerprint as for any MSQ run).
+    func makeFixedSchemeMethod(model: any Module, scheme layerBits: [QuantizationScheme.LayerBits],
+                               seed: UInt64) throws -> (method: MSQTraining, options: MSQOptions) {
+        try checkActivationBits()
+        let excluded = actBits == nil ? [] : defaultActivationExclusions(model).sorted()
+        let scheme = QuantizationScheme(layers: layerBits, activationBits: actBits, activationExcluded: excluded)
+        let layers = try scheme.apply(to: model)
+        var options = MSQOptions(targetCompression: compressionRatio(layers))
+        options.hessian = false
+        let method = try MSQTraining(layers: layers, options: options, calibration: nil, activationBits: actBits,
+                                     activationExcluded: excluded, seed: seed, fixedScheme: true)
+        return (method, options)
+    }
+
     /// DoReFa's options (`--method dorefa`): --weight-bits is required.
     func doReFaOptions() throws -> DoReFaOptions {
+        if bitScheme != nil {
+            // The layers' precisions come from the scheme (DoReFaTraining's bitScheme); weightBits is
+            // then unused and fixed at 8 so that it neither varies nor fails validation.
+            try checkActivationBits()
+            var o = DoReFaOptions(weightBits: 8)
+            o.scaled = dorefaScaled
+            return o
+        }
         guard let weightBits else {
             throw ValidationError("--method dorefa needs --weight-bits (bits per weight, sign included; e.g. 3 for C = 10.67)")
         }

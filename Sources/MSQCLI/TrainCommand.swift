@@ -51,6 +51,8 @@ struct TrainCommand: ParsableCommand {
     var out: String?
     @Flag(help: "Continue the run whose checkpoint is in --out.")
     var resume = false
+    @Option(help: ArgumentHelp("Start from the weights and batch-norm statistics of an earlier run's checkpoint (e.g. a float run's checkpoint.msqckpt), any --method; its optimizer state, step and method state are not taken (the run starts at step 0). Same model and shapes required. Part of the run fingerprint (content hash); with --resume the run's own checkpoint wins, but the file must still be there and unchanged.", valueName: "checkpoint"))
+    var initFrom: String?
 
     @OptionGroup(title: "Quantized methods (--method msq, dorefa, bsq, csq, hawq)")
     var msq: MSQArguments
@@ -86,7 +88,10 @@ struct TrainCommand: ParsableCommand {
         var bsqOptions: BSQOptions? = nil
         var csqOptions: CSQOptions? = nil
         var hawqOptions: HAWQOptions? = nil
+        let schemeSpec = try msq.bitSchemeSpec()
         switch method {
+        case "msq" where schemeSpec != nil:
+            break  // options from the resolved scheme, once the model is built
         case "msq":
             let options = try msq.options()
             msqOptions = options
@@ -118,11 +123,39 @@ struct TrainCommand: ParsableCommand {
                                            limitTrain: config.limitTrain, limitTest: config.limitTest, seed: seed)
         let network = makeModel(kind, inputChannels: data.train.sampleShape[0], numClasses: data.train.numClasses, seed: seed)
         let outDir = out ?? defaultOutputDirectory()
+        if let initFrom {
+            // Before any quantizer is attached: BSQ and CSQ build their bit variables from these weights.
+            let loaded = try loadWeights(from: initFrom, into: network, expectedModel: model)
+            config.initFrom = loaded
+            writeLine("init-from \(initFrom): \(loaded.tensorCount) tensors (weights and batch-norm statistics) of a "
+                      + "\(loaded.sourceMethod ?? "?") run after \(loaded.sourceEpochs) epochs, weights_fnv1a64 \(loaded.weightsHashHex)"
+                      + (loaded.ignored.isEmpty ? "" : "; not taken: \(loaded.ignored.count) PACT clip levels")
+                      + "; optimizer state and step are not taken (step 0)")
+        }
+        var fixedScheme: [QuantizationScheme.LayerBits]? = nil
+        if let schemeSpec {
+            let resolved = try schemeSpec.resolve(layerPaths: quantizableLayers(of: network).map(\.path))
+            fixedScheme = resolved
+            config.bitScheme = bitSchemeLine(resolved)
+            let counts = quantizableLayers(of: network).compactMap { _, m in ((m as? Conv2d)?.weight ?? (m as? Linear)?.weight)?.value.count }
+            let bits = resolved.map(\.bits)
+            let total = Double(counts.reduce(0, +))
+            let stored = zip(counts, bits).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+            let magnitude = zip(counts, bits).reduce(0.0) { $0 + Double($1.0) * Double($1.1 - 1) }
+            writeLine(String(format: "bit scheme (fixed from step 0): %d layers, %.3f bits average, C %.3fx (sign counted; paper-style magnitude bits: %.3fx)",
+                             resolved.count, stored / total, 32 * total / stored, 32 * total / magnitude))
+            writeLine("  " + config.bitScheme!)
+        }
         let trainingMethod: TrainingMethod
-        if let msqOptions {
+        if method == "msq", let fixedScheme {
+            let (fixed, options) = try msq.makeFixedSchemeMethod(model: network, scheme: fixedScheme, seed: seed)
+            config.methodOptions = options.identity.merging(["msq.act_bits": msq.actBitsIdentity]) { a, _ in a }
+            trainingMethod = fixed
+        } else if let msqOptions {
             trainingMethod = try msq.makeMethod(model: network, options: msqOptions, data: data, seed: seed)
         } else if let doReFaOptions {
-            trainingMethod = try DoReFaTraining(model: network, options: doReFaOptions, activationBits: msq.actBits)
+            trainingMethod = try DoReFaTraining(model: network, options: doReFaOptions, activationBits: msq.actBits,
+                                                bitScheme: fixedScheme)
         } else if let bsqOptions {
             trainingMethod = try BSQTraining(model: network, options: bsqOptions, activationBits: msq.actBits)
         } else if let csqOptions {

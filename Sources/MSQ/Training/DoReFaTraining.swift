@@ -55,14 +55,22 @@ public final class DoReFaTraining: TrainingMethod {
 
     /// Quantizes every Conv2d and Linear of `model` to `options.weightBits` DoReFa weights (and their
     /// inputs, except the network input, to `activationBits` with PACT). Nothing changes on a throw.
-    public init(model: any Module, options: DoReFaOptions, activationBits: Int? = nil) throws {
+    ///
+    /// `bitScheme` (`--bit-scheme`) gives each layer its own precision instead of
+    /// `options.weightBits` (which is then unused); it must name every conv/linear layer exactly once
+    /// (``BitSchemeSpec/resolve(layerPaths:)`` makes such a list; ``BitSchemeError`` otherwise).
+    public init(model: any Module, options: DoReFaOptions, activationBits: Int? = nil,
+                bitScheme: [QuantizationScheme.LayerBits]? = nil) throws {
         try options.validate()
         try validateActivationBits(activationBits)
         let layers = try baselineLayers(of: model, method: "dorefa")
+        let layerBits = try bitScheme.map { scheme throws(BitSchemeError) in
+            try BitSchemeSpec(entries: scheme).resolve(layerPaths: layers.map(\.path)).map(\.bits)
+        } ?? layers.map { _ in options.weightBits }
         self.options = options
         self.paths = layers.map(\.path)
         self.counts = layers.map(\.count)
-        self.quantizers = layers.map { _ in DoReFaQuantizer(bits: options.weightBits, scaled: options.scaled) }
+        self.quantizers = layerBits.map { DoReFaQuantizer(bits: $0, scaled: options.scaled) }
         self.activationBits = activationBits
         self.activationExcluded = try attachActivationQuantizers(model, bits: activationBits)
         for (layer, q) in zip(layers, quantizers) { attachWeightTransform(q, to: layer.module) }
@@ -79,8 +87,8 @@ public final class DoReFaTraining: TrainingMethod {
 
     public func prepare(model: Module, plan: TrainingPlan) throws {
         self.plan = plan
-        plan.log(String(format: "dorefa: %d layers, %d weights at %d bits%@ (C %.2fx, paper %.2fx); activations %@",
-                        paths.count, counts.reduce(0, +), options.weightBits, options.scaled ? " × max|W|" : "",
+        plan.log(String(format: "dorefa: %d layers, %d weights%@ at %@ (C %.2fx, paper %.2fx); activations %@",
+                        paths.count, counts.reduce(0, +), options.scaled ? " (× max|W|)" : "", precisionDescription,
                         LSBPruningScheduler.compression(counts: counts, bits: bits),
                         paperCompression(counts: counts, bits: bits),
                         activationBits.map { "\($0)-bit PACT" } ?? "float"))
@@ -89,8 +97,15 @@ public final class DoReFaTraining: TrainingMethod {
     public func afterBackward(model: Module, epoch: Int, step: Int) throws -> Double { 0 }
 
     public func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws {
-        log(String(format: "dorefa: after epoch %d: %d-bit weights, C %.2fx (paper %.2fx)", epoch, options.weightBits,
+        log(String(format: "dorefa: after epoch %d: weights at %@, C %.2fx (paper %.2fx)", epoch, precisionDescription,
                    LSBPruningScheduler.compression(counts: counts, bits: bits), paperCompression(counts: counts, bits: bits)))
+    }
+
+    /// `3 bits` for a uniform run, else the average and the scheme.
+    var precisionDescription: String {
+        Set(bits).count == 1 ? "\(bits[0]) bits"
+            : String(format: "a mixed scheme, %.3f bits average: ", meanBits(counts: counts, bits: bits))
+                + bitSchemeLine(paths: paths, bits: bits)
     }
 
     public func encodeState() throws -> String { try encodeMethodState(State(precisions: scheme)) }

@@ -117,12 +117,18 @@ public final class MSQTraining: TrainingMethod {
     var plan = TrainingPlan(stepsPerEpoch: 1, epochs: 1, log: { _ in })
 
     /// An MSQ method over `layers`. `calibration` is the fixed Hessian batch (required when
-    /// `options.hessian`); `seed` seeds the Hutchinson probes.
+    /// `options.hessian`, unless `fixedScheme`); `seed` seeds the Hutchinson probes.
+    ///
+    /// With `fixedScheme` the layers' current precisions are the run's scheme (`--bit-scheme`, a
+    /// control run): the method starts in the finetuning phase at step 0, so there is no regulariser,
+    /// no pruning and no Hessian; plain QAT with the RoundClamp quantizer. Give `options` the
+    /// scheme's own compression as `targetCompression` (it is only reported) and the Hessian off.
     public init(layers: [QuantizedLayer], options: MSQOptions, calibration: (images: Tensor, labels: [Int32])?,
-                activationBits: Int? = nil, activationExcluded: [String] = [], seed: UInt64) throws {
+                activationBits: Int? = nil, activationExcluded: [String] = [], seed: UInt64,
+                fixedScheme: Bool = false) throws {
         let counts = layers.map(\.count)
         try options.validate(maxCompression: options.maxCompression(counts: counts))
-        if options.hessian && calibration == nil {
+        if options.hessian && calibration == nil && !fixedScheme {
             throw TrainingError.invalidOption("--hessian on needs a calibration batch")
         }
         self.options = options
@@ -140,7 +146,15 @@ public final class MSQTraining: TrainingMethod {
         self.state = State(scheme: QuantizationScheme(quantizedLayers: layers, activationBits: activationBits,
                                                       activationExcluded: activationExcluded),
                            k: Array(repeating: 1, count: layers.count), lambda: options.lambda, initialBits: bits)
+        self.fixedScheme = fixedScheme
+        if fixedScheme {
+            state.phase = "finetuning"
+            state.finalPhaseStartStep = 0
+        }
     }
+
+    /// Whether the run trains a given scheme from step 0 (`fixedScheme`, `--bit-scheme`).
+    public let fixedScheme: Bool
 
     public var name: String { "msq" }
 
@@ -171,6 +185,10 @@ public final class MSQTraining: TrainingMethod {
                             options.targetCompression, 32 / (32 / options.targetCompression - 1),
                             pace.intervalSteps, pace.deadlineStep, plan.totalSteps, state.lambda, options.pruneThreshold,
                             options.hessian ? "on" : "off"))
+        } else if fixedScheme {
+            plan.log(String(format: "msq: fixed bit scheme, %d quantized layers, %d weights, %.3f bits average, C %.2fx (paper %.2fx); plain QAT from step 0 (no regulariser, pruning or Hessian); scheme %@",
+                            layers.count, regularizer.totalCount, averageWeightBits(layers), compressionRatio(layers),
+                            compressionRatioPaper(layers), bitScheme))
         }
     }
 
@@ -340,6 +358,9 @@ public final class MSQTraining: TrainingMethod {
         guard restored.scheme.layers.map(\.path) == layers.map(\.path), restored.k.count == layers.count else {
             throw CheckpointError.mismatch(path: "method state", reason: "its quantized layers differ from this model's")
         }
+        if fixedScheme && restored.scheme.layers != state.scheme.layers {
+            throw CheckpointError.mismatch(path: "method state", reason: "its precisions differ from the fixed bit scheme")
+        }
         state = restored
     }
 
@@ -359,6 +380,7 @@ public final class MSQTraining: TrainingMethod {
         fields["overshoot_percent"] = 100 * (reached / options.targetCompression - 1)
         fields["lambda_scaling"] = options.lambdaScaling.rawValue
         fields["forced_order"] = options.forcedOrder.rawValue
+        fields["fixed_scheme"] = fixedScheme
         return fields
     }
 }

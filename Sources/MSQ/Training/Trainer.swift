@@ -71,7 +71,8 @@ public final class Trainer {
 
         if resume, FileManager.default.fileExists(atPath: checkpointPath) {
             progress = try restore(into: optimizer, rng: &rng)
-            log("resumed from \(checkpointPath) after epoch \(progress.epochsCompleted) (step \(progress.globalStep))")
+            log("resumed from \(checkpointPath) after epoch \(progress.epochsCompleted) (step \(progress.globalStep))"
+                + (config.initFrom.map { "; the weights are this run's own, \($0.path) only had to match the fingerprint" } ?? ""))
             try truncateMetrics(toEpochs: progress.epochsCompleted)
         } else if resume {
             log("no checkpoint in \(outDirectory): starting from scratch")
@@ -150,6 +151,8 @@ public final class Trainer {
             "peak_rss_bytes": peakResidentSetBytes(), "seed": config.seed,
             "threads": Int(msq_get_num_threads()),
         ]
+        if let initFrom = config.initFrom { summary["init_from"] = initFrom.summaryObject }
+        if let bitScheme = config.bitScheme { summary["given_bit_scheme"] = bitScheme }
         summary.merge(method.summaryFields()) { _, new in new }
         try writeJSON(summary, to: summaryPath)
         log(String(format: "done: test accuracy %.4f after %d epochs; summary in %@", lastEval.accuracy,
@@ -210,9 +213,11 @@ public final class Trainer {
         let ckpt = try Checkpoint.read(from: checkpointPath)
         let h = ckpt.header
         if h.runFingerprint != config.fingerprint {
-            let diffs = config.identity.keys.sorted().compactMap { key -> String? in
-                let old = h.runDescription[key] ?? "?"
-                let new = config.identity[key] ?? "?"
+            // Keys on either side: an option given only now, or only then (e.g. --init-from), is a difference.
+            let keys = Set(config.identity.keys).union(h.runDescription.keys).sorted()
+            let diffs = keys.compactMap { key -> String? in
+                let old = h.runDescription[key] ?? "(not set)"
+                let new = config.identity[key] ?? "(not set)"
                 return old == new ? nil : "\(key): checkpoint \(old), now \(new)"
             }
             throw CheckpointError.mismatch(path: checkpointPath, reason: diffs.joined(separator: "; "))

@@ -42,6 +42,14 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     /// The method's own options as name → value (e.g. ``MSQOptions/identity``), part of the
     /// fingerprint so a run is only resumed with the options it started with.
     public var methodOptions: [String: String] = [:]
+    /// The weights the run started from (``loadWeights(from:into:expectedModel:)``, `--init-from`);
+    /// nil = the model's seeded initialisation. In the fingerprint as `init_from` (the content hash
+    /// only), so a run is only resumed with the same starting weights.
+    public var initFrom: LoadedWeights?
+    /// The fixed per-layer precisions the run trains at from step 0 (`--bit-scheme`, resolved:
+    /// ``bitSchemeLine(_:)`` of ``BitSchemeSpec/resolve(layerPaths:)``); nil = none. In the
+    /// fingerprint as `bit_scheme`.
+    public var bitScheme: String?
 
     /// A configuration with the required fields; the rest take their defaults.
     public init(model: String, dataset: String, epochs: Int, batchSize: Int, learningRate: Double) {
@@ -63,7 +71,11 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
             "limit_train": limitTrain.map(String.init) ?? "all", "limit_test": limitTest.map(String.init) ?? "all",
             "seed": String(seed), "threads": String(threads),
         ]
-        return base.merging(methodOptions) { old, _ in old }
+        var extra: [String: String] = [:]
+        // Only when set: checkpoints written before these options existed still resume.
+        if let initFrom { extra["init_from"] = initFrom.identity }
+        if let bitScheme { extra["bit_scheme"] = bitScheme }
+        return base.merging(methodOptions) { old, _ in old }.merging(extra) { old, _ in old }
     }
 
     /// A stable string over ``identity``.
