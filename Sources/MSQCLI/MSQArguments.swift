@@ -33,6 +33,8 @@ struct MSQArguments: ParsableArguments {
     var lambdaGrowth: Double?
     @Flag(help: "dorefa: multiply each layer's quantized weights by max|W| (DoReFa's weights are in [-1, 1] otherwise).")
     var dorefaScaled = false
+    @Option(help: "Weight scales: per-tensor (default; msq: s = max|W| per layer) or per-channel (one scale per output channel, s_c = max|W_c|; msq export stores them). msq, dorefa.")
+    var scale: String?
 
     /// The quantized methods' options the user gave explicitly, by CLI name.
     var givenOptions: [String] {
@@ -43,7 +45,7 @@ struct MSQArguments: ParsableArguments {
             "--prune-interval": pruneInterval != nil, "--prune-deadline": pruneDeadline != nil,
             "--min-bits": minBits != nil, "--hessian": hessian != nil, "--hessian-mode": hessianMode != nil, "--hessian-batch": hessianBatch != nil,
             "--hessian-probes": hessianProbes != nil, "--lambda-growth": lambdaGrowth != nil,
-            "--dorefa-scaled": dorefaScaled,
+            "--dorefa-scaled": dorefaScaled, "--scale": scale != nil,
         ]
         return given.filter { $0.value }.map { $0.key }
     }
@@ -53,8 +55,8 @@ struct MSQArguments: ParsableArguments {
         "fp": [],
         "msq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
                 "--prune-deadline", "--min-bits", "--hessian", "--hessian-mode", "--hessian-batch", "--hessian-probes",
-                "--lambda-growth"],
-        "dorefa": ["--weight-bits", "--act-bits", "--dorefa-scaled"],
+                "--lambda-growth", "--scale"],
+        "dorefa": ["--weight-bits", "--act-bits", "--dorefa-scaled", "--scale"],
         "bsq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
                 "--prune-deadline", "--min-bits"],
         "csq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-interval", "--prune-deadline",
@@ -68,6 +70,15 @@ struct MSQArguments: ParsableArguments {
             let takers = Self.applicable.filter { $0.value.contains(option) }.keys.sorted()
             throw ValidationError("\(option) does not apply to --method \(method); it applies to --method \(takers.joined(separator: ", "))")
         }
+    }
+
+    /// --scale as a ``ScaleGranularity`` (per tensor when not given).
+    func scaleGranularity() throws -> ScaleGranularity {
+        guard let scale else { return .perTensor }
+        guard let granularity = ScaleGranularity(rawValue: scale) else {
+            throw ValidationError("--scale must be \(ScaleGranularity.allCases.map(\.rawValue).joined(separator: " or ")) (got \(scale))")
+        }
+        return granularity
     }
 
     func checkActivationBits() throws {
@@ -108,19 +119,21 @@ struct MSQArguments: ParsableArguments {
         if let lambdaGrowth { o.lambdaGrowth = lambdaGrowth }
         try checkActivationBits()
         if !(2...16).contains(msqWeightBits) { throw ValidationError("--weight-bits must be in 2...16 (got \(msqWeightBits))") }
+        _ = try scaleGranularity()
         return o
     }
 
     /// MSQ's starting precision (default 8).
     var msqWeightBits: Int { weightBits ?? 8 }
 
-    /// Quantizes `model` (every conv/linear at --weight-bits; PACT inputs when --act-bits is set)
-    /// and builds the method.
+    /// Quantizes `model` (every conv/linear at --weight-bits with --scale scales; PACT inputs when
+    /// --act-bits is set) and builds the method.
     func makeMethod(model: any Module, options: MSQOptions, data: LoadedData, seed: UInt64) throws -> MSQTraining {
         let paths = quantizableLayers(of: model).map(\.path)
         let excluded = actBits == nil ? [] : defaultActivationExclusions(model).sorted()
         let scheme = QuantizationScheme(layers: paths.map { .init(path: $0, bits: msqWeightBits) },
-                                        activationBits: actBits, activationExcluded: excluded)
+                                        activationBits: actBits, activationExcluded: excluded,
+                                        scaleGranularity: try scaleGranularity())
         let layers = try scheme.apply(to: model)
         let calibration = options.hessian
             ? try calibrationBatch(from: data.train, normalization: data.normalization, count: options.hessianBatch)
@@ -137,6 +150,7 @@ struct MSQArguments: ParsableArguments {
         try checkActivationBits()
         var o = DoReFaOptions(weightBits: weightBits)
         o.scaled = dorefaScaled
+        o.scaleGranularity = try scaleGranularity()
         return o
     }
 

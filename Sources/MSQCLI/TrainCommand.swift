@@ -89,9 +89,10 @@ struct TrainCommand: ParsableCommand {
         case "msq":
             let options = try msq.options()
             msqOptions = options
+            // --scale joins the fingerprint only when per channel (older checkpoints still resume).
             config.methodOptions = options.identity.merging([
                 "msq.weight_bits": String(msq.msqWeightBits), "msq.act_bits": msq.actBitsIdentity,
-            ]) { a, _ in a }
+            ].merging(try msq.scaleGranularity().identity(method: "msq")) { a, _ in a }) { a, _ in a }
         case "dorefa":
             let options = try msq.doReFaOptions()
             doReFaOptions = options

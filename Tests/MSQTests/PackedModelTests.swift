@@ -153,10 +153,10 @@ private func trainedQuantizedModel(activationBits: Int? = nil, seed: UInt64 = 1)
         for layer in layers {
             let name = layer.path + ".weight"
             let latent = layer.parameter.value
-            let (scale, codes) = layer.quantizer.codes(of: latent)
+            let (scales, codes) = layer.quantizer.codes(of: latent)
             let stored = try packed.codes(named: name)
             #expect(stored.bits == layer.bits)
-            #expect(stored.scale.bitPattern == scale.bitPattern)
+            #expect(stored.scales.map(\.bitPattern) == scales.map(\.bitPattern))
             #expect(stored.codes == codes)
             #expect(bitsOf(try packed.tensor(named: name)) == bitsOf(layer.quantizer.forward(latent)))
         }

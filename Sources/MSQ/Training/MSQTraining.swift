@@ -293,6 +293,7 @@ public final class MSQTraining: TrainingMethod {
         guard restored.scheme.layers.map(\.path) == layers.map(\.path), restored.k.count == layers.count else {
             throw CheckpointError.mismatch(path: "method state", reason: "its quantized layers differ from this model's")
         }
+        try checkScaleGranularity(restored.scheme)
         state = restored
     }
 

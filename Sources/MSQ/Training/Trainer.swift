@@ -150,6 +150,7 @@ public final class Trainer {
             "peak_rss_bytes": peakResidentSetBytes(), "seed": config.seed,
             "threads": Int(msq_get_num_threads()),
         ]
+        if let granularity = method.scaleGranularity { summary["scale_granularity"] = granularity.rawValue }
         summary.merge(method.summaryFields()) { _, new in new }
         try writeJSON(summary, to: summaryPath)
         log(String(format: "done: test accuracy %.4f after %d epochs; summary in %@", lastEval.accuracy,
@@ -210,9 +211,11 @@ public final class Trainer {
         let ckpt = try Checkpoint.read(from: checkpointPath)
         let h = ckpt.header
         if h.runFingerprint != config.fingerprint {
-            let diffs = config.identity.keys.sorted().compactMap { key -> String? in
-                let old = h.runDescription[key] ?? "?"
-                let new = config.identity[key] ?? "?"
+            // Keys of both: an option recorded only when not at its default (`msq.scale`) may be
+            // missing on either side.
+            let diffs = Set(config.identity.keys).union(h.runDescription.keys).sorted().compactMap { key -> String? in
+                let old = h.runDescription[key] ?? "(not set)"
+                let new = config.identity[key] ?? "(not set)"
                 return old == new ? nil : "\(key): checkpoint \(old), now \(new)"
             }
             throw CheckpointError.mismatch(path: checkpointPath, reason: diffs.joined(separator: "; "))
