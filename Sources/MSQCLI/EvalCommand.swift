@@ -47,7 +47,7 @@ struct EvalCommand: ParsableCommand {
         setKernelThreads(threads)
         let network = try packed.makeModule()
         let bits = packed.scheme.layers.map(\.bits)
-        writeLine("msq eval: \(model) (\(h.model), \(bits.count) quantized layers at \(bits.min() ?? 0)–\(bits.max() ?? 0) bits"
+        writeLine("msq eval: \(model) (\(h.model), \(bits.count) quantized layers at \(bits.min() ?? 0)–\(bits.max() ?? 0) bits, \(packed.scheme.scaleGranularity) scales"
                   + (h.activationBits.map { ", \($0)-bit activations" } ?? "") + ") on \(data.test.name), \(data.test.count) images")
         let result = evaluate(network, on: data.test, normalization: h.normalization, batchSize: batch)
         writeLine(String(format: "test_accuracy %.4f", result.accuracy))

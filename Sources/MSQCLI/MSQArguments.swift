@@ -43,6 +43,8 @@ struct MSQArguments: ParsableArguments {
     var dorefaScaled = false
     @Option(help: ArgumentHelp("Train this fixed per-layer scheme from step 0 (the control run). msq: plain QAT with the RoundClamp quantizer, no regulariser, pruning or Hessian; dorefa: per-layer DoReFa bits. SPEC is a file (path:bits entries, one per line or the bit_scheme line of MSQ's logs, or an earlier run's summary.json) or inline path:bits,path:bits,...; *:bits sets every layer not named, otherwise every quantized layer must be named once. Replaces --target-compression and --weight-bits.", valueName: "spec"))
     var bitScheme: String?
+    @Option(help: "Weight scales: per-tensor (default; msq: s = max|W| per layer) or per-channel (one scale per output channel, s_c = max|W_c|; msq export stores them). msq, dorefa.")
+    var scale: String?
 
     /// The quantized methods' options the user gave explicitly, by CLI name.
     var givenOptions: [String] {
@@ -55,7 +57,7 @@ struct MSQArguments: ParsableArguments {
             "--hessian-probes": hessianProbes != nil, "--lambda-growth": lambdaGrowth != nil,
             "--lambda-scaling": lambdaScaling != nil, "--forced-order": forcedOrder != nil,
             "--hawq-warmup": hawqWarmup != nil,
-            "--dorefa-scaled": dorefaScaled,
+            "--dorefa-scaled": dorefaScaled, "--scale": scale != nil,
         ]
         return given.filter { $0.value }.map { $0.key } + (bitScheme != nil ? ["--bit-scheme"] : [])
     }
@@ -65,12 +67,12 @@ struct MSQArguments: ParsableArguments {
         "fp": [],
         "msq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
                 "--prune-deadline", "--min-bits", "--hessian", "--hessian-mode", "--hessian-trace", "--hessian-batch",
-                "--hessian-probes", "--lambda-growth", "--lambda-scaling", "--forced-order"],
-        "dorefa": ["--weight-bits", "--act-bits", "--dorefa-scaled"],
+                "--hessian-probes", "--lambda-growth", "--lambda-scaling", "--forced-order", "--scale"],
+        "dorefa": ["--weight-bits", "--act-bits", "--dorefa-scaled", "--scale"],
         "bsq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
                 "--prune-deadline", "--min-bits"],
         "hawq": ["--target-compression", "--weight-bits", "--min-bits", "--hessian-trace", "--hessian-batch",
-                 "--hessian-probes", "--hawq-warmup"],
+                 "--hessian-probes", "--hawq-warmup", "--scale"],
         "csq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-interval", "--prune-deadline",
                 "--min-bits"],
     ]
@@ -101,6 +103,15 @@ struct MSQArguments: ParsableArguments {
                 }
             }
         }
+    }
+
+    /// --scale as a ``ScaleGranularity`` (per tensor when not given).
+    func scaleGranularity() throws -> ScaleGranularity {
+        guard let scale else { return .perTensor }
+        guard let granularity = ScaleGranularity(rawValue: scale) else {
+            throw ValidationError("--scale must be \(ScaleGranularity.allCases.map(\.rawValue).joined(separator: " or ")) (got \(scale))")
+        }
+        return granularity
     }
 
     func checkActivationBits() throws {
@@ -159,19 +170,21 @@ struct MSQArguments: ParsableArguments {
         }
         try checkActivationBits()
         if !(2...16).contains(msqWeightBits) { throw ValidationError("--weight-bits must be in 2...16 (got \(msqWeightBits))") }
+        _ = try scaleGranularity()
         return o
     }
 
     /// MSQ's starting precision (default 8).
     var msqWeightBits: Int { weightBits ?? 8 }
 
-    /// Quantizes `model` (every conv/linear at --weight-bits; PACT inputs when --act-bits is set)
-    /// and builds the method.
+    /// Quantizes `model` (every conv/linear at --weight-bits with --scale scales; PACT inputs when
+    /// --act-bits is set) and builds the method.
     func makeMethod(model: any Module, options: MSQOptions, data: LoadedData, seed: UInt64) throws -> MSQTraining {
         let paths = quantizableLayers(of: model).map(\.path)
         let excluded = actBits == nil ? [] : defaultActivationExclusions(model).sorted()
         let scheme = QuantizationScheme(layers: paths.map { .init(path: $0, bits: msqWeightBits) },
-                                        activationBits: actBits, activationExcluded: excluded)
+                                        activationBits: actBits, activationExcluded: excluded,
+                                        scaleGranularity: try scaleGranularity())
         let layers = try scheme.apply(to: model)
         let calibration = options.hessian
             ? try calibrationBatch(from: data.train, normalization: data.normalization, count: options.hessianBatch)
@@ -218,6 +231,7 @@ struct MSQArguments: ParsableArguments {
         try checkActivationBits()
         var o = DoReFaOptions(weightBits: weightBits)
         o.scaled = dorefaScaled
+        o.scaleGranularity = try scaleGranularity()
         return o
     }
 
@@ -260,7 +274,7 @@ struct MSQArguments: ParsableArguments {
 
     /// Quantizes `model` at --weight-bits and builds the HAWQ method.
     func makeHAWQ(model: any Module, options: HAWQOptions, data: LoadedData, seed: UInt64) throws -> HAWQTraining {
-        let layers = try quantizeForMSQ(model, initialBits: options.maxBits)
+        let layers = try quantizeForMSQ(model, initialBits: options.maxBits, scaleGranularity: try scaleGranularity())
         let calibration = try calibrationBatch(from: data.train, normalization: data.normalization, count: options.hessianBatch)
         return try HAWQTraining(layers: layers, options: options, calibration: calibration, seed: seed)
     }

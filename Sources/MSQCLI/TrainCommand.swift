@@ -95,9 +95,10 @@ struct TrainCommand: ParsableCommand {
         case "msq":
             let options = try msq.options()
             msqOptions = options
+            // --scale joins the fingerprint only when per channel (older checkpoints still resume).
             config.methodOptions = options.identity.merging([
                 "msq.weight_bits": String(msq.msqWeightBits), "msq.act_bits": msq.actBitsIdentity,
-            ]) { a, _ in a }
+            ].merging(try msq.scaleGranularity().identity(method: "msq")) { a, _ in a }) { a, _ in a }
         case "dorefa":
             let options = try msq.doReFaOptions()
             doReFaOptions = options
@@ -113,7 +114,9 @@ struct TrainCommand: ParsableCommand {
         case "hawq":
             let options = try msq.hawqOptions()
             hawqOptions = options
-            config.methodOptions = options.identity
+            config.methodOptions = options.identity.merging(
+                try msq.scaleGranularity().identity(method: "hawq")
+            ) { a, _ in a }
         default:
             break
         }

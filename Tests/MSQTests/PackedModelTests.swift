@@ -37,18 +37,31 @@ private func randomBatch(_ shape: [Int], seed: UInt64) -> Tensor {
 /// floats, which equates +0 and −0 and never equates NaNs).
 private func bitsOf(_ t: Tensor) -> [UInt32] { t.scalars.map(\.bitPattern) }
 
+/// `bytes` (a serialised `.msqmodel`) with its version field set to `version` and the FNV-1a-64
+/// checksum recomputed, as a writer of that version would have finished it.
+private func withVersion(_ version: UInt32, _ bytes: [UInt8]) -> [UInt8] {
+    var out = Array(bytes.dropLast(fileChecksumBytes))
+    for i in 0..<4 { out[8 + i] = UInt8(truncatingIfNeeded: version >> (8 * i)) }
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in out { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
+    for i in 0..<8 { out.append(UInt8(truncatingIfNeeded: h >> (8 * i))) }
+    return out
+}
+
 /// A trained-looking quantized ResNet-20 for Fashion-MNIST and the checkpoint `Trainer` would
 /// write for it: mixed per-layer bits (2, 3, 5, 8 in turn), the last conv/linear layer left float,
 /// a few SGD steps in train mode so the weights, BN statistics (and PACT α) have left their
 /// initial values, then `model + optimizer.momentum.*` tensors and a method state `{"scheme": …}`.
-private func trainedQuantizedModel(activationBits: Int? = nil, seed: UInt64 = 1) throws
+private func trainedQuantizedModel(activationBits: Int? = nil, seed: UInt64 = 1,
+                                   scaleGranularity: ScaleGranularity = .perTensor) throws
     -> (model: any Module, layers: [QuantizedLayer], scheme: QuantizationScheme, checkpoint: Checkpoint) {
     let model = makeModel(.resnet20, inputChannels: 1, numClasses: 10, seed: seed)
     let paths = quantizableLayers(of: model).map(\.path)
     let quantizedPaths = paths.dropLast()  // one float conv/linear layer stays float
     let scheme = QuantizationScheme(
         layers: quantizedPaths.enumerated().map { .init(path: $1, bits: mixedBits[$0 % mixedBits.count]) },
-        activationBits: activationBits, activationExcluded: activationBits == nil ? [] : [paths[0]])
+        activationBits: activationBits, activationExcluded: activationBits == nil ? [] : [paths[0]],
+        scaleGranularity: scaleGranularity)
     let layers = try scheme.apply(to: model)
 
     let optimizer = SGD(model: model, momentum: 0.9, weightDecay: 5e-4, nesterov: true)
@@ -134,16 +147,23 @@ private func trainedQuantizedModel(activationBits: Int? = nil, seed: UInt64 = 1)
 
     // MARK: - Export and deployment
 
-    @Test("the packed model's logits equal the training model's eval logits bit for bit (mixed 2/3/5/8 bits)",
-          arguments: [nil, 4] as [Int?])
-    func logitsBitIdentical(activationBits: Int?) throws {
-        let (model, layers, scheme, checkpoint) = try trainedQuantizedModel(activationBits: activationBits)
+    @Test("the packed model's logits equal the training model's eval logits bit for bit (mixed 2/3/5/8 bits; per-tensor and per-channel scales)",
+          arguments: [nil, 4] as [Int?], ScaleGranularity.allCases)
+    func logitsBitIdentical(activationBits: Int?, scaleGranularity: ScaleGranularity) throws {
+        let (model, layers, scheme, checkpoint) = try trainedQuantizedModel(activationBits: activationBits,
+                                                                            scaleGranularity: scaleGranularity)
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = dir + "/m.msqmodel"
         try PackedModel.export(checkpoint: checkpoint).write(to: path)
         let packed = try PackedModel.read(from: path)
         #expect(packed.scheme == scheme)
+        #expect(packed.scheme.scaleGranularity == scaleGranularity)
+        #expect(packed.header.tensors.filter { $0.kind == .packed }.allSatisfy {
+            scaleGranularity == .perChannel
+                ? $0.scaleGranularity == .perChannel && $0.scaleCount == $0.shape[0] && $0.scaleBits == nil
+                : $0.scaleGranularity == nil && $0.scaleCount == nil && $0.scaleBits != nil
+        })
         // With activation quantization the PACT clip levels travel as float32 tensors.
         let alphas = packed.header.tensors.filter { $0.name.hasSuffix(".input_alpha") }
         #expect(alphas.isEmpty == (activationBits == nil))
@@ -153,10 +173,11 @@ private func trainedQuantizedModel(activationBits: Int? = nil, seed: UInt64 = 1)
         for layer in layers {
             let name = layer.path + ".weight"
             let latent = layer.parameter.value
-            let (scale, codes) = layer.quantizer.codes(of: latent)
+            let (scales, codes) = layer.quantizer.codes(of: latent)
             let stored = try packed.codes(named: name)
             #expect(stored.bits == layer.bits)
-            #expect(stored.scale.bitPattern == scale.bitPattern)
+            #expect(stored.scales.map(\.bitPattern) == scales.map(\.bitPattern))
+            #expect(stored.scales.count == (scaleGranularity == .perChannel ? latent.shape[0] : 1))
             #expect(stored.codes == codes)
             #expect(bitsOf(try packed.tensor(named: name)) == bitsOf(layer.quantizer.forward(latent)))
         }
@@ -176,9 +197,10 @@ private func trainedQuantizedModel(activationBits: Int? = nil, seed: UInt64 = 1)
         }
     }
 
-    @Test("file size = (20 + header JSON) + Σ ceil(N_l·n_l/8) + 4·(float values) + 8, as documented")
-    func fileSize() throws {
-        let (model, layers, _, checkpoint) = try trainedQuantizedModel()
+    @Test("file size = (20 + header JSON) + Σ (ceil(N_l·n_l/8) + 4·C_l) + 4·(float values) + 8, as documented",
+          arguments: ScaleGranularity.allCases)
+    func fileSize(scaleGranularity: ScaleGranularity) throws {
+        let (model, layers, _, checkpoint) = try trainedQuantizedModel(scaleGranularity: scaleGranularity)
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = dir + "/m.msqmodel"
@@ -190,18 +212,23 @@ private func trainedQuantizedModel(activationBits: Int? = nil, seed: UInt64 = 1)
         for i in 0..<8 { headerLength |= Int(bytes[12 + i]) << (8 * i) }
         let quantizedNames = Set(layers.map { $0.path + ".weight" })
         let packedBytes = layers.reduce(0) { $0 + ($1.count * $1.bits + 7) / 8 }
+        // Per channel: one float32 scale per output channel in the payload (per tensor: in the header).
+        let channelScales = scaleGranularity == .perChannel ? layers.reduce(0) { $0 + $1.parameter.value.shape[0] } : 0
         let floatValues = model.namedParameters().filter { !quantizedNames.contains($0.name) }
             .reduce(0) { $0 + $1.parameter.value.count }
-        #expect(bytes.count == filePrefixBytes + headerLength + packedBytes + 4 * floatValues + fileChecksumBytes)
+        #expect(bytes.count == filePrefixBytes + headerLength + packedBytes + 4 * channelScales + 4 * floatValues + fileChecksumBytes)
 
         let size = packed.sizeBreakdown
         #expect(size.totalBytes == bytes.count)
         #expect(size.headerBytes == filePrefixBytes + headerLength)
         #expect(size.packedWeightBytes == packedBytes)
+        #expect(size.scaleBytes == 4 * channelScales)
+        #expect(size.scaleCount == (scaleGranularity == .perChannel ? channelScales : layers.count))
         #expect(size.floatBytes == 4 * floatValues)
         #expect(size.checksumBytes == fileChecksumBytes)
         #expect(size.quantizedWeightCount == layers.reduce(0) { $0 + $1.count })
         #expect(size.analyticWeightBytes == Double(layers.reduce(0) { $0 + $1.count * $1.bits }) / 8)
+        #expect(size.analyticModelBytes == size.analyticWeightBytes + Double(4 * size.scaleCount + 4 * floatValues))
         #expect(size.float32ModelBytes == 4 * model.namedParameters().reduce(0) { $0 + $1.parameter.value.count })
         // The optimizer state is not deployed.
         #expect(!packed.header.tensors.contains { $0.name.hasPrefix("optimizer.") })
@@ -329,6 +356,75 @@ private func trainedQuantizedModel(activationBits: Int? = nil, seed: UInt64 = 1)
             try packed.checkCompatible(with: SyntheticDataset(count: 2, sampleShape: [1, 28, 28], numClasses: 5))
         }
         try packed.checkCompatible(with: SyntheticDataset(count: 2, sampleShape: [1, 28, 28], numClasses: 10))
+    }
+
+    @Test("a version-1 file (per-tensor scales) still loads and runs; per-channel entries in a version-1 file are refused")
+    func version1Files() throws {
+        let (model, _, scheme, checkpoint) = try trainedQuantizedModel()
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let packed = try PackedModel.export(checkpoint: checkpoint)
+        #expect(PackedModel.formatVersion == 2)
+        #expect(PackedModel.readableVersions == 1...2)
+        // A per-tensor model is stored as version 1 stored it but for the version field: the same
+        // header JSON and payload. Rewriting the version (and the checksum) gives the v1 file.
+        let v2 = packed.serialized()
+        #expect(Array(v2[8..<12]) == [2, 0, 0, 0])
+        let v1 = withVersion(1, v2)
+        try writeBytes(v1, to: dir + "/v1.msqmodel")
+        let old = try PackedModel.read(from: dir + "/v1.msqmodel")
+        #expect(old.header == packed.header)
+        #expect(old.payload == packed.payload)
+        #expect(old.scheme == scheme)
+        let deployed = try old.makeModule()
+        let x = randomBatch([testBatch, 1, 28, 28], seed: 9)
+        #expect(bitsOf(deployed.forward(x, mode: .eval)) == bitsOf(model.forward(x, mode: .eval)))
+
+        // A per-channel table under version 1 is refused as corrupt, naming the version.
+        let perChannel = try PackedModel.export(checkpoint: trainedQuantizedModel(scaleGranularity: .perChannel).checkpoint)
+        try writeBytes(withVersion(1, perChannel.serialized()), to: dir + "/v1pc.msqmodel")
+        #expect {
+            try PackedModel.read(from: dir + "/v1pc.msqmodel")
+        } throws: { error in
+            guard case let .corrupt(_, reason)? = error as? PackedModelError else { return false }
+            return reason.contains("per-channel") && reason.contains("version 1")
+        }
+        // The message for a future version says which versions this build reads.
+        let future = PackedModelError.unsupportedVersion(path: "m", found: 3, supported: PackedModel.formatVersion)
+        #expect(future.description.contains("1 to 2"))
+    }
+
+    @Test("per-channel tables that contradict the payload are refused: scale count, a stray per-tensor scale, a negative or NaN channel scale, mixed granularities")
+    func perChannelInconsistencies() throws {
+        let (_, _, _, checkpoint) = try trainedQuantizedModel(scaleGranularity: .perChannel)
+        let packed = try PackedModel.export(checkpoint: checkpoint)
+        var header = packed.header
+        header.tensors[0].scaleCount = (header.tensors[0].scaleCount ?? 0) + 1
+        #expect(throws: PackedModelError.self) { try PackedModel(header: header, payload: packed.payload) }
+        header = packed.header
+        header.tensors[1].scaleBits = Float(1).bitPattern
+        #expect(throws: PackedModelError.self) { try PackedModel(header: header, payload: packed.payload) }
+        header = packed.header
+        header.tensors[1].scaleGranularity = nil
+        header.tensors[1].scaleCount = nil
+        header.tensors[1].scaleBits = Float(1).bitPattern
+        #expect {
+            try PackedModel(header: header, payload: packed.payload)
+        } throws: { error in
+            guard case let .corrupt(_, reason)? = error as? PackedModelError else { return false }
+            return reason.contains("one granularity per model")
+        }
+        // The first layer's first channel scale sits right after its codes.
+        let e = packed.header.tensors[0]
+        let at = e.offset + ((e.elementCount ?? 0) * (e.bits ?? 0) + 7) / 8
+        for bad in [Float(-1), .nan, .infinity] {
+            var payload = packed.payload
+            withUnsafeBytes(of: bad.bitPattern.littleEndian) { for (i, b) in $0.enumerated() { payload[at + i] = b } }
+            #expect(throws: PackedModelError.self) { try PackedModel(header: packed.header, payload: payload) }
+        }
+        // The scale read back is the first channel's scale of the export.
+        #expect(try packed.codes(named: e.name).scales.first == Float(bitPattern: UInt32(packed.payload[at])
+            | UInt32(packed.payload[at + 1]) << 8 | UInt32(packed.payload[at + 2]) << 16 | UInt32(packed.payload[at + 3]) << 24))
     }
 
     @Test("RoundClamp applied again to the decoded weight W' need not give W' back, so deployment must not requantize")

@@ -51,8 +51,9 @@ private func tinyModel(seed: UInt64) -> Sequential {
         #expect(q.effectiveWeight.scalars == ref.wq.scalars)
 
         // codes(of:) gives the deployable form: Q = s · j / 2^(n−1), j in n-bit two's complement.
-        let (s, codes) = quantizer.codes(of: q.weight.value)
-        #expect(s == ref.scale)
+        let (scales, codes) = quantizer.codes(of: q.weight.value)
+        #expect(scales == [ref.scale])
+        let s = scales[0]
         #expect(codes == ref.codes)
         let half = Float(1 << (bits - 1))
         #expect(codes.allSatisfy { $0 >= -Int32(half) && $0 < Int32(half) })

@@ -7,7 +7,8 @@ public enum PackedModelError: Error, CustomStringConvertible, Equatable, Sendabl
     case notAPackedModel(path: String)
     /// The file is a training checkpoint (`.msqckpt`), which must be exported first.
     case checkpointGiven(path: String)
-    /// The file was written by a format version this build does not read.
+    /// The file was written by a format version this build does not read (`supported` is the
+    /// newest it reads; it reads every version from 1 to that).
     case unsupportedVersion(path: String, found: UInt32, supported: UInt32)
     /// The file is truncated, fails its checksum, or its header contradicts its contents.
     case corrupt(path: String, reason: String)
@@ -40,7 +41,7 @@ public enum PackedModelError: Error, CustomStringConvertible, Equatable, Sendabl
         case let .checkpointGiven(path):
             return "\(path) is a training checkpoint, not a packed model; run `msq export --checkpoint \(path) --out model.msqmodel` first"
         case let .unsupportedVersion(path, found, supported):
-            return "packed model \(path) has format version \(found); this build reads version \(supported). Export it again with this build"
+            return "packed model \(path) has format version \(found); this build reads versions 1 to \(supported). Export it again from its checkpoint with this build, or evaluate it with the newer build that wrote it"
         case let .corrupt(path, reason):
             return "packed model \(path) is corrupt: \(reason). Copy it again or re-export it from its checkpoint"
         case let .writeFailed(path, reason):

@@ -2,7 +2,8 @@ import Foundation
 
 extension PackedModel {
     /// Packs the model of an MSQ training checkpoint: each quantized layer becomes (s, j_n[]) from
-    /// ``RoundClampQuantizer/codes(of:)`` on its latent weight, every other model tensor is kept as
+    /// ``RoundClampQuantizer/codes(of:)`` on its latent weight (one s per output channel when the
+    /// scheme's ``QuantizationScheme/scaleGranularity`` is per channel), every other model tensor is kept as
     /// float32, and the optimizer state (`optimizer.*`) is dropped.
     ///
     /// The network is identified by the checkpoint's `runDescription` (`model`, `dataset`); the
@@ -68,15 +69,24 @@ extension PackedModel {
                 floatNames.append((name, value))
                 continue
             }
-            let (scale, codes) = layer.quantizer.codes(of: value)
+            let (scales, codes) = layer.quantizer.codes(of: value)
             // NaN weights are ignored by max|W| but give code 0; an infinite one makes s = ∞ and
             // the layer useless. Either way the run diverged: refuse rather than deploy garbage.
-            guard scale.isFinite, value.scalars.allSatisfy(\.isFinite) else {
+            guard scales.allSatisfy(\.isFinite), value.scalars.allSatisfy(\.isFinite) else {
                 throw .checkpointMismatch(reason: "\(name) holds non-finite weights (the run diverged)")
             }
-            let bytes = try bitPack(codes: codes, bits: layer.bits)
-            let entry = TensorEntry(name: name, shape: value.shape, kind: .packed, layer: layer.path, bits: layer.bits,
-                                    scaleBits: scale.bitPattern, offset: 0, length: bytes.count)
+            var bytes = try bitPack(codes: codes, bits: layer.bits)
+            let entry: TensorEntry
+            switch layer.quantizer.granularity {
+            case .perTensor:
+                entry = TensorEntry(name: name, shape: value.shape, kind: .packed, layer: layer.path, bits: layer.bits,
+                                    scaleBits: scales[0].bitPattern, offset: 0, length: bytes.count)
+            case .perChannel:
+                // One float32 scale per output channel, right after the codes (format version 2).
+                for s in scales { appendLE(s.bitPattern, to: &bytes) }
+                entry = TensorEntry(name: name, shape: value.shape, kind: .packed, layer: layer.path, bits: layer.bits,
+                                    scaleGranularity: .perChannel, scaleCount: scales.count, offset: 0, length: bytes.count)
+            }
             codesByLayer[layer.path] = (entry, bytes)
         }
         let extra = checkpoint.header.tensors.map(\.name).filter { !$0.hasPrefix("optimizer.") && !used.contains($0) }

@@ -4,19 +4,29 @@ extension PackedModel {
         header.tensors.first { $0.name == name }
     }
 
-    /// A packed layer's deployable form: scale s, bits n and the codes j_n (row-major, N of them),
-    /// exactly as ``RoundClampQuantizer/codes(of:)`` returned them at export.
+    /// A packed layer's deployable form: its scales (`[s]` per tensor, one per output channel per
+    /// channel), bits n and the codes j_n (row-major, N of them), exactly as
+    /// ``RoundClampQuantizer/codes(of:)`` returned them at export.
     /// - Throws: ``PackedModelError/modelMismatch(reason:)`` when `name` is not a packed tensor.
-    public func codes(named name: String) throws(PackedModelError) -> (scale: Float, bits: Int, codes: [Int32]) {
-        guard let e = entry(named: name), e.kind == .packed, let bits = e.bits, let sb = e.scaleBits,
-              let count = e.elementCount else {
+    public func codes(named name: String) throws(PackedModelError) -> (scales: [Float], bits: Int, codes: [Int32]) {
+        guard let e = entry(named: name), e.kind == .packed, let bits = e.bits, let count = e.elementCount,
+              let codeBytes = e.codeByteCount else {
             throw .modelMismatch(reason: "the file has no packed tensor \(name)")
         }
-        return (Float(bitPattern: sb), bits, try bitUnpack(payload[e.offset..<(e.offset + e.length)], count: count, bits: bits))
+        let scales: [Float]
+        if e.isPerChannel {
+            scales = Self.channelScales(of: e, in: payload)
+        } else if let sb = e.scaleBits {
+            scales = [Float(bitPattern: sb)]
+        } else {
+            throw .modelMismatch(reason: "the packed tensor \(name) has no scale")
+        }
+        return (scales, bits, try bitUnpack(payload[e.offset..<(e.offset + codeBytes)], count: count, bits: bits))
     }
 
     /// The tensor a layer computes with: for a packed weight W' = s · j / 2^(n−1) (shape of the
-    /// original weight), evaluated as `(s · j) / 2^(n−1)` in float32 like `msq_roundclamp_forward`,
+    /// original weight; s = s_c of the element's output channel when per channel), evaluated as
+    /// `(s · j) / 2^(n−1)` in float32 like `msq_roundclamp_forward`,
     /// so it equals ``RoundClampQuantizer/forward(_:)`` of the latent weight bit for bit; for a
     /// float tensor its stored values.
     /// - Throws: ``PackedModelError/modelMismatch(reason:)`` when the file has no tensor `name`.
@@ -24,8 +34,8 @@ extension PackedModel {
         guard let e = entry(named: name) else { throw .modelMismatch(reason: "the file has no tensor \(name)") }
         switch e.kind {
         case .packed:
-            let (scale, bits, codes) = try self.codes(named: name)
-            return Self.dequantize(codes: codes, scale: scale, bits: bits, shape: e.shape)
+            let (scales, bits, codes) = try self.codes(named: name)
+            return Self.dequantize(codes: codes, scales: scales, bits: bits, shape: e.shape)
         case .float32:
             var t = Tensor(shape: e.shape)
             let count = t.count
@@ -41,13 +51,18 @@ extension PackedModel {
         }
     }
 
-    /// W' = (s · j) / 2^(n−1) per element — the kernel's operation order, hence its bits (with s = 0
-    /// the kernel writes +0 for every element, and so does this: codes are then 0).
-    static func dequantize(codes: [Int32], scale: Float, bits: Int, shape: [Int]) -> Tensor {
+    /// W' = (s · j) / 2^(n−1) per element, s the scale of the element's group (the one scale, or its
+    /// output channel's: `scales.count` equal groups of contiguous elements) — the kernel's operation
+    /// order, hence its bits (with s = 0 the kernel writes +0 for every element, and so does this:
+    /// codes are then 0).
+    static func dequantize(codes: [Int32], scales: [Float], bits: Int, shape: [Int]) -> Tensor {
         let half = Float(1 << (bits - 1))
         var t = Tensor(shape: shape)
+        let size = scales.isEmpty ? 0 : codes.count / scales.count
         t.withUnsafeMutablePointer { p in
-            for (i, j) in codes.enumerated() { p[i] = (scale * Float(j)) / half }
+            for (g, scale) in scales.enumerated() {
+                for i in (g * size)..<((g + 1) * size) { p[i] = (scale * Float(codes[i])) / half }
+            }
         }
         return t
     }
@@ -56,7 +71,8 @@ extension PackedModel {
     ///
     /// The model named in the header is created, ``QuantizationScheme/apply(to:)`` attaches the
     /// scheme (including PACT input quantizers when ``Header/activationBits`` is set), and then:
-    /// each quantized layer's weight is set to W' = s · j / 2^(n−1) decoded from its codes and its
+    /// each quantized layer's weight is set to W' = s · j / 2^(n−1) (s per channel when the file has
+    /// per-channel scales) decoded from its codes and its
     /// RoundClamp transform is REMOVED; every other parameter (BN, biases, running statistics,
     /// `input_alpha`) gets its float32 values. The layer thus computes with exactly the weight
     /// RoundClamp produced in training, and the logits equal the training model's eval logits bit

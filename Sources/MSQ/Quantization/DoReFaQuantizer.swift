@@ -28,6 +28,11 @@ import Foundation
 ///     dL/dW = dL/dw_q · 2 · (1 − t²) / (2 M) = dL/dw_q · (1 − t²) / M        (times s when scaled)
 ///
 /// An all-zero tensor (M = 0) quantizes to zeros and passes the gradient straight through.
+///
+/// ``granularity`` `.perChannel` (`--scale per-channel`, for a comparison with per-channel MSQ on
+/// equal terms) applies every formula above per output channel c (the first dimension):
+/// M_c = max over channel c of |tanh W|, and s_c = max|W_c| when scaled. Default per tensor.
+///
 /// The arithmetic is plain Swift in Float, in the order written above, so the tests' transcription
 /// of the formula reproduces it bit for bit.
 public final class DoReFaQuantizer: WeightTransform {
@@ -35,12 +40,15 @@ public final class DoReFaQuantizer: WeightTransform {
     public let bits: Int
     /// Whether w_q is multiplied by s = max|W| (see the type's documentation).
     public let scaled: Bool
+    /// Whether M (and s) are per tensor (default) or per output channel.
+    public let granularity: ScaleGranularity
 
-    /// A k-bit DoReFa quantizer, optionally ``scaled``.
-    public init(bits: Int, scaled: Bool = false) {
+    /// A k-bit DoReFa quantizer, optionally ``scaled``, with per-tensor (default) or per-channel M and s.
+    public init(bits: Int, scaled: Bool = false, granularity: ScaleGranularity = .perTensor) {
         precondition((1...16).contains(bits), "DoReFaQuantizer: bits \(bits) outside 1...16")
         self.bits = bits
         self.scaled = scaled
+        self.granularity = granularity
     }
 
     /// L = 2^k − 1, the largest code.
@@ -53,16 +61,26 @@ public final class DoReFaQuantizer: WeightTransform {
         tanhf(RoundClampQuantizer.scale(of: weight))
     }
 
+    /// Calls `body(start, count, M_g, s_g)` for each scale group of `weight` (the whole tensor, or
+    /// each output channel): M_g = tanh(max|W_g|) and s_g = max|W_g| when ``scaled``, else 1.
+    private func forEachGroup(of weight: Tensor, _ body: (Int, Int, Float, Float) -> Void) {
+        let (_, size) = granularity.groups(shape: weight.shape)
+        for (g, absMax) in granularity.scales(of: weight).enumerated() {
+            body(g * size, size, tanhf(absMax), scaled ? absMax : 1)
+        }
+    }
+
     /// The codes q ∈ [0, 2^k − 1] of `weight` (row-major), with w_q = 2q/L − 1.
     public func codes(of weight: Tensor) -> [Int32] {
-        let m = Self.tanhScale(of: weight)
         let l = Float(levels)
         var out = [Int32](repeating: 0, count: weight.count)
-        guard m > 0 else { return out }
         weight.withUnsafePointer { w in
-            for i in 0..<weight.count {
-                let wt = tanhf(w[i]) / (2 * m) + 0.5
-                out[i] = Int32((l * wt).rounded(.toNearestOrEven))
+            forEachGroup(of: weight) { start, count, m, _ in
+                guard m > 0 else { return }
+                for i in start..<(start + count) {
+                    let wt = tanhf(w[i]) / (2 * m) + 0.5
+                    out[i] = Int32((l * wt).rounded(.toNearestOrEven))
+                }
             }
         }
         return out
@@ -71,16 +89,16 @@ public final class DoReFaQuantizer: WeightTransform {
     /// w_q = 2 round(L·w_t)/L − 1 (shape of `weight`), times max|W| when ``scaled``.
     public func forward(_ weight: Tensor) -> Tensor {
         var out = Tensor(shape: weight.shape)
-        let m = Self.tanhScale(of: weight)
-        guard m > 0 else { return out }
-        let l = Float(levels), n = weight.count
-        let s: Float = scaled ? RoundClampQuantizer.scale(of: weight) : 1
+        let l = Float(levels)
         weight.withUnsafePointer { w in
             out.withUnsafeMutablePointer { q in
-                for i in 0..<n {
-                    let wt = tanhf(w[i]) / (2 * m) + 0.5
-                    let code = (l * wt).rounded(.toNearestOrEven)
-                    q[i] = (2 * code / l - 1) * s
+                forEachGroup(of: weight) { start, count, m, s in
+                    guard m > 0 else { return }
+                    for i in start..<(start + count) {
+                        let wt = tanhf(w[i]) / (2 * m) + 0.5
+                        let code = (l * wt).rounded(.toNearestOrEven)
+                        q[i] = (2 * code / l - 1) * s
+                    }
                 }
             }
         }
@@ -88,21 +106,20 @@ public final class DoReFaQuantizer: WeightTransform {
     }
 
     /// dL/dW = dL/dw_q · (1 − tanh²(W)) / M, times max|W| when ``scaled`` (straight-through rounding,
-    /// M and max|W| constant); identity when M = 0.
+    /// M and max|W| constant); identity where M = 0.
     public func backward(gradEffective: Tensor, weight: Tensor) -> Tensor {
         precondition(gradEffective.count == weight.count,
                      "DoReFaQuantizer: gradient has \(gradEffective.count) elements, weight \(weight.count)")
-        let m = Self.tanhScale(of: weight)
-        guard m > 0 else { return gradEffective.reshaped(weight.shape) }
         var dw = Tensor(shape: weight.shape)
-        let n = weight.count
-        let s: Float = scaled ? RoundClampQuantizer.scale(of: weight) : 1
         gradEffective.withUnsafePointer { g in
             weight.withUnsafePointer { w in
                 dw.withUnsafeMutablePointer { d in
-                    for i in 0..<n {
-                        let t = tanhf(w[i])
-                        d[i] = g[i] * (1 - t * t) / m * s
+                    forEachGroup(of: weight) { start, count, m, s in
+                        for i in start..<(start + count) {
+                            guard m > 0 else { d[i] = g[i]; continue }
+                            let t = tanhf(w[i])
+                            d[i] = g[i] * (1 - t * t) / m * s
+                        }
                     }
                 }
             }

@@ -142,17 +142,28 @@ public final class LSBRegularizer {
             let p = layer.parameter
             let w = p.value
             let n = w.count, bits = Int32(layer.bits), kk = Int32(effectiveK(i))
-            let s = w.withUnsafePointer { msq_absmax($0, n) }
             var absSum = 0.0
             var nonzero: Int64 = 0
+            // One fused pass per scale group (the whole tensor, or each output channel with its own
+            // s_c = max|W_c|: the formulas hold per channel, MSQ-SPEC §1), sums added in group order.
+            let (groups, size) = layer.quantizer.granularity.groups(shape: w.shape)
+            func pass(_ wp: UnsafePointer<Float>, _ g: UnsafeMutablePointer<Float>?) {
+                for c in 0..<groups {
+                    let at = c * size
+                    var groupAbs = 0.0
+                    var groupNonzero: Int64 = 0
+                    msq_lsb_forward_backward(nil, &groupAbs, &groupNonzero, g.map { $0 + at }, wp + at, size,
+                                             msq_absmax(wp + at, size), bits, kk, coeff)
+                    absSum += groupAbs
+                    nonzero += groupNonzero
+                }
+            }
             w.withUnsafePointer { wp in
                 if accumulateGradient {
                     precondition(p.grad.count == n, "LSBRegularizer: '\(layer.path)' has no gradient of \(n) elements")
-                    p.grad.withUnsafeMutablePointer { g in
-                        msq_lsb_forward_backward(nil, &absSum, &nonzero, g, wp, n, s, bits, kk, coeff)
-                    }
+                    p.grad.withUnsafeMutablePointer { g in pass(wp, g) }
                 } else {
-                    msq_lsb_forward_backward(nil, &absSum, &nonzero, nil, wp, n, s, bits, kk, coeff)
+                    pass(wp, nil)
                 }
             }
             total += absSum

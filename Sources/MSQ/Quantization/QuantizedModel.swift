@@ -1,4 +1,4 @@
-/// Why ``quantizeForMSQ(_:initialBits:overrides:excluded:)`` refused a configuration.
+/// Why ``quantizeForMSQ(_:initialBits:overrides:excluded:scaleGranularity:)`` refused a configuration.
 public enum QuantizationError: Error, Equatable, CustomStringConvertible {
     /// An override or exclusion names `path`, which is not a Conv2d or Linear in the model;
     /// `valid` lists every conv/linear module path the model has, in walk order.
@@ -67,6 +67,7 @@ public func quantizableLayers(of model: any Module) -> [(path: String, module: a
 /// Every layer starts at `initialBits` (MSQ-SPEC §3 default 8) unless `overrides[path]` gives
 /// another precision (e.g. `["conv1": 8]`). Paths are those of `visitModules` (`conv1`,
 /// `layer2.1.conv2`, `fc`). Excluded layers keep (or get) no quantizer and stay float.
+/// `scaleGranularity` chooses every quantizer's scale: per tensor (default) or per output channel.
 ///
 /// - Returns: the quantized layers in walk order.
 /// - Throws: ``QuantizationError/unknownLayer(path:valid:)`` for an override or exclusion that
@@ -74,7 +75,7 @@ public func quantizableLayers(of model: any Module) -> [(path: String, module: a
 ///   Nothing in the model changes when it throws.
 @discardableResult
 public func quantizeForMSQ(_ model: any Module, initialBits: Int = 8, overrides: [String: Int] = [:],
-                           excluded: Set<String> = []) throws -> [QuantizedLayer] {
+                           excluded: Set<String> = [], scaleGranularity: ScaleGranularity = .perTensor) throws -> [QuantizedLayer] {
     guard msqBitRange.contains(initialBits) else { throw QuantizationError.invalidBits(bits: initialBits, path: nil) }
     let candidates = quantizableLayers(of: model)
     let valid = candidates.map(\.path)
@@ -87,7 +88,7 @@ public func quantizeForMSQ(_ model: any Module, initialBits: Int = 8, overrides:
     }
     var layers: [QuantizedLayer] = []
     for (path, module) in candidates where !excluded.contains(path) {
-        let quantizer = RoundClampQuantizer(bits: overrides[path] ?? initialBits)
+        let quantizer = RoundClampQuantizer(bits: overrides[path] ?? initialBits, granularity: scaleGranularity)
         let weight: Parameter
         if let conv = module as? Conv2d {
             conv.weightTransform = quantizer

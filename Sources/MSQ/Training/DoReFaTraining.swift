@@ -7,15 +7,20 @@ public struct DoReFaOptions: Codable, Sendable, Equatable {
     /// Multiply each layer's w_q by max|W| (``DoReFaQuantizer/scaled``) [--dorefa-scaled]. Default
     /// off: DoReFa's formula.
     public var scaled: Bool = false
+    /// M (and s when ``scaled``) per tensor (default) or per output channel
+    /// (``DoReFaQuantizer/granularity``) [--scale].
+    public var scaleGranularity: ScaleGranularity = .perTensor
 
     /// Options for k-bit weights.
     public init(weightBits: Int) {
         self.weightBits = weightBits
     }
 
-    /// The options as name → value, for the run fingerprint.
+    /// The options as name → value, for the run fingerprint. `dorefa.scale` only when per channel:
+    /// checkpoints written before the option existed still resume.
     public var identity: [String: String] {
         ["dorefa.weight_bits": String(weightBits), "dorefa.scaled": String(scaled)]
+            .merging(scaleGranularity.identity(method: "dorefa")) { shared, _ in shared }
     }
 
     /// Checks the range a user can get wrong.
@@ -70,7 +75,9 @@ public final class DoReFaTraining: TrainingMethod {
         self.options = options
         self.paths = layers.map(\.path)
         self.counts = layers.map(\.count)
-        self.quantizers = layerBits.map { DoReFaQuantizer(bits: $0, scaled: options.scaled) }
+        self.quantizers = layerBits.map {
+            DoReFaQuantizer(bits: $0, scaled: options.scaled, granularity: options.scaleGranularity)
+        }
         self.activationBits = activationBits
         self.activationExcluded = try attachActivationQuantizers(model, bits: activationBits)
         for (layer, q) in zip(layers, quantizers) { attachWeightTransform(q, to: layer.module) }
@@ -78,17 +85,22 @@ public final class DoReFaTraining: TrainingMethod {
 
     public var name: String { "dorefa" }
 
+    public var scaleGranularity: ScaleGranularity? { options.scaleGranularity }
+
     var bits: [Int] { quantizers.map(\.bits) }
 
-    /// The precision table (every layer at k bits).
+    /// The precision table (every layer at k bits, and the scale granularity).
     public var scheme: QuantizationScheme {
-        precisionScheme(paths: paths, bits: bits, activationBits: activationBits, activationExcluded: activationExcluded)
+        var scheme = precisionScheme(paths: paths, bits: bits, activationBits: activationBits, activationExcluded: activationExcluded)
+        scheme.scaleGranularity = options.scaleGranularity
+        return scheme
     }
 
     public func prepare(model: Module, plan: TrainingPlan) throws {
         self.plan = plan
-        plan.log(String(format: "dorefa: %d layers, %d weights%@ at %@ (C %.2fx, paper %.2fx); activations %@",
+        plan.log(String(format: "dorefa: %d layers, %d weights%@ at %@, %@ scales (C %.2fx, paper %.2fx); activations %@",
                         paths.count, counts.reduce(0, +), options.scaled ? " (× max|W|)" : "", precisionDescription,
+                        options.scaleGranularity.rawValue,
                         LSBPruningScheduler.compression(counts: counts, bits: bits),
                         paperCompression(counts: counts, bits: bits),
                         activationBits.map { "\($0)-bit PACT" } ?? "float"))
@@ -114,6 +126,9 @@ public final class DoReFaTraining: TrainingMethod {
         let restored = try decodeMethodState(State.self, from: json, method: "DoReFa")
         guard restored.precisions.layers == scheme.layers else {
             throw CheckpointError.mismatch(path: "method state", reason: "its DoReFa layers or bits differ from this run's")
+        }
+        guard restored.precisions.scaleGranularity == options.scaleGranularity else {
+            throw CheckpointError.mismatch(path: "method state", reason: "its DoReFa scales are \(restored.precisions.scaleGranularity), this run's are \(options.scaleGranularity) (--scale)")
         }
     }
 

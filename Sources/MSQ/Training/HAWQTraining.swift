@@ -93,6 +93,9 @@ public final class HAWQTraining: TrainingMethod {
 
     public var name: String { "hawq" }
 
+    /// The scale granularity of the layers' RoundClamp quantizers.
+    public var scaleGranularity: ScaleGranularity? { QuantizationScheme(quantizedLayers: layers).scaleGranularity }
+
     /// Whether the scheme has been chosen (the QAT phase).
     public var isAllocated: Bool { state.phase == "qat" }
 
@@ -180,6 +183,9 @@ public final class HAWQTraining: TrainingMethod {
         let restored = try decodeMethodState(State.self, from: json, method: "HAWQ")
         guard restored.scheme.layers.map(\.path) == layers.map(\.path) else {
             throw CheckpointError.mismatch(path: "method state", reason: "its quantized layers differ from this model's")
+        }
+        guard restored.scheme.scaleGranularity == scaleGranularity else {
+            throw CheckpointError.mismatch(path: "method state", reason: "its layers were trained with \(restored.scheme.scaleGranularity) scales, this run's quantizers are \(String(describing: scaleGranularity)) (--scale)")
         }
         state = restored
     }

@@ -361,6 +361,7 @@ public final class MSQTraining: TrainingMethod {
         if fixedScheme && restored.scheme.layers != state.scheme.layers {
             throw CheckpointError.mismatch(path: "method state", reason: "its precisions differ from the fixed bit scheme")
         }
+        try checkScaleGranularity(restored.scheme)
         state = restored
     }
 

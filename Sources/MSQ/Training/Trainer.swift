@@ -153,6 +153,7 @@ public final class Trainer {
         ]
         if let initFrom = config.initFrom { summary["init_from"] = initFrom.summaryObject }
         if let bitScheme = config.bitScheme { summary["given_bit_scheme"] = bitScheme }
+        if let granularity = method.scaleGranularity { summary["scale_granularity"] = granularity.rawValue }
         summary.merge(method.summaryFields()) { _, new in new }
         try writeJSON(summary, to: summaryPath)
         log(String(format: "done: test accuracy %.4f after %d epochs; summary in %@", lastEval.accuracy,
@@ -213,7 +214,8 @@ public final class Trainer {
         let ckpt = try Checkpoint.read(from: checkpointPath)
         let h = ckpt.header
         if h.runFingerprint != config.fingerprint {
-            // Keys on either side: an option given only now, or only then (e.g. --init-from), is a difference.
+            // Keys on either side: an option given only now, or only then (--init-from, or
+            // `msq.scale`, recorded only when not at its default), is a difference.
             let keys = Set(config.identity.keys).union(h.runDescription.keys).sorted()
             let diffs = keys.compactMap { key -> String? in
                 let old = h.runDescription[key] ?? "(not set)"

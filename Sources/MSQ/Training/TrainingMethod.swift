@@ -19,6 +19,14 @@ public protocol TrainingMethod: AnyObject {
     func restoreState(_ json: String) throws
     /// Extra fields for `summary.json`.
     func summaryFields() -> [String: Any]
+    /// Whether the method's weight quantizers scale per tensor or per output channel; nil when it
+    /// has no such choice (float, BSQ, CSQ). `summary.json` records it as `scale_granularity`.
+    var scaleGranularity: ScaleGranularity? { get }
+}
+
+extension TrainingMethod {
+    /// No scale choice.
+    public var scaleGranularity: ScaleGranularity? { nil }
 }
 
 /// Plain float training: no extra terms, no state.
