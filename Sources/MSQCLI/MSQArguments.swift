@@ -37,6 +37,8 @@ struct MSQArguments: ParsableArguments {
     var lambdaScaling: String?
     @Option(help: "Which layers are forced down when the target needs it: estimated-loss (least estimated loss increase per stored bit saved, Hessian-weighted when --hessian on; default) or nonzero-rate (the paper's wording: lowest LSB nonzero rate first). msq only.")
     var forcedOrder: String?
+    @Option(help: "msq: a named set of defaults, overridden by any option given: default (the project's allocation rules) or paper (MSQ-SPEC read literally: lowest-r forcing with whole k-bit drops, one λ for all precisions, Hutchinson traces, per-tensor scales).")
+    var preset: String?
     @Option(help: "hawq: float training before the traces are taken, in epochs (default 1; 0 after --init-from).")
     var hawqWarmup: Double?
     @Flag(help: "dorefa: multiply each layer's quantized weights by max|W| (DoReFa's weights are in [-1, 1] otherwise).")
@@ -56,7 +58,7 @@ struct MSQArguments: ParsableArguments {
             "--min-bits": minBits != nil, "--hessian": hessian != nil, "--hessian-mode": hessianMode != nil, "--hessian-trace": hessianTrace != nil, "--hessian-batch": hessianBatch != nil,
             "--hessian-probes": hessianProbes != nil, "--lambda-growth": lambdaGrowth != nil,
             "--lambda-scaling": lambdaScaling != nil, "--forced-order": forcedOrder != nil,
-            "--hawq-warmup": hawqWarmup != nil,
+            "--hawq-warmup": hawqWarmup != nil, "--preset": preset != nil,
             "--dorefa-scaled": dorefaScaled, "--scale": scale != nil,
         ]
         return given.filter { $0.value }.map { $0.key } + (bitScheme != nil ? ["--bit-scheme"] : [])
@@ -67,7 +69,7 @@ struct MSQArguments: ParsableArguments {
         "fp": [],
         "msq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
                 "--prune-deadline", "--min-bits", "--hessian", "--hessian-mode", "--hessian-trace", "--hessian-batch",
-                "--hessian-probes", "--lambda-growth", "--lambda-scaling", "--forced-order", "--scale"],
+                "--hessian-probes", "--lambda-growth", "--lambda-scaling", "--forced-order", "--scale", "--preset"],
         "dorefa": ["--weight-bits", "--act-bits", "--dorefa-scaled", "--scale"],
         "bsq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
                 "--prune-deadline", "--min-bits"],
@@ -136,7 +138,15 @@ struct MSQArguments: ParsableArguments {
 
     /// MSQ's options (`--method msq`).
     func options() throws -> MSQOptions {
-        var o = try scheduleOptions(method: "msq", MSQOptions.init(targetCompression:))
+        let make: (Double) -> MSQOptions
+        switch preset ?? "default" {
+        case "default": make = MSQOptions.init(targetCompression:)
+        case "paper":
+            if scale == "per-channel" { throw ValidationError("--preset paper uses per-tensor scales; drop --scale per-channel or the preset") }
+            make = MSQOptions.paper(targetCompression:)
+        default: throw ValidationError("--preset must be default or paper (got \(preset ?? ""))")
+        }
+        var o = try scheduleOptions(method: "msq", make)
         let hessianSetting = hessian ?? "on"
         guard hessianSetting == "on" || hessianSetting == "off" else { throw ValidationError("--hessian must be on or off (got \(hessianSetting))") }
         if let pruneThreshold { o.pruneThreshold = pruneThreshold }

@@ -14,8 +14,19 @@ struct OptionsIdentityTests {
             "msq.hessian": "true", "msq.hessian_batch": "64", "msq.hessian_probes": "8",
             "msq.hessian_tolerance": "0.05", "msq.lambda_growth": "1.0",
             "msq.lambda_scaling": "uniform", "msq.forced_order": "estimated-loss",
-            "msq.hessian_trace": "hutchinson",
+            "msq.hessian_trace": "sampled-gauss-newton",
         ])
+    }
+
+    @Test("--preset paper is MSQ-SPEC read literally: lowest-r forcing, one λ, Hutchinson traces")
+    func msqPaperPreset() {
+        let paper = MSQOptions.paper(targetCompression: 10.67).identity
+        let standard = MSQOptions(targetCompression: 10.67).identity
+        #expect(paper["msq.forced_order"] == "nonzero-rate")
+        #expect(paper["msq.lambda_scaling"] == "uniform")
+        #expect(paper["msq.hessian_trace"] == "hutchinson")
+        let differing = Set(paper.keys).filter { paper[$0] != standard[$0] }
+        #expect(differing == ["msq.forced_order", "msq.hessian_trace"], "only the allocation rules differ")
     }
 
     @Test("BSQOptions' identity keys and values are pinned")

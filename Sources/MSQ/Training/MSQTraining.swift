@@ -21,8 +21,11 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
     /// How the HVPs are computed; nil = ``HessianMode/automatic(for:)`` (Gauss-Newton for the
     /// ResNets, which are piecewise linear in each layer's weights) [--hessian-mode].
     public var hessianMode: HessianMode? = nil
-    /// Which estimator gives the per-layer traces [--hessian-trace].
-    public var hessianTrace: TraceEstimator = .hutchinson
+    /// Which estimator gives the per-layer traces [--hessian-trace]. Default sampled Gauss-Newton:
+    /// on the 10k recipe (seed 0, 7 intervals × 20 layers) its per-layer standard error was a
+    /// median 25 % of the trace with none ≤ 0, Hutchinson's 66 % with 20 of 140 ≤ 0, at the same
+    /// probe count (bench/README "Allocation").
+    public var hessianTrace: TraceEstimator = .sampledGaussNewton
     /// Calibration images for the Hessian (the first N training images, no augmentation) [--hessian-batch].
     public var hessianBatch: Int = 64
     /// m_max, the most Hutchinson probes per estimate [--hessian-probes].
@@ -40,6 +43,16 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
     /// Options with the given target and the defaults above.
     public init(targetCompression: Double) {
         self.targetCompression = targetCompression
+    }
+
+    /// MSQ-SPEC read literally (`--preset paper`): ascending-r forcing with whole k-bit drops, λ
+    /// uniform over precisions, Hutchinson traces; per-tensor scales are the quantizer's default.
+    public static func paper(targetCompression: Double) -> MSQOptions {
+        var o = MSQOptions(targetCompression: targetCompression)
+        o.forcedOrder = .nonzeroRate
+        o.lambdaScaling = .uniform
+        o.hessianTrace = .hutchinson
+        return o
     }
 
     /// The options as name → value, for the run fingerprint (a resumed run must match them).
