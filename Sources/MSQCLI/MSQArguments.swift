@@ -157,27 +157,12 @@ struct MSQArguments: ParsableArguments {
             }
             o.hessianMode = mode
         }
-        if let hessianTrace {
-            guard let value = TraceEstimator(rawValue: hessianTrace) else {
-                throw ValidationError("--hessian-trace must be \(TraceEstimator.allCases.map(\.rawValue).joined(separator: " or ")) (got \(hessianTrace))")
-            }
-            o.hessianTrace = value
-        }
+        if let value: TraceEstimator = try choice(hessianTrace, flag: "--hessian-trace") { o.hessianTrace = value }
         if let hessianBatch { o.hessianBatch = hessianBatch }
         if let hessianProbes { o.hessianProbes = hessianProbes }
         if let lambdaGrowth { o.lambdaGrowth = lambdaGrowth }
-        if let lambdaScaling {
-            guard let value = LambdaScaling(rawValue: lambdaScaling) else {
-                throw ValidationError("--lambda-scaling must be \(LambdaScaling.allCases.map(\.rawValue).joined(separator: " or ")) (got \(lambdaScaling))")
-            }
-            o.lambdaScaling = value
-        }
-        if let forcedOrder {
-            guard let value = ForcedPruningOrder(rawValue: forcedOrder) else {
-                throw ValidationError("--forced-order must be \(ForcedPruningOrder.allCases.map(\.rawValue).joined(separator: " or ")) (got \(forcedOrder))")
-            }
-            o.forcedOrder = value
-        }
+        if let value: LambdaScaling = try choice(lambdaScaling, flag: "--lambda-scaling") { o.lambdaScaling = value }
+        if let value: ForcedPruningOrder = try choice(forcedOrder, flag: "--forced-order") { o.forcedOrder = value }
         try checkActivationBits()
         if !(2...16).contains(msqWeightBits) { throw ValidationError("--weight-bits must be in 2...16 (got \(msqWeightBits))") }
         _ = try scaleGranularity()
@@ -262,6 +247,16 @@ struct MSQArguments: ParsableArguments {
         return o
     }
 
+    /// The case of `E` named by `value` (nil when the option was not given); an unknown name is
+    /// refused with the flag and every valid name.
+    func choice<E: RawRepresentable & CaseIterable>(_ value: String?, flag: String) throws -> E? where E.RawValue == String {
+        guard let value else { return nil }
+        guard let parsed = E(rawValue: value) else {
+            throw ValidationError("\(flag) must be \(E.allCases.map(\.rawValue).joined(separator: " or ")) (got \(value))")
+        }
+        return parsed
+    }
+
     /// HAWQ's options (`--method hawq`).
     func hawqOptions() throws -> HAWQOptions {
         guard let target = targetCompression else {
@@ -273,12 +268,7 @@ struct MSQArguments: ParsableArguments {
         if let hawqWarmup { o.warmupEpochs = hawqWarmup }
         if let hessianBatch { o.hessianBatch = hessianBatch }
         if let hessianProbes { o.hessianProbes = hessianProbes }
-        if let hessianTrace {
-            guard let value = TraceEstimator(rawValue: hessianTrace) else {
-                throw ValidationError("--hessian-trace must be \(TraceEstimator.allCases.map(\.rawValue).joined(separator: " or ")) (got \(hessianTrace))")
-            }
-            o.hessianTrace = value
-        }
+        if let value: TraceEstimator = try choice(hessianTrace, flag: "--hessian-trace") { o.hessianTrace = value }
         return o
     }
 

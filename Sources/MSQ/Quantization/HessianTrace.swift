@@ -287,34 +287,62 @@ public final class HutchinsonTrace {
     /// - Throws: ``LossError`` if a label is outside the model's classes.
     public func estimate() throws -> HessianTraceEstimate {
         let counts = hvp.layerCounts
-        let L = counts.count
-        var sum = [Double](repeating: 0, count: L)
-        var sumSq = [Double](repeating: 0, count: L)
-        var m = 0
-        var previousMean: Double? = nil
-        while m < maxProbes {
-            let v = Self.probeTensors(seed: seed, probe: m, counts: counts)
+        var probes = ProbeAccumulator(layers: counts.count, maxProbes: maxProbes, minProbes: minProbes,
+                                      relativeTolerance: relativeTolerance)
+        repeat {
+            let v = Self.probeTensors(seed: seed, probe: probes.count, counts: counts)
             let hv = try hvp.apply(tensors: v)
-            var total = 0.0
-            for l in 0..<L {
-                let d = v[l].dot(hv[l])
-                sum[l] += d
-                sumSq[l] += d * d
-                total += d
-            }
-            m += 1
-            let mean = sum.reduce(0, +) / Double(m)
-            if m >= minProbes, let prev = previousMean, abs(mean - prev) < relativeTolerance * abs(mean) { break }
-            previousMean = mean
+            probes.add(counts.indices.map { v[$0].dot(hv[$0]) })
+        } while !probes.isDone
+        return probes.estimate
+    }
+}
+
+/// Per-layer running sums of probe terms with the trace estimators' stopping rule: stop after
+/// `maxProbes`, or once at least `minProbes` were taken and the running mean of the total moved by
+/// less than `relativeTolerance` of itself with the last probe.
+struct ProbeAccumulator {
+    let maxProbes: Int
+    let minProbes: Int
+    let relativeTolerance: Double
+    private var sum: [Double]
+    private var sumSq: [Double]
+    private var previousMean: Double? = nil
+    private(set) var count = 0
+    private(set) var isDone = false
+
+    init(layers: Int, maxProbes: Int, minProbes: Int, relativeTolerance: Double) {
+        self.maxProbes = maxProbes
+        self.minProbes = minProbes
+        self.relativeTolerance = relativeTolerance
+        sum = [Double](repeating: 0, count: layers)
+        sumSq = sum
+    }
+
+    /// Adds one probe's per-layer terms and updates ``isDone``.
+    mutating func add(_ terms: [Double]) {
+        for (l, d) in terms.enumerated() {
+            sum[l] += d
+            sumSq[l] += d * d
         }
-        let traces = sum.map { $0 / Double(max(m, 1)) }
-        let variances: [Double] = (0..<L).map { l in
-            guard m >= 2 else { return 0 }
-            let mean = sum[l] / Double(m)
-            let sampleVar = max(0, (sumSq[l] - Double(m) * mean * mean) / Double(m - 1))
-            return sampleVar / Double(m)
+        count += 1
+        let mean = sum.reduce(0, +) / Double(count)
+        if count >= maxProbes
+            || (count >= minProbes && previousMean.map { abs(mean - $0) < relativeTolerance * abs(mean) } ?? false) {
+            isDone = true
         }
-        return HessianTraceEstimate(traces: traces, variances: variances, probes: m)
+        previousMean = mean
+    }
+
+    /// The means and their squared standard errors (sample variance with m − 1, divided by m).
+    var estimate: HessianTraceEstimate {
+        let m = Double(max(count, 1))
+        let variances: [Double] = sum.indices.map { l in
+            guard count >= 2 else { return 0 }
+            let mean = sum[l] / m
+            return max(0, (sumSq[l] - m * mean * mean) / (m - 1)) / m
+        }
+        return HessianTraceEstimate(traces: sum.map { $0 / m }, variances: variances, probes: count)
     }
 }
 

@@ -63,14 +63,11 @@ public final class SampledGaussNewtonTrace {
         let savedGrads = model.trainableParameters().map { ($0, $0.grad) }
         defer { for (p, g) in savedGrads { p.grad = g } }
         let n = images.shape[0]
-        let L = layers.count
-        var sum = [Double](repeating: 0, count: L)
-        var sumSq = [Double](repeating: 0, count: L)
+        var probes = ProbeAccumulator(layers: layers.count, maxProbes: maxProbes, minProbes: minProbes,
+                                      relativeTolerance: relativeTolerance)
         var probabilities: [Float] = []
         var classes = 0
-        var m = 0
-        var previousMean: Double? = nil
-        while m < maxProbes {
+        repeat {
             model.zeroGradients()
             let logits = model.forward(images, mode: .eval)
             let loss = SoftmaxCrossEntropy()
@@ -79,7 +76,7 @@ public final class SampledGaussNewtonTrace {
                 probabilities = loss.probabilities?.scalars ?? []
                 classes = logits.shape[1]
             }
-            var rng = RandomSource(seed: seed &+ 0x5347_4E54 &* UInt64(m + 1))
+            var rng = RandomSource(seed: seed &+ 0x5347_4E54 &* UInt64(probes.count + 1))
             let sampled = (0..<n).map { i -> Int32 in
                 let u = rng.nextUnitFloat()
                 var acc: Float = 0
@@ -91,22 +88,8 @@ public final class SampledGaussNewtonTrace {
             }
             _ = try loss.forward(logits: logits, labels: sampled)
             model.backwardParameters(loss.backward())
-            for (l, layer) in layers.enumerated() {
-                let d = Double(n) * layer.parameter.grad.squaredNorm()
-                sum[l] += d
-                sumSq[l] += d * d
-            }
-            m += 1
-            let mean = sum.reduce(0, +) / Double(m)
-            if m >= minProbes, let prev = previousMean, abs(mean - prev) < relativeTolerance * abs(mean) { break }
-            previousMean = mean
-        }
-        let traces = sum.map { $0 / Double(max(m, 1)) }
-        let variances: [Double] = (0..<L).map { l in
-            guard m >= 2 else { return 0 }
-            let mean = sum[l] / Double(m)
-            return max(0, (sumSq[l] - Double(m) * mean * mean) / Double(m - 1)) / Double(m)
-        }
-        return HessianTraceEstimate(traces: traces, variances: variances, probes: m)
+            probes.add(layers.map { Double(n) * $0.parameter.grad.squaredNorm() })
+        } while !probes.isDone
+        return probes.estimate
     }
 }
