@@ -354,9 +354,14 @@ struct ProbeAccumulator {
 /// (``RoundClampQuantizer/squaredErrors(of:bits:)``; `lastScale` untouched) and N_l = `layer.count`.
 public func sensitivity(traces: [Double], layers: [QuantizedLayer]) -> [Double] {
     precondition(traces.count == layers.count, "sensitivity: \(traces.count) traces for \(layers.count) layers")
-    return zip(traces, layers).map { trace, layer in
-        let err = layer.quantizer.squaredErrors(of: layer.parameter.value, bits: [layer.bits])[0]
-        return layer.count > 0 ? trace / Double(layer.count) * err : 0
+    return zip(traces, layers).map { trace, layer in sensitivities(trace: trace, layer: layer, bits: [layer.bits])[0] }
+}
+
+/// Ω_l(n) = Tr(H_l)/N_l · ‖Q_n(W_l) − W_l‖² for every precision n in `bits` (HAWQ's table;
+/// ``sensitivity(traces:layers:)`` is it at each layer's own precision). 0 for an empty layer.
+public func sensitivities(trace: Double, layer: QuantizedLayer, bits: [Int]) -> [Double] {
+    layer.quantizer.squaredErrors(of: layer.parameter.value, bits: bits).map {
+        layer.count > 0 ? trace / Double(layer.count) * $0 : 0
     }
 }
 

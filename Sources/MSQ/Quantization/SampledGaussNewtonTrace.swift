@@ -7,6 +7,27 @@ public enum TraceEstimator: String, CaseIterable, Codable, Sendable {
     /// The Gauss-Newton trace by labels sampled from the model's own prediction
     /// (``SampledGaussNewtonTrace``): one gradient per probe, never negative, no cross-layer noise.
     case sampledGaussNewton = "sampled-gauss-newton"
+
+    /// Per-layer traces of `model`'s loss on `calibration` by this estimator (Hutchinson's HVPs in
+    /// `mode`, nil = ``HessianMode/automatic(for:)``), probing as ``HutchinsonTrace`` describes
+    /// (at least min(4, `maxProbes`) probes); also a name for logs. The model is used as it is:
+    /// the caller bypasses or bakes in the quantizers first.
+    func estimate(model: any Module, layers: [QuantizedLayer], calibration: (images: Tensor, labels: [Int32]),
+                  seed: UInt64, maxProbes: Int, relativeTolerance: Double,
+                  mode: HessianMode? = nil) throws -> (estimate: HessianTraceEstimate, name: String) {
+        switch self {
+        case .hutchinson:
+            let estimator = HutchinsonTrace(model: model, layers: layers, images: calibration.images,
+                                            labels: calibration.labels, seed: seed, maxProbes: maxProbes,
+                                            minProbes: min(4, maxProbes), relativeTolerance: relativeTolerance, mode: mode)
+            return (try estimator.estimate(), "Hutchinson, " + estimator.hvp.mode.rawValue)
+        case .sampledGaussNewton:
+            let estimator = SampledGaussNewtonTrace(model: model, layers: layers, images: calibration.images,
+                                                    seed: seed, maxProbes: maxProbes, minProbes: min(4, maxProbes),
+                                                    relativeTolerance: relativeTolerance)
+            return (try estimator.estimate(), "sampled Gauss-Newton")
+        }
+    }
 }
 
 /// Per-layer traces of the generalized Gauss-Newton matrix of the mean softmax cross-entropy on a

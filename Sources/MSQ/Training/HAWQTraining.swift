@@ -127,26 +127,15 @@ public final class HAWQTraining: TrainingMethod {
     func allocate(model: Module, stepsDone: Int) throws {
         let start = Date()
         for layer in layers { layer.quantizer.isBypassed = true }
-        let estimate: HessianTraceEstimate
-        switch options.hessianTrace {
-        case .hutchinson:
-            estimate = try HutchinsonTrace(model: model, layers: layers, images: calibration.images,
-                                           labels: calibration.labels, seed: seed &+ 0x4841_5751,
-                                           maxProbes: options.hessianProbes, minProbes: min(4, options.hessianProbes),
-                                           relativeTolerance: options.hessianTolerance).estimate()
-        case .sampledGaussNewton:
-            estimate = try SampledGaussNewtonTrace(model: model, layers: layers, images: calibration.images,
-                                                   seed: seed &+ 0x4841_5751, maxProbes: options.hessianProbes,
-                                                   minProbes: min(4, options.hessianProbes),
-                                                   relativeTolerance: options.hessianTolerance).estimate()
-        }
+        let (estimate, _) = try options.hessianTrace.estimate(model: model, layers: layers, calibration: calibration,
+                                                              seed: seed &+ 0x4841_5751, maxProbes: options.hessianProbes,
+                                                              relativeTolerance: options.hessianTolerance)
         let counts = layers.map(\.count)
         let traces = flooredTraces(estimate.traces, counts: counts)
         let precisions = Array(options.minBits...options.maxBits)
         let choices = layers.enumerated().map { i, layer in
-            let errors = layer.quantizer.squaredErrors(of: layer.parameter.value, bits: precisions)
-            let factor = traces[i] / Double(max(1, layer.count))
-            return BitAllocationLayer(count: layer.count, losses: Dictionary(uniqueKeysWithValues: zip(precisions, errors.map { factor * $0 })))
+            BitAllocationLayer(count: layer.count, losses: Dictionary(uniqueKeysWithValues: zip(
+                precisions, sensitivities(trace: traces[i], layer: layer, bits: precisions))))
         }
         let budget = 32 * Double(counts.reduce(0, +)) / options.targetCompression
         guard let bits = allocateBits(choices, budgetBits: budget) else {
@@ -184,17 +173,14 @@ public final class HAWQTraining: TrainingMethod {
         guard restored.scheme.layers.map(\.path) == layers.map(\.path) else {
             throw CheckpointError.mismatch(path: "method state", reason: "its quantized layers differ from this model's")
         }
-        guard restored.scheme.scaleGranularity == scaleGranularity else {
-            throw CheckpointError.mismatch(path: "method state", reason: "its layers were trained with \(restored.scheme.scaleGranularity) scales, this run's quantizers are \(String(describing: scaleGranularity)) (--scale)")
-        }
+        try checkScaleGranularity(restored.scheme, layers: layers)
         state = restored
     }
 
     public func summaryFields() -> [String: Any] {
         var fields = precisionSummary(paths: layers.map(\.path), counts: layers.map(\.count), bits: layers.map(\.bits))
         fields["target_compression"] = options.targetCompression
-        fields["overshoot"] = compressionRatio(layers) - options.targetCompression
-        fields["overshoot_percent"] = 100 * (compressionRatio(layers) / options.targetCompression - 1)
+        fields.merge(overshootSummary(reached: compressionRatio(layers), target: options.targetCompression)) { _, new in new }
         fields["pruning_events"] = [Any]()
         fields["forced_prunings"] = 0
         fields["pruning_intervals"] = 0

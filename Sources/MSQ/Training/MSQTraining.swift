@@ -274,23 +274,10 @@ public final class MSQTraining: TrainingMethod {
         guard options.hessian, let calibration else { return nil }
         let start = Date()
         let traceSeed = seed &+ 0x4865_7373 &+ UInt64(state.hessianEstimates)
-        let estimate: HessianTraceEstimate
-        let how: String
-        switch options.hessianTrace {
-        case .hutchinson:
-            let estimator = HutchinsonTrace(model: model, layers: layers, images: calibration.images,
-                                            labels: calibration.labels, seed: traceSeed,
-                                            maxProbes: options.hessianProbes, minProbes: min(4, options.hessianProbes),
-                                            relativeTolerance: options.hessianTolerance, mode: options.hessianMode)
-            estimate = try atQuantizedWeights(model: model) { try estimator.estimate() }
-            how = "Hutchinson, " + estimator.hvp.mode.rawValue
-        case .sampledGaussNewton:
-            let estimator = SampledGaussNewtonTrace(model: model, layers: layers, images: calibration.images,
-                                                    seed: traceSeed, maxProbes: options.hessianProbes,
-                                                    minProbes: min(4, options.hessianProbes),
-                                                    relativeTolerance: options.hessianTolerance)
-            estimate = try atQuantizedWeights(model: model) { try estimator.estimate() }
-            how = "sampled Gauss-Newton"
+        let (estimate, how) = try atQuantizedWeights(model: model) {
+            try options.hessianTrace.estimate(model: model, layers: layers, calibration: calibration, seed: traceSeed,
+                                              maxProbes: options.hessianProbes,
+                                              relativeTolerance: options.hessianTolerance, mode: options.hessianMode)
         }
         state.hessianEstimates += 1
         state.hessianProbesUsed += estimate.probes
@@ -374,7 +361,7 @@ public final class MSQTraining: TrainingMethod {
         if fixedScheme && restored.scheme.layers != state.scheme.layers {
             throw CheckpointError.mismatch(path: "method state", reason: "its precisions differ from the fixed bit scheme")
         }
-        try checkScaleGranularity(restored.scheme)
+        try checkScaleGranularity(restored.scheme, layers: layers)
         state = restored
     }
 
@@ -388,10 +375,7 @@ public final class MSQTraining: TrainingMethod {
                                                   probes: state.hessianProbesUsed, seconds: state.hessianSeconds),
                           activationBits: activationBits, finalPhaseStartStep: state.finalPhaseStartStep,
                           stepsPerEpoch: plan.stepsPerEpoch)
-        // C reached − target, and the same relative to the target (MSQ-SPEC §3: budget wasted).
-        let reached = compressionRatio(layers)
-        fields["overshoot"] = reached - options.targetCompression
-        fields["overshoot_percent"] = 100 * (reached / options.targetCompression - 1)
+        fields.merge(overshootSummary(reached: compressionRatio(layers), target: options.targetCompression)) { _, new in new }
         fields["lambda_scaling"] = options.lambdaScaling.rawValue
         fields["forced_order"] = options.forcedOrder.rawValue
         fields["fixed_scheme"] = fixedScheme

@@ -8,15 +8,15 @@ extension MSQTraining {
     public var scaleGranularity: ScaleGranularity? {
         QuantizationScheme(quantizedLayers: layers).scaleGranularity
     }
+}
 
-    /// Refuses a restored method state whose scheme was trained with other scales than this run's
-    /// quantizers use (the CLI's fingerprint catches it first, through `msq.scale`).
-    func checkScaleGranularity(_ restored: QuantizationScheme) throws {
-        let current = QuantizationScheme(quantizedLayers: layers).scaleGranularity
-        guard restored.scaleGranularity == current else {
-            throw CheckpointError.mismatch(
-                path: "method state",
-                reason: "its layers were trained with \(restored.scaleGranularity) scales, this run's quantizers are \(current) (--scale)")
-        }
+/// Refuses a restored method state whose scheme was trained with other scales than `layers`'
+/// quantizers use (the CLI's fingerprint catches it first, through `msq.scale` / `hawq.scale`).
+func checkScaleGranularity(_ restored: QuantizationScheme, layers: [QuantizedLayer]) throws {
+    let current = QuantizationScheme(quantizedLayers: layers).scaleGranularity
+    guard restored.scaleGranularity == current else {
+        throw CheckpointError.mismatch(
+            path: "method state",
+            reason: "its layers were trained with \(restored.scaleGranularity) scales, this run's quantizers are \(current) (--scale)")
     }
 }

@@ -150,6 +150,12 @@ func pruningRunSummary(paths: [String], counts: [Int], bits: [Int], targetCompre
     return fields
 }
 
+/// `overshoot` = C reached − target and `overshoot_percent` = the same relative to the target, in
+/// percent: the storage budget a run left unused (MSQ-SPEC §3).
+func overshootSummary(reached: Double, target: Double) -> [String: Any] {
+    ["overshoot": reached - target, "overshoot_percent": 100 * (reached / target - 1)]
+}
+
 /// One precision change as a `summary.json` object: MSQ's keys, which the bit-level methods extend.
 func pruningEventObject(step: Int, epoch: Double, decision: PruningDecision) -> [String: Any] {
     ["step": step, "epoch": epoch, "layer": decision.path, "from_bits": decision.fromBits,
