@@ -15,9 +15,9 @@ struct MSQArguments: ParsableArguments {
     var lambda: Double?
     @Option(help: "τ. msq: prune a layer whose LSB nonzero rate is at most this (default 0.05). bsq: remove an MSB/LSB plane whose nonzero rate is at most this (default 0: all-zero planes only).")
     var pruneThreshold: Double?
-    @Option(help: "Interval in epochs, fractional allowed (default 0.5). msq: pruning. bsq: requantization and plane removal. csq: status table.")
+    @Option(help: "Interval in epochs, fractional allowed (default 0.5; msq 0.2, msq --preset paper 0.5). msq: pruning. bsq: requantization and plane removal. csq: status table.")
     var pruneInterval: Double?
-    @Option(help: "Fraction of training by which the target must be met (default 0.6). csq: the masks are hardened there.")
+    @Option(help: "Fraction of training by which the target must be met (default 0.6; msq 0.2, msq --preset paper 0.6). csq: the masks are hardened there.")
     var pruneDeadline: Double?
     @Option(help: "Lowest precision a layer may reach, sign included (default 2). msq, bsq, csq.")
     var minBits: Int?

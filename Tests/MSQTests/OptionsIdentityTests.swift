@@ -10,7 +10,7 @@ struct OptionsIdentityTests {
     func msq() {
         #expect(MSQOptions(targetCompression: 10.67).identity == [
             "msq.target_compression": "10.67", "msq.lambda": "1.0", "msq.prune_threshold": "0.05",
-            "msq.prune_interval": "0.5", "msq.prune_deadline": "0.6", "msq.min_bits": "2",
+            "msq.prune_interval": "0.2", "msq.prune_deadline": "0.2", "msq.min_bits": "2",
             "msq.hessian": "true", "msq.hessian_batch": "64", "msq.hessian_probes": "8",
             "msq.hessian_tolerance": "0.05", "msq.lambda_growth": "1.0",
             "msq.lambda_scaling": "uniform", "msq.forced_order": "estimated-loss",
@@ -18,15 +18,18 @@ struct OptionsIdentityTests {
         ])
     }
 
-    @Test("--preset paper is MSQ-SPEC read literally: lowest-r forcing, one λ, Hutchinson traces")
+    @Test("--preset paper is MSQ-SPEC read literally: 0.5-epoch intervals, deadline at 60 %, lowest-r forcing, one λ, Hutchinson traces")
     func msqPaperPreset() {
         let paper = MSQOptions.paper(targetCompression: 10.67).identity
         let standard = MSQOptions(targetCompression: 10.67).identity
         #expect(paper["msq.forced_order"] == "nonzero-rate")
         #expect(paper["msq.lambda_scaling"] == "uniform")
         #expect(paper["msq.hessian_trace"] == "hutchinson")
+        #expect(paper["msq.prune_interval"] == "0.5")
+        #expect(paper["msq.prune_deadline"] == "0.6")
         let differing = Set(paper.keys).filter { paper[$0] != standard[$0] }
-        #expect(differing == ["msq.forced_order", "msq.hessian_trace"], "only the allocation rules differ")
+        #expect(differing == ["msq.forced_order", "msq.hessian_trace", "msq.prune_interval", "msq.prune_deadline"],
+                "only the allocation rules and the pace differ")
     }
 
     @Test("BSQOptions' identity keys and values are pinned")

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs/allocation}
 SEEDS=${SEEDS:-"0 1 2"}
-ROWS=${ROWS:-"msq-10.67 dorefa3 msq-off-10.67 hawq-10.67 msq-12.8 msq-paper-10.67 fixed dorefa3-pc msq-pc-10.67 dorefa2 dorefa2-pc hawq-12.8 float"}
+ROWS=${ROWS:-"msq-10.67 dorefa3 msq-off-10.67 hawq-10.67 msq-12.8 fixed msq-slow-10.67 msq-off-slow-10.67 msq-slow-12.8 fixed-slow msq-paper-10.67 dorefa3-pc msq-pc-10.67 dorefa2 dorefa2-pc hawq-12.8 float"}
 mkdir -p "$RUNS"
 if [[ -z "${MSQ:-}" ]]; then
     swift build -c release >/dev/null
@@ -18,6 +18,7 @@ if [[ -z "${MSQ:-}" ]]; then
 fi
 THREADS=${THREADS:-2}
 RECIPE="--model resnet20 --dataset fashion-mnist --epochs 6 --limit-train 10000 --batch-size 128 --lr 0.1 --threads $THREADS"
+SLOW="--prune-interval 0.5 --prune-deadline 0.6"
 FULL="--model resnet20 --dataset fashion-mnist --epochs 8 --batch-size 128 --lr 0.1 --threads $THREADS --seed 0"
 source bench/scripts/resumable-run.sh
 row() {  # row name, seed
@@ -33,11 +34,17 @@ row() {  # row name, seed
         msq-pc-10.67)    run "$r-s$s" $RECIPE --seed "$s" --method msq --target-compression 10.67 --scale per-channel ;;
         msq-12.8)        run "$r-s$s" $RECIPE --seed "$s" --method msq --target-compression 12.8 ;;
         msq-off-10.67)   run "$r-s$s" $RECIPE --seed "$s" --method msq --target-compression 10.67 --hessian off ;;
+        # The pace before 2026-12-07 (the spec's: 0.5-epoch intervals, target met at 60 % of training).
+        msq-slow-10.67)  run "$r-s$s" $RECIPE --seed "$s" --method msq --target-compression 10.67 $SLOW ;;
+        msq-off-slow-10.67) run "$r-s$s" $RECIPE --seed "$s" --method msq --target-compression 10.67 --hessian off $SLOW ;;
+        msq-slow-12.8)   run "$r-s$s" $RECIPE --seed "$s" --method msq --target-compression 12.8 $SLOW ;;
         hawq-10.67)      run "$r-s$s" $RECIPE --seed "$s" --method hawq --target-compression 10.67 ;;
         hawq-12.8)       run "$r-s$s" $RECIPE --seed "$s" --method hawq --target-compression 12.8 ;;
         fixed)           # the control: MSQ default's seed-0 scheme, plain QAT from step 0
                          [[ -f "$RUNS/msq-10.67-s0/summary.json" ]] || row msq-10.67 0
                          run "$r-s$s" $RECIPE --seed "$s" --method msq --bit-scheme "$RUNS/msq-10.67-s0/summary.json" ;;
+        fixed-slow)      [[ -f "$RUNS/msq-slow-10.67-s0/summary.json" ]] || row msq-slow-10.67 0
+                         run "$r-s$s" $RECIPE --seed "$s" --method msq --bit-scheme "$RUNS/msq-slow-10.67-s0/summary.json" ;;
         full)            [[ $s == 0 ]] || return 0
                          run "full-float-s0"     $FULL --method fp
                          run "full-dorefa3-s0"   $FULL --method dorefa --weight-bits 3 --dorefa-scaled

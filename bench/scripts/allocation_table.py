@@ -24,6 +24,10 @@ ROWS = [
     ("hawq-10.67", "HAWQ, 10.67x"),
     ("hawq-12.8", "HAWQ, 12.8x"),
     ("fixed", "fixed scheme of MSQ default seed 0, QAT from step 0"),
+    ("msq-slow-10.67", "MSQ, spec pace (interval 0.5, deadline 0.6), 10.67x"),
+    ("msq-off-slow-10.67", "MSQ, spec pace, Hessian off, 10.67x"),
+    ("msq-slow-12.8", "MSQ, spec pace, 12.8x"),
+    ("fixed-slow", "fixed scheme of MSQ spec-pace seed 0, QAT from step 0"),
 ]
 
 
