@@ -7,6 +7,7 @@ the epoch the target was met (mean), and seed 0's scheme. Then the full-set runs
 import glob
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -38,6 +39,9 @@ def mean_sd(xs):
 def load(runs, row):
     out = {}
     for p in sorted(glob.glob(os.path.join(runs, f"{row}-s*/summary.json"))):
+        # "fixed-s*" also matches "fixed-slow-s0": only <row>-s<digits> is this row's.
+        if not re.fullmatch(re.escape(row) + r"-s\d+", os.path.basename(os.path.dirname(p))):
+            continue
         s = json.load(open(p))
         out[s["seed"]] = s
     return out
@@ -58,8 +62,10 @@ def fmt_row(label, runs):
     met = [x.get("final_phase_start_epoch") for x in xs if x.get("final_phase_start_epoch") is not None]
     met_s = f"{statistics.mean(met):.2f}" if met else "-"
     drops_s = f"{forced} / {drops}" if drops else "-"
+    # One seed has no spread: say so rather than print ± 0.
+    acc_s = f"{acc:.4f} ± {sd:.4f}" if len(xs) > 1 else f"{acc:.4f} (one seed)"
     first = runs.get(0, xs[0])
-    return (f"| {label} | {','.join(map(str, seeds))} | {acc:.4f} ± {sd:.4f} | {c:.2f} | {cp:.2f} | {drops_s} "
+    return (f"| {label} | {','.join(map(str, seeds))} | {acc_s} | {c:.2f} | {cp:.2f} | {drops_s} "
             f"| {met_s} | {scheme(first)} |")
 
 
