@@ -34,7 +34,7 @@ struct InspectCommand: ParsableCommand {
     var dataDir: String?
     @Option(help: "Where --hessian writes its JSON (default: hessian.json beside the checkpoint).")
     var json: String?
-    @Option(help: "Kernel threads (0 = all cores).")
+    @Option(help: "Kernel threads (0 = all cores; a count above the available cores is capped at them).")
     var threads: Int = 0
 
     func validate() throws {
@@ -64,7 +64,9 @@ struct InspectCommand: ParsableCommand {
     }
 
     private func inspectHessian(_ ckpt: Checkpoint) throws {
-        setKernelThreads(threads)
+        if setKernelThreads(threads) < threads {
+            writeLine("warning: --threads \(threads) is more than the \(RunLimits.availableCores) cores available; using \(kernelThreads)")
+        }
         let restored = try RestoredModel(checkpoint: ckpt)
         let batch = try restored.calibrationBatch(count: calibration, dataDirectory: dataDir)
         let start = Date()

@@ -134,7 +134,7 @@ public final class CSQTraining: TrainingMethod, BitPlaneMethod {
     var intervalSteps: Int { PruningPace.intervalSteps(epochs: options.pruneIntervalEpochs, plan: plan) }
     /// Not aligned to an interval as MSQ's and BSQ's: CSQ's intervals only print status, the
     /// deadline ends β's annealing.
-    var deadlineStep: Int { max(1, Int((options.deadlineFraction * Double(plan.totalSteps)).rounded())) }
+    var deadlineStep: Int { max(1, RunLimits.steps(epochs: options.deadlineFraction, stepsPerEpoch: plan.totalSteps)) }
 
     /// β after `stepsDone` steps: β_final^(min(1, stepsDone / t_s)).
     public func temperature(afterSteps stepsDone: Int) -> Float {

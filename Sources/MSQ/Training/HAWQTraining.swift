@@ -99,7 +99,7 @@ public final class HAWQTraining: TrainingMethod {
     /// Whether the scheme has been chosen (the QAT phase).
     public var isAllocated: Bool { state.phase == "qat" }
 
-    var warmupSteps: Int { Int((options.warmupEpochs * Double(plan.stepsPerEpoch)).rounded()) }
+    var warmupSteps: Int { RunLimits.steps(epochs: options.warmupEpochs, stepsPerEpoch: plan.stepsPerEpoch) }
 
     public func prepare(model: Module, plan: TrainingPlan) throws {
         self.plan = plan

@@ -181,6 +181,7 @@ public final class MSQTraining: TrainingMethod {
 
     public func prepare(model: Module, plan: TrainingPlan) throws {
         self.plan = plan
+        try checkStateAgainstPlan()
         try pace.checkFits(plan, intervalEpochs: options.pruneIntervalEpochs, what: "pruning")
         // Precisions come from the state (restored from a checkpoint, or the initial scheme).
         let bitsByPath = Dictionary(uniqueKeysWithValues: state.scheme.layers.map { ($0.path, $0.bits) })
@@ -362,6 +363,7 @@ public final class MSQTraining: TrainingMethod {
             throw CheckpointError.mismatch(path: "method state", reason: "its precisions differ from the fixed bit scheme")
         }
         try checkScaleGranularity(restored.scheme, layers: layers)
+        try validateRestored(restored)
         state = restored
     }
 

@@ -85,14 +85,15 @@ struct PruningPace {
 
     init(options: some PruningScheduleOptions, plan: TrainingPlan) {
         let interval = Self.intervalSteps(epochs: options.pruneIntervalEpochs, plan: plan)
-        let raw = max(1, Int((options.deadlineFraction * Double(plan.totalSteps)).rounded()))
+        let raw = max(1, RunLimits.steps(epochs: options.deadlineFraction, stepsPerEpoch: plan.totalSteps))
         intervalSteps = interval
         deadlineStep = max(interval, raw / interval * interval)
     }
 
     /// `epochs` of `plan` in steps, rounded, at least one.
     static func intervalSteps(epochs: Double, plan: TrainingPlan) -> Int {
-        max(1, Int((epochs * Double(plan.stepsPerEpoch)).rounded()))
+        // Clamped: an interval of 1e300 epochs is refused by checkFits, not trapped on here.
+        max(1, RunLimits.steps(epochs: epochs, stepsPerEpoch: plan.stepsPerEpoch))
     }
 
     /// Refuses an interval so long that the deadline would fall after the run (no interval would
