@@ -83,6 +83,9 @@ public final class Trainer {
             try truncateMetrics(toEpochs: progress.epochsCompleted)
         } else if resume {
             log("no checkpoint in \(outDirectory): starting from scratch")
+            // A run killed before its first checkpoint may have left an epoch's metrics line,
+            // which that epoch, trained again, would otherwise duplicate.
+            try truncateMetrics(toEpochs: 0)
         }
         do {
             try method.prepare(model: model, plan: TrainingPlan(stepsPerEpoch: stepsPerEpoch, epochs: config.epochs, log: log))

@@ -1,7 +1,8 @@
 import Foundation
 
 extension Trainer {
-    /// Creates the output directory if needed, proves it writable, and refuses to overwrite a run without `resume`. Every
+    /// Creates the output directory if needed, proves it writable, removes this program's own
+    /// stale temporary checkpoints, and refuses to overwrite a run without `resume`. Every
     /// failure names the path and the system's reason (no Foundation error text).
     func prepareOutputDirectory(resume: Bool) throws(TrainingError) {
         var isDir: ObjCBool = false
@@ -19,7 +20,25 @@ extension Trainer {
         if let problem = probeWritable(outDirectory) {
             throw .outputDirectory("the output directory \(outDirectory) is not writable: \(problem)")
         }
+        removeStaleTemporaryCheckpoints()
         if !resume { unlink(metricsPath) }
+    }
+
+    /// Deletes `checkpoint.msqckpt.tmp-PID` files (the atomic writer's temporary name) whose
+    /// process no longer runs: a kill during a write leaves one of these (2 MB for ResNet-20),
+    /// and nothing else would ever remove it. Other files are never touched.
+    func removeStaleTemporaryCheckpoints() {
+        let prefix = Trainer.checkpointName + ".tmp-"
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: outDirectory) else { return }
+        for name in names where name.hasPrefix(prefix) {
+            let digits = name.dropFirst(prefix.count)
+            guard !digits.isEmpty, digits.allSatisfy(\.isASCII), digits.allSatisfy(\.isNumber),
+                  let pid = Int32(digits) else { continue }
+            // A live writer (another msq on the same directory) keeps its file.
+            if pid != getpid(), kill(pid, 0) == 0 || errno == EPERM { continue }
+            let path = (outDirectory as NSString).appendingPathComponent(name)
+            if unlink(path) == 0 { log("removed a stale temporary checkpoint \(path) (left by a killed run)") }
+        }
     }
 
     /// Appends one JSON line to `metrics.jsonl` (non-finite numbers written as null).
