@@ -145,4 +145,44 @@ struct CheckpointFieldTests {
         }
         try method.restoreState(json)  // the unedited state still restores
     }
+
+    /// `json` (a method state) with `edit` applied to its top-level object.
+    func editedState(_ json: String, _ edit: (inout [String: Any]) -> Void) throws -> String {
+        var object = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        edit(&object)
+        return String(decoding: try JSONSerialization.data(withJSONObject: object), as: UTF8.self)
+    }
+
+    @Test("BSQ, CSQ and HAWQ states with overflowing planes, counters or precisions are refused naming the field")
+    func baselineMethodStates() throws {
+        let setup = try TinyTrainingSetup(method: "bsq", epochs: 1)
+        let bsq = try BSQTraining(model: setup.makeModel(), options: BSQOptions(targetCompression: 10.67))
+        let bsqState = try bsq.encodeState()
+        let planes = try editedState(bsqState) { o in var p = o["lowestPlanes"] as! [Int]; p[0] = Int.max; o["lowestPlanes"] = p }
+        #expect(refusedField(path: "method state") { try bsq.restoreState(planes) } == "methodState.lowestPlanes[0]")
+        let intervals = try editedState(bsqState) { $0["intervals"] = Int.max }
+        #expect(refusedField(path: "method state") { try bsq.restoreState(intervals) } == "methodState.intervals")
+        try bsq.restoreState(bsqState)
+
+        let csq = try CSQTraining(model: setup.makeModel(), options: CSQOptions(targetCompression: 10.67))
+        let csqState = try csq.encodeState()
+        let steps = try editedState(csqState) { $0["stepsDone"] = -1 }
+        #expect(refusedField(path: "method state") { try csq.restoreState(steps) } == "methodState.stepsDone")
+        try csq.restoreState(csqState)
+
+        let model = setup.makeModel()
+        let calibration = try calibrationBatch(from: setup.train, normalization: setup.normalization, count: 8)
+        let hawq = try HAWQTraining(layers: try quantizeForMSQ(model), options: HAWQOptions(targetCompression: 10.67),
+                                    calibration: calibration, seed: 0)
+        let hawqState = try hawq.encodeState()
+        let bits = try editedState(hawqState) { o in
+            var scheme = o["scheme"] as! [String: Any]
+            var layers = scheme["layers"] as! [[String: Any]]
+            layers[0]["bits"] = 40
+            scheme["layers"] = layers
+            o["scheme"] = scheme
+        }
+        #expect(refusedField(path: "method state") { try hawq.restoreState(bits) } == "methodState.scheme.layers[0].bits")
+        try hawq.restoreState(hawqState)
+    }
 }

@@ -293,6 +293,10 @@ public final class CSQTraining: TrainingMethod, BitPlaneMethod {
         if let masks = restored.hardMasks, masks.count != paths.count || masks.contains(where: { $0.count != planes }) {
             throw CheckpointError.corrupt(path: "method state", reason: "CSQ hard masks do not match the model's layers and planes")
         }
+        try MethodStateChecks.bits(restored.precisions, in: 1...16, field: "precisions")
+        try MethodStateChecks.phase(restored.phase, ["search", "finetuning"])
+        try MethodStateChecks.counters([("stepsDone", restored.stepsDone), ("intervals", restored.intervals),
+                                        ("finalPhaseStartStep", restored.finalPhaseStartStep)])
         state = restored
     }
 

@@ -174,6 +174,13 @@ public final class HAWQTraining: TrainingMethod {
             throw CheckpointError.mismatch(path: "method state", reason: "its quantized layers differ from this model's")
         }
         try checkScaleGranularity(restored.scheme, layers: layers)
+        try MethodStateChecks.bits(restored.scheme, in: options.minBits...options.maxBits, field: "scheme")
+        try MethodStateChecks.phase(restored.phase, ["warmup", "qat"])
+        try MethodStateChecks.counters([("allocationStep", restored.allocationStep), ("hessianProbes", restored.hessianProbes)])
+        try MethodStateChecks.nonNegative("hessianSeconds", restored.hessianSeconds)
+        if let traces = restored.traces, traces.count != layers.count || traces.contains(where: { !$0.isFinite }) {
+            throw MethodStateChecks.invalid("traces", "has \(traces.count) values for \(layers.count) layers, or one not finite")
+        }
         state = restored
     }
 
