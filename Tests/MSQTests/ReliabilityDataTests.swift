@@ -117,4 +117,21 @@ struct ReliabilityDataTests {
         #expect((object?["nested"] as? [String: Any])?["x"] is NSNull)
         #expect(object?["ok"] as? Double == 1.5)
     }
+
+    @Test("CIFAR10.parseRecords (the loader's and the fuzz harness's parser) takes whole records up to a limit")
+    func cifarParseRecords() throws {
+        let bytes = DataFixtures.cifarRecords(labels: [3, 9, 0], first: 0)
+        let all = try CIFAR10.parseRecords(bytes, path: "b")
+        #expect(all.labels == [3, 9, 0] && all.pixels.count == 3 * 3072)
+        #expect(Array(all.pixels.prefix(3072)) == Array(bytes[1..<3073]))
+        #expect(try CIFAR10.parseRecords(bytes, path: "b", limit: 2).labels == [3, 9])
+        #expect(throws: DataError.truncated(path: "b", expectedBytes: 3 * 3073, actualBytes: 3 * 3073 - 1)) {
+            _ = try CIFAR10.parseRecords(Array(bytes.dropLast()), path: "b")
+        }
+        var bad = bytes
+        bad[3073] = 10
+        #expect(throws: DataError.labelOutOfRange(path: "b", index: 1, value: 10, numClasses: 10)) {
+            _ = try CIFAR10.parseRecords(bad, path: "b")
+        }
+    }
 }
