@@ -102,6 +102,7 @@ struct ReliabilityDataTests {
         #expect((epoch, step, globalStep) == (2, 3, 6))
         #expect(loss.isNaN)
         #expect(culprit == "the first parameter with a non-finite weight is layer2.0.conv1.weight")
+        #expect(error.map { String(describing: $0) }?.contains("The checkpoint of epoch 1 was kept") == true)
         let kept = try Checkpoint.read(from: dir + "/" + Trainer.checkpointName)
         #expect(kept.header.epochsCompleted == 1)
         let metrics = try String(contentsOfFile: dir + "/metrics.jsonl", encoding: .utf8)

@@ -137,7 +137,8 @@ public enum TrainingError: Error, CustomStringConvertible {
         case let .nonFinite(epoch, step, globalStep, loss, culprit):
             return "training stopped at epoch \(epoch), step \(step) (global step \(globalStep)): the loss is \(loss); "
                 + (culprit ?? "every weight and gradient is finite (the forward pass overflowed)")
-                + ". The last checkpoint (end of epoch \(epoch - 1)) was kept. Try a lower --lr or a longer --warmup-epochs."
+                + (epoch > 1 ? ". The checkpoint of epoch \(epoch - 1) was kept" : ". No epoch had completed, so there is no checkpoint")
+                + ". Try a lower --lr or a longer --warmup-epochs."
         case let .diverged(epoch, step, loss):
             return "training diverged at epoch \(epoch), step \(step): loss is \(loss). Try a lower --lr or a longer --warmup-epochs."
         }
