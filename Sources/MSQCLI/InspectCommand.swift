@@ -38,7 +38,9 @@ struct InspectCommand: ParsableCommand {
     var threads: Int = 0
 
     func validate() throws {
-        if calibration < 1 { throw ValidationError("--calibration must be at least 1 (got \(calibration))") }
+        if !(1...RunLimits.maxCalibrationImages).contains(calibration) {
+            throw ValidationError("--calibration must be in 1...\(RunLimits.maxCalibrationImages) (got \(calibration))")
+        }
         if probes < 1 { throw ValidationError("--probes must be at least 1 (got \(probes))") }
         if powerIterations < 1 { throw ValidationError("--power-iterations must be at least 1 (got \(powerIterations))") }
         if threads < 0 { throw ValidationError("--threads must be ≥ 0 (got \(threads); 0 means all cores)") }

@@ -16,6 +16,11 @@ public enum RunLimits {
     /// 1×1 or empty feature maps.
     public static let minimumImageSize = 8
 
+    /// The most calibration images a Hessian estimate takes (`--hessian-batch`, `msq inspect
+    /// --calibration`): they go through the network as one batch, and `--calibration` at `Int.max`
+    /// once took all 60,000 Fashion-MNIST images into one pass and was killed for memory.
+    public static let maxCalibrationImages = 4096
+
     /// Cores this process may run on (its CPU affinity), at least 1.
     public static var availableCores: Int { max(1, ProcessInfo.processInfo.activeProcessorCount) }
 

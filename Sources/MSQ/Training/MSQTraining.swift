@@ -74,7 +74,9 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
     public func validate(maxCompression: Double) throws(TrainingError) {
         try validateSchedule(maxCompression: maxCompression, pruneThreshold: pruneThreshold)
         if !msqBitRange.contains(minBits) { throw .invalidOption("--min-bits must be in 2...16 (got \(minBits))") }
-        if hessianBatch < 1 { throw .invalidOption("--hessian-batch must be at least 1 (got \(hessianBatch))") }
+        if !(1...RunLimits.maxCalibrationImages).contains(hessianBatch) {
+            throw .invalidOption("--hessian-batch must be in 1...\(RunLimits.maxCalibrationImages) (got \(hessianBatch))")
+        }
         if hessianProbes < 1 { throw .invalidOption("--hessian-probes must be at least 1 (got \(hessianProbes))") }
         if !(lambdaGrowth >= 1) || !lambdaGrowth.isFinite { throw .invalidOption("--lambda-growth must be ≥ 1 (got \(lambdaGrowth))") }
     }
