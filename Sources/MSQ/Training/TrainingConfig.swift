@@ -125,8 +125,6 @@ public enum TrainingError: Error, CustomStringConvertible {
     /// from 1, as in the progress lines); `culprit`
     /// names the first parameter (in model order) whose weight or gradient is not finite, if any.
     case nonFinite(epoch: Int, step: Int, globalStep: Int, loss: Float, culprit: String?)
-    /// The loss became NaN or infinite.
-    case diverged(epoch: Int, step: Int, loss: Float)
 
     public var description: String {
         switch self {
@@ -139,8 +137,6 @@ public enum TrainingError: Error, CustomStringConvertible {
                 + (culprit ?? "every weight and gradient is finite (the forward pass overflowed)")
                 + (epoch > 1 ? ". The checkpoint of epoch \(epoch - 1) was kept" : ". No epoch had completed, so there is no checkpoint")
                 + ". Try a lower --lr or a longer --warmup-epochs."
-        case let .diverged(epoch, step, loss):
-            return "training diverged at epoch \(epoch), step \(step): loss is \(loss). Try a lower --lr or a longer --warmup-epochs."
         }
     }
 }
