@@ -6,6 +6,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${1:-$root/bench/fuzz/corpus/seeds}"
+# A file added to MSQ (a path dependency here) is seen only with a fresh build plan.
+rm -f "$root/bench/fuzz/.build-seeds/release.yaml" "$root/bench/fuzz/.build-seeds/x86_64-unknown-linux-gnu/release/description.json"
 swift build -c release --package-path "$root/bench/fuzz" --scratch-path "$root/bench/fuzz/.build-seeds" \
     --product fuzz-seeds >&2
 rm -rf "$out"

@@ -38,15 +38,31 @@ public func writeScratch(_ bytes: [UInt8], to path: String) {
     _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
 }
 
-/// The model and MSQ method whose state the checkpoint harness restores and the seeds encode:
-/// ResNet-20, 1 input channel, 4 classes, every conv/linear at 8 bits, Hessian off.
-public func makeFuzzMSQMethod() -> (model: any Module, method: MSQTraining)? {
-    let model = makeModel(.resnet20, inputChannels: 1, numClasses: 4, seed: 0)
-    var options = MSQOptions(targetCompression: 10.67)
-    options.hessian = false
-    guard let layers = try? quantizeForMSQ(model),
-          let method = try? MSQTraining(layers: layers, options: options, calibration: nil, seed: 0) else { return nil }
-    return (model, method)
+/// The methods whose states the checkpoint harness restores and the seeds encode, each over its
+/// own ResNet-20 (1 input channel, 4 classes): MSQ (8 bits, Hessian off), BSQ, CSQ, HAWQ and
+/// DoReFa at 4 bits. Nil if one cannot be built (a bug the harness would report by crashing).
+public func makeFuzzMethods() -> [(name: String, model: any Module, method: TrainingMethod)]? {
+    func model() -> any Module { makeModel(.resnet20, inputChannels: 1, numClasses: 4, seed: 0) }
+    do {
+        var msqOptions = MSQOptions(targetCompression: 10.67)
+        msqOptions.hessian = false
+        let msqModel = model()
+        let msq = try MSQTraining(layers: try quantizeForMSQ(msqModel), options: msqOptions, calibration: nil, seed: 0)
+        let bsqModel = model(), csqModel = model(), hawqModel = model(), doReFaModel = model()
+        let bsq = try BSQTraining(model: bsqModel, options: BSQOptions(targetCompression: 10.67))
+        let csq = try CSQTraining(model: csqModel, options: CSQOptions(targetCompression: 10.67))
+        let data = try SyntheticDataset(count: 4, sampleShape: [1, 8, 8], numClasses: 4)
+        let calibration = try calibrationBatch(from: data, normalization: Normalization(mean: [0.5], std: [0.3]), count: 4)
+        var hawqOptions = HAWQOptions(targetCompression: 10.67)
+        hawqOptions.warmupEpochs = 1
+        let hawq = try HAWQTraining(layers: try quantizeForMSQ(hawqModel), options: hawqOptions,
+                                    calibration: calibration, seed: 0)
+        let doReFa = try DoReFaTraining(model: doReFaModel, options: DoReFaOptions(weightBits: 4))
+        return [("msq", msqModel, msq), ("bsq", bsqModel, bsq), ("csq", csqModel, csq),
+                ("hawq", hawqModel, hawq), ("dorefa", doReFaModel, doReFa)]
+    } catch {
+        return nil
+    }
 }
 
 /// The plan the checkpoint harness prepares restored MSQ states with (3 steps × 2 epochs).

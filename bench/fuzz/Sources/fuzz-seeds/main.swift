@@ -35,12 +35,13 @@ func cifarSeeds(_ dir: String) throws {
 }
 
 func checkpointSeeds(_ dir: String) throws {
-    guard let (_, method) = makeFuzzMSQMethod() else { throw CocoaError(.featureUnsupported) }
+    guard let methods = makeFuzzMethods() else { throw CocoaError(.featureUnsupported) }
     let tensors = [CheckpointTensor(name: "a", shape: [2, 3]), CheckpointTensor(name: "b", shape: [4]),
                    CheckpointTensor(name: "optimizer.momentum.a", shape: [2, 3])]
     let data = [Tensor(shape: [2, 3], scalars: [1, -2, 3, 0.5, 0, -0.25]), Tensor(shape: [4], scalars: [1, 0, 2, 3]),
                 Tensor(shape: [2, 3], repeating: 0.125)]
-    for (name, state) in [("msq-state", try method.encodeState()), ("float-state", "{}")] {
+    let states = try methods.map { ("\($0.name)-state", try $0.method.encodeState()) } + [("float-state", "{}")]
+    for (name, state) in states {
         let header = Checkpoint.Header(
             runFingerprint: "model=resnet20", runDescription: ["model": "resnet20", "dataset": "synthetic"],
             epochsCompleted: 1, globalStep: 3, trainSeconds: 0.5, trainImagesSeen: 40, rngState: [1, 2, 3, 4],
