@@ -22,7 +22,7 @@ struct EvalCommand: ParsableCommand {
     var limitTest: Int?
     @Option(help: "Images per forward pass (default: the training run's evaluation batch, max(batch size, 256)).")
     var batchSize: Int?
-    @Option(help: "Kernel threads (0 = all cores).")
+    @Option(help: "Kernel threads (0 = all cores; a count above the available cores is capped at them).")
     var threads: Int = 0
     @Option(help: "Seed of the synthetic dataset (default: the training run's seed); other datasets ignore it.")
     var seed: UInt64?
@@ -44,7 +44,9 @@ struct EvalCommand: ParsableCommand {
         // Training evaluates with max(batch, 256) images per pass; use the same by default.
         let trainingBatch = h.source["batch_size"].flatMap { Int($0) } ?? 0
         let batch = batchSize ?? max(trainingBatch, 256)
-        setKernelThreads(threads)
+        if setKernelThreads(threads) < threads {
+            writeLine("warning: --threads \(threads) is more than the \(RunLimits.availableCores) cores available; using \(kernelThreads)")
+        }
         let network = try packed.makeModule()
         let bits = packed.scheme.layers.map(\.bits)
         writeLine("msq eval: \(model) (\(h.model), \(bits.count) quantized layers at \(bits.min() ?? 0)–\(bits.max() ?? 0) bits, \(packed.scheme.scaleGranularity) scales"

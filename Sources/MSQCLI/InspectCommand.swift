@@ -34,11 +34,13 @@ struct InspectCommand: ParsableCommand {
     var dataDir: String?
     @Option(help: "Where --hessian writes its JSON (default: hessian.json beside the checkpoint).")
     var json: String?
-    @Option(help: "Kernel threads (0 = all cores).")
+    @Option(help: "Kernel threads (0 = all cores; a count above the available cores is capped at them).")
     var threads: Int = 0
 
     func validate() throws {
-        if calibration < 1 { throw ValidationError("--calibration must be at least 1 (got \(calibration))") }
+        if !(1...RunLimits.maxCalibrationImages).contains(calibration) {
+            throw ValidationError("--calibration must be in 1...\(RunLimits.maxCalibrationImages) (got \(calibration))")
+        }
         if probes < 1 { throw ValidationError("--probes must be at least 1 (got \(probes))") }
         if powerIterations < 1 { throw ValidationError("--power-iterations must be at least 1 (got \(powerIterations))") }
         if threads < 0 { throw ValidationError("--threads must be ≥ 0 (got \(threads); 0 means all cores)") }
@@ -64,7 +66,9 @@ struct InspectCommand: ParsableCommand {
     }
 
     private func inspectHessian(_ ckpt: Checkpoint) throws {
-        setKernelThreads(threads)
+        if setKernelThreads(threads) < threads {
+            writeLine("warning: --threads \(threads) is more than the \(RunLimits.availableCores) cores available; using \(kernelThreads)")
+        }
         let restored = try RestoredModel(checkpoint: ckpt)
         let batch = try restored.calibrationBatch(count: calibration, dataDirectory: dataDir)
         let start = Date()

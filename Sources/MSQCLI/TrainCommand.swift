@@ -45,7 +45,7 @@ struct TrainCommand: ParsableCommand {
     var limitTest: Int?
     @Option(help: "Random seed for initialisation, shuffling and augmentation.")
     var seed: UInt64 = 0
-    @Option(help: "Kernel threads (0 = all cores).")
+    @Option(help: "Kernel threads (0 = all cores). A count above the cores this process may use is capped at them, with a warning.")
     var threads: Int = 0
     @Option(help: "Output directory (default: runs/<model>-<dataset>-<time>).")
     var out: String?
@@ -58,6 +58,26 @@ struct TrainCommand: ParsableCommand {
     var msq: MSQArguments
 
     func run() throws {
+        do {
+            try train()
+        } catch let TrainingError.invalidProperty(property, problem) {
+            // The library names TrainingConfig's properties; the user typed flags.
+            throw ValidationError("\(Self.flag(for: property)) \(problem)")
+        }
+    }
+
+    /// The flag that sets each ``TrainingConfig`` property the library may name in an error.
+    static let flags: [String: String] = [
+        "epochs": "--epochs", "batchSize": "--batch-size", "learningRate": "--lr", "momentum": "--momentum",
+        "weightDecay": "--weight-decay", "warmupEpochs": "--warmup-epochs", "labelSmoothing": "--label-smoothing",
+        "cropPadding": "--crop-padding", "limitTrain": "--limit-train", "limitTest": "--limit-test",
+        "threads": "--threads",
+    ]
+
+    /// `property`'s flag (the property name itself for one the CLI does not set).
+    static func flag(for property: String) -> String { flags[property] ?? property }
+
+    func train() throws {
         guard let kind = ModelKind(rawValue: model) else {
             throw ValidationError("unknown --model \(model); choose one of \(ModelKind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -82,7 +102,11 @@ struct TrainCommand: ParsableCommand {
         config.limitTrain = limitTrain
         config.limitTest = limitTest
         config.seed = seed
-        config.threads = threads
+        // Capped here, not only in the Trainer, so the fingerprint records the count the kernels use.
+        config.threads = threads < 0 ? threads : RunLimits.cappedThreads(threads)
+        if threads > config.threads {
+            writeLine("warning: --threads \(threads) is more than the \(RunLimits.availableCores) cores available; using \(config.threads)")
+        }
         var msqOptions: MSQOptions? = nil
         var doReFaOptions: DoReFaOptions? = nil
         var bsqOptions: BSQOptions? = nil

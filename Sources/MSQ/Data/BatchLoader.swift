@@ -1,3 +1,5 @@
+import Foundation
+
 /// One mini-batch: images ready for the model and their labels.
 public struct Batch: Sendable {
     /// Augmented, normalised images, shape `[B, C, H, W]`.
@@ -62,11 +64,23 @@ public struct BatchLoader: Sequence, Sendable {
         guard dataset.sampleShape.count == 3 else {
             throw .invalidArgument("\(dataset.name): samples must be [C, H, W], got \(dataset.sampleShape)")
         }
+        let shape = dataset.sampleShape
+        guard augmentation.randomCropPadding <= Swift.max(shape[1], shape[2]) else {
+            throw .invalidArgument("crop padding \(augmentation.randomCropPadding) exceeds the \(shape[1])×\(shape[2]) image")
+        }
+        // One batch's input tensor must be addressable and fit in memory at all (an `Int.max`
+        // batch size once overflowed here).
+        let sampleSize = checkedProduct(shape) ?? Int.max
+        let (elements, overflow) = Swift.min(batchSize, n).multipliedReportingOverflow(by: sampleSize)
+        let memory = ProcessInfo.processInfo.physicalMemory
+        guard !overflow, UInt64(elements) <= memory / 4 else {
+            throw .invalidArgument("a batch of \(Swift.min(batchSize, n)) images of shape \(shape) needs more memory than the machine's \(memory / (1 << 20)) MiB; use a smaller batch size")
+        }
         try normalization?.validate(channels: dataset.sampleShape[0])
         if dropLast && n < batchSize {
             throw .invalidArgument("\(dataset.name) has \(n) samples, fewer than one batch of \(batchSize), and dropLast is set")
         }
-        let batches = dropLast ? n / batchSize : (n + batchSize - 1) / batchSize
+        let batches = dropLast ? n / batchSize : RunLimits.ceilDiv(n, batchSize)
         guard (0...batches).contains(startBatch) else {
             throw .invalidArgument("start batch \(startBatch) is outside 0...\(batches)")
         }
@@ -84,7 +98,7 @@ public struct BatchLoader: Sequence, Sendable {
     }
 
     /// Number of batches in the whole epoch (including those before ``startBatch``).
-    public var batchCount: Int { dropLast ? dataset.count / batchSize : (dataset.count + batchSize - 1) / batchSize }
+    public var batchCount: Int { dropLast ? dataset.count / batchSize : RunLimits.ceilDiv(dataset.count, batchSize) }
 
     /// The epoch's visiting order: a Fisher–Yates shuffle driven by `RandomSource(seed:, stream: [epoch])`.
     public static func permutation(count: Int, seed: UInt64, epoch: Int) -> [Int] {

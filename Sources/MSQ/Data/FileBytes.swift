@@ -5,6 +5,8 @@ import Foundation
 enum FileBytes {
     /// The bytes of `path`, gunzipped when the file is gzip-compressed.
     static func read(_ path: String) throws(DataError) -> [UInt8] {
+        // zlib would otherwise report a directory as "corrupt gzip data".
+        if isDirectory(path) { throw .unreadable(path: path, reason: "it is a directory, not a data file") }
         var buffer: UnsafeMutablePointer<UInt8>?
         var length = 0
         var err = [CChar](repeating: 0, count: 512)

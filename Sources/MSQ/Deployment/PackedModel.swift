@@ -51,6 +51,10 @@ public struct PackedModel: Sendable {
     static let prefixBytes = 8 + 4 + 8
     /// Bytes of the trailing checksum.
     static let checksumBytes = 8
+    /// The most classes a file may declare (ImageNet-21k has 21,841).
+    public static let maxClasses = 1 << 16
+    /// The most input channels a file may declare.
+    public static let maxInputChannels = 1 << 12
 
     /// One tensor of the file: its name, shape, storage kind and where its bytes are.
     public struct TensorEntry: Codable, Equatable, Sendable {
@@ -286,6 +290,11 @@ public struct PackedModel: Sendable {
             throw fail("input shape \(header.inputShape) is not [C, H, W] with positive sizes")
         }
         guard header.numClasses >= 1 else { throw fail("class count \(header.numClasses) is not positive") }
+        // The network is built from these before its shapes are compared with the table, so
+        // they are bounded first: a class count of 2^40 would allocate the classifier and trap.
+        guard header.numClasses <= Self.maxClasses, header.inputShape[0] <= Self.maxInputChannels else {
+            throw fail("class count \(header.numClasses) or input channels \(header.inputShape[0]) above the supported \(Self.maxClasses) and \(Self.maxInputChannels)")
+        }
         do {
             try header.normalization.validate(channels: header.inputShape[0])
         } catch {
@@ -353,6 +362,12 @@ public struct PackedModel: Sendable {
         }
         guard offset == payloadCount else {
             throw fail("\(payloadCount - offset) unexpected bytes after the tensor data")
+        }
+        // A NaN batch-norm value once made `msq eval` print "test_loss -nan" with exit status 0.
+        for e in header.tensors where e.kind == .float32 {
+            if let i = (0..<(e.length / 4)).first(where: { !Float(bitPattern: readLE(payload, at: e.offset + 4 * $0)).isFinite }) {
+                throw fail("float tensor \(e.name) holds a NaN or infinite value at element \(i)")
+            }
         }
         for e in header.tensors where e.kind == .packed && e.isPerChannel {
             let scales = channelScales(of: e, in: payload)

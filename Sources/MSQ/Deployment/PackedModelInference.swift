@@ -129,10 +129,11 @@ extension PackedModel {
         return model
     }
 
-    /// Checks that `dataset`'s samples have the model's input shape and its labels fit the
-    /// model's classes, so evaluation cannot trap inside a layer.
+    /// Checks that `dataset` has images, that they have the model's input shape and that its
+    /// labels fit the model's classes, so evaluation cannot trap inside a layer or print NaN.
     /// - Throws: ``PackedModelError/incompatibleData(reason:)`` naming both shapes or class counts.
     public func checkCompatible(with dataset: any Dataset) throws(PackedModelError) {
+        guard dataset.count >= 1 else { throw .incompatibleData(reason: "\(dataset.name) has no images: there is nothing to evaluate") }
         guard dataset.sampleShape == header.inputShape else {
             throw .incompatibleData(reason: "\(dataset.name) has images of shape \(dataset.sampleShape), but the model (\(header.model), trained on \(header.dataset)) takes \(header.inputShape); evaluate it on \(header.dataset) or data of that shape")
         }

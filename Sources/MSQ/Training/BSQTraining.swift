@@ -259,10 +259,13 @@ public final class BSQTraining: TrainingMethod, BitPlaneMethod {
         }
         for (i, q) in quantizers.enumerated() {
             let n = restored.precisions.layers[i].bits - 1, lo = restored.lowestPlanes[i]
-            guard n >= 1, lo >= 0, lo + n <= q.maxPlanes else {
-                throw CheckpointError.corrupt(path: "method state", reason: "BSQ planes \(lo)..<\(lo + n) of \(paths[i]) outside 0..<\(q.maxPlanes)")
+            // `lo <= maxPlanes − n`, not `lo + n <= maxPlanes`: a hostile lo near Int.max overflows the sum.
+            guard n >= 1, n <= q.maxPlanes, lo >= 0, lo <= q.maxPlanes - n else {
+                throw MethodStateChecks.invalid("lowestPlanes[\(i)]", "is \(lo) with \(n) planes for \(paths[i]), outside 0..<\(q.maxPlanes)")
             }
         }
+        try MethodStateChecks.phase(restored.phase, ["pruning", "finetuning"])
+        try MethodStateChecks.counters([("intervals", restored.intervals), ("finalPhaseStartStep", restored.finalPhaseStartStep)])
         state = restored
     }
 

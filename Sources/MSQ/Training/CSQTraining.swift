@@ -134,7 +134,7 @@ public final class CSQTraining: TrainingMethod, BitPlaneMethod {
     var intervalSteps: Int { PruningPace.intervalSteps(epochs: options.pruneIntervalEpochs, plan: plan) }
     /// Not aligned to an interval as MSQ's and BSQ's: CSQ's intervals only print status, the
     /// deadline ends β's annealing.
-    var deadlineStep: Int { max(1, Int((options.deadlineFraction * Double(plan.totalSteps)).rounded())) }
+    var deadlineStep: Int { max(1, RunLimits.steps(epochs: options.deadlineFraction, stepsPerEpoch: plan.totalSteps)) }
 
     /// β after `stepsDone` steps: β_final^(min(1, stepsDone / t_s)).
     public func temperature(afterSteps stepsDone: Int) -> Float {
@@ -293,6 +293,10 @@ public final class CSQTraining: TrainingMethod, BitPlaneMethod {
         if let masks = restored.hardMasks, masks.count != paths.count || masks.contains(where: { $0.count != planes }) {
             throw CheckpointError.corrupt(path: "method state", reason: "CSQ hard masks do not match the model's layers and planes")
         }
+        try MethodStateChecks.bits(restored.precisions, in: 1...16, field: "precisions")
+        try MethodStateChecks.phase(restored.phase, ["search", "finetuning"])
+        try MethodStateChecks.counters([("stepsDone", restored.stepsDone), ("intervals", restored.intervals),
+                                        ("finalPhaseStartStep", restored.finalPhaseStartStep)])
         state = restored
     }
 

@@ -14,6 +14,9 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
     case mismatch(path: String, reason: String)
     /// Writing the file failed.
     case writeFailed(path: String, reason: String)
+    /// A header field (or a tensor) holds a value no run could have written: `field` names it
+    /// as the header's JSON does (`globalStep`, `tensors[3].shape`, `methodState.k[2]`).
+    case invalidField(path: String, field: String, problem: String)
 
     public var description: String {
         switch self {
@@ -25,6 +28,7 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
         case let .mismatch(path, reason):
             return "checkpoint \(path) does not belong to this run: \(reason). Use another --out directory, or the original settings."
         case let .writeFailed(path, reason): return "cannot write checkpoint \(path): \(reason)"
+        case let .invalidField(path, field, problem): return "checkpoint \(path) is invalid: field \(field) \(problem)"
         }
     }
 }
@@ -145,59 +149,98 @@ public struct Checkpoint {
         try writeAtomically(bytes, to: path)
     }
 
-    /// Reads and verifies a checkpoint (magic, version, sizes, checksum).
+    /// Reads and verifies a checkpoint: magic, version, checksum, then every field before it is
+    /// used (header length, counters, RNG state, each tensor's shape and element count against
+    /// the bytes present, every value finite).
+    ///
+    /// The checksum only guards against accidents; a file written by another program can carry
+    /// a valid checksum around any field, so a bad field is reported by name, never trapped on.
     public static func read(from path: String) throws(CheckpointError) -> Checkpoint {
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
+            throw .unreadable(path: path, reason: "it is a directory, not a checkpoint file")
+        }
         guard let data = FileManager.default.contents(atPath: path) else {
             throw .unreadable(path: path, reason: FileManager.default.fileExists(atPath: path)
                               ? "permission denied or not a regular file" : "no such file")
         }
-        let bytes = [UInt8](data)
+        return try Checkpoint(serialized: [UInt8](data), path: path)
+    }
+
+    /// Parses and verifies the bytes of a checkpoint file; `path` names it in errors.
+    public init(serialized bytes: [UInt8], path: String) throws(CheckpointError) {
+        let magic = Checkpoint.magic
         guard bytes.count >= magic.count, Array(bytes[0..<magic.count]) == magic else { throw .notACheckpoint(path: path) }
         guard bytes.count >= magic.count + 4 + 8 + 8 else {
             throw .corrupt(path: path, reason: "file is only \(bytes.count) bytes")
         }
         let version = readLE(UInt32.self, bytes, at: magic.count)
-        guard version == formatVersion else {
-            throw .unsupportedVersion(path: path, found: version, supported: formatVersion)
+        guard version == Checkpoint.formatVersion else {
+            throw .unsupportedVersion(path: path, found: version, supported: Checkpoint.formatVersion)
         }
-        let stored = readLE(UInt64.self, bytes, at: bytes.count - 8)
-        guard fnv1a64(bytes[0..<(bytes.count - 8)]) == stored else {
+        let body = bytes.count - 8
+        let stored = readLE(UInt64.self, bytes, at: body)
+        guard fnv1a64(bytes[0..<body]) == stored else {
             throw .corrupt(path: path, reason: "checksum mismatch (the file was truncated or modified)")
         }
-        let headerLength = Int(readLE(UInt64.self, bytes, at: magic.count + 4))
         let headerStart = magic.count + 12
-        guard headerLength >= 0, headerStart + headerLength <= bytes.count - 8 else {
-            throw .corrupt(path: path, reason: "header length \(headerLength) exceeds the file")
+        // Compared as UInt64: a length of 2^63 or more does not fit an Int.
+        let declared = readLE(UInt64.self, bytes, at: magic.count + 4)
+        guard declared <= UInt64(body - headerStart) else {
+            throw .invalidField(path: path, field: "header length", problem: "is \(declared) bytes, but only \(body - headerStart) follow it")
         }
+        let headerEnd = headerStart + Int(declared)
         let header: Header
         do {
-            header = try JSONDecoder().decode(Header.self, from: Data(bytes[headerStart..<(headerStart + headerLength)]))
+            header = try JSONDecoder().decode(Header.self, from: Data(bytes[headerStart..<headerEnd]))
         } catch {
             throw .corrupt(path: path, reason: "unreadable header: \(error)")
         }
-        var offset = headerStart + headerLength
+        try Checkpoint.validateCounters(header, path: path)
+        var offset = headerEnd
         var tensors: [Tensor] = []
-        for entry in header.tensors {
-            guard entry.shape.allSatisfy({ $0 >= 0 }) else {
-                throw .corrupt(path: path, reason: "negative dimension in \(entry.name)")
+        tensors.reserveCapacity(header.tensors.count)
+        for (i, entry) in header.tensors.enumerated() {
+            guard let count = checkedProduct(entry.shape) else {
+                throw .invalidField(path: path, field: "tensors[\(i)].shape", problem: "of \(entry.name) is \(entry.shape): a negative dimension or more elements than any file holds")
             }
-            let count = entry.shape.reduce(1, *)
-            guard offset + 4 * count <= bytes.count - 8 else {
-                throw .corrupt(path: path, reason: "data of \(entry.name) runs past the end of the file")
+            // Divided rather than multiplied: 4·count can overflow, the remaining bytes cannot.
+            guard count <= (body - offset) / 4 else {
+                throw .invalidField(path: path, field: "tensors[\(i)].shape", problem: "of \(entry.name) is \(entry.shape) (\(count) floats), but only \(body - offset) bytes of data remain")
             }
             var t = Tensor(shape: entry.shape)
-            t.withUnsafeMutablePointer { p in
+            let finite = t.withUnsafeMutablePointer { p -> Bool in
                 bytes.withUnsafeBytes { raw in
-                    UnsafeMutableRawPointer(p).copyMemory(from: raw.baseAddress! + offset, byteCount: 4 * count)
+                    guard let base = raw.baseAddress, count > 0 else { return true }
+                    UnsafeMutableRawPointer(p).copyMemory(from: base + offset, byteCount: 4 * count)
+                    return !(0..<count).contains { !p[$0].isFinite }
                 }
+            }
+            // A NaN weight once resumed with exit status 0 and trained to garbage.
+            guard finite else {
+                throw .invalidField(path: path, field: "tensors[\(i)]", problem: "(\(entry.name)) holds a NaN or infinite value")
             }
             tensors.append(t)
             offset += 4 * count
         }
-        guard offset == bytes.count - 8 else {
-            throw .corrupt(path: path, reason: "\(bytes.count - 8 - offset) unexpected bytes after the tensor data")
+        guard offset == body else {
+            throw .corrupt(path: path, reason: "\(body - offset) unexpected bytes after the tensor data")
         }
-        return Checkpoint(header: header, tensorData: tensors)
+        self.init(header: header, tensorData: tensors)
+    }
+
+    /// The header's counters and RNG state in the ranges a run can produce (the plan-relative
+    /// checks, e.g. `globalStep` against the run's steps, are the ``Trainer``'s on resume).
+    static func validateCounters(_ h: Header, path: String) throws(CheckpointError) {
+        func bad(_ field: String, _ problem: String) -> CheckpointError { .invalidField(path: path, field: field, problem: problem) }
+        let limit = RunLimits.maxTotalSteps
+        if !(0...limit).contains(h.epochsCompleted) { throw bad("epochsCompleted", "is \(h.epochsCompleted), outside 0...\(limit)") }
+        if !(0...limit).contains(h.globalStep) { throw bad("globalStep", "is \(h.globalStep), outside 0...\(limit)") }
+        if h.trainImagesSeen < 0 { throw bad("trainImagesSeen", "is negative (\(h.trainImagesSeen))") }
+        if !(h.trainSeconds >= 0) || !h.trainSeconds.isFinite { throw bad("trainSeconds", "is \(h.trainSeconds), not a finite number ≥ 0") }
+        if h.rngState.count != 4 { throw bad("rngState", "has \(h.rngState.count) words, expected 4") }
+        // xoshiro256's one fixed point: from an all-zero state it returns zeros forever.
+        if h.rngState.allSatisfy({ $0 == 0 }) { throw bad("rngState", "is all zeros, which no generator state can be") }
     }
 }
 
@@ -220,31 +263,31 @@ private func readLE<T: FixedWidthInteger>(_: T.Type, _ bytes: [UInt8], at offset
 
 /// Writes `bytes` to `path` so that readers see either the old file or the complete new one.
 func writeAtomically(_ bytes: [UInt8], to path: String) throws(CheckpointError) {
+    if let reason = atomicWrite(bytes, to: path) { throw .writeFailed(path: path, reason: reason) }
+}
+
+/// Writes `bytes` to `path` through `path.tmp-PID`, fsync and rename (then fsyncs the directory,
+/// so the rename itself is durable); nil on success, else the system's reason. A crash leaves the
+/// old file or the new one, never a torn file (and at worst the temporary file, which the
+/// ``Trainer`` removes at its next start).
+func atomicWrite(_ bytes: [UInt8], to path: String) -> String? {
     let tmp = path + ".tmp-\(getpid())"
     let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    guard fd >= 0 else { throw .writeFailed(path: path, reason: String(cString: strerror(errno))) }
-    var written = 0
-    let ok = bytes.withUnsafeBytes { raw -> Bool in
-        while written < raw.count {
-            let n = Foundation.write(fd, raw.baseAddress! + written, raw.count - written)
-            if n <= 0 { return false }
-            written += n
-        }
-        return fsync(fd) == 0
-    }
-    let err = String(cString: strerror(errno))
+    guard fd >= 0 else { return String(cString: strerror(errno)) }
+    var problem = writeAll(fd, bytes)
+    if problem == nil, fsync(fd) != 0 { problem = String(cString: strerror(errno)) }
     close(fd)
-    guard ok else {
+    if let problem {
         unlink(tmp)
-        throw .writeFailed(path: path, reason: err)
+        return problem
     }
     guard rename(tmp, path) == 0 else {
         let err = String(cString: strerror(errno))
         unlink(tmp)
-        throw .writeFailed(path: path, reason: err)
+        return err
     }
-    // The rename itself is durable only once the directory entry is flushed.
     let dir = (path as NSString).deletingLastPathComponent
     let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY)
     if dfd >= 0 { fsync(dfd); close(dfd) }
+    return nil
 }

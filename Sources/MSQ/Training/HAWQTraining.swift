@@ -44,7 +44,9 @@ public struct HAWQOptions: Codable, Sendable, Equatable {
             throw .invalidOption(String(format: "--target-compression must be above 1 and at most %.2f (every layer at --min-bits %d) (got %g)", most, minBits, targetCompression))
         }
         if !(warmupEpochs >= 0) || !warmupEpochs.isFinite { throw .invalidOption("--hawq-warmup must be ≥ 0 epochs (got \(warmupEpochs))") }
-        if hessianBatch < 1 { throw .invalidOption("--hessian-batch must be at least 1 (got \(hessianBatch))") }
+        if !(1...RunLimits.maxCalibrationImages).contains(hessianBatch) {
+            throw .invalidOption("--hessian-batch must be in 1...\(RunLimits.maxCalibrationImages) (got \(hessianBatch))")
+        }
         if hessianProbes < 1 { throw .invalidOption("--hessian-probes must be at least 1 (got \(hessianProbes))") }
     }
 }
@@ -99,7 +101,7 @@ public final class HAWQTraining: TrainingMethod {
     /// Whether the scheme has been chosen (the QAT phase).
     public var isAllocated: Bool { state.phase == "qat" }
 
-    var warmupSteps: Int { Int((options.warmupEpochs * Double(plan.stepsPerEpoch)).rounded()) }
+    var warmupSteps: Int { RunLimits.steps(epochs: options.warmupEpochs, stepsPerEpoch: plan.stepsPerEpoch) }
 
     public func prepare(model: Module, plan: TrainingPlan) throws {
         self.plan = plan
@@ -174,6 +176,13 @@ public final class HAWQTraining: TrainingMethod {
             throw CheckpointError.mismatch(path: "method state", reason: "its quantized layers differ from this model's")
         }
         try checkScaleGranularity(restored.scheme, layers: layers)
+        try MethodStateChecks.bits(restored.scheme, in: options.minBits...options.maxBits, field: "scheme")
+        try MethodStateChecks.phase(restored.phase, ["warmup", "qat"])
+        try MethodStateChecks.counters([("allocationStep", restored.allocationStep), ("hessianProbes", restored.hessianProbes)])
+        try MethodStateChecks.nonNegative("hessianSeconds", restored.hessianSeconds)
+        if let traces = restored.traces, traces.count != layers.count || traces.contains(where: { !$0.isFinite }) {
+            throw MethodStateChecks.invalid("traces", "has \(traces.count) values for \(layers.count) layers, or one not finite")
+        }
         state = restored
     }
 

@@ -81,7 +81,9 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
     public func validate(maxCompression: Double) throws(TrainingError) {
         try validateSchedule(maxCompression: maxCompression, pruneThreshold: pruneThreshold)
         if !msqBitRange.contains(minBits) { throw .invalidOption("--min-bits must be in 2...16 (got \(minBits))") }
-        if hessianBatch < 1 { throw .invalidOption("--hessian-batch must be at least 1 (got \(hessianBatch))") }
+        if !(1...RunLimits.maxCalibrationImages).contains(hessianBatch) {
+            throw .invalidOption("--hessian-batch must be in 1...\(RunLimits.maxCalibrationImages) (got \(hessianBatch))")
+        }
         if hessianProbes < 1 { throw .invalidOption("--hessian-probes must be at least 1 (got \(hessianProbes))") }
         if !(lambdaGrowth >= 1) || !lambdaGrowth.isFinite { throw .invalidOption("--lambda-growth must be ≥ 1 (got \(lambdaGrowth))") }
     }
@@ -188,6 +190,7 @@ public final class MSQTraining: TrainingMethod {
 
     public func prepare(model: Module, plan: TrainingPlan) throws {
         self.plan = plan
+        try checkStateAgainstPlan()
         try pace.checkFits(plan, intervalEpochs: options.pruneIntervalEpochs, what: "pruning")
         // Precisions come from the state (restored from a checkpoint, or the initial scheme).
         let bitsByPath = Dictionary(uniqueKeysWithValues: state.scheme.layers.map { ($0.path, $0.bits) })
@@ -369,6 +372,7 @@ public final class MSQTraining: TrainingMethod {
             throw CheckpointError.mismatch(path: "method state", reason: "its precisions differ from the fixed bit scheme")
         }
         try checkScaleGranularity(restored.scheme, layers: layers)
+        try validateRestored(restored)
         state = restored
     }
 

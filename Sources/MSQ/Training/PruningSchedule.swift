@@ -41,14 +41,17 @@ extension PruningScheduleOptions {
         ]
     }
 
-    /// Checks the target against `maxCompression`, then λ, `pruneThreshold` (nil for methods that
+    /// Checks --min-bits' range, the target against `maxCompression`, then λ, `pruneThreshold` (nil for methods that
     /// have none), the interval and the deadline, in that order (the first bad option is named).
     func validateSchedule(maxCompression: Double, pruneThreshold: Double?) throws(TrainingError) {
+        // First: the reachable compression is computed from it (--min-bits 2^63−1 once read as
+        // "--min-bits -1 … compresses 0.00x").
+        if !msqBitRange.contains(minBits) { throw .invalidOption("--min-bits must be in 2...16 (got \(minBits))") }
         if !(targetCompression > 1) || !targetCompression.isFinite {
             throw .invalidOption("--target-compression must be a number above 1 (got \(targetCompression))")
         }
         if targetCompression > maxCompression + 1e-9 {
-            throw .invalidOption(String(format: "--target-compression %.2f is out of reach: with every layer at --min-bits %d the model compresses %.2fx at most", targetCompression, minBits, maxCompression))
+            throw .invalidOption(String(format: "--target-compression %.2f is out of reach: with every layer at --min-bits \(minBits) the model compresses %.2fx at most", targetCompression, maxCompression))
         }
         if !(lambda >= 0) || !lambda.isFinite { throw .invalidOption("--lambda must be ≥ 0 (got \(lambda))") }
         if let pruneThreshold, !(0...1).contains(pruneThreshold) {
@@ -85,14 +88,15 @@ struct PruningPace {
 
     init(options: some PruningScheduleOptions, plan: TrainingPlan) {
         let interval = Self.intervalSteps(epochs: options.pruneIntervalEpochs, plan: plan)
-        let raw = max(1, Int((options.deadlineFraction * Double(plan.totalSteps)).rounded()))
+        let raw = max(1, RunLimits.steps(epochs: options.deadlineFraction, stepsPerEpoch: plan.totalSteps))
         intervalSteps = interval
         deadlineStep = max(interval, raw / interval * interval)
     }
 
     /// `epochs` of `plan` in steps, rounded, at least one.
     static func intervalSteps(epochs: Double, plan: TrainingPlan) -> Int {
-        max(1, Int((epochs * Double(plan.stepsPerEpoch)).rounded()))
+        // Clamped: an interval of 1e300 epochs is refused by checkFits, not trapped on here.
+        max(1, RunLimits.steps(epochs: epochs, stepsPerEpoch: plan.stepsPerEpoch))
     }
 
     /// Refuses an interval so long that the deadline would fall after the run (no interval would

@@ -56,28 +56,43 @@ public final class Trainer {
     /// holds a checkpoint rather than overwriting it.
     @discardableResult
     public func run(resume: Bool) throws -> [String: Any] {
+        // Everything that can be refused is refused here, before the first step: options, the
+        // data against the model and each other, the plan's arithmetic, the output directory.
         try config.validate()
-        msq_set_num_threads(Int32(config.threads))
+        try checkData()
+        let runPlan = try makePlan()
+        let threads = RunLimits.cappedThreads(config.threads)
+        if threads != config.threads {
+            log("warning: \(config.threads) kernel threads requested, but only \(RunLimits.availableCores) cores are available: using \(threads)")
+        }
+        msq_set_num_threads(Int32(threads))
         try prepareOutputDirectory(resume: resume)
 
         let optimizer = SGD(model: model, momentum: Float(config.momentum),
                             weightDecay: Float(config.weightDecay), nesterov: config.nesterov)
-        let stepsPerEpoch = (train.count + config.batchSize - 1) / config.batchSize
-        let schedule = LearningRateSchedule(base: config.learningRate,
-                                            warmupSteps: Int((config.warmupEpochs * Double(stepsPerEpoch)).rounded()),
-                                            totalSteps: stepsPerEpoch * config.epochs)
+        let stepsPerEpoch = runPlan.stepsPerEpoch
+        let schedule = LearningRateSchedule(base: config.learningRate, warmupSteps: runPlan.warmupSteps,
+                                            totalSteps: runPlan.totalSteps)
         var progress = Progress()
         var rng = RandomSource(seed: config.seed, stream: [0x7472_6169_6E])
 
         if resume, FileManager.default.fileExists(atPath: checkpointPath) {
-            progress = try restore(into: optimizer, rng: &rng)
+            progress = try restore(into: optimizer, rng: &rng, plan: runPlan)
             log("resumed from \(checkpointPath) after epoch \(progress.epochsCompleted) (step \(progress.globalStep))"
                 + (config.initFrom.map { "; the weights are this run's own, \($0.path) only had to match the fingerprint" } ?? ""))
             try truncateMetrics(toEpochs: progress.epochsCompleted)
         } else if resume {
             log("no checkpoint in \(outDirectory): starting from scratch")
+            // A run killed before its first checkpoint may have left an epoch's metrics line,
+            // which that epoch, trained again, would otherwise duplicate.
+            try truncateMetrics(toEpochs: 0)
         }
-        try method.prepare(model: model, plan: TrainingPlan(stepsPerEpoch: stepsPerEpoch, epochs: config.epochs, log: log))
+        do {
+            try method.prepare(model: model, plan: TrainingPlan(stepsPerEpoch: stepsPerEpoch, epochs: config.epochs, log: log))
+        } catch let error as CheckpointError {
+            // Only restored state fails this way; the user needs the file it came from.
+            throw error.naming(checkpointPath)
+        }
 
         let lossFunction = SoftmaxCrossEntropy(labelSmoothing: Float(config.labelSmoothing))
         var lastEval = Evaluation(loss: .nan, accuracy: .nan, count: 0)
@@ -97,7 +112,12 @@ public final class Trainer {
                 model.zeroGradients()
                 let logits = model.forward(batch.images, mode: .train)
                 let loss = try lossFunction.forward(logits: logits, labels: batch.labels)
-                guard loss.isFinite else { throw TrainingError.diverged(epoch: epoch, step: stepInEpoch, loss: loss) }
+                guard loss.isFinite else {
+                    // Nothing of this step is saved: the checkpoint of the last completed epoch stays.
+                    // Steps counted from 1, as in the progress lines.
+                    throw TrainingError.nonFinite(epoch: epoch, step: stepInEpoch + 1, globalStep: progress.globalStep + 1,
+                                                  loss: loss, culprit: nonFiniteCulprit(lossFunction: lossFunction))
+                }
                 model.backwardParameters(lossFunction.backward())
                 _ = try method.afterBackward(model: model, epoch: epoch, step: progress.globalStep)
                 optimizer.step(learningRate: Float(lr))
@@ -172,24 +192,6 @@ public final class Trainer {
         var trainImagesSeen = 0
     }
 
-    func prepareOutputDirectory(resume: Bool) throws {
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: outDirectory, isDirectory: &isDir) {
-            guard isDir.boolValue else { throw TrainingError.outputDirectory("--out \(outDirectory) exists and is not a directory") }
-            if !resume, FileManager.default.fileExists(atPath: checkpointPath) {
-                throw TrainingError.outputDirectory(
-                    "\(outDirectory) already holds a checkpoint: pass --resume to continue that run, or choose another --out")
-            }
-            if !resume { try? FileManager.default.removeItem(atPath: metricsPath) }
-        } else {
-            do {
-                try FileManager.default.createDirectory(atPath: outDirectory, withIntermediateDirectories: true)
-            } catch {
-                throw TrainingError.outputDirectory("cannot create --out \(outDirectory): \(error.localizedDescription)")
-            }
-        }
-    }
-
     func saveCheckpoint(progress: Progress, optimizer: SGD, rng: RandomSource) throws {
         var entries: [CheckpointTensor] = []
         var data: [Tensor] = []
@@ -208,70 +210,6 @@ public final class Trainer {
             rngState: [rng.state.0, rng.state.1, rng.state.2, rng.state.3],
             methodState: try method.encodeState(), tensors: entries)
         try Checkpoint(header: header, tensorData: data).write(to: checkpointPath)
-    }
-
-    func restore(into optimizer: SGD, rng: inout RandomSource) throws -> Progress {
-        let ckpt = try Checkpoint.read(from: checkpointPath)
-        let h = ckpt.header
-        if h.runFingerprint != config.fingerprint {
-            // Keys on either side: an option given only now, or only then (--init-from, or
-            // `msq.scale`, recorded only when not at its default), is a difference.
-            let keys = Set(config.identity.keys).union(h.runDescription.keys).sorted()
-            let diffs = keys.compactMap { key -> String? in
-                let old = h.runDescription[key] ?? "(not set)"
-                let new = config.identity[key] ?? "(not set)"
-                return old == new ? nil : "\(key): checkpoint \(old), now \(new)"
-            }
-            throw CheckpointError.mismatch(path: checkpointPath, reason: diffs.joined(separator: "; "))
-        }
-        let params = model.namedParameters()
-        for (name, p) in params {
-            guard let t = ckpt.tensor(named: name) else {
-                throw CheckpointError.mismatch(path: checkpointPath, reason: "it has no tensor \(name)")
-            }
-            guard t.shape == p.value.shape else {
-                throw CheckpointError.mismatch(path: checkpointPath,
-                                               reason: "\(name) has shape \(t.shape), the model expects \(p.value.shape)")
-            }
-            p.value = t
-        }
-        var buffers: [Tensor] = []
-        for (name, p) in optimizer.parameters {
-            guard let t = ckpt.tensor(named: "optimizer.momentum." + name), t.shape == p.value.shape else {
-                throw CheckpointError.mismatch(path: checkpointPath, reason: "optimizer state for \(name) is missing or misshapen")
-            }
-            buffers.append(t)
-        }
-        optimizer.restoreMomentum(buffers)
-        guard h.rngState.count == 4 else { throw CheckpointError.corrupt(path: checkpointPath, reason: "bad RNG state") }
-        rng = RandomSource(state: (h.rngState[0], h.rngState[1], h.rngState[2], h.rngState[3]))
-        try method.restoreState(h.methodState)
-        return Progress(epochsCompleted: h.epochsCompleted, globalStep: h.globalStep,
-                        trainSeconds: h.trainSeconds, trainImagesSeen: h.trainImagesSeen)
-    }
-
-    func appendMetrics(_ fields: [String: Any]) throws {
-        let data = try JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys])
-        let line = data + Data("\n".utf8)
-        if let handle = FileHandle(forWritingAtPath: metricsPath) {
-            defer { try? handle.close() }
-            try handle.seekToEnd()
-            try handle.write(contentsOf: line)
-        } else {
-            try line.write(to: URL(fileURLWithPath: metricsPath))
-        }
-    }
-
-    /// Keeps only the metrics of epochs the checkpoint covers (a kill between the metrics line
-    /// and the checkpoint would otherwise leave a duplicate line after resuming).
-    func truncateMetrics(toEpochs epochs: Int) throws {
-        guard let text = try? String(contentsOfFile: metricsPath, encoding: .utf8) else { return }
-        let kept = text.split(separator: "\n").filter { line in
-            guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                  let e = obj["epoch"] as? Int else { return false }
-            return e <= epochs
-        }
-        try (kept.map { $0 + "\n" }.joined()).write(toFile: metricsPath, atomically: true, encoding: .utf8)
     }
 }
 
@@ -304,12 +242,6 @@ public func peakResidentSetBytes() -> Int {
     getrusage(RUSAGE_SELF, &usage)
     return usage.ru_maxrss
     #endif
-}
-
-/// Writes a JSON object atomically, keys sorted, pretty-printed.
-public func writeJSON(_ object: [String: Any], to path: String) throws {
-    let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
-    try (data + Data("\n".utf8)).write(to: URL(fileURLWithPath: path), options: .atomic)
 }
 
 func formatDuration(_ seconds: Double) -> String {

@@ -83,37 +83,60 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
         identity.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ";")
     }
 
-    /// Checks ranges a user can get wrong; the message names the option.
+    /// Checks ranges a user can get wrong, and that every number is finite.
+    /// - Throws: ``TrainingError/invalidProperty(property:problem:)`` naming the first bad
+    ///   property by its Swift name (the CLI maps it to its flag, e.g. `warmupEpochs` →
+    ///   `--warmup-epochs`).
     public func validate() throws(TrainingError) {
-        if epochs < 1 { throw .invalidOption("--epochs must be at least 1 (got \(epochs))") }
-        if batchSize < 1 { throw .invalidOption("--batch-size must be at least 1 (got \(batchSize))") }
-        if !(learningRate > 0) || !learningRate.isFinite { throw .invalidOption("--lr must be a positive number (got \(learningRate))") }
-        if !(0..<1).contains(momentum) { throw .invalidOption("--momentum must be in [0, 1) (got \(momentum))") }
-        if weightDecay < 0 || !weightDecay.isFinite { throw .invalidOption("--weight-decay must be ≥ 0 (got \(weightDecay))") }
-        if warmupEpochs < 0 || warmupEpochs > Double(epochs) { throw .invalidOption("--warmup-epochs must be in [0, epochs] (got \(warmupEpochs))") }
-        if !(0..<1).contains(labelSmoothing) { throw .invalidOption("--label-smoothing must be in [0, 1) (got \(labelSmoothing))") }
-        if cropPadding < 0 { throw .invalidOption("--crop-padding must be ≥ 0 (got \(cropPadding))") }
-        if let n = limitTrain, n < 1 { throw .invalidOption("--limit-train must be at least 1 (got \(n))") }
-        if let n = limitTest, n < 1 { throw .invalidOption("--limit-test must be at least 1 (got \(n))") }
-        if threads < 0 { throw .invalidOption("--threads must be ≥ 0 (got \(threads); 0 means all cores)") }
+        func bad(_ property: String, _ problem: String) -> TrainingError { .invalidProperty(property: property, problem: problem) }
+        if epochs < 1 { throw bad("epochs", "must be at least 1 (got \(epochs))") }
+        if epochs > RunLimits.maxTotalSteps {
+            throw bad("epochs", "must be at most \(RunLimits.maxTotalSteps), the most steps a run may plan (got \(epochs))")
+        }
+        if batchSize < 1 { throw bad("batchSize", "must be at least 1 (got \(batchSize))") }
+        if !(learningRate > 0) || !learningRate.isFinite { throw bad("learningRate", "must be a positive number (got \(learningRate))") }
+        if !(0..<1).contains(momentum) { throw bad("momentum", "must be in [0, 1) (got \(momentum))") }
+        if !(weightDecay >= 0) || !weightDecay.isFinite { throw bad("weightDecay", "must be a finite number ≥ 0 (got \(weightDecay))") }
+        // `!(x >= 0)` rather than `x < 0`: NaN fails every comparison, and a NaN warm-up once
+        // reached `Int(nan)` in the schedule and trapped.
+        if !(warmupEpochs >= 0) || !(warmupEpochs <= Double(epochs)) {
+            throw bad("warmupEpochs", "must be a number in [0, epochs] (got \(warmupEpochs))")
+        }
+        if !(0..<1).contains(labelSmoothing) { throw bad("labelSmoothing", "must be in [0, 1) (got \(labelSmoothing))") }
+        if cropPadding < 0 { throw bad("cropPadding", "must be ≥ 0 (got \(cropPadding))") }
+        if let n = limitTrain, n < 1 { throw bad("limitTrain", "must be at least 1 (got \(n))") }
+        if let n = limitTest, n < 1 { throw bad("limitTest", "must be at least 1 (got \(n))") }
+        if threads < 0 { throw bad("threads", "must be ≥ 0 (got \(threads); 0 means all cores)") }
     }
 }
 
 /// Why a training run could not start or continue.
 public enum TrainingError: Error, CustomStringConvertible {
-    /// An option is out of range.
+    /// An option is out of range (the message names it).
     case invalidOption(String)
+    /// A ``TrainingConfig`` property is out of range or not finite: `property` is its Swift name
+    /// (`warmupEpochs`), `problem` what is wrong with its value ("must be … (got nan)").
+    case invalidProperty(property: String, problem: String)
     /// The output directory cannot be used.
     case outputDirectory(String)
-    /// The loss became NaN or infinite.
-    case diverged(epoch: Int, step: Int, loss: Float)
+    /// The training or test data cannot be used with this model or with each other.
+    case incompatibleData(String)
+    /// The loss became NaN or infinite at `step` of `epoch` (global step `globalStep`; both counted
+    /// from 1, as in the progress lines); `culprit`
+    /// names the first parameter (in model order) whose weight or gradient is not finite, if any.
+    case nonFinite(epoch: Int, step: Int, globalStep: Int, loss: Float, culprit: String?)
 
     public var description: String {
         switch self {
         case let .invalidOption(m): return m
+        case let .invalidProperty(property, problem): return "TrainingConfig.\(property) \(problem)"
         case let .outputDirectory(m): return m
-        case let .diverged(epoch, step, loss):
-            return "training diverged at epoch \(epoch), step \(step): loss is \(loss). Try a lower --lr or a longer --warmup-epochs."
+        case let .incompatibleData(m): return m
+        case let .nonFinite(epoch, step, globalStep, loss, culprit):
+            return "training stopped at epoch \(epoch), step \(step) (global step \(globalStep)): the loss is \(loss); "
+                + (culprit ?? "every weight and gradient is finite (the forward pass overflowed)")
+                + (epoch > 1 ? ". The checkpoint of epoch \(epoch - 1) was kept" : ". No epoch had completed, so there is no checkpoint")
+                + ". Try a lower --lr or a longer --warmup-epochs."
         }
     }
 }
