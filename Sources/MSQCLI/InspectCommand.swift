@@ -41,8 +41,12 @@ struct InspectCommand: ParsableCommand {
         if !(1...RunLimits.maxCalibrationImages).contains(calibration) {
             throw ValidationError("--calibration must be in 1...\(RunLimits.maxCalibrationImages) (got \(calibration))")
         }
-        if probes < 1 { throw ValidationError("--probes must be at least 1 (got \(probes))") }
-        if powerIterations < 1 { throw ValidationError("--power-iterations must be at least 1 (got \(powerIterations))") }
+        if !(1...RunLimits.maxProbes).contains(probes) {
+            throw ValidationError("--probes must be in 1...\(RunLimits.maxProbes) (got \(probes))")
+        }
+        if !(1...RunLimits.maxPowerIterations).contains(powerIterations) {
+            throw ValidationError("--power-iterations must be in 1...\(RunLimits.maxPowerIterations) (got \(powerIterations))")
+        }
         if threads < 0 { throw ValidationError("--threads must be ≥ 0 (got \(threads); 0 means all cores)") }
         if hessianMode != "auto" && HessianMode(rawValue: hessianMode) == nil {
             throw ValidationError("--hessian-mode must be auto, \(HessianMode.allCases.map(\.rawValue).joined(separator: ", ")) (got \(hessianMode))")

@@ -140,4 +140,19 @@ struct ReliabilityOptionTests {
         hawq.hessianBatch = RunLimits.maxCalibrationImages + 1
         #expect(throws: TrainingError.self) { try hawq.validate(counts: [100, 200]) }
     }
+
+    @Test("--hessian-probes Int.max is refused by range rather than probing until the mean settles")
+    func hugeHessianProbes() throws {
+        let model = makeModel(.resnet20, inputChannels: 1, numClasses: 4, seed: 0)
+        var options = MSQOptions(targetCompression: 8)
+        options.hessian = false
+        options.hessianProbes = Int.max
+        let error = thrownError { _ = try MSQTraining(layers: try quantizeForMSQ(model), options: options, calibration: nil, seed: 0) }
+        #expect(error.map { String(describing: $0) } == "--hessian-probes must be in 1...4096 (got \(Int.max))")
+        var hawq = HAWQOptions(targetCompression: 8)
+        hawq.hessianProbes = RunLimits.maxProbes + 1
+        #expect(throws: TrainingError.self) { try hawq.validate(counts: [100, 200]) }
+        hawq.hessianProbes = RunLimits.maxProbes
+        #expect(throws: Never.self) { try hawq.validate(counts: [100, 200]) }
+    }
 }

@@ -21,6 +21,15 @@ public enum RunLimits {
     /// once took all 60,000 Fashion-MNIST images into one pass and was killed for memory.
     public static let maxCalibrationImages = 4096
 
+    /// The most probes a trace estimate may take (`--hessian-probes`, `msq inspect --probes`): each
+    /// is a gradient or Hessian-vector product over the calibration batch, so `Int.max` would run
+    /// for ever (an estimate stops early only when its running mean settles).
+    public static let maxProbes = 4096
+
+    /// The most power-iteration steps per layer (`msq inspect --power-iterations`), for the same
+    /// reason: each step is a Hessian-vector product.
+    public static let maxPowerIterations = 10_000
+
     /// Cores this process may run on (its CPU affinity), at least 1.
     public static var availableCores: Int { max(1, ProcessInfo.processInfo.activeProcessorCount) }
 

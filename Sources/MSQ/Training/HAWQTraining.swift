@@ -47,7 +47,9 @@ public struct HAWQOptions: Codable, Sendable, Equatable {
         if !(1...RunLimits.maxCalibrationImages).contains(hessianBatch) {
             throw .invalidOption("--hessian-batch must be in 1...\(RunLimits.maxCalibrationImages) (got \(hessianBatch))")
         }
-        if hessianProbes < 1 { throw .invalidOption("--hessian-probes must be at least 1 (got \(hessianProbes))") }
+        if !(1...RunLimits.maxProbes).contains(hessianProbes) {
+            throw .invalidOption("--hessian-probes must be in 1...\(RunLimits.maxProbes) (got \(hessianProbes))")
+        }
     }
 }
 

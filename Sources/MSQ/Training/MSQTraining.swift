@@ -84,7 +84,9 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
         if !(1...RunLimits.maxCalibrationImages).contains(hessianBatch) {
             throw .invalidOption("--hessian-batch must be in 1...\(RunLimits.maxCalibrationImages) (got \(hessianBatch))")
         }
-        if hessianProbes < 1 { throw .invalidOption("--hessian-probes must be at least 1 (got \(hessianProbes))") }
+        if !(1...RunLimits.maxProbes).contains(hessianProbes) {
+            throw .invalidOption("--hessian-probes must be in 1...\(RunLimits.maxProbes) (got \(hessianProbes))")
+        }
         if !(lambdaGrowth >= 1) || !lambdaGrowth.isFinite { throw .invalidOption("--lambda-growth must be ≥ 1 (got \(lambdaGrowth))") }
     }
 }
