@@ -44,9 +44,7 @@ struct EvalCommand: ParsableCommand {
         // Training evaluates with max(batch, 256) images per pass; use the same by default.
         let trainingBatch = h.source["batch_size"].flatMap { Int($0) } ?? 0
         let batch = batchSize ?? max(trainingBatch, 256)
-        if setKernelThreads(threads) < threads {
-            writeLine("warning: --threads \(threads) is more than the \(RunLimits.availableCores) cores available; using \(kernelThreads)")
-        }
+        setCappedKernelThreads(threads)
         let network = try packed.makeModule()
         let bits = packed.scheme.layers.map(\.bits)
         writeLine("msq eval: \(model) (\(h.model), \(bits.count) quantized layers at \(bits.min() ?? 0)–\(bits.max() ?? 0) bits, \(packed.scheme.scaleGranularity) scales"

@@ -70,9 +70,7 @@ struct InspectCommand: ParsableCommand {
     }
 
     private func inspectHessian(_ ckpt: Checkpoint) throws {
-        if setKernelThreads(threads) < threads {
-            writeLine("warning: --threads \(threads) is more than the \(RunLimits.availableCores) cores available; using \(kernelThreads)")
-        }
+        setCappedKernelThreads(threads)
         let restored = try RestoredModel(checkpoint: ckpt)
         let batch = try restored.calibrationBatch(count: calibration, dataDirectory: dataDir)
         let start = Date()

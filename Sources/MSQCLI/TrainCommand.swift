@@ -103,10 +103,7 @@ struct TrainCommand: ParsableCommand {
         config.limitTest = limitTest
         config.seed = seed
         // Capped here, not only in the Trainer, so the fingerprint records the count the kernels use.
-        config.threads = threads < 0 ? threads : RunLimits.cappedThreads(threads)
-        if threads > config.threads {
-            writeLine("warning: --threads \(threads) is more than the \(RunLimits.availableCores) cores available; using \(config.threads)")
-        }
+        config.threads = threads < 0 ? threads : cappedThreads(threads)
         var msqOptions: MSQOptions? = nil
         var doReFaOptions: DoReFaOptions? = nil
         var bsqOptions: BSQOptions? = nil

@@ -30,6 +30,17 @@ public enum TraceEstimator: String, CaseIterable, Codable, Sendable {
     }
 }
 
+/// The checks of a trace estimate's options that MSQ and HAWQ share: `--hessian-batch` in
+/// 1...``RunLimits/maxCalibrationImages`` and `--hessian-probes` in 1...``RunLimits/maxProbes``.
+func validateHessianSampling(batch: Int, probes: Int) throws(TrainingError) {
+    if !(1...RunLimits.maxCalibrationImages).contains(batch) {
+        throw .invalidOption("--hessian-batch must be in 1...\(RunLimits.maxCalibrationImages) (got \(batch))")
+    }
+    if !(1...RunLimits.maxProbes).contains(probes) {
+        throw .invalidOption("--hessian-probes must be in 1...\(RunLimits.maxProbes) (got \(probes))")
+    }
+}
+
 /// Per-layer traces of the generalized Gauss-Newton matrix of the mean softmax cross-entropy on a
 /// fixed batch, estimated from gradients at labels drawn from the model's own softmax.
 ///

@@ -156,8 +156,7 @@ public struct Checkpoint {
     /// The checksum only guards against accidents; a file written by another program can carry
     /// a valid checksum around any field, so a bad field is reported by name, never trapped on.
     public static func read(from path: String) throws(CheckpointError) -> Checkpoint {
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
+        if FileBytes.isDirectory(path) {
             throw .unreadable(path: path, reason: "it is a directory, not a checkpoint file")
         }
         guard let data = FileManager.default.contents(atPath: path) else {

@@ -44,12 +44,7 @@ public struct HAWQOptions: Codable, Sendable, Equatable {
             throw .invalidOption(String(format: "--target-compression must be above 1 and at most %.2f (every layer at --min-bits %d) (got %g)", most, minBits, targetCompression))
         }
         if !(warmupEpochs >= 0) || !warmupEpochs.isFinite { throw .invalidOption("--hawq-warmup must be ≥ 0 epochs (got \(warmupEpochs))") }
-        if !(1...RunLimits.maxCalibrationImages).contains(hessianBatch) {
-            throw .invalidOption("--hessian-batch must be in 1...\(RunLimits.maxCalibrationImages) (got \(hessianBatch))")
-        }
-        if !(1...RunLimits.maxProbes).contains(hessianProbes) {
-            throw .invalidOption("--hessian-probes must be in 1...\(RunLimits.maxProbes) (got \(hessianProbes))")
-        }
+        try validateHessianSampling(batch: hessianBatch, probes: hessianProbes)
     }
 }
 

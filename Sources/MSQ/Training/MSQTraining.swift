@@ -81,12 +81,7 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
     public func validate(maxCompression: Double) throws(TrainingError) {
         try validateSchedule(maxCompression: maxCompression, pruneThreshold: pruneThreshold)
         if !msqBitRange.contains(minBits) { throw .invalidOption("--min-bits must be in 2...16 (got \(minBits))") }
-        if !(1...RunLimits.maxCalibrationImages).contains(hessianBatch) {
-            throw .invalidOption("--hessian-batch must be in 1...\(RunLimits.maxCalibrationImages) (got \(hessianBatch))")
-        }
-        if !(1...RunLimits.maxProbes).contains(hessianProbes) {
-            throw .invalidOption("--hessian-probes must be in 1...\(RunLimits.maxProbes) (got \(hessianProbes))")
-        }
+        try validateHessianSampling(batch: hessianBatch, probes: hessianProbes)
         if !(lambdaGrowth >= 1) || !lambdaGrowth.isFinite { throw .invalidOption("--lambda-growth must be ≥ 1 (got \(lambdaGrowth))") }
     }
 }

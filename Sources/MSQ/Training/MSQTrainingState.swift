@@ -4,30 +4,24 @@ extension MSQTraining {
     /// once reached a precondition in ``LSBRegularizer``), λ negative or not finite, an unknown
     /// phase, negative or absurd counters. Each error names the field as the state's JSON does.
     func validateRestored(_ s: State) throws(CheckpointError) {
-        func bad(_ field: String, _ problem: String) -> CheckpointError {
-            .invalidField(path: "method state", field: "methodState." + field, problem: problem)
-        }
         let bitRange = fixedScheme ? 1...16 : options.minBits...16
-        for (i, layer) in s.scheme.layers.enumerated() where !bitRange.contains(layer.bits) {
-            throw bad("scheme.layers[\(i)].bits", "is \(layer.bits) for \(layer.path), outside \(bitRange)")
-        }
+        try MethodStateChecks.bits(s.scheme, in: bitRange, field: "scheme")
         for (i, k) in s.k.enumerated() where !(1...2).contains(k) {
-            throw bad("k[\(i)]", "is \(k), outside 1...2")
+            throw MethodStateChecks.invalid("k[\(i)]", "is \(k), outside 1...2")
         }
-        if !(s.lambda >= 0) || !s.lambda.isFinite { throw bad("lambda", "is \(s.lambda), not a finite number ≥ 0") }
-        if !(s.initialBits > 0) || !s.initialBits.isFinite { throw bad("initialBits", "is \(s.initialBits), not a finite positive number") }
-        if s.phase != "pruning" && s.phase != "finetuning" { throw bad("phase", "is \"\(s.phase)\", neither pruning nor finetuning") }
-        let limit = RunLimits.maxTotalSteps
-        let counters = [("intervals", s.intervals), ("hessianEstimates", s.hessianEstimates),
-                        ("hessianProbesUsed", s.hessianProbesUsed), ("finalPhaseStartStep", s.finalPhaseStartStep ?? 0)]
+        try MethodStateChecks.nonNegative("lambda", s.lambda)
+        if !(s.initialBits > 0) || !s.initialBits.isFinite {
+            throw MethodStateChecks.invalid("initialBits", "is \(s.initialBits), not a finite positive number")
+        }
+        try MethodStateChecks.phase(s.phase, ["pruning", "finetuning"])
         // Probes are bounded by intervals × --hessian-probes; the same generous cap as steps keeps
         // every later `+=` far from overflow.
-        for (name, value) in counters where !(0...limit).contains(value) {
-            throw bad(name, "is \(value), outside 0...\(limit)")
-        }
-        if !(s.hessianSeconds >= 0) || !s.hessianSeconds.isFinite { throw bad("hessianSeconds", "is \(s.hessianSeconds), not a finite number ≥ 0") }
+        try MethodStateChecks.counters([("intervals", s.intervals), ("hessianEstimates", s.hessianEstimates),
+                                        ("hessianProbesUsed", s.hessianProbesUsed), ("finalPhaseStartStep", s.finalPhaseStartStep)])
+        try MethodStateChecks.nonNegative("hessianSeconds", s.hessianSeconds)
+        let limit = RunLimits.maxTotalSteps
         for (i, e) in s.events.enumerated() where !(0...limit).contains(e.step) || !bitRange.contains(e.decision.toBits) {
-            throw bad("events[\(i)]", "has step \(e.step) and precision \(e.decision.toBits), outside 0...\(limit) and \(bitRange)")
+            throw MethodStateChecks.invalid("events[\(i)]", "has step \(e.step) and precision \(e.decision.toBits), outside 0...\(limit) and \(bitRange)")
         }
     }
 
