@@ -165,49 +165,17 @@ struct MSQArguments: ParsableArguments {
         if let value: ForcedPruningOrder = try choice(forcedOrder, flag: "--forced-order") { o.forcedOrder = value }
         try checkActivationBits()
         if !(2...16).contains(msqWeightBits) { throw ValidationError("--weight-bits must be in 2...16 (got \(msqWeightBits))") }
-        _ = try scaleGranularity()
+        o.initialBits = msqWeightBits
+        o.scaleGranularity = try scaleGranularity()
         return o
     }
 
     /// MSQ's starting precision (default 8).
     var msqWeightBits: Int { weightBits ?? 8 }
 
-    /// Quantizes `model` (every conv/linear at --weight-bits with --scale scales; PACT inputs when
-    /// --act-bits is set) and builds the method.
-    func makeMethod(model: any Module, options: MSQOptions, data: LoadedData, seed: UInt64) throws -> MSQTraining {
-        let paths = quantizableLayers(of: model).map(\.path)
-        let excluded = actBits == nil ? [] : defaultActivationExclusions(model).sorted()
-        let scheme = QuantizationScheme(layers: paths.map { .init(path: $0, bits: msqWeightBits) },
-                                        activationBits: actBits, activationExcluded: excluded,
-                                        scaleGranularity: try scaleGranularity())
-        let layers = try scheme.apply(to: model)
-        let calibration = options.hessian
-            ? try calibrationBatch(from: data.train, normalization: data.normalization, count: options.hessianBatch)
-            : nil
-        return try MSQTraining(layers: layers, options: options, calibration: calibration,
-                               activationBits: actBits, activationExcluded: excluded, seed: seed)
-    }
-
     /// The --bit-scheme spec, read and checked for syntax, duplicates and ranges (nil without the option).
     func bitSchemeSpec() throws -> BitSchemeSpec? {
         try bitScheme.map { try BitSchemeSpec.load($0) }
-    }
-
-    /// MSQ at a fixed scheme (`--method msq --bit-scheme`): RoundClamp quantizers at the scheme's
-    /// precisions (and PACT inputs when --act-bits is set), starting in the finetuning phase. The
-    /// options are MSQ's defaults with the scheme's own compression as the target and the Hessian
-    /// off (no search runs, so none of them acts; they are in the fingerprint as for any MSQ run).
-    func makeFixedSchemeMethod(model: any Module, scheme layerBits: [QuantizationScheme.LayerBits],
-                               seed: UInt64) throws -> (method: MSQTraining, options: MSQOptions) {
-        try checkActivationBits()
-        let excluded = actBits == nil ? [] : defaultActivationExclusions(model).sorted()
-        let scheme = QuantizationScheme(layers: layerBits, activationBits: actBits, activationExcluded: excluded)
-        let layers = try scheme.apply(to: model)
-        var options = MSQOptions(targetCompression: compressionRatio(layers))
-        options.hessian = false
-        let method = try MSQTraining(layers: layers, options: options, calibration: nil, activationBits: actBits,
-                                     activationExcluded: excluded, seed: seed, fixedScheme: true)
-        return (method, options)
     }
 
     /// DoReFa's options (`--method dorefa`): --weight-bits is required.
@@ -269,16 +237,45 @@ struct MSQArguments: ParsableArguments {
         if let hessianBatch { o.hessianBatch = hessianBatch }
         if let hessianProbes { o.hessianProbes = hessianProbes }
         if let value: TraceEstimator = try choice(hessianTrace, flag: "--hessian-trace") { o.hessianTrace = value }
+        o.scaleGranularity = try scaleGranularity()
         return o
     }
 
-    /// Quantizes `model` at --weight-bits and builds the HAWQ method.
-    func makeHAWQ(model: any Module, options: HAWQOptions, data: LoadedData, seed: UInt64) throws -> HAWQTraining {
-        let layers = try quantizeForMSQ(model, initialBits: options.maxBits, scaleGranularity: try scaleGranularity())
-        let calibration = try calibrationBatch(from: data.train, normalization: data.normalization, count: options.hessianBatch)
-        return try HAWQTraining(layers: layers, options: options, calibration: calibration, seed: seed)
+    /// --method's options, parsed and checked; `fixedScheme` when --bit-scheme gives the precisions.
+    func methodChoice(method: String, fixedScheme: Bool) throws -> MethodChoice {
+        switch method {
+        case "msq" where fixedScheme:
+            // The target and the Hessian come from the scheme (MSQTraining.setUp); the rest stays default.
+            try checkActivationBits()
+            return .msq(MSQOptions(targetCompression: 1))
+        case "msq": return .msq(try options())
+        case "dorefa": return .dorefa(try doReFaOptions())
+        case "bsq": return .bsq(try bsqOptions())
+        case "csq": return .csq(try csqOptions())
+        case "hawq": return .hawq(try hawqOptions())
+        default: return .float
+        }
     }
+}
 
-    /// The activation part of a method's run fingerprint.
-    var actBitsIdentity: String { actBits.map(String.init) ?? "off" }
+/// A --method with its parsed options, before the model exists.
+enum MethodChoice {
+    case float
+    case msq(MSQOptions)
+    case dorefa(DoReFaOptions)
+    case bsq(BSQOptions)
+    case csq(CSQOptions)
+    case hawq(HAWQOptions)
+
+    /// The method's one set-up call on `model`.
+    func setUp(model: any Module, context: MethodContext) throws -> any MethodSetUp {
+        switch self {
+        case .float: return try FloatTraining.setUp(model: model, options: FloatOptions(), context: context)
+        case let .msq(o): return try MSQTraining.setUp(model: model, options: o, context: context)
+        case let .dorefa(o): return try DoReFaTraining.setUp(model: model, options: o, context: context)
+        case let .bsq(o): return try BSQTraining.setUp(model: model, options: o, context: context)
+        case let .csq(o): return try CSQTraining.setUp(model: model, options: o, context: context)
+        case let .hawq(o): return try HAWQTraining.setUp(model: model, options: o, context: context)
+        }
+    }
 }

@@ -104,43 +104,9 @@ struct TrainCommand: ParsableCommand {
         config.seed = seed
         // Capped here, not only in the Trainer, so the fingerprint records the count the kernels use.
         config.threads = threads < 0 ? threads : cappedThreads(threads)
-        var msqOptions: MSQOptions? = nil
-        var doReFaOptions: DoReFaOptions? = nil
-        var bsqOptions: BSQOptions? = nil
-        var csqOptions: CSQOptions? = nil
-        var hawqOptions: HAWQOptions? = nil
+        // Parsed (and refused) before any data is read; the method is built once the model is.
         let schemeSpec = try msq.bitSchemeSpec()
-        switch method {
-        case "msq" where schemeSpec != nil:
-            break  // options from the resolved scheme, once the model is built
-        case "msq":
-            let options = try msq.options()
-            msqOptions = options
-            // --scale joins the fingerprint only when per channel (older checkpoints still resume).
-            config.methodOptions = options.identity.merging([
-                "msq.weight_bits": String(msq.msqWeightBits), "msq.act_bits": msq.actBitsIdentity,
-            ].merging(try msq.scaleGranularity().identity(method: "msq")) { a, _ in a }) { a, _ in a }
-        case "dorefa":
-            let options = try msq.doReFaOptions()
-            doReFaOptions = options
-            config.methodOptions = options.identity.merging(["dorefa.act_bits": msq.actBitsIdentity]) { a, _ in a }
-        case "bsq":
-            let options = try msq.bsqOptions()
-            bsqOptions = options
-            config.methodOptions = options.identity.merging(["bsq.act_bits": msq.actBitsIdentity]) { a, _ in a }
-        case "csq":
-            let options = try msq.csqOptions()
-            csqOptions = options
-            config.methodOptions = options.identity.merging(["csq.act_bits": msq.actBitsIdentity]) { a, _ in a }
-        case "hawq":
-            let options = try msq.hawqOptions()
-            hawqOptions = options
-            config.methodOptions = options.identity.merging(
-                try msq.scaleGranularity().identity(method: "hawq")
-            ) { a, _ in a }
-        default:
-            break
-        }
+        let choice = try msq.methodChoice(method: method, fixedScheme: schemeSpec != nil)
         try config.validate()
 
         let data = try DatasetCatalog.load(name: dataset, directory: dataDir,
@@ -170,25 +136,10 @@ struct TrainCommand: ParsableCommand {
                              resolved.count, stored / total, 32 * total / stored, 32 * total / magnitude))
             writeLine("  " + config.bitScheme!)
         }
-        let trainingMethod: TrainingMethod
-        if method == "msq", let fixedScheme {
-            let (fixed, options) = try msq.makeFixedSchemeMethod(model: network, scheme: fixedScheme, seed: seed)
-            config.methodOptions = options.identity.merging(["msq.act_bits": msq.actBitsIdentity]) { a, _ in a }
-            trainingMethod = fixed
-        } else if let msqOptions {
-            trainingMethod = try msq.makeMethod(model: network, options: msqOptions, data: data, seed: seed)
-        } else if let doReFaOptions {
-            trainingMethod = try DoReFaTraining(model: network, options: doReFaOptions, activationBits: msq.actBits,
-                                                bitScheme: fixedScheme)
-        } else if let bsqOptions {
-            trainingMethod = try BSQTraining(model: network, options: bsqOptions, activationBits: msq.actBits)
-        } else if let csqOptions {
-            trainingMethod = try CSQTraining(model: network, options: csqOptions, activationBits: msq.actBits)
-        } else if let hawqOptions {
-            trainingMethod = try msq.makeHAWQ(model: network, options: hawqOptions, data: data, seed: seed)
-        } else {
-            trainingMethod = FloatTraining()
-        }
+        let context = MethodContext(activationBits: msq.actBits, calibrationData: (data.train, data.normalization),
+                                    seed: seed, bitScheme: fixedScheme)
+        let trainingMethod = try choice.setUp(model: network, context: context)
+        config.methodOptions = trainingMethod.runIdentity
         writeLine("msq train: \(model) on \(dataset) (\(data.train.count) train / \(data.test.count) test images, " +
               "\(network.trainableParameterCount) parameters), \(epochs) epochs, batch \(batchSize), lr \(lr) → \(outDir)")
         let trainer = Trainer(config: config, model: network, method: trainingMethod, train: data.train, test: data.test,

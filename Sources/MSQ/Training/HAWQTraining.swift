@@ -19,6 +19,9 @@ public struct HAWQOptions: Codable, Sendable, Equatable {
     public var hessianTolerance: Double = 0.01
     /// The trace estimator [--hessian-trace].
     public var hessianTrace: TraceEstimator = .sampledGaussNewton
+    /// Per-tensor or per-output-channel RoundClamp scales [--scale]. Used by
+    /// ``HAWQTraining/setUp(model:options:context:)``; fingerprinted as `hawq.scale` when per channel.
+    public var scaleGranularity: ScaleGranularity = .perTensor
 
     /// Options with the given target and the defaults above.
     public init(targetCompression: Double) {

@@ -43,6 +43,12 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
     public var lambdaScaling: LambdaScaling = .uniform
     /// The order of forced drops and how the deadline closes the gap [--forced-order].
     public var forcedOrder: ForcedPruningOrder = .estimatedLoss
+    /// n at step 0, every quantized layer's starting precision, sign included [--weight-bits].
+    /// Used by ``MSQTraining/setUp(model:options:context:)``; fingerprinted as `msq.weight_bits`.
+    public var initialBits: Int = 8
+    /// Whether each RoundClamp scale covers the whole tensor or one output channel [--scale]. Used
+    /// by ``MSQTraining/setUp(model:options:context:)``; fingerprinted as `msq.scale` when per channel.
+    public var scaleGranularity: ScaleGranularity = .perTensor
 
     /// Options with the given target and the defaults above.
     public init(targetCompression: Double) {
