@@ -20,6 +20,12 @@ public enum PackedModelError: Error, CustomStringConvertible, Equatable, Sendabl
     case checkpointMismatch(reason: String)
     /// The file's tensors do not fit the model its header names (written by another build?).
     case modelMismatch(reason: String)
+    /// ``PackedModel/makeModule()`` was asked for a network that is not a built-in ``ModelKind``.
+    case notBuiltIn(model: String)
+    /// The model given to ``PackedModel/load(into:)`` does not fit the file; the model is unchanged.
+    case loadMismatch(reason: String)
+    /// A live model given to ``PackedModel/export(model:name:data:source:)`` cannot be packed.
+    case notPackable(reason: String)
     /// A dataset's images or classes do not fit the model's input or output.
     case incompatibleData(reason: String)
     /// A bit width outside 1…16 was given to the bit packer.
@@ -52,6 +58,12 @@ public enum PackedModelError: Error, CustomStringConvertible, Equatable, Sendabl
             return "cannot export: \(reason)"
         case let .modelMismatch(reason):
             return "the packed model does not fit the network it names: \(reason). Re-export it with this build"
+        case let .notBuiltIn(model):
+            return "the packed model is a '\(model)', which is not a built-in model (\(ModelKind.allCases.map(\.rawValue).joined(separator: ", "))): build that network the way it was built for training and call PackedModel.load(into:)"
+        case let .loadMismatch(reason):
+            return "the packed model does not fit the model given to load(into:): \(reason); the model was left unchanged"
+        case let .notPackable(reason):
+            return "cannot export the model: \(reason)"
         case let .incompatibleData(reason):
             return reason
         case let .invalidBits(bits):

@@ -9,6 +9,8 @@ extension PackedModel {
     /// The network is identified by the checkpoint's `runDescription` (`model`, `dataset`); the
     /// dataset's input shape, class count and normalisation come from ``DatasetCatalog/info(name:)``.
     /// The quantization scheme comes from the method state (``QuantizationScheme/decode(fromMethodState:)``).
+    /// A model that is not built in has no checkpoint path: pack it live with
+    /// ``export(model:name:data:source:)``.
     ///
     /// - Throws: ``PackedModelError/notQuantized(_:)`` for a checkpoint without a scheme (a float run);
     ///   ``PackedModelError/checkpointMismatch(reason:)`` when the run description is incomplete or
@@ -51,11 +53,6 @@ extension PackedModel {
         } catch {
             throw .checkpointMismatch(reason: "the checkpoint's quantization scheme does not fit \(modelName): \(error)")
         }
-        let layerOf = Dictionary(uniqueKeysWithValues: quantized.map { (ObjectIdentifier($0.parameter), $0) })
-
-        var packedEntries: [TensorEntry] = [], packedBytes: [UInt8] = []
-        var floatNames: [(name: String, value: Tensor)] = []
-        var codesByLayer: [String: (entry: TensorEntry, bytes: [UInt8])] = [:]
         var used = Set<String>()
         for (name, parameter) in model.namedParameters() {
             guard let value = checkpoint.tensor(named: name) else {
@@ -64,7 +61,96 @@ extension PackedModel {
             guard value.shape == parameter.value.shape else {
                 throw .checkpointMismatch(reason: "\(name) has shape \(value.shape) in the checkpoint, \(modelName) expects \(parameter.value.shape)")
             }
+            parameter.value = value
             used.insert(name)
+        }
+        let extra = checkpoint.header.tensors.map(\.name).filter { !$0.hasPrefix("optimizer.") && !used.contains($0) }
+        guard extra.isEmpty else {
+            throw .checkpointMismatch(reason: "the checkpoint has tensors \(modelName) with this scheme does not: \(extra.joined(separator: ", "))")
+        }
+        do {
+            return try pack(model, quantized: quantized, scheme: scheme, name: kind.rawValue,
+                            data: DatasetInfo(name: datasetName, sampleShape: data.sampleShape, numClasses: data.numClasses,
+                                              normalization: data.normalization),
+                            source: h.runDescription)
+        } catch let .notPackable(reason) {
+            throw .checkpointMismatch(reason: reason)
+        }
+    }
+
+    /// Packs a live model, any ``Module``: its conv/linear layers that carry a
+    /// ``RoundClampQuantizer`` (MSQ, HAWQ, ``QuantizationScheme/apply(to:)``) become (s, j_n[]) at their
+    /// current precision and scale granularity, their PACT input quantizers' bits and clip levels are
+    /// kept, and every other parameter and buffer is stored as float32 — what
+    /// ``export(checkpoint:)`` stores for a built-in model.
+    ///
+    /// `name` is recorded as the header's `model`; use a ``ModelKind`` raw value only for that built-in
+    /// network (``makeModule()`` rebuilds those); for any other name, read the file back into a fresh
+    /// instance with ``load(into:)``. `data` describes the input (sample shape `[C, H, W]`, classes,
+    /// normalisation; ``DatasetInfo/init(_:normalization:)`` takes them from a dataset). `source` is
+    /// free-form provenance stored in the header.
+    ///
+    /// - Throws: ``PackedModelError/notPackable(reason:)`` when no layer is quantized, a layer has
+    ///   another weight transform (DoReFa, BSQ, CSQ), the layers mix scale granularities or
+    ///   activation bits, a float layer quantizes its input, or a quantized weight is not finite.
+    public static func export(model: any Module, name: String, data: DatasetInfo,
+                              source: [String: String] = [:]) throws(PackedModelError) -> PackedModel {
+        let scheme = try liveScheme(of: model)
+        let quantized: [QuantizedLayer] = quantizableLayers(of: model).compactMap { path, module in
+            if let conv = module as? Conv2d, let q = conv.weightTransform as? RoundClampQuantizer {
+                return QuantizedLayer(path: path, parameter: conv.weight, quantizer: q, count: conv.weight.value.count)
+            }
+            if let linear = module as? Linear, let q = linear.weightTransform as? RoundClampQuantizer {
+                return QuantizedLayer(path: path, parameter: linear.weight, quantizer: q, count: linear.weight.value.count)
+            }
+            return nil
+        }
+        return try pack(model, quantized: quantized, scheme: scheme, name: name, data: data, source: source)
+    }
+
+    /// The scheme a live model carries: its RoundClamp layers and their PACT inputs.
+    static func liveScheme(of model: any Module) throws(PackedModelError) -> QuantizationScheme {
+        var layers: [QuantizationScheme.LayerBits] = [], granularities = Set<ScaleGranularity>()
+        var activationBits = Set<Int>(), excluded: [String] = []
+        for (path, module) in quantizableLayers(of: model) {
+            let transform = (module as? Conv2d)?.weightTransform ?? (module as? Linear)?.weightTransform
+            let input = (module as? Conv2d)?.inputQuantizer ?? (module as? Linear)?.inputQuantizer
+            guard let transform else {
+                if input != nil {
+                    throw .notPackable(reason: "layer \(path) quantizes its input but not its weight; the packed format quantizes the inputs of quantized layers only")
+                }
+                continue
+            }
+            guard let roundClamp = transform as? RoundClampQuantizer else {
+                throw .notPackable(reason: "layer \(path) has a \(type(of: transform)) weight transform; only RoundClamp layers (MSQ, HAWQ) can be packed")
+            }
+            layers.append(.init(path: path, bits: roundClamp.bits))
+            granularities.insert(roundClamp.granularity)
+            if let input { activationBits.insert(input.bits) } else { excluded.append(path) }
+        }
+        guard !layers.isEmpty else {
+            throw .notPackable(reason: "no layer carries a RoundClamp quantizer; quantize the model (e.g. MSQTraining.setUp) and train it first")
+        }
+        guard granularities.count == 1, let granularity = granularities.first else {
+            throw .notPackable(reason: "the layers mix per-tensor and per-channel scales; a packed model has one granularity")
+        }
+        guard activationBits.count <= 1 else {
+            throw .notPackable(reason: "the layers' inputs are quantized at different bit widths \(activationBits.sorted()); a packed model has one")
+        }
+        let bits = activationBits.first
+        return QuantizationScheme(layers: layers, activationBits: bits, activationExcluded: bits == nil ? [] : excluded,
+                                  scaleGranularity: granularity)
+    }
+
+    /// The file of `model` (its parameters' current values) with `quantized` packed: codes in the
+    /// scheme's order, then every other tensor as float32 in parameter order.
+    static func pack(_ model: any Module, quantized: [QuantizedLayer], scheme: QuantizationScheme, name: String,
+                     data: DatasetInfo, source: [String: String]) throws(PackedModelError) -> PackedModel {
+        let layerOf = Dictionary(uniqueKeysWithValues: quantized.map { (ObjectIdentifier($0.parameter), $0) })
+        var floatNames: [(name: String, value: Tensor)] = []
+        var codesByLayer: [String: (entry: TensorEntry, bytes: [UInt8])] = [:]
+        for (name, parameter) in model.namedParameters() {
+            let value = parameter.value
             guard let layer = layerOf[ObjectIdentifier(parameter)] else {
                 floatNames.append((name, value))
                 continue
@@ -73,7 +159,7 @@ extension PackedModel {
             // NaN weights are ignored by max|W| but give code 0; an infinite one makes s = ∞ and
             // the layer useless. Either way the run diverged: refuse rather than deploy garbage.
             guard scales.allSatisfy(\.isFinite), value.scalars.allSatisfy(\.isFinite) else {
-                throw .checkpointMismatch(reason: "\(name) holds non-finite weights (the run diverged)")
+                throw .notPackable(reason: "\(name) holds non-finite weights (the run diverged)")
             }
             var bytes = try bitPack(codes: codes, bits: layer.bits)
             let entry: TensorEntry
@@ -89,20 +175,16 @@ extension PackedModel {
             }
             codesByLayer[layer.path] = (entry, bytes)
         }
-        let extra = checkpoint.header.tensors.map(\.name).filter { !$0.hasPrefix("optimizer.") && !used.contains($0) }
-        guard extra.isEmpty else {
-            throw .checkpointMismatch(reason: "the checkpoint has tensors \(modelName) with this scheme does not: \(extra.joined(separator: ", "))")
-        }
 
         // Packed tensors in the scheme's order (what ``scheme`` reads back), then floats.
+        var packedEntries: [TensorEntry] = [], payload: [UInt8] = []
         for layer in quantized {
             guard let (original, bytes) = codesByLayer[layer.path] else { continue }
             var entry = original
-            entry.offset = packedBytes.count
+            entry.offset = payload.count
             packedEntries.append(entry)
-            packedBytes += bytes
+            payload += bytes
         }
-        var payload = packedBytes
         var floatEntries: [TensorEntry] = []
         for (name, value) in floatNames {
             let entry = TensorEntry(name: name, shape: value.shape, kind: .float32, offset: payload.count, length: 4 * value.count)
@@ -110,10 +192,10 @@ extension PackedModel {
             payload.reserveCapacity(payload.count + entry.length)
             for x in value.scalars { appendLE(x.bitPattern, to: &payload) }
         }
-        let header = Header(model: kind.rawValue, dataset: datasetName, inputShape: data.sampleShape,
+        let header = Header(model: name, dataset: data.name, inputShape: data.sampleShape,
                             numClasses: data.numClasses, normalization: data.normalization,
                             activationBits: scheme.activationBits, activationExcluded: scheme.activationExcluded,
-                            source: h.runDescription, tensors: packedEntries + floatEntries)
+                            source: source, tensors: packedEntries + floatEntries)
         return try PackedModel(header: header, payload: payload)
     }
 }

@@ -67,9 +67,10 @@ extension PackedModel {
         return t
     }
 
-    /// Builds the network from the file alone, ready for `.eval` forwards.
+    /// Builds a built-in network (a ``ModelKind``) from the file alone, ready for `.eval` forwards:
+    /// ``makeModel(_:inputChannels:numClasses:seed:)`` then ``load(into:)``.
     ///
-    /// The model named in the header is created, ``QuantizationScheme/apply(to:)`` attaches the
+    /// Loading: ``QuantizationScheme/apply(to:)`` attaches the
     /// scheme (including PACT input quantizers when ``Header/activationBits`` is set), and then:
     /// each quantized layer's weight is set to W' = s · j / 2^(n−1) (s per channel when the file has
     /// per-channel scales) decoded from its codes and its
@@ -79,54 +80,91 @@ extension PackedModel {
     /// for bit. The transform must not stay: RoundClamp re-derives s' = max|W'| = s · max|j| / 2^(n−1),
     /// which differs from s unless some code is −2^(n−1), and would then requantize W' to other levels.
     ///
-    /// - Throws: ``PackedModelError/modelMismatch(reason:)`` when the header names an unknown model
-    ///   or the tensors do not match the network's parameters one to one.
+    /// - Throws: ``PackedModelError/notBuiltIn(model:)`` when the header names a model of the
+    ///   caller's own (build it and call ``load(into:)``); ``PackedModelError/modelMismatch(reason:)``
+    ///   when the tensors do not match the network's parameters one to one.
     public func makeModule() throws(PackedModelError) -> any Module {
-        let kind: ModelKind
-        do {
-            kind = try ModelKind(name: header.model)
-        } catch {
-            throw .modelMismatch(reason: "\(error)")
-        }
+        guard let kind = ModelKind(rawValue: header.model) else { throw .notBuiltIn(model: header.model) }
         let model = makeModel(kind, inputChannels: header.inputShape[0], numClasses: header.numClasses, seed: 0)
+        do {
+            try load(into: model)
+        } catch let .loadMismatch(reason) {
+            throw .modelMismatch(reason: reason)
+        }
+        return model
+    }
+
+    /// Loads the file into `model`, a network the caller built exactly as it was built for training
+    /// and left float (no quantizers attached: this call attaches the file's own, so they cannot be
+    /// applied in the wrong order). Afterwards `model` computes the exported model's eval logits bit
+    /// for bit: packed weights become W' = s · j / 2^(n−1) with no RoundClamp transform, every other
+    /// tensor (BN, biases, running statistics, PACT `input_alpha`) takes its float32 values.
+    ///
+    /// Checked before it returns, with `model` restored on any failure: every quantized path names a
+    /// conv/linear layer, every parameter of the quantized model has a tensor of its shape in the
+    /// file, the file has no tensor the model lacks, and packed tensors are exactly the quantized weights.
+    /// - Throws: ``PackedModelError/loadMismatch(reason:)`` naming the layer or tensor.
+    public func load(into model: any Module) throws(PackedModelError) {
+        for (path, module) in quantizableLayers(of: model) {
+            let conv = module as? Conv2d, linear = module as? Linear
+            if conv?.weightTransform != nil || linear?.weightTransform != nil
+                || conv?.inputQuantizer != nil || linear?.inputQuantizer != nil {
+                throw .loadMismatch(reason: "layer \(path) already has a quantizer; pass the float model as built, load(into:) attaches the file's scheme itself")
+            }
+        }
+        let saved = model.namedParameters().map { ($0.parameter, $0.parameter.value) }
+        do {
+            try attachAndFill(model)
+        } catch {
+            // Leave the caller's model as it was: float, its own values.
+            for (_, module) in quantizableLayers(of: model) {
+                if let conv = module as? Conv2d { conv.weightTransform = nil; conv.inputQuantizer = nil }
+                if let linear = module as? Linear { linear.weightTransform = nil; linear.inputQuantizer = nil }
+            }
+            for (parameter, value) in saved { parameter.value = value }
+            throw error
+        }
+    }
+
+    /// Attaches the scheme to `model`, drops the weight transforms it attached and fills every parameter.
+    private func attachAndFill(_ model: any Module) throws(PackedModelError) {
         let quantized: [QuantizedLayer]
         do {
             quantized = try scheme.apply(to: model)
         } catch {
-            throw .modelMismatch(reason: "its quantization scheme does not fit \(header.model): \(error)")
+            throw .loadMismatch(reason: "its quantization scheme does not fit the model: \(error)")
         }
         let layerOf = Dictionary(uniqueKeysWithValues: quantized.map { (ObjectIdentifier($0.parameter), $0) })
-        for (path, module) in quantizableLayers(of: model) where quantized.contains(where: { $0.path == path }) {
-            if let conv = module as? Conv2d, conv.weightTransform is RoundClampQuantizer {
-                conv.weightTransform = nil
-            } else if let linear = module as? Linear, linear.weightTransform is RoundClampQuantizer {
-                linear.weightTransform = nil
-            } else {
-                throw .modelMismatch(reason: "layer \(path) has no RoundClamp quantizer to replace")
-            }
+        for layer in quantized {
+            let module = quantizableLayers(of: model).first { $0.path == layer.path }?.module
+            if let conv = module as? Conv2d { conv.weightTransform = nil }
+            if let linear = module as? Linear { linear.weightTransform = nil }
         }
         var byName: [String: TensorEntry] = [:]
         for e in header.tensors { byName[e.name] = e }
         var used = Set<String>()
         for (name, parameter) in model.namedParameters() {
             guard let e = byName[name] else {
-                throw .modelMismatch(reason: "the file has no tensor \(name), which \(header.model) with this scheme needs")
+                throw .loadMismatch(reason: "the file has no tensor \(name), which the model with this scheme needs")
             }
             guard e.shape == parameter.value.shape else {
-                throw .modelMismatch(reason: "\(name) has shape \(e.shape) in the file, \(header.model) expects \(parameter.value.shape)")
+                throw .loadMismatch(reason: "\(name) has shape \(e.shape) in the file, the model's is \(parameter.value.shape)")
             }
             let isQuantized = layerOf[ObjectIdentifier(parameter)] != nil
             guard isQuantized == (e.kind == .packed) else {
-                throw .modelMismatch(reason: "\(name) is stored as \(e.kind.rawValue), but the scheme \(isQuantized ? "quantizes" : "does not quantize") it")
+                throw .loadMismatch(reason: "\(name) is stored as \(e.kind.rawValue), but the scheme \(isQuantized ? "quantizes" : "does not quantize") it")
             }
-            parameter.value = try tensor(named: name)
+            do {
+                parameter.value = try tensor(named: name)
+            } catch {
+                throw .loadMismatch(reason: "\(error)")
+            }
             used.insert(name)
         }
         let extra = header.tensors.map(\.name).filter { !used.contains($0) }
         guard extra.isEmpty else {
-            throw .modelMismatch(reason: "tensors \(extra.joined(separator: ", ")) belong to no parameter of \(header.model)")
+            throw .loadMismatch(reason: "tensors \(extra.joined(separator: ", ")) belong to no parameter of the model")
         }
-        return model
     }
 
     /// Checks that `dataset` has images, that they have the model's input shape and that its

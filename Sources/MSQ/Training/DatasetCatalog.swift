@@ -18,6 +18,20 @@ public struct DatasetInfo: Sendable, Equatable {
     public var numClasses: Int
     /// Per-channel normalisation the catalog applies to this dataset.
     public var normalization: Normalization
+
+    /// A description of data the catalog does not know (a packed model's input, for example).
+    public init(name: String, sampleShape: [Int], numClasses: Int, normalization: Normalization) {
+        self.name = name
+        self.sampleShape = sampleShape
+        self.numClasses = numClasses
+        self.normalization = normalization
+    }
+
+    /// The name, sample shape and class count of `dataset`, with the `normalization` its images get.
+    public init(_ dataset: any Dataset, normalization: Normalization) {
+        self.init(name: dataset.name, sampleShape: dataset.sampleShape, numClasses: dataset.numClasses,
+                  normalization: normalization)
+    }
 }
 
 /// The datasets the `msq` command knows by name.
