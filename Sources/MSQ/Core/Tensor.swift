@@ -129,7 +129,7 @@ public struct Tensor: @unchecked Sendable {
         }
     }
 
-    /// Σ_i self[i]·other[i] in double, the same bits at every thread count (``msq_dot``). The two
+    /// Σ_i self[i]·other[i] in double, the same bits at every thread count (`msq_dot`). The two
     /// tensors must have the same number of elements (shapes may differ).
     public func dot(_ other: Tensor) -> Double {
         precondition(count == other.count, "Tensor.dot: \(count) elements against \(other.count)")

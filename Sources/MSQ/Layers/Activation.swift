@@ -68,7 +68,7 @@ public final class Activation: Module {
 }
 
 extension Activation: CurvatureModule {
-    /// `y = act(x)` and `Ry = act′(x)·Rx` (``msq_activation_rforward``).
+    /// `y = act(x)` and `Ry = act′(x)·Rx` (`msq_activation_rforward`).
     public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
         curvatureCache = nil
         let y = forward(input, mode: .eval)
@@ -89,7 +89,7 @@ extension Activation: CurvatureModule {
         return (y, ry)
     }
 
-    /// `g_x = g_y·act′(x)` and `R g_x = R g_y·act′(x) + g_y·act″(x)·Rx` (``msq_activation_rbackward``).
+    /// `g_x = g_y·act′(x)` and `R g_x = R g_y·act′(x) + g_y·act″(x)·Rx` (`msq_activation_rbackward`).
     public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
         guard let c = curvatureCache else {
             fatalError("Activation(\(kind)): rBackward called without a preceding rForward")

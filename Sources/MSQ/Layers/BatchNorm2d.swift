@@ -212,7 +212,7 @@ public final class BatchNorm2d: Module {
 }
 
 extension BatchNorm2d: CurvatureModule {
-    /// Eval-mode `y = γ·(x − μ)/sqrt(σ² + ε) + β` and `Ry = γ/sqrt(σ² + ε)·Rx` (``msq_batchnorm_rforward_eval``).
+    /// Eval-mode `y = γ·(x − μ)/sqrt(σ² + ε) + β` and `Ry = γ/sqrt(σ² + ε)·Rx` (`msq_batchnorm_rforward_eval`).
     public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
         rForwardCore(input, tangent: tangent, relu: false)
     }

@@ -224,7 +224,7 @@ public final class Conv2d: Module {
 
 extension Conv2d: CurvatureModule {
     /// `y = conv(x_q, W) + bias` and `Ry = conv(Rx, W) + conv(x_q, V)`, V = `weight.tangent`
-    /// (``msq_conv2d_rforward``); the input quantizer passes tangents through unchanged.
+    /// (`msq_conv2d_rforward`); the input quantizer passes tangents through unchanged.
     public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
         curvatureCache = nil
         var s = makeShape(input.shape)
@@ -273,7 +273,7 @@ extension Conv2d: CurvatureModule {
     }
 
     /// `g_x = convᵀ(g_y, W)`, `R g_x = convᵀ(R g_y, W) + convᵀ(g_y, V)`, and into
-    /// `weight.hessianVector`: `corr(x_q, R g_y) + corr(Rx, g_y)` (``msq_conv2d_rbackward_weight``).
+    /// `weight.hessianVector`: `corr(x_q, R g_y) + corr(Rx, g_y)` (`msq_conv2d_rbackward_weight`).
     public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
         guard let c = curvatureCache else {
             fatalError("\(layerDescription): rBackward called without a preceding rForward")

@@ -130,7 +130,7 @@ public final class Linear: Module {
 }
 
 extension Linear: CurvatureModule {
-    /// `y = x_q·Wᵀ + bias` and `Ry = Rx·Wᵀ + x_q·Vᵀ`, V = `weight.tangent` (``msq_linear_rforward``);
+    /// `y = x_q·Wᵀ + bias` and `Ry = Rx·Wᵀ + x_q·Vᵀ`, V = `weight.tangent` (`msq_linear_rforward`);
     /// the input quantizer passes tangents through unchanged.
     public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
         curvatureCache = nil
@@ -172,7 +172,7 @@ extension Linear: CurvatureModule {
     }
 
     /// `g_x = g_y·W`, `R g_x = R g_y·W + g_y·V`, and into `weight.hessianVector`:
-    /// `R g_yᵀ·x_q + g_yᵀ·Rx` (``msq_linear_rbackward``).
+    /// `R g_yᵀ·x_q + g_yᵀ·Rx` (`msq_linear_rbackward`).
     public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
         guard let c = curvatureCache else {
             fatalError("\(layerDescription): rBackward called without a preceding rForward")

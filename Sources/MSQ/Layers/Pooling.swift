@@ -198,7 +198,7 @@ public final class Flatten: Module {
 }
 
 extension MaxPool2d: CurvatureModule {
-    /// `y = maxpool(x)` and `Ry = Rx` at the argmax (``msq_maxpool2d_rforward``).
+    /// `y = maxpool(x)` and `Ry = Rx` at the argmax (`msq_maxpool2d_rforward`).
     public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
         let y = forward(input, mode: .eval)
         guard let tangent else { return (y, nil) }

@@ -81,7 +81,7 @@ public final class SoftmaxCrossEntropy {
     }
 
     /// The Hessian of the last forward's mean loss w.r.t. the logits times `rz [N, K]`:
-    /// `(diag p_i − p_i p_iᵀ)·rz_i / N` per row (``msq_softmax_cross_entropy_hvp``; label smoothing
+    /// `(diag p_i − p_i p_iᵀ)·rz_i / N` per row (`msq_softmax_cross_entropy_hvp`; label smoothing
     /// does not change it, the smoothed targets still sum to one).
     public func hessianProduct(_ rz: Tensor) -> Tensor {
         guard let probs = probabilities else {

@@ -141,7 +141,7 @@ func validateActivationRequest(_ model: any Module, bits: Int, excluded: Set<Str
 ///
 /// The quantizer becomes the layer's ``Conv2d/inputQuantizer`` / ``Linear/inputQuantizer`` (replacing
 /// any previous one), and its α appears among the model's parameters as `<path>.input_alpha`, so
-/// checkpoints and ``namedParameters()`` pick it up. An optimizer built before this call does not
+/// checkpoints and ``Module/namedParameters()`` pick it up. An optimizer built before this call does not
 /// know the new parameters: quantize first, then build the optimizer.
 /// Use ``defaultActivationExclusions(_:)`` to keep the network input in float.
 ///

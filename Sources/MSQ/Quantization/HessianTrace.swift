@@ -232,7 +232,7 @@ public struct HessianTraceEstimate: Sendable, Equatable {
 /// Hutchinson's estimator of the per-layer Hessian traces (MSQ-SPEC §4).
 ///
 /// Probe j draws a Rademacher vector v_j (±1 each) over ALL quantized weights at once, layers in
-/// order, each layer's weights in row-major order, from the counter-based ``msq_rademacher`` with
+/// order, each layer's weights in row-major order, from the counter-based `msq_rademacher` with
 /// stream j (see ``rademacherProbe(seed:probe:counts:)``): the same vectors at any thread count.
 /// One HVP gives every layer's v_j,lᵀ(Hv_j)_l (block-diagonal estimate). Probing stops after
 /// `maxProbes`, or earlier once at least `minProbes` probes were taken and the running mean of the
@@ -267,7 +267,7 @@ public final class HutchinsonTrace {
     }
 
     /// The Rademacher probe number `probe` for layers of `counts` weights: layer l's block is the
-    /// slice at offset Σ_{m<l} N_m of ``msq_rademacher``'s stream `probe` under `seed`.
+    /// slice at offset Σ_{m<l} N_m of `msq_rademacher`'s stream `probe` under `seed`.
     public static func rademacherProbe(seed: UInt64, probe: Int, counts: [Int]) -> [[Double]] {
         probeTensors(seed: seed, probe: probe, counts: counts).map { $0.scalars.map(Double.init) }
     }

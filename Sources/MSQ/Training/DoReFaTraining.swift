@@ -36,7 +36,7 @@ public struct DoReFaOptions: Codable, Sendable, Equatable {
 /// search phase: the run is its own "finetuning phase" from step 0), PACT activations when
 /// `activationBits` is set (MSQ-SPEC §5, the network input excluded, as for MSQ).
 ///
-/// ``init(model:options:activationBits:)`` attaches the quantizers, so build the method before the
+/// ``init(model:options:activationBits:bitScheme:)`` attaches the quantizers, so build the method before the
 /// ``Trainer`` (whose optimizer must see the PACT clip levels). The checkpointed state is the
 /// per-layer precision table under the key `precisions` (deliberately not `scheme`: `msq export`
 /// reads `scheme` as RoundClamp codes, and DoReFa's levels are not RoundClamp's, so export refuses

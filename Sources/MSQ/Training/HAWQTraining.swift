@@ -81,7 +81,7 @@ public final class HAWQTraining: TrainingMethod {
     }
     var state: State
 
-    /// A HAWQ method over `layers` (RoundClamp quantizers attached, e.g. by ``quantizeForMSQ(_:initialBits:overrides:excluded:)``).
+    /// A HAWQ method over `layers` (RoundClamp quantizers attached, e.g. by ``quantizeForMSQ(_:initialBits:overrides:excluded:scaleGranularity:)``).
     public init(layers: [QuantizedLayer], options: HAWQOptions, calibration: (images: Tensor, labels: [Int32]),
                 seed: UInt64) throws {
         try options.validate(counts: layers.map(\.count))

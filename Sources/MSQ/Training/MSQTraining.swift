@@ -108,7 +108,7 @@ public struct PruningEvent: Codable, Sendable, Equatable {
 /// plain quantization-aware training at the fixed scheme (the finetuning phase).
 ///
 /// The model must already carry its quantizers (``QuantizationScheme/apply(to:)`` or
-/// ``quantizeForMSQ(_:initialBits:overrides:excluded:)``) before the ``Trainer`` builds its
+/// ``quantizeForMSQ(_:initialBits:overrides:excluded:scaleGranularity:)``) before the ``Trainer`` builds its
 /// optimizer, so PACT clip levels are optimized; this method only changes precisions.
 public final class MSQTraining: TrainingMethod {
     /// The run's options.
