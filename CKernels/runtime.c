@@ -12,3 +12,8 @@ void msq_set_num_threads(int n) {
 }
 
 int msq_get_num_threads(void) { return omp_get_max_threads(); }
+
+/* At load, BLAS gets one thread per caller as msq_set_num_threads gives it, leaving the OpenMP
+   count alone: a library user who never sets a thread count (the Trainer no longer does) must not
+   get BLAS threads spawned inside every kernel's parallel region. */
+__attribute__((constructor)) static void msq_single_threaded_blas(void) { openblas_set_num_threads(1); }

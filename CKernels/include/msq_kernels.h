@@ -372,6 +372,23 @@ void msq_sgd_step(float *w, float *momentum_buf, const float *grad, size_t count
 void msq_sgd_step_ref(float *w, float *momentum_buf, const float *grad, size_t count,
                       float lr, float momentum, float weight_decay, int nesterov);
 
+/* ---------------------------------------------------------------- optimizer (adamw.c) */
+
+/** One AdamW step with torch.optim.AdamW's semantics (amsgrad off), step t counted from 1:
+ *  w *= decay_factor                       (decay_factor = 1 − lr·λ, decoupled weight decay)
+ *  m  = m + (1 − β1)(g − m)                (exp_avg.lerp_(g, 1 − β1))
+ *  v  = v·β2 + (1 − β2)·g·g                (exp_avg_sq)
+ *  w -= step_size·m / (√v / bc2_sqrt + eps)  (step_size = lr / (1 − β1^t), bc2_sqrt = √(1 − β2^t)).
+ *  The scalars, 1 − β1 and 1 − β2 included, are computed by the caller in double, as PyTorch does in
+ *  Python, then rounded to float (1 − (float)0.99 is 1e-6 away from (float)0.01). exp_avg and
+ *  exp_avg_sq start at zero. The _ref twin is a plain loop; both agree bit for bit. */
+void msq_adamw_step(float *w, float *exp_avg, float *exp_avg_sq, const float *grad, size_t count,
+                    float decay_factor, float one_minus_beta1, float beta2, float one_minus_beta2,
+                    float step_size, float bc2_sqrt, float eps);
+void msq_adamw_step_ref(float *w, float *exp_avg, float *exp_avg_sq, const float *grad, size_t count,
+                        float decay_factor, float one_minus_beta1, float beta2, float one_minus_beta2,
+                        float step_size, float bc2_sqrt, float eps);
+
 /* ---------------------------------------------------------------- elementwise (elementwise.c) */
 
 /** y[i] = a[i] + b[i] (y may alias a or b). */

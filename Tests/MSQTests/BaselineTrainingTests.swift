@@ -39,7 +39,7 @@ private struct TinyBaselineRun {
 
 
 /// The summary fields every quantized method shares with MSQ, checked for consistency.
-private func expectPrecisionFields(_ summary: [String: Any], layerCount: Int, sourceLocation: SourceLocation = #_sourceLocation) throws {
+private func expectPrecisionFields(_ summary: TrainingSummary, layerCount: Int, sourceLocation: SourceLocation = #_sourceLocation) throws {
     let c = try #require(summary["compression_ratio"] as? Double, sourceLocation: sourceLocation)
     let cp = try #require(summary["compression_ratio_paper"] as? Double, sourceLocation: sourceLocation)
     let avg = try #require(summary["average_weight_bits"] as? Double, sourceLocation: sourceLocation)
@@ -50,8 +50,9 @@ private func expectPrecisionFields(_ summary: [String: Any], layerCount: Int, so
     let scheme = try #require(summary["bit_scheme"] as? String, sourceLocation: sourceLocation)
     #expect(scheme == layers.map { "\($0["name"] as! String):\($0["bits"] as! Int)" }.joined(separator: " "),
             sourceLocation: sourceLocation)
-    #expect(summary.keys.contains("final_phase_start_epoch"), sourceLocation: sourceLocation)
-    #expect(summary.keys.contains("pruning_events") && summary.keys.contains("activation_bits"), sourceLocation: sourceLocation)
+    let keys = summary.jsonObject.keys
+    #expect(keys.contains("final_phase_start_epoch"), sourceLocation: sourceLocation)
+    #expect(keys.contains("pruning_events") && keys.contains("activation_bits"), sourceLocation: sourceLocation)
     let accuracy = try #require(summary["test_accuracy"] as? Double, sourceLocation: sourceLocation)
     #expect(accuracy.isFinite, sourceLocation: sourceLocation)
 }

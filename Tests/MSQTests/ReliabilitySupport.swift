@@ -22,7 +22,7 @@ struct SmallRun {
     }
 
     /// A trainer over a fresh model (channels from the training split) writing to `out`.
-    func trainer(out: String, method: TrainingMethod = FloatTraining(), log: @escaping (String) -> Void = { _ in }) -> Trainer {
+    func trainer(out: String?, method: TrainingMethod = FloatTraining(), log: @escaping (String) -> Void = { _ in }) -> Trainer {
         let model = makeModel(.resnet20, inputChannels: train.sampleShape[0], numClasses: train.numClasses, seed: config.seed)
         return Trainer(config: config, model: model, method: method, train: train, test: test,
                        normalization: Normalization(mean: Array(repeating: 0.5, count: train.sampleShape[0]),

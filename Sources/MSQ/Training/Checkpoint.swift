@@ -26,7 +26,7 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
             return "checkpoint \(path) has format version \(found); this build reads version \(supported)"
         case let .corrupt(path, reason): return "checkpoint \(path) is corrupt: \(reason)"
         case let .mismatch(path, reason):
-            return "checkpoint \(path) does not belong to this run: \(reason). Use another --out directory, or the original settings."
+            return "checkpoint \(path) does not belong to this run: \(reason). Use another output directory, or the original settings."
         case let .writeFailed(path, reason): return "cannot write checkpoint \(path): \(reason)"
         case let .invalidField(path, field, problem): return "checkpoint \(path) is invalid: field \(field) \(problem)"
         }
@@ -78,6 +78,9 @@ public struct Checkpoint {
         public var methodState: String
         /// The tensors that follow the header, in order.
         public var tensors: [CheckpointTensor]
+        /// Updates the optimizer has applied, for one whose update depends on it (AdamW); nil
+        /// (and absent from the JSON) for SGD, so SGD checkpoints are unchanged.
+        public var optimizerSteps: Int?
 
         /// A header from all its fields.
         public init(runFingerprint: String, runDescription: [String: String], epochsCompleted: Int, globalStep: Int,
@@ -235,6 +238,7 @@ public struct Checkpoint {
         let limit = RunLimits.maxTotalSteps
         if !(0...limit).contains(h.epochsCompleted) { throw bad("epochsCompleted", "is \(h.epochsCompleted), outside 0...\(limit)") }
         if !(0...limit).contains(h.globalStep) { throw bad("globalStep", "is \(h.globalStep), outside 0...\(limit)") }
+        if let n = h.optimizerSteps, !(0...limit).contains(n) { throw bad("optimizerSteps", "is \(n), outside 0...\(limit)") }
         if h.trainImagesSeen < 0 { throw bad("trainImagesSeen", "is negative (\(h.trainImagesSeen))") }
         if !(h.trainSeconds >= 0) || !h.trainSeconds.isFinite { throw bad("trainSeconds", "is \(h.trainSeconds), not a finite number ≥ 0") }
         if h.rngState.count != 4 { throw bad("rngState", "has \(h.rngState.count) words, expected 4") }

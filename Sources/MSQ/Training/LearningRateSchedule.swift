@@ -1,9 +1,18 @@
+/// A learning rate for every optimizer step: what the ``Trainer`` asks before each update.
+///
+/// ``LearningRateSchedule`` (warm-up + cosine) is the default; give the ``Trainer`` any other to
+/// replace it. Steps are 0-based and global (they continue across epochs and resumes).
+public protocol LearningRateScheduling {
+    /// The learning rate for zero-based global step `step`.
+    func learningRate(at step: Int) -> Double
+}
+
 /// Linear warm-up followed by cosine annealing, evaluated per optimizer step.
 ///
 /// lr(t) = base · (t + 1) / W                              for t < W (warm-up steps)
 /// lr(t) = final + (base − final) · (1 + cos(π · (t − W) / (T − W))) / 2   for W ≤ t < T
 /// where T is the total number of steps. Per-step (not per-epoch) so a short run still anneals smoothly.
-public struct LearningRateSchedule: Codable, Sendable, Equatable {
+public struct LearningRateSchedule: LearningRateScheduling, Codable, Sendable, Equatable {
     /// Peak learning rate, reached at the end of warm-up.
     public var base: Double
     /// Learning rate at the last step.

@@ -11,11 +11,15 @@ public struct Evaluation: Sendable {
     public var count: Int
 }
 
-/// The training loop: epochs of SGD with a warm-up + cosine schedule, evaluation after each
-/// epoch, progress lines, `metrics.jsonl`, atomic per-epoch checkpoints and `summary.json`.
+/// The training loop: epochs of optimizer steps on a learning-rate schedule, evaluation after
+/// each epoch, per-step and per-epoch callbacks, and a ``TrainingSummary`` at the end.
 ///
-/// Files in the output directory: `checkpoint.msqckpt` (the latest completed epoch),
-/// `metrics.jsonl` (one JSON object per completed epoch), `summary.json` (written at the end).
+/// By default the optimizer is the one ``TrainingConfig/optimizer`` names and the schedule is a
+/// linear warm-up then cosine annealing (``LearningRateSchedule``); give either to replace it.
+/// With an output directory the run also writes `checkpoint.msqckpt` (the latest completed
+/// epoch, optimizer state included), `metrics.jsonl` (one JSON object per epoch) and
+/// `summary.json`, and can be resumed; without one it touches no file. The kernels' thread count
+/// is the caller's (``setKernelThreads(_:)``): the trainer only reads it.
 public final class Trainer {
     /// The run's definition.
     public let config: TrainingConfig
@@ -23,75 +27,94 @@ public final class Trainer {
     public let model: Module
     /// What the method adds to float training.
     public let method: TrainingMethod
+    /// Where checkpoints, metrics and the summary go; nil = no files at all.
+    public let outputDirectory: String?
+    /// Called after every optimizer step; a throw stops the run (nothing of the epoch is saved).
+    public var onStep: ((StepReport) throws -> Void)?
+    /// Called after every epoch's evaluation (and its metrics line and checkpoint, when there is a
+    /// directory); a throw stops the run after that epoch.
+    public var onEpoch: ((EpochReport) throws -> Void)?
     let train: any Dataset
     let test: any Dataset
     let normalization: Normalization
-    let outDirectory: String
+    let givenOptimizer: (any Optimizer)?
+    let givenSchedule: (any LearningRateScheduling)?
+    let files: RunDirectory?
     let log: (String) -> Void
 
     /// Checkpoint file name inside the output directory.
     public static let checkpointName = "checkpoint.msqckpt"
 
     /// Prepares a run; nothing is read or written until ``run(resume:)``.
+    ///
+    /// - Parameters:
+    ///   - outDirectory: the output directory, created if missing; nil = write no file.
+    ///   - optimizer: the optimizer, built over `model`; nil = ``TrainingConfig/makeOptimizer(for:)``.
+    ///     A given one is not in the run's fingerprint, so a resume cannot tell it changed.
+    ///   - schedule: the learning rate per global step; nil = warm-up over
+    ///     ``TrainingConfig/warmupEpochs`` to ``TrainingConfig/learningRate``, then cosine to 0.
+    ///     A given one is likewise not in the fingerprint.
+    ///   - log: where progress lines go.
     public init(config: TrainingConfig, model: Module, method: TrainingMethod, train: any Dataset, test: any Dataset,
-                normalization: Normalization, outDirectory: String, log: @escaping (String) -> Void = writeLine) {
+                normalization: Normalization, outDirectory: String?, optimizer: (any Optimizer)? = nil,
+                schedule: (any LearningRateScheduling)? = nil, log: @escaping (String) -> Void = writeLine) {
         self.config = config
         self.model = model
         self.method = method
         self.train = train
         self.test = test
         self.normalization = normalization
-        self.outDirectory = outDirectory
+        self.outputDirectory = outDirectory
+        self.givenOptimizer = optimizer
+        self.givenSchedule = schedule
+        self.files = outDirectory.map { RunDirectory(path: $0, log: log) }
         self.log = log
     }
 
-    var checkpointPath: String { (outDirectory as NSString).appendingPathComponent(Trainer.checkpointName) }
-    var metricsPath: String { (outDirectory as NSString).appendingPathComponent("metrics.jsonl") }
-    var summaryPath: String { (outDirectory as NSString).appendingPathComponent("summary.json") }
-
-    /// Trains to the last epoch and writes `summary.json`; returns its contents.
+    /// Trains to the last epoch and returns the summary (also written as `summary.json` when
+    /// there is an output directory).
     ///
     /// With `resume`, continues from the directory's checkpoint (weights, optimizer state,
     /// schedule position, RNG and method state); without it, refuses a directory that already
-    /// holds a checkpoint rather than overwriting it.
+    /// holds a checkpoint rather than overwriting it. `resume` needs an output directory.
     @discardableResult
-    public func run(resume: Bool) throws -> [String: Any] {
+    public func run(resume: Bool) throws -> TrainingSummary {
         // Everything that can be refused is refused here, before the first step: options, the
         // data against the model and each other, the plan's arithmetic, the output directory.
         try config.validate()
         try checkData()
         let runPlan = try makePlan()
-        let threads = RunLimits.cappedThreads(config.threads)
-        if threads != config.threads {
-            log("warning: \(config.threads) kernel threads requested, but only \(RunLimits.availableCores) cores are available: using \(threads)")
+        let optimizer = givenOptimizer ?? config.makeOptimizer(for: model)
+        try checkOptimizer(optimizer)
+        if config.threads > 0, config.threads != kernelThreads {
+            log("warning: TrainingConfig.threads is \(config.threads), but the kernels run \(kernelThreads) threads "
+                + "(setKernelThreads); the fingerprint records \(config.threads)")
         }
-        msq_set_num_threads(Int32(threads))
-        try prepareOutputDirectory(resume: resume)
+        if resume, files == nil { throw TrainingError.resumeWithoutDirectory }
+        try files?.prepare(resume: resume)
 
-        let optimizer = SGD(model: model, momentum: Float(config.momentum),
-                            weightDecay: Float(config.weightDecay), nesterov: config.nesterov)
         let stepsPerEpoch = runPlan.stepsPerEpoch
-        let schedule = LearningRateSchedule(base: config.learningRate, warmupSteps: runPlan.warmupSteps,
-                                            totalSteps: runPlan.totalSteps)
+        let schedule = givenSchedule ?? LearningRateSchedule(base: config.learningRate, warmupSteps: runPlan.warmupSteps,
+                                                             totalSteps: runPlan.totalSteps)
         var progress = Progress()
         var rng = RandomSource(seed: config.seed, stream: [0x7472_6169_6E])
 
-        if resume, FileManager.default.fileExists(atPath: checkpointPath) {
-            progress = try restore(into: optimizer, rng: &rng, plan: runPlan)
-            log("resumed from \(checkpointPath) after epoch \(progress.epochsCompleted) (step \(progress.globalStep))"
+        if resume, let files, FileManager.default.fileExists(atPath: files.checkpointPath) {
+            progress = try restore(from: files.checkpointPath, into: optimizer, rng: &rng, plan: runPlan)
+            log("resumed from \(files.checkpointPath) after epoch \(progress.epochsCompleted) (step \(progress.globalStep))"
                 + (config.initFrom.map { "; the weights are this run's own, \($0.path) only had to match the fingerprint" } ?? ""))
-            try truncateMetrics(toEpochs: progress.epochsCompleted)
-        } else if resume {
-            log("no checkpoint in \(outDirectory): starting from scratch")
+            try files.truncateMetrics(toEpochs: progress.epochsCompleted)
+        } else if resume, let files {
+            log("no checkpoint in \(files.path): starting from scratch")
             // A run killed before its first checkpoint may have left an epoch's metrics line,
             // which that epoch, trained again, would otherwise duplicate.
-            try truncateMetrics(toEpochs: 0)
+            try files.truncateMetrics(toEpochs: 0)
         }
         do {
             try method.prepare(model: model, plan: TrainingPlan(stepsPerEpoch: stepsPerEpoch, epochs: config.epochs, log: log))
         } catch let error as CheckpointError {
             // Only restored state fails this way; the user needs the file it came from.
-            throw error.naming(checkpointPath)
+            throw files.map { error.naming($0.checkpointPath) } ?? error
         }
 
         let lossFunction = SoftmaxCrossEntropy(labelSmoothing: Float(config.labelSmoothing))
@@ -119,8 +142,8 @@ public final class Trainer {
                                                   loss: loss, culprit: nonFiniteCulprit(lossFunction: lossFunction))
                 }
                 model.backwardParameters(lossFunction.backward())
-                _ = try method.afterBackward(model: model, epoch: epoch, step: progress.globalStep)
-                optimizer.step(learningRate: Float(lr))
+                let methodLoss = try method.afterBackward(model: model, epoch: epoch, step: progress.globalStep)
+                optimizer.step(learningRate: lr)
 
                 let n = batch.labels.count
                 lossSum += Double(loss) * Double(n)
@@ -128,6 +151,9 @@ public final class Trainer {
                 seen += n
                 stepInEpoch += 1
                 progress.globalStep += 1
+                try onStep?(StepReport(epoch: epoch, step: stepInEpoch, stepsInEpoch: loader.batchCount,
+                                       globalStep: progress.globalStep, loss: Double(loss), methodLoss: methodLoss,
+                                       learningRate: lr, batchSize: n))
                 if Date().timeIntervalSince(lastReport) >= 10 || stepInEpoch == loader.batchCount {
                     lastReport = Date()
                     let elapsed = Date().timeIntervalSince(epochStart)
@@ -148,37 +174,67 @@ public final class Trainer {
                        epoch, config.epochs, lossSum / Double(max(seen, 1)), Double(correct) / Double(max(seen, 1)),
                        lastEval.loss, lastEval.accuracy, trainSeconds, Double(seen) / max(trainSeconds, 1e-9)))
             try method.endOfEpoch(model: model, epoch: epoch, log: log)
-            try appendMetrics([
-                "epoch": epoch, "train_loss": lossSum / Double(max(seen, 1)),
-                "train_accuracy": Double(correct) / Double(max(seen, 1)),
-                "test_loss": lastEval.loss, "test_accuracy": lastEval.accuracy,
-                "lr": schedule.learningRate(at: max(progress.globalStep - 1, 0)),
-                "epoch_train_seconds": trainSeconds, "images_per_second": Double(seen) / max(trainSeconds, 1e-9),
-                "global_step": progress.globalStep,
-            ])
+            let report = EpochReport(
+                epoch: epoch, trainLoss: lossSum / Double(max(seen, 1)), trainAccuracy: Double(correct) / Double(max(seen, 1)),
+                testLoss: lastEval.loss, testAccuracy: lastEval.accuracy,
+                learningRate: schedule.learningRate(at: max(progress.globalStep - 1, 0)),
+                trainSeconds: trainSeconds, imagesPerSecond: Double(seen) / max(trainSeconds, 1e-9),
+                globalStep: progress.globalStep)
             progress.epochsCompleted = epoch
-            try saveCheckpoint(progress: progress, optimizer: optimizer, rng: rng)
+            if let files {
+                try files.appendMetrics(report.metricsObject)
+                try saveCheckpoint(to: files.checkpointPath, progress: progress, optimizer: optimizer, rng: rng)
+            }
+            try onEpoch?(report)
         }
 
-        var summary: [String: Any] = [
-            "model": config.model, "dataset": config.dataset, "method": method.name,
-            "epochs": config.epochs, "batch_size": config.batchSize, "lr": config.learningRate,
-            "train_images": train.count, "test_images": test.count,
-            "test_accuracy": lastEval.accuracy, "test_loss": lastEval.loss,
-            "trainable_params": model.trainableParameterCount,
-            "train_seconds": progress.trainSeconds,
-            "images_per_second": Double(progress.trainImagesSeen) / max(progress.trainSeconds, 1e-9),
-            "peak_rss_bytes": peakResidentSetBytes(), "seed": config.seed,
-            "threads": Int(msq_get_num_threads()),
-        ]
-        if let initFrom = config.initFrom { summary["init_from"] = initFrom.summaryObject }
-        if let bitScheme = config.bitScheme { summary["given_bit_scheme"] = bitScheme }
-        if let granularity = method.scaleGranularity { summary["scale_granularity"] = granularity.rawValue }
-        summary.merge(method.summaryFields()) { _, new in new }
-        try writeJSON(summary, to: summaryPath)
-        log(String(format: "done: test accuracy %.4f after %d epochs; summary in %@", lastEval.accuracy,
-                   config.epochs, summaryPath))
+        let summary = try makeSummary(evaluation: lastEval, progress: progress, optimizer: optimizer)
+        if let files {
+            try summary.write(to: files.summaryPath)
+            log(String(format: "done: test accuracy %.4f after %d epochs; summary in %@", lastEval.accuracy,
+                       config.epochs, files.summaryPath))
+        } else {
+            log(String(format: "done: test accuracy %.4f after %d epochs", lastEval.accuracy, config.epochs))
+        }
         return summary
+    }
+
+    /// The run's summary: the configuration, the last evaluation, the counters and the method's fields.
+    func makeSummary(evaluation: Evaluation, progress: Progress, optimizer: any Optimizer) throws -> TrainingSummary {
+        var methodFields: [String: JSONValue] = [:]
+        for (key, value) in method.summaryFields() {
+            guard let converted = JSONValue(any: value) else {
+                throw TrainingError.invalidOption("the \(method.name) method's summary field \(key) holds a \(type(of: value)), which is not a JSON value")
+            }
+            methodFields[key] = converted
+        }
+        let adamW = optimizer as? AdamW
+        return TrainingSummary(
+            model: config.model, dataset: config.dataset, method: method.name, epochs: config.epochs,
+            batchSize: config.batchSize, learningRate: config.learningRate, trainImages: train.count,
+            testImages: test.count, testAccuracy: evaluation.accuracy, testLoss: evaluation.loss,
+            trainableParams: model.trainableParameterCount, trainSeconds: progress.trainSeconds,
+            imagesPerSecond: Double(progress.trainImagesSeen) / max(progress.trainSeconds, 1e-9),
+            peakRSSBytes: peakResidentSetBytes(), seed: config.seed, threads: kernelThreads,
+            initFrom: try config.initFrom.map { loaded in
+                guard let value = JSONValue(any: loaded.summaryObject) else {
+                    throw TrainingError.invalidOption("init_from of \(loaded.path) cannot be written as JSON")
+                }
+                return value
+            },
+            givenBitScheme: config.bitScheme, scaleGranularity: method.scaleGranularity?.rawValue,
+            optimizer: optimizer.name == OptimizerKind.sgd.rawValue ? nil : optimizer.name,
+            adamW: adamW.map { TrainingSummary.AdamWSettings(beta1: $0.beta1, beta2: $0.beta2, epsilon: $0.epsilon) },
+            methodFields: methodFields)
+    }
+
+    /// Refuses an optimizer that does not update exactly this model's trainable parameters.
+    func checkOptimizer(_ optimizer: any Optimizer) throws(TrainingError) {
+        let expected = trainableParameters(of: model)
+        guard optimizer.parameters.count == expected.count,
+              zip(optimizer.parameters, expected).allSatisfy({ $0.parameter === $1.parameter }) else {
+            throw .invalidOption("the Trainer's optimizer updates \(optimizer.parameters.count) parameters that are not the model's \(expected.count) trainable ones: build it over the same model instance")
+        }
     }
 
     var augmentation: Augmentation {
@@ -192,24 +248,26 @@ public final class Trainer {
         var trainImagesSeen = 0
     }
 
-    func saveCheckpoint(progress: Progress, optimizer: SGD, rng: RandomSource) throws {
+    func saveCheckpoint(to path: String, progress: Progress, optimizer: any Optimizer, rng: RandomSource) throws {
         var entries: [CheckpointTensor] = []
         var data: [Tensor] = []
         for (name, p) in model.namedParameters() {
             entries.append(CheckpointTensor(name: name, shape: p.value.shape))
             data.append(p.value)
         }
-        for (i, (name, _)) in optimizer.parameters.enumerated() {
-            entries.append(CheckpointTensor(name: "optimizer.momentum." + name, shape: optimizer.momentumBuffers[i].shape))
-            data.append(optimizer.momentumBuffers[i])
+        let state = optimizer.state
+        for (name, t) in state.tensors {
+            entries.append(CheckpointTensor(name: name, shape: t.shape))
+            data.append(t)
         }
-        let header = Checkpoint.Header(
+        var header = Checkpoint.Header(
             runFingerprint: config.fingerprint, runDescription: config.identity,
             epochsCompleted: progress.epochsCompleted, globalStep: progress.globalStep,
             trainSeconds: progress.trainSeconds, trainImagesSeen: progress.trainImagesSeen,
             rngState: [rng.state.0, rng.state.1, rng.state.2, rng.state.3],
             methodState: try method.encodeState(), tensors: entries)
-        try Checkpoint(header: header, tensorData: data).write(to: checkpointPath)
+        header.optimizerSteps = state.steps
+        try Checkpoint(header: header, tensorData: data).write(to: path)
     }
 }
 

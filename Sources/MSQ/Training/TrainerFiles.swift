@@ -1,24 +1,33 @@
 import Foundation
 
-extension Trainer {
+/// A run's output directory and what the ``Trainer`` does with it: checkpoint, metrics, summary.
+struct RunDirectory {
+    /// The directory, as given.
+    let path: String
+    /// Where the trainer's progress lines go.
+    let log: (String) -> Void
+
+    var checkpointPath: String { (path as NSString).appendingPathComponent(Trainer.checkpointName) }
+    var metricsPath: String { (path as NSString).appendingPathComponent("metrics.jsonl") }
+    var summaryPath: String { (path as NSString).appendingPathComponent("summary.json") }
+
     /// Creates the output directory if needed, proves it writable, removes this program's own
     /// stale temporary checkpoints, and refuses to overwrite a run without `resume`. Every
     /// failure names the path and the system's reason (no Foundation error text).
-    func prepareOutputDirectory(resume: Bool) throws(TrainingError) {
+    func prepare(resume: Bool) throws(TrainingError) {
         var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: outDirectory, isDirectory: &isDir) {
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir) {
             guard isDir.boolValue else {
-                throw .outputDirectory("output directory \(outDirectory) exists and is not a directory")
+                throw .outputDirectory("output directory \(path) exists and is not a directory")
             }
             if !resume, FileManager.default.fileExists(atPath: checkpointPath) {
-                throw .outputDirectory(
-                    "\(outDirectory) already holds a checkpoint: pass --resume to continue that run, or choose another --out")
+                throw .existingCheckpoint(directory: path)
             }
-        } else if let problem = makeDirectories(outDirectory) {
-            throw .outputDirectory("cannot create the output directory \(outDirectory): \(problem)")
+        } else if let problem = makeDirectories(path) {
+            throw .outputDirectory("cannot create the output directory \(path): \(problem)")
         }
-        if let problem = probeWritable(outDirectory) {
-            throw .outputDirectory("the output directory \(outDirectory) is not writable: \(problem)")
+        if let problem = probeWritable(path) {
+            throw .outputDirectory("the output directory \(path) is not writable: \(problem)")
         }
         removeStaleTemporaryCheckpoints()
         if !resume { unlink(metricsPath) }
@@ -29,15 +38,15 @@ extension Trainer {
     /// and nothing else would ever remove it. Other files are never touched.
     func removeStaleTemporaryCheckpoints() {
         let prefix = Trainer.checkpointName + ".tmp-"
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: outDirectory) else { return }
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else { return }
         for name in names where name.hasPrefix(prefix) {
             let digits = name.dropFirst(prefix.count)
             guard !digits.isEmpty, digits.allSatisfy(\.isASCII), digits.allSatisfy(\.isNumber),
                   let pid = Int32(digits) else { continue }
             // A live writer (another msq on the same directory) keeps its file.
             if pid != getpid(), kill(pid, 0) == 0 || errno == EPERM { continue }
-            let path = (outDirectory as NSString).appendingPathComponent(name)
-            if unlink(path) == 0 { log("removed a stale temporary checkpoint \(path) (left by a killed run)") }
+            let file = (path as NSString).appendingPathComponent(name)
+            if unlink(file) == 0 { log("removed a stale temporary checkpoint \(file) (left by a killed run)") }
         }
     }
 

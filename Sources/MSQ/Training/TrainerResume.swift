@@ -6,7 +6,8 @@ extension Trainer {
     /// (every completed epoch is `plan.stepsPerEpoch` steps over every training image). A
     /// `globalStep` of 4.6e18 once resumed, skipped the schedule and ended at accuracy 0.10; an
     /// `epochsCompleted` beyond the run's epochs exited 0 without training.
-    func restore(into optimizer: SGD, rng: inout RandomSource, plan: RunPlan) throws -> Progress {
+    func restore(from checkpointPath: String, into optimizer: any Optimizer, rng: inout RandomSource,
+                 plan: RunPlan) throws -> Progress {
         let ckpt = try Checkpoint.read(from: checkpointPath)
         let h = ckpt.header
         if h.runFingerprint != config.fingerprint {
@@ -20,7 +21,7 @@ extension Trainer {
             }
             throw CheckpointError.mismatch(path: checkpointPath, reason: diffs.joined(separator: "; "))
         }
-        try checkProgress(h, plan: plan)
+        try checkProgress(h, plan: plan, path: checkpointPath)
         let params = model.namedParameters()
         for (name, p) in params {
             guard let t = ckpt.tensor(named: name) else {
@@ -32,14 +33,18 @@ extension Trainer {
             }
             p.value = t
         }
-        var buffers: [Tensor] = []
-        for (name, p) in optimizer.parameters {
-            guard let t = ckpt.tensor(named: "optimizer.momentum." + name), t.shape == p.value.shape else {
-                throw CheckpointError.mismatch(path: checkpointPath, reason: "optimizer state for \(name) is missing or misshapen")
+        var saved: [(name: String, tensor: Tensor)] = []
+        for (name, current) in optimizer.state.tensors {
+            guard let t = ckpt.tensor(named: name), t.shape == current.shape else {
+                throw CheckpointError.mismatch(path: checkpointPath, reason: "optimizer state \(name) is missing or misshapen")
             }
-            buffers.append(t)
+            saved.append((name, t))
         }
-        optimizer.restoreMomentum(buffers)
+        do {
+            try optimizer.restore(OptimizerState(tensors: saved, steps: h.optimizerSteps))
+        } catch {
+            throw error.naming(checkpointPath)
+        }
         rng = RandomSource(state: (h.rngState[0], h.rngState[1], h.rngState[2], h.rngState[3]))
         do {
             try method.restoreState(h.methodState)
@@ -52,7 +57,7 @@ extension Trainer {
     }
 
     /// The header's counters against this run's plan.
-    func checkProgress(_ h: Checkpoint.Header, plan: RunPlan) throws(CheckpointError) {
+    func checkProgress(_ h: Checkpoint.Header, plan: RunPlan, path checkpointPath: String) throws(CheckpointError) {
         func bad(_ field: String, _ problem: String) -> CheckpointError {
             .invalidField(path: checkpointPath, field: field, problem: problem)
         }
@@ -64,6 +69,10 @@ extension Trainer {
         guard h.globalStep == steps else {
             throw bad("globalStep", "is \(h.globalStep), but \(h.epochsCompleted) completed epochs of \(plan.stepsPerEpoch) steps are \(steps) steps")
         }
+        // An optimizer that counts its updates has made one per step.
+        if let count = h.optimizerSteps, count != h.globalStep {
+            throw bad("optimizerSteps", "is \(count), but the run has taken \(h.globalStep) steps")
+        }
         let (images, overflow) = h.epochsCompleted.multipliedReportingOverflow(by: train.count)
         guard !overflow, h.trainImagesSeen == images else {
             throw bad("trainImagesSeen", "is \(h.trainImagesSeen), but \(h.epochsCompleted) completed epochs of \(train.count) images are \(overflow ? "more" : String(images))")
@@ -72,11 +81,11 @@ extension Trainer {
 }
 
 extension CheckpointError {
-    /// The same error with `path` in place of a placeholder such as "method state".
+    /// The same error with `path` in place of a placeholder such as "method state" or "optimizer state".
     func naming(_ path: String) -> CheckpointError {
         switch self {
-        case let .corrupt(_, reason): return .corrupt(path: path, reason: "method state: " + reason)
-        case let .mismatch(_, reason): return .mismatch(path: path, reason: "method state: " + reason)
+        case let .corrupt(placeholder, reason): return .corrupt(path: path, reason: placeholder + ": " + reason)
+        case let .mismatch(placeholder, reason): return .mismatch(path: path, reason: placeholder + ": " + reason)
         case let .invalidField(_, field, problem): return .invalidField(path: path, field: field, problem: problem)
         default: return self
         }

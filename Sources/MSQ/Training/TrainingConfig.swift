@@ -3,11 +3,15 @@
 /// Two runs with the same configuration (and thread count) produce bit-identical weights; a
 /// checkpoint is only resumed by a run whose ``fingerprint`` matches.
 public struct TrainingConfig: Codable, Sendable, Equatable {
-    /// Model name, e.g. `resnet20` (see ``ModelKind``).
+    /// The model's name: a ``ModelKind`` raw value (`resnet20`) for the built-in models, any label
+    /// for a model the caller built. Recorded in the fingerprint and the summary; the ``Trainer``
+    /// trains the model it is given, whatever this says.
     public var model: String
-    /// Dataset name: `fashion-mnist`, `cifar10` or `synthetic`.
+    /// The dataset's name: a ``DatasetCatalog`` name (`fashion-mnist`, `cifar10`, `synthetic`) or
+    /// any label for the caller's own data. Recorded like ``model``.
     public var dataset: String
-    /// Training method name (`fp` here; later issues add quantized methods).
+    /// The training method's ``TrainingMethod/name`` (`fp`, `msq`, `dorefa`, `bsq`, `csq`, `hawq`),
+    /// recorded in the fingerprint; the ``Trainer`` runs the method object it is given.
     public var method: String = "fp"
     /// Number of passes over the training set.
     public var epochs: Int
@@ -15,11 +19,20 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var batchSize: Int
     /// Peak learning rate.
     public var learningRate: Double
-    /// SGD momentum.
+    /// Which optimizer the ``Trainer`` builds (``OptimizerKind``); SGD by default.
+    public var optimizer: OptimizerKind = .sgd
+    /// SGD momentum (``OptimizerKind/sgd`` only).
     public var momentum: Double = 0.9
-    /// Weight decay (not applied to batch-norm parameters and biases).
+    /// Weight decay λ (not applied to batch-norm parameters and biases): added to the gradient
+    /// by SGD, decoupled (w ← w·(1 − lr·λ)) by AdamW.
     public var weightDecay: Double = 5e-4
-    /// Nesterov momentum (on by default: ResNet-20, Fashion-MNIST 10k, 3 epochs, seed 0, one thread:
+    /// AdamW's first-moment decay rate β1 (PyTorch's default 0.9; ``OptimizerKind/adamw`` only).
+    public var beta1: Double = 0.9
+    /// AdamW's second-moment decay rate β2 (PyTorch's default 0.999).
+    public var beta2: Double = 0.999
+    /// AdamW's ε, added outside the square root (PyTorch's default 1e-8).
+    public var epsilon: Double = 1e-8
+    /// Nesterov momentum, SGD only (on by default: ResNet-20, Fashion-MNIST 10k, 3 epochs, seed 0, one thread:
     /// 0.853 with it, 0.836 without).
     public var nesterov: Bool = true
     /// Linear warm-up length in epochs (fractional allowed); cosine annealing follows.
@@ -36,8 +49,10 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var limitTest: Int?
     /// Seed for initialisation, shuffling and augmentation.
     public var seed: UInt64 = 0
-    /// OpenMP threads for the kernels (0 = all cores). Part of the fingerprint because reduction
-    /// order, and so the last bits of the weights, depend on it.
+    /// The kernel thread count the run is recorded with (0 = all cores). Part of the fingerprint
+    /// because reduction order, and so the last bits of the weights, depend on it. The ``Trainer``
+    /// does not set the kernels' count: the caller does, with ``setKernelThreads(_:)``, and should
+    /// record the count it set here (the ``Trainer`` warns when they differ).
     public var threads: Int = 0
     /// The method's own options as name → value (e.g. ``MSQOptions/identity``), part of the
     /// fingerprint so a run is only resumed with the options it started with.
@@ -75,7 +90,22 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
         // Only when set: checkpoints written before these options existed still resume.
         if let initFrom { extra["init_from"] = initFrom.identity }
         if let bitScheme { extra["bit_scheme"] = bitScheme }
+        if optimizer != .sgd {
+            extra["optimizer"] = optimizer.rawValue
+            extra["beta1"] = String(beta1)
+            extra["beta2"] = String(beta2)
+            extra["eps"] = String(epsilon)
+        }
         return base.merging(methodOptions) { old, _ in old }.merging(extra) { old, _ in old }
+    }
+
+    /// The optimizer ``optimizer`` names, over `model`'s trainable parameters, with this
+    /// configuration's hyper-parameters.
+    public func makeOptimizer(for model: Module) -> any Optimizer {
+        switch optimizer {
+        case .sgd: return SGD(model: model, momentum: momentum, weightDecay: weightDecay, nesterov: nesterov)
+        case .adamw: return AdamW(model: model, beta1: beta1, beta2: beta2, epsilon: epsilon, weightDecay: weightDecay)
+        }
     }
 
     /// A stable string over ``identity``.
@@ -97,6 +127,9 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
         if !(learningRate > 0) || !learningRate.isFinite { throw bad("learningRate", "must be a positive number (got \(learningRate))") }
         if !(0..<1).contains(momentum) { throw bad("momentum", "must be in [0, 1) (got \(momentum))") }
         if !(weightDecay >= 0) || !weightDecay.isFinite { throw bad("weightDecay", "must be a finite number ≥ 0 (got \(weightDecay))") }
+        if !(0..<1).contains(beta1) { throw bad("beta1", "must be in [0, 1) (got \(beta1))") }
+        if !(0..<1).contains(beta2) { throw bad("beta2", "must be in [0, 1) (got \(beta2))") }
+        if !(epsilon > 0) || !epsilon.isFinite { throw bad("epsilon", "must be a finite number > 0 (got \(epsilon))") }
         // `!(x >= 0)` rather than `x < 0`: NaN fails every comparison, and a NaN warm-up once
         // reached `Int(nan)` in the schedule and trapped.
         if !(warmupEpochs >= 0) || !(warmupEpochs <= Double(epochs)) {
@@ -119,6 +152,10 @@ public enum TrainingError: Error, CustomStringConvertible {
     case invalidProperty(property: String, problem: String)
     /// The output directory cannot be used.
     case outputDirectory(String)
+    /// The output directory already holds a checkpoint and the run was not asked to resume it.
+    case existingCheckpoint(directory: String)
+    /// ``Trainer/run(resume:)`` was asked to resume, but the ``Trainer`` has no output directory.
+    case resumeWithoutDirectory
     /// The training or test data cannot be used with this model or with each other.
     case incompatibleData(String)
     /// The loss became NaN or infinite at `step` of `epoch` (global step `globalStep`; both counted
@@ -131,12 +168,16 @@ public enum TrainingError: Error, CustomStringConvertible {
         case let .invalidOption(m): return m
         case let .invalidProperty(property, problem): return "TrainingConfig.\(property) \(problem)"
         case let .outputDirectory(m): return m
+        case let .existingCheckpoint(directory):
+            return "\(directory) already holds a checkpoint: call run(resume: true) to continue that run, or give the Trainer another outputDirectory"
+        case .resumeWithoutDirectory:
+            return "run(resume: true) needs the Trainer's outputDirectory, which holds the checkpoint to resume"
         case let .incompatibleData(m): return m
         case let .nonFinite(epoch, step, globalStep, loss, culprit):
             return "training stopped at epoch \(epoch), step \(step) (global step \(globalStep)): the loss is \(loss); "
                 + (culprit ?? "every weight and gradient is finite (the forward pass overflowed)")
                 + (epoch > 1 ? ". The checkpoint of epoch \(epoch - 1) was kept" : ". No epoch had completed, so there is no checkpoint")
-                + ". Try a lower --lr or a longer --warmup-epochs."
+                + ". Try a lower TrainingConfig.learningRate or a longer TrainingConfig.warmupEpochs."
         }
     }
 }
