@@ -6,7 +6,7 @@ import MSQ
 struct ExportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export",
-        abstract: "Pack an MSQ checkpoint into a deployable .msqmodel file (n-bit codes + float32 BN/biases).",
+        abstract: "Pack an MSQ checkpoint into a deployable .msqmodel file (n-bit codes + float32 BN/biases), or write its dequantized weights as safetensors for PyTorch.",
         discussion: """
         Each quantized layer is stored as its scale s (one per output channel for a --scale per-channel run) \
         and its n-bit two's-complement codes, bit-packed; \
@@ -15,12 +15,24 @@ struct ExportCommand: ParsableCommand {
 
     @Option(help: "Checkpoint written by `msq train --method msq` (checkpoint.msqckpt in its --out directory).")
     var checkpoint: String
-    @Option(help: "Packed model file to write (conventionally *.msqmodel); replaced atomically if it exists.")
+    @Option(help: "File to write (conventionally *.msqmodel, or *.safetensors with --format safetensors); replaced atomically if it exists.")
     var out: String
+    @Option(help: "msqmodel (bit-packed codes, for `msq eval`) or safetensors (dequantized float32 weights under PyTorch state_dict names, bits, scales and PACT clip levels as metadata; README).")
+    var format: String = "msqmodel"
+
+    func validate() throws {
+        guard ["msqmodel", "safetensors"].contains(format) else {
+            throw ValidationError("unknown --format \(format); choose msqmodel or safetensors")
+        }
+    }
 
     func run() throws {
         let ckpt = try Checkpoint.read(from: checkpoint)
         let packed = try PackedModel.export(checkpoint: ckpt)
+        if format == "safetensors" {
+            try writeSafeTensors(packed)
+            return
+        }
         try packed.write(to: out)
         let size = packed.sizeBreakdown
         let h = packed.header
@@ -44,6 +56,23 @@ struct ExportCommand: ParsableCommand {
             let n = e.elementCount ?? 0
             writeLine("  " + layer.padding(toLength: width, withPad: " ", startingAt: 0)
                       + String(format: "  %2d bits  %9d weights  %9d bytes  shape ", e.bits ?? 0, n, e.length) + "\(e.shape)")
+        }
+    }
+
+    /// `--format safetensors`: the dequantized model, and one line per quantized weight.
+    func writeSafeTensors(_ packed: PackedModel) throws {
+        let file = try packed.safeTensors()
+        try file.write(to: out)
+        let h = packed.header
+        let floats = file.tensors.values.filter { $0.dtype == .float32 }
+        writeLine("msq export: \(checkpoint) → \(out) (safetensors, PyTorch state_dict names; \(h.model), \(h.dataset) input \(h.inputShape), \(h.numClasses) classes)")
+        writeLine("tensors \(file.tensors.count) (\(floats.count) float32 holding \(floats.reduce(0) { $0 + $1.elementCount }) values, "
+                  + "\(file.tensors.count - floats.count) int64 num_batches_tracked); \(packed.scheme.layers.count) weights dequantized, "
+                  + "\(packed.scheme.scaleGranularity) scales"
+                  + (h.activationBits.map { ", \($0)-bit PACT inputs (clip levels in metadata msq.input_alpha.*)" } ?? ", float activations"))
+        let width = h.tensors.filter { $0.kind == .packed }.map(\.name.count).max() ?? 0
+        for e in h.tensors where e.kind == .packed {
+            writeLine("  " + e.name.padding(toLength: width, withPad: " ", startingAt: 0) + String(format: "  %2d bits", e.bits ?? 0))
         }
     }
 }

@@ -59,7 +59,7 @@ struct TrainCommand: ParsableCommand {
     var out: String?
     @Flag(help: "Continue the run whose checkpoint is in --out.")
     var resume = false
-    @Option(help: ArgumentHelp("Start from the weights and batch-norm statistics of an earlier run's checkpoint (e.g. a float run's checkpoint.msqckpt), any --method; its optimizer state, step and method state are not taken (the run starts at step 0). Same model and shapes required. Part of the run fingerprint (content hash); with --resume the run's own checkpoint wins, but the file must still be there and unchanged.", valueName: "checkpoint"))
+    @Option(help: ArgumentHelp("Start from the weights and batch-norm statistics of an earlier run's checkpoint (e.g. a float run's checkpoint.msqckpt) or of a .safetensors file with PyTorch state_dict names (num_batches_tracked ignored), any --method; a checkpoint's optimizer state, step and method state are not taken (the run starts at step 0). Same model and shapes required. Part of the run fingerprint (content hash); with --resume the run's own checkpoint wins, but the file must still be there and unchanged.", valueName: "checkpoint|file.safetensors"))
     var initFrom: String?
 
     @OptionGroup(title: "Quantized methods (--method msq, dorefa, bsq, csq, hawq)")
@@ -126,12 +126,17 @@ struct TrainCommand: ParsableCommand {
         let outDir = out ?? defaultOutputDirectory()
         if let initFrom {
             // Before any quantizer is attached: BSQ and CSQ build their bit variables from these weights.
-            let loaded = try loadWeights(from: initFrom, into: network, expectedModel: model)
+            let loaded = try loadInitialWeights(from: initFrom, into: network, expectedModel: model)
             config.initFrom = loaded
-            writeLine("init-from \(initFrom): \(loaded.tensorCount) tensors (weights and batch-norm statistics) of a "
-                      + "\(loaded.sourceMethod ?? "?") run after \(loaded.sourceEpochs) epochs, weights_fnv1a64 \(loaded.weightsHashHex)"
-                      + (loaded.ignored.isEmpty ? "" : "; not taken: \(loaded.ignored.count) PACT clip levels")
-                      + "; optimizer state and step are not taken (step 0)")
+            if SafeTensors.isSafeTensorsFile(atPath: initFrom) {
+                writeLine("init-from \(initFrom) (safetensors, PyTorch names): \(loaded.tensorCount) tensors (weights and batch-norm statistics)"
+                          + (loaded.sourceMethod.map { " of an msq \($0) run" } ?? "") + ", weights_fnv1a64 \(loaded.weightsHashHex)")
+            } else {
+                writeLine("init-from \(initFrom): \(loaded.tensorCount) tensors (weights and batch-norm statistics) of a "
+                          + "\(loaded.sourceMethod ?? "?") run after \(loaded.sourceEpochs) epochs, weights_fnv1a64 \(loaded.weightsHashHex)"
+                          + (loaded.ignored.isEmpty ? "" : "; not taken: \(loaded.ignored.count) PACT clip levels")
+                          + "; optimizer state and step are not taken (step 0)")
+            }
         }
         var fixedScheme: [QuantizationScheme.LayerBits]? = nil
         if let schemeSpec {

@@ -193,6 +193,26 @@ struct SafeTensorsTests {
         }
     }
 
+    @Test("a tensor named twice, and a shape whose byte size overflows, are refused naming the tensor")
+    func duplicateAndOverflow() {
+        let data = [UInt8](repeating: 0, count: 16)
+        // Whichever entry the JSON decoder keeps, the other's bytes belong to no tensor.
+        let twice = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+            + "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}"
+        switch parseError(file(header: twice, data: data)) {
+        case let .badOffsets(_, tensor, _)?: #expect(tensor == "a")
+        case .malformedHeader?: break
+        case let other: Issue.record("a header naming one tensor twice: expected a refusal, got \(String(describing: other))")
+        }
+        let huge = "{\"big\":{\"dtype\":\"F64\",\"shape\":[4611686018427387904,4],\"data_offsets\":[0,16]}}"
+        let overflow = parseError(file(header: huge, data: data))
+        guard case .malformedHeader = overflow else {
+            Issue.record("expected .malformedHeader for an overflowing size, got \(String(describing: overflow))")
+            return
+        }
+        #expect(overflow?.description.contains("'big'") == true)
+    }
+
     @Test("accessors, constructors and the writer refuse what does not fit, with messages")
     func misuse() throws {
         let st = try SafeTensors.read(from: fixturePath("small.safetensors"))

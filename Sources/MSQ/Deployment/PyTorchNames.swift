@@ -36,11 +36,11 @@ public func pytorchStateDict(of model: any Module, kind: ModelKind) -> [(name: S
 }
 
 /// Whether `path` names a tensor only MSQ's quantized layers have.
-private func isMSQOnly(_ path: String) -> Bool {
+func isMSQOnly(_ path: String) -> Bool {
     let components = path.split(separator: ".")
     return components.last == "input_alpha" || components.contains("bsq") || components.contains("csq")
 }
 
-private func lastComponent(of path: String) -> Substring {
+func lastComponent(of path: String) -> Substring {
     path.split(separator: ".").last ?? Substring(path)
 }

@@ -6,5 +6,5 @@ struct MSQBenchCommand: ParsableCommand {
         commandName: "msq-bench",
         abstract: "Benchmarks for MSQ's kernels and training steps.",
         subcommands: [KernelsCommand.self, CostCommand.self, StepCommand.self, QuantCommand.self, MaxBatchCommand.self, TableCommand.self,
-                      CompareTableCommand.self, AccuracyTableCommand.self, HVPCommand.self])
+                      CompareTableCommand.self, AccuracyTableCommand.self, HVPCommand.self, LogitsCommand.self])
 }

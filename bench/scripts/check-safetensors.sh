@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Safetensors in and out of MSQ against PyTorch (issue 15, deliverable 5). Two checks:
+#  (a) in:  torchvision ResNet-18 (3×64×64, batch 4) and our ResNet-20 (1×32×32, batch 8) with
+#      random weights and random batch-norm statistics, saved by PyTorch (state_dict, with
+#      num_batches_tracked), loaded by `msq-bench logits` (loadSafeTensors, PyTorch names); the
+#      eval-mode logits must be within TOLERANCE (1e-4) of PyTorch's, relative to the largest
+#      |logit| (bench/pytorch/check_safetensors.py compare prints max_relative_error).
+#  (b) out: a short `msq train --method msq` run of ResNet-20 on Fashion-MNIST, `msq export
+#      --format safetensors`, loaded with PyTorch's load_state_dict (strict) into the twin in
+#      bench/pytorch/models.py with the PACT input quantizers its metadata describes; its test
+#      accuracy must be within 0.1 points of what `msq eval` reports for the `.msqmodel` export
+#      of the same checkpoint. Once per entry of ACT_BITS ("none" = float activations). Also
+#      printed: how many test predictions MSQ's and PyTorch's logits disagree on, and (the float32
+#      noise yardstick) how many PyTorch's own float64 evaluation changes: with quantized
+#      activations a last-bit difference at a PACT level boundary becomes a whole activation step.
+# Figures go to standard output; progress and the tools' own output to standard error.
+#
+# Environment (all optional):
+#   PYTHON       a Python with torch, torchvision, safetensors, numpy (default python3)
+#   THREADS      threads for both sides (default 2)
+#   DATA_DIR     Fashion-MNIST directory (default /usr/share/datasets/fashion-mnist)
+#   LIMIT_TRAIN  training images of the MSQ run (default 3000)    EPOCHS  its epochs (default 1)
+#   TARGET       its --target-compression (default 8)             ACT_BITS  (default "none 4")
+#   TRAIN_FLAGS  more `msq train` options (default "--batch-size 64 --hessian off": a short run
+#                that still learns; the check is about the export, not the bit allocation)
+#   LIMIT_TEST   test images for the run and both evaluations (default 2000; "" = all 10000)
+#   OUT          work directory (default bench/results/check-safetensors; emptied first)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYTHON=${PYTHON:-python3}
+THREADS=${THREADS:-2}
+DATA_DIR=${DATA_DIR:-/usr/share/datasets/fashion-mnist}
+LIMIT_TRAIN=${LIMIT_TRAIN:-3000}
+EPOCHS=${EPOCHS:-1}
+TARGET=${TARGET:-8}
+ACT_BITS=${ACT_BITS:-none 4}
+LIMIT_TEST=${LIMIT_TEST-2000}
+TRAIN_FLAGS=${TRAIN_FLAGS---batch-size 64 --hessian off}
+TOLERANCE=1e-4
+OUT=${OUT:-bench/results/check-safetensors}
+
+if ! "$PYTHON" -c 'import torch, torchvision, safetensors, numpy' 2>/dev/null; then
+    echo "check-safetensors: $PYTHON cannot import torch, torchvision, safetensors and numpy; install them in a venv:
+  python3 -m venv .venv && .venv/bin/pip install torch torchvision safetensors numpy
+then run: PYTHON=.venv/bin/python bash bench/scripts/check-safetensors.sh" >&2
+    exit 1
+fi
+for n in "$THREADS" "$LIMIT_TRAIN" "$EPOCHS" ${LIMIT_TEST:+"$LIMIT_TEST"}; do
+    [[ "$n" =~ ^[0-9]+$ ]] || { echo "check-safetensors: THREADS, LIMIT_TRAIN, EPOCHS, LIMIT_TEST must be integers (got '$n')" >&2; exit 1; }
+done
+for a in $ACT_BITS; do
+    [[ "$a" == none || "$a" =~ ^[0-9]+$ ]] || { echo "check-safetensors: ACT_BITS holds 'none' or bit counts (got '$a')" >&2; exit 1; }
+done
+
+echo "building msq and msq-bench (release)…" >&2
+swift build -c release >&2
+swift build -c release --package-path bench >&2
+MSQ=$(swift build -c release --show-bin-path)/msq
+BENCH=$(swift build -c release --package-path bench --show-bin-path)/msq-bench
+HELPER=bench/pytorch/check_safetensors.py
+export THREADS
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+status=0
+
+echo "## (a) PyTorch safetensors → MSQ, eval-mode logits (tolerance $TOLERANCE relative)"
+for model in resnet18 resnet20; do
+    dir="$OUT/$model"
+    if [[ $model == resnet18 ]]; then shape=(--size 64 --batch 4); else shape=(--size 32 --batch 8); fi
+    "$PYTHON" "$HELPER" make-case "$model" "$dir" "${shape[@]}" >&2
+    "$BENCH" logits --model "$model" --weights "$dir/weights.safetensors" --input "$dir/input.safetensors" \
+        --out "$dir/msq-logits.safetensors" --threads "$THREADS" >&2
+    if line=$("$PYTHON" "$HELPER" compare "$dir/expected.safetensors" "$dir/msq-logits.safetensors" --tolerance "$TOLERANCE"); then :; else status=1; fi
+    echo "$model: $line"
+done
+
+echo "## (b) msq export --format safetensors → PyTorch load_state_dict, test accuracy vs msq eval (tolerance 0.1 points)"
+limit=(); [[ -n "$LIMIT_TEST" ]] && limit=(--limit-test "$LIMIT_TEST")
+for act in $ACT_BITS; do
+    run="$OUT/msq-act-$act"
+    actflag=(); [[ $act != none ]] && actflag=(--act-bits "$act")
+    echo "msq train (act bits $act)…" >&2
+    "$MSQ" train --model resnet20 --dataset fashion-mnist --data-dir "$DATA_DIR" --method msq --target-compression "$TARGET" \
+        "${actflag[@]}" $TRAIN_FLAGS --epochs "$EPOCHS" --limit-train "$LIMIT_TRAIN" "${limit[@]}" --threads "$THREADS" --out "$run" >&2
+    "$MSQ" export --checkpoint "$run/checkpoint.msqckpt" --out "$run/model.msqmodel" >&2
+    "$MSQ" export --checkpoint "$run/checkpoint.msqckpt" --out "$run/model.safetensors" --format safetensors >&2
+    ours=$("$MSQ" eval --model "$run/model.msqmodel" --data-dir "$DATA_DIR" "${limit[@]}" --threads "$THREADS" | tee /dev/stderr | awk '/^test_accuracy/ {print $2}')
+    # The same images through MSQ's float model with the export's weights and PACT metadata, to
+    # count differing predictions (msq eval prints only the accuracy).
+    "$PYTHON" "$HELPER" test-batch "$run/model.safetensors" "$run/test-batch.safetensors" --data-dir "$DATA_DIR" "${limit[@]}" >&2
+    "$BENCH" logits --model resnet20 --weights "$run/model.safetensors" --input "$run/test-batch.safetensors" \
+        --out "$run/msq-logits.safetensors" --threads "$THREADS" >&2
+    report=$("$PYTHON" "$HELPER" eval-export "$run/model.safetensors" --data-dir "$DATA_DIR" "${limit[@]}" \
+        --msq-logits "$run/msq-logits.safetensors" | tee /dev/stderr)
+    theirs=$(awk '/^test_accuracy/ {print $2}' <<< "$report")
+    grep -E '^(msq logits|pytorch float32)' <<< "$report" | sed "s/^/act bits $act: /"
+    verdict=$(awk -v a="$ours" -v b="$theirs" 'BEGIN { d = (a - b) * 100; if (d < 0) d = -d; printf "%.2f points %s", d, (d <= 0.1 ? "within 0.1" : "ABOVE 0.1") }')
+    [[ $verdict == *ABOVE* || -z "$ours" || -z "$theirs" ]] && status=1
+    echo "act bits $act: msq eval test_accuracy $ours, PyTorch test_accuracy $theirs; difference $verdict"
+done
+exit $status
