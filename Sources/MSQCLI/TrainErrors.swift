@@ -13,12 +13,51 @@ let trainingConfigFlags: [String: String] = [
 /// `property`'s flag (the property name itself for one the CLI does not set).
 func flag(for property: String) -> String { trainingConfigFlags[property] ?? property }
 
+/// The flag that sets each method option the library may name in an error, by options type and
+/// property (HAWQ's `warmupEpochs` is --hawq-warmup, TrainingConfig's --warmup-epochs).
+let methodOptionFlags: [String: [String: String]] = {
+    let schedule = ["targetCompression": "--target-compression", "minBits": "--min-bits", "lambda": "--lambda",
+                    "pruneThreshold": "--prune-threshold", "pruneIntervalEpochs": "--prune-interval",
+                    "deadlineFraction": "--prune-deadline", "initialBits": "--weight-bits"]
+    let hessian = ["hessian": "--hessian", "hessianBatch": "--hessian-batch", "hessianProbes": "--hessian-probes"]
+    return [
+        "MSQOptions": schedule.merging(hessian) { a, _ in a }.merging(["lambdaGrowth": "--lambda-growth"]) { a, _ in a },
+        "BSQOptions": schedule, "CSQOptions": schedule,
+        "DoReFaOptions": ["weightBits": "--weight-bits"],
+        "HAWQOptions": ["targetCompression": "--target-compression", "minBits": "--min-bits", "maxBits": "--weight-bits",
+                        "warmupEpochs": "--hawq-warmup", "hessianBatch": "--hessian-batch", "hessianProbes": "--hessian-probes"],
+        "MethodContext": ["activationBits": "--act-bits"],
+    ]
+}()
+
+/// A method option's error with flags for the property and any other property of the same options
+/// the problem mentions (`minBits 2` → `--min-bits 2`); options without a flag keep their Swift name.
+func methodOptionMessage(options: String, property: String, problem: String) -> String {
+    let flags = methodOptionFlags[options] ?? [:]
+    guard let flag = flags[property] else { return "\(options).\(property) \(problem)" }
+    // Whole words only: `lambda` must not match inside `lambdaGrowth` or a flag already written.
+    var text = "", word = ""
+    for character in problem + " " {
+        if character.isLetter || character.isNumber {
+            word.append(character)
+        } else {
+            text += flags[word] ?? word
+            word = ""
+            text.append(character)
+        }
+    }
+    text.removeLast()
+    return "\(flag) \(text)"
+}
+
 /// A library ``TrainingError`` in the words of `msq train`: flags instead of Swift properties and
 /// calls. Messages that name no property pass through unchanged.
 func cliError(for error: TrainingError) -> Error {
     switch error {
     case let .invalidProperty(property, problem):
         return ValidationError("\(flag(for: property)) \(problem)")
+    case let .invalidMethodOption(options, property, problem):
+        return ValidationError(methodOptionMessage(options: options, property: property, problem: problem))
     case let .existingCheckpoint(directory):
         return CommandError(description: "\(directory) already holds a checkpoint: pass --resume to continue that run, or choose another --out")
     case .nonFinite:

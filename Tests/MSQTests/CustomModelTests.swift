@@ -18,27 +18,30 @@ struct CustomModelRun {
 /// The article's code: `makeNetwork` builds the float model; `train`/`test` are any datasets.
 func quantizeYourOwnModel(makeNetwork: () -> any Module, train: any Dataset, test: any Dataset,
                           normalization: Normalization, workDirectory: String) throws -> CustomModelRun {
-    // 1. Float training.
+    // 1. Float training. No output directory: the run writes no file.
     let model = makeNetwork()
     var config = TrainingConfig(model: "smallnet", dataset: train.name, epochs: 2, batchSize: 16, learningRate: 0.05)
-    config.threads = 2
-    try Trainer(config: config, model: model, method: FloatTraining(), train: train, test: test,
-                normalization: normalization, outDirectory: workDirectory + "/float", log: { _ in }).run(resume: false)
+    let float = Trainer(config: config, model: model, method: FloatTraining(), train: train, test: test,
+                        normalization: normalization, outDirectory: nil, log: { _ in })
+    let floatSummary = try float.run(resume: false)
+    print("float: test accuracy \(floatSummary.testAccuracy)")
 
-    // 2. MSQ from the float weights: one set-up call quantizes the model and draws the Hessian's
-    //    calibration batch; then the same Trainer, with the method.
+    // 2. MSQ from the float weights. One set-up call quantizes the model (every conv/linear at 8 bits,
+    //    PACT inputs at 8 bits) and draws the Hessian's calibration batch from the training set.
     var options = MSQOptions(targetCompression: 8)
     options.hessianBatch = 16
-    let msq = try MSQTraining.setUp(model: model, options: options,
-                                    context: MethodContext(activationBits: 8, calibrationData: (train, normalization), seed: 0))
+    let context = MethodContext(activationBits: 8, calibrationData: (train, normalization), seed: 0)
+    let msq = try MSQTraining.setUp(model: model, options: options, context: context)
     config.epochs = 3
     config.method = msq.name
     config.methodOptions = msq.runIdentity
-    try Trainer(config: config, model: model, method: msq, train: train, test: test,
-                normalization: normalization, outDirectory: workDirectory + "/msq", log: { _ in }).run(resume: false)
+    let quantized = Trainer(config: config, model: model, method: msq, train: train, test: test,
+                            normalization: normalization, outDirectory: nil, log: { _ in })
+    quantized.onEpoch = { report in print("epoch \(report.epoch): \(msq.bitScheme)") }
+    try quantized.run(resume: false)
     let inMemory = evaluate(model, on: test, normalization: normalization)
 
-    // 3. Export the live model, write it, read it back into a freshly built float instance.
+    // 3. Pack the live model, write it, and load it into a freshly built float instance.
     let packed = try PackedModel.export(model: model, name: "smallnet", data: DatasetInfo(train, normalization: normalization))
     let path = workDirectory + "/smallnet.msqmodel"
     try packed.write(to: path)
@@ -55,12 +58,15 @@ struct CustomModelTests {
         let train = try SyntheticDataset(count: 96, sampleShape: [1, 8, 8], numClasses: 4, seed: 1)
         let test = try SyntheticDataset(count: 48, sampleShape: [1, 8, 8], numClasses: 4, seed: 2)
         let directory = freshDirectory()
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let run = try quantizeYourOwnModel(makeNetwork: { makeSmallNet(seed: 7) }, train: train, test: test,
                                            normalization: Normalization(mean: [0.5], std: [0.3]), workDirectory: directory)
         #expect(run.reloaded.accuracy == run.inMemory.accuracy)
         #expect(run.reloaded.loss == run.inMemory.loss)
         #expect(run.reloaded.count == 48)
+        // The trainers had no output directory: the packed model is the only file.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["smallnet.msqmodel"])
         #expect(run.packed.header.model == "smallnet")
         #expect(run.packed.header.activationBits == 8 && run.packed.header.activationExcluded == ["conv1"])
         #expect(run.packed.scheme.layers.map { "\($0.path):\($0.bits)" }.joined(separator: " ") == run.bitScheme)
@@ -100,5 +106,24 @@ struct CustomModelTests {
         _ = try DoReFaTraining.setUp(model: dorefa, options: DoReFaOptions(weightBits: 3), context: MethodContext())
         let refusal = #expect(throws: PackedModelError.self) { try PackedModel.export(model: dorefa, name: "smallnet", data: data) }
         #expect(refusal.map { "\($0)" }.map { $0.contains("conv1") && $0.contains("DoReFaQuantizer") } == true)
+    }
+
+    @Test("every code block of the article \"Quantize your own model\" is code of this file (so it compiles and runs here)")
+    func articleMatchesTest() throws {
+        let here = URL(fileURLWithPath: #filePath)
+        let root = here.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let article = try String(contentsOf: root.appendingPathComponent("Sources/MSQ/MSQ.docc/QuantizeYourOwnModel.md"), encoding: .utf8)
+        let source = try String(contentsOf: here, encoding: .utf8) + "\n"
+            + String(contentsOf: here.deletingLastPathComponent().appendingPathComponent("SmallNet.swift"), encoding: .utf8)
+        let sourceLines = source.split(separator: "\n", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        let blocks = article.components(separatedBy: "```swift\n").dropFirst().map { $0.components(separatedBy: "```")[0] }
+        #expect(blocks.count >= 4)
+        for block in blocks {
+            let lines = block.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+            let found = sourceLines.indices.contains { start in
+                start + lines.count <= sourceLines.count && Array(sourceLines[start..<(start + lines.count)]) == lines
+            }
+            #expect(found, "article block not in CustomModelTests.swift or SmallNet.swift:\n\(block)")
+        }
     }
 }

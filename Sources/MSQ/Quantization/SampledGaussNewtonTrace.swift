@@ -32,12 +32,12 @@ public enum TraceEstimator: String, CaseIterable, Codable, Sendable {
 
 /// The checks of a trace estimate's options that MSQ and HAWQ share: `--hessian-batch` in
 /// 1...``RunLimits/maxCalibrationImages`` and `--hessian-probes` in 1...``RunLimits/maxProbes``.
-func validateHessianSampling(batch: Int, probes: Int) throws(TrainingError) {
+func validateHessianSampling(batch: Int, probes: Int, options: String) throws(TrainingError) {
     if !(1...RunLimits.maxCalibrationImages).contains(batch) {
-        throw .invalidOption("--hessian-batch must be in 1...\(RunLimits.maxCalibrationImages) (got \(batch))")
+        throw .invalidMethodOption(options: options, property: "hessianBatch", problem: "must be in 1...\(RunLimits.maxCalibrationImages) (got \(batch))")
     }
     if !(1...RunLimits.maxProbes).contains(probes) {
-        throw .invalidOption("--hessian-probes must be in 1...\(RunLimits.maxProbes) (got \(probes))")
+        throw .invalidMethodOption(options: options, property: "hessianProbes", problem: "must be in 1...\(RunLimits.maxProbes) (got \(probes))")
     }
 }
 

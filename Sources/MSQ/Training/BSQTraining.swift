@@ -35,7 +35,7 @@ public struct BSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
 
     /// Checks ranges a user can get wrong; `maxCompression` is the model's C with every layer at --min-bits.
     public func validate(maxCompression: Double) throws(TrainingError) {
-        try validateBitPlanes(initialBits: initialBits, method: "bsq")
+        try validateBitPlanes(initialBits: initialBits)
         try validateSchedule(maxCompression: maxCompression, pruneThreshold: pruneThreshold)
     }
 }
@@ -135,7 +135,7 @@ public final class BSQTraining: TrainingMethod, BitPlaneMethod {
 
     public func prepare(model: Module, plan: TrainingPlan) throws {
         self.plan = plan
-        try pace.checkFits(plan, intervalEpochs: options.pruneIntervalEpochs, what: "requantization")
+        try pace.checkFits(plan, intervalEpochs: options.pruneIntervalEpochs, what: "requantization", options: BSQOptions.optionsName)
         // Active planes come from the state (restored from a checkpoint, or the initial one).
         for (i, q) in quantizers.enumerated() {
             q.configure(lowestPlane: state.lowestPlanes[i], planeCount: state.precisions.layers[i].bits - 1)

@@ -22,7 +22,7 @@ func baselineLayers(of model: any Module, method: String) throws -> [(path: Stri
     let layers = quantizableLayers(of: model).compactMap { path, module in
         layerWeight(of: module).map { (path: path, module: module, count: $0.value.count) }
     }
-    if layers.isEmpty { throw TrainingError.invalidOption("--method \(method): the model has no Conv2d or Linear layer to quantize") }
+    if layers.isEmpty { throw TrainingError.invalidOption("\(method): the model has no Conv2d or Linear layer to quantize") }
     return layers
 }
 
@@ -99,7 +99,7 @@ extension BitPlaneMethod {
 
 /// Checks --act-bits for a baseline before anything is attached.
 func validateActivationBits(_ bits: Int?) throws(TrainingError) {
-    if let a = bits, !msqBitRange.contains(a) { throw .invalidOption("--act-bits must be in 2...16 (got \(a))") }
+    if let a = bits, !msqBitRange.contains(a) { throw .invalidMethodOption(options: "MethodContext", property: "activationBits", problem: "must be in 2...16 (got \(a))") }
 }
 
 /// C_paper = 32 · Σ N_l / Σ N_l · (n_l − 1) (magnitude bits only; +∞ when every layer is at 1 bit).

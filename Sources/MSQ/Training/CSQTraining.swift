@@ -35,13 +35,16 @@ public struct CSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
         ]) { shared, _ in shared }
     }
 
-    /// Checks ranges a user can get wrong; `maxCompression` is the model's C with every layer at --min-bits.
+    /// Checks ranges a user can get wrong; `maxCompression` is the model's C with every layer at `minBits`.
     public func validate(maxCompression: Double) throws(TrainingError) {
-        try validateBitPlanes(initialBits: initialBits, method: "csq")
+        try validateBitPlanes(initialBits: initialBits)
         try validateSchedule(maxCompression: maxCompression, pruneThreshold: nil)
-        if !(finalTemperature >= 1) || !finalTemperature.isFinite { throw .invalidOption("CSQ final temperature must be ≥ 1 (got \(finalTemperature))") }
-        if !(bitLogitInit > 0) || !maskLogitInit.isFinite || !bitLogitInit.isFinite {
-            throw .invalidOption("CSQ initial logits must be finite, the bit logit positive")
+        if !(finalTemperature >= 1) || !finalTemperature.isFinite { throw .invalidMethodOption(options: "CSQOptions", property: "finalTemperature", problem: "must be ≥ 1 (got \(finalTemperature))") }
+        if !(bitLogitInit > 0) || !bitLogitInit.isFinite {
+            throw .invalidMethodOption(options: "CSQOptions", property: "bitLogitInit", problem: "must be positive and finite (got \(bitLogitInit))")
+        }
+        if !maskLogitInit.isFinite {
+            throw .invalidMethodOption(options: "CSQOptions", property: "maskLogitInit", problem: "must be finite (got \(maskLogitInit))")
         }
     }
 }

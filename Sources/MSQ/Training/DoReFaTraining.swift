@@ -26,7 +26,7 @@ public struct DoReFaOptions: Codable, Sendable, Equatable {
     /// Checks the range a user can get wrong.
     public func validate() throws(TrainingError) {
         if !msqBitRange.contains(weightBits) {
-            throw .invalidOption("--weight-bits must be in 2...16 for --method dorefa (got \(weightBits))")
+            throw .invalidMethodOption(options: "DoReFaOptions", property: "weightBits", problem: "must be in 2...16 (got \(weightBits))")
         }
     }
 }

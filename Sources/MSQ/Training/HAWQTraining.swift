@@ -38,16 +38,16 @@ public struct HAWQOptions: Codable, Sendable, Equatable {
 
     /// Checks ranges a user can get wrong for a model of `counts` weights per layer.
     public func validate(counts: [Int]) throws(TrainingError) {
-        if !msqBitRange.contains(minBits) { throw .invalidOption("--min-bits must be in 2...16 (got \(minBits))") }
+        if !msqBitRange.contains(minBits) { throw .invalidMethodOption(options: "HAWQOptions", property: "minBits", problem: "must be in 2...16 (got \(minBits))") }
         if !msqBitRange.contains(maxBits) || maxBits < minBits {
-            throw .invalidOption("--weight-bits must be in \(minBits)...16 for --method hawq (got \(maxBits))")
+            throw .invalidMethodOption(options: "HAWQOptions", property: "maxBits", problem: "must be in \(minBits)...16 (from minBits to 16; got \(maxBits))")
         }
         let most = LSBPruningScheduler.compression(counts: counts, bits: counts.map { _ in minBits })
         if !(targetCompression > 1) || !targetCompression.isFinite || targetCompression > most + 1e-9 {
-            throw .invalidOption(String(format: "--target-compression must be above 1 and at most %.2f (every layer at --min-bits %d) (got %g)", most, minBits, targetCompression))
+            throw .invalidMethodOption(options: "HAWQOptions", property: "targetCompression", problem: String(format: "must be above 1 and at most %.2f (every layer at minBits %d) (got %g)", most, minBits, targetCompression))
         }
-        if !(warmupEpochs >= 0) || !warmupEpochs.isFinite { throw .invalidOption("--hawq-warmup must be ≥ 0 epochs (got \(warmupEpochs))") }
-        try validateHessianSampling(batch: hessianBatch, probes: hessianProbes)
+        if !(warmupEpochs >= 0) || !warmupEpochs.isFinite { throw .invalidMethodOption(options: "HAWQOptions", property: "warmupEpochs", problem: "must be ≥ 0 epochs (got \(warmupEpochs))") }
+        try validateHessianSampling(batch: hessianBatch, probes: hessianProbes, options: "HAWQOptions")
     }
 }
 
@@ -106,7 +106,7 @@ public final class HAWQTraining: TrainingMethod {
     public func prepare(model: Module, plan: TrainingPlan) throws {
         self.plan = plan
         if warmupSteps >= plan.totalSteps && !isAllocated {
-            throw TrainingError.invalidOption(String(format: "--hawq-warmup %g epochs is the whole run (%d steps): nothing would be trained quantized", options.warmupEpochs, plan.totalSteps))
+            throw TrainingError.invalidMethodOption(options: "HAWQOptions", property: "warmupEpochs", problem: String(format: "%g epochs is the whole run (%d steps): nothing would be trained quantized", options.warmupEpochs, plan.totalSteps))
         }
         let bitsByPath = Dictionary(uniqueKeysWithValues: state.scheme.layers.map { ($0.path, $0.bits) })
         for layer in layers {
@@ -141,7 +141,7 @@ public final class HAWQTraining: TrainingMethod {
         }
         let budget = 32 * Double(counts.reduce(0, +)) / options.targetCompression
         guard let bits = allocateBits(choices, budgetBits: budget) else {
-            throw TrainingError.invalidOption("--target-compression \(options.targetCompression) cannot be met with --min-bits \(options.minBits)")
+            throw TrainingError.invalidMethodOption(options: "HAWQOptions", property: "targetCompression", problem: "\(options.targetCompression) cannot be met with minBits \(options.minBits)")
         }
         for (layer, b) in zip(layers, bits) {
             layer.quantizer.bits = b

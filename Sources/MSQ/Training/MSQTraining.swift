@@ -86,9 +86,9 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
     /// Checks ranges a user can get wrong; `layerCount`/`maxCompression` come from the model.
     public func validate(maxCompression: Double) throws(TrainingError) {
         try validateSchedule(maxCompression: maxCompression, pruneThreshold: pruneThreshold)
-        if !msqBitRange.contains(minBits) { throw .invalidOption("--min-bits must be in 2...16 (got \(minBits))") }
-        try validateHessianSampling(batch: hessianBatch, probes: hessianProbes)
-        if !(lambdaGrowth >= 1) || !lambdaGrowth.isFinite { throw .invalidOption("--lambda-growth must be ≥ 1 (got \(lambdaGrowth))") }
+        if !msqBitRange.contains(minBits) { throw .invalidMethodOption(options: "MSQOptions", property: "minBits", problem: "must be in 2...16 (got \(minBits))") }
+        try validateHessianSampling(batch: hessianBatch, probes: hessianProbes, options: Self.optionsName)
+        if !(lambdaGrowth >= 1) || !lambdaGrowth.isFinite { throw .invalidMethodOption(options: "MSQOptions", property: "lambdaGrowth", problem: "must be ≥ 1 (got \(lambdaGrowth))") }
     }
 }
 
@@ -154,7 +154,7 @@ public final class MSQTraining: TrainingMethod {
         let counts = layers.map(\.count)
         try options.validate(maxCompression: options.maxCompression(counts: counts))
         if options.hessian && calibration == nil && !fixedScheme {
-            throw TrainingError.invalidOption("--hessian on needs a calibration batch")
+            throw TrainingError.invalidMethodOption(options: "MSQOptions", property: "hessian", problem: "is on, which needs a calibration batch (or MethodContext.calibrationData with MSQTraining.setUp)")
         }
         self.options = options
         self.layers = layers
@@ -194,7 +194,7 @@ public final class MSQTraining: TrainingMethod {
     public func prepare(model: Module, plan: TrainingPlan) throws {
         self.plan = plan
         try checkStateAgainstPlan()
-        try pace.checkFits(plan, intervalEpochs: options.pruneIntervalEpochs, what: "pruning")
+        try pace.checkFits(plan, intervalEpochs: options.pruneIntervalEpochs, what: "pruning", options: MSQOptions.optionsName)
         // Precisions come from the state (restored from a checkpoint, or the initial scheme).
         let bitsByPath = Dictionary(uniqueKeysWithValues: state.scheme.layers.map { ($0.path, $0.bits) })
         for layer in layers {

@@ -26,6 +26,9 @@ public protocol PruningScheduleOptions: Sendable {
 }
 
 extension PruningScheduleOptions {
+    /// The options type's name, which errors give with the property (`MSQOptions.minBits`).
+    static var optionsName: String { String(describing: Self.self) }
+
     /// C with every layer of `counts` weights at ``minBits``: the most the target can ask for.
     func maxCompression(counts: [Int]) -> Double {
         LSBPruningScheduler.compression(counts: counts, bits: counts.map { _ in minBits })
@@ -41,37 +44,39 @@ extension PruningScheduleOptions {
         ]
     }
 
-    /// Checks --min-bits' range, the target against `maxCompression`, then λ, `pruneThreshold` (nil for methods that
+    /// Checks `minBits`' range, the target against `maxCompression`, then λ, `pruneThreshold` (nil for methods that
     /// have none), the interval and the deadline, in that order (the first bad option is named).
     func validateSchedule(maxCompression: Double, pruneThreshold: Double?) throws(TrainingError) {
+        let optionsName = Self.optionsName
         // First: the reachable compression is computed from it (--min-bits 2^63−1 once read as
         // "--min-bits -1 … compresses 0.00x").
-        if !msqBitRange.contains(minBits) { throw .invalidOption("--min-bits must be in 2...16 (got \(minBits))") }
+        if !msqBitRange.contains(minBits) { throw .invalidMethodOption(options: optionsName, property: "minBits", problem: "must be in 2...16 (got \(minBits))") }
         if !(targetCompression > 1) || !targetCompression.isFinite {
-            throw .invalidOption("--target-compression must be a number above 1 (got \(targetCompression))")
+            throw .invalidMethodOption(options: optionsName, property: "targetCompression", problem: "must be a number above 1 (got \(targetCompression))")
         }
         if targetCompression > maxCompression + 1e-9 {
-            throw .invalidOption(String(format: "--target-compression %.2f is out of reach: with every layer at --min-bits \(minBits) the model compresses %.2fx at most", targetCompression, maxCompression))
+            throw .invalidMethodOption(options: optionsName, property: "targetCompression", problem: String(format: "%.2f is out of reach: with every layer at minBits \(minBits) the model compresses %.2fx at most", targetCompression, maxCompression))
         }
-        if !(lambda >= 0) || !lambda.isFinite { throw .invalidOption("--lambda must be ≥ 0 (got \(lambda))") }
+        if !(lambda >= 0) || !lambda.isFinite { throw .invalidMethodOption(options: optionsName, property: "lambda", problem: "must be ≥ 0 (got \(lambda))") }
         if let pruneThreshold, !(0...1).contains(pruneThreshold) {
-            throw .invalidOption("--prune-threshold must be in [0, 1] (got \(pruneThreshold))")
+            throw .invalidMethodOption(options: optionsName, property: "pruneThreshold", problem: "must be in [0, 1] (got \(pruneThreshold))")
         }
         if !(pruneIntervalEpochs > 0) || !pruneIntervalEpochs.isFinite {
-            throw .invalidOption("--prune-interval must be a positive number of epochs (got \(pruneIntervalEpochs))")
+            throw .invalidMethodOption(options: optionsName, property: "pruneIntervalEpochs", problem: "must be a positive number of epochs (got \(pruneIntervalEpochs))")
         }
-        if !(deadlineFraction > 0 && deadlineFraction <= 1) { throw .invalidOption("--prune-deadline must be in (0, 1] (got \(deadlineFraction))") }
+        if !(deadlineFraction > 0 && deadlineFraction <= 1) { throw .invalidMethodOption(options: optionsName, property: "deadlineFraction", problem: "must be in (0, 1] (got \(deadlineFraction))") }
     }
 
-    /// The checks of a bit-plane method's precisions (BSQ, CSQ): --weight-bits (`initialBits`) and
-    /// --min-bits in 2...16 and --min-bits at most --weight-bits; run before ``validateSchedule``.
-    func validateBitPlanes(initialBits: Int, method: String) throws(TrainingError) {
+    /// The checks of a bit-plane method's precisions (BSQ, CSQ): `initialBits` and `minBits` in
+    /// 2...16 and `minBits` at most `initialBits`; run before ``validateSchedule``.
+    func validateBitPlanes(initialBits: Int) throws(TrainingError) {
+        let optionsName = Self.optionsName
         if !msqBitRange.contains(initialBits) {
-            throw .invalidOption("--weight-bits must be in 2...16 for --method \(method) (bit planes + sign; got \(initialBits))")
+            throw .invalidMethodOption(options: optionsName, property: "initialBits", problem: "must be in 2...16 (bit planes + sign; got \(initialBits))")
         }
-        if !msqBitRange.contains(minBits) { throw .invalidOption("--min-bits must be in 2...16 (got \(minBits))") }
+        if !msqBitRange.contains(minBits) { throw .invalidMethodOption(options: optionsName, property: "minBits", problem: "must be in 2...16 (got \(minBits))") }
         if minBits > initialBits {
-            throw .invalidOption("--min-bits \(minBits) is above the starting precision --weight-bits \(initialBits)")
+            throw .invalidMethodOption(options: optionsName, property: "minBits", problem: "\(minBits) is above the starting precision initialBits \(initialBits)")
         }
     }
 }
@@ -101,9 +106,9 @@ struct PruningPace {
 
     /// Refuses an interval so long that the deadline would fall after the run (no interval would
     /// happen); `what` names the interval in the message ("pruning", "requantization").
-    func checkFits(_ plan: TrainingPlan, intervalEpochs: Double, what: String) throws {
+    func checkFits(_ plan: TrainingPlan, intervalEpochs: Double, what: String, options: String) throws {
         if deadlineStep > plan.totalSteps {
-            throw TrainingError.invalidOption(String(format: "--prune-interval %g epochs (%d steps) is longer than the whole run (%d steps): no %@ interval would happen; use a shorter interval", intervalEpochs, intervalSteps, plan.totalSteps, what))
+            throw TrainingError.invalidMethodOption(options: options, property: "pruneIntervalEpochs", problem: String(format: "%g epochs (%d steps) is longer than the whole run (%d steps): no %@ interval would happen; use a shorter interval", intervalEpochs, intervalSteps, plan.totalSteps, what))
         }
     }
 

@@ -150,6 +150,10 @@ public enum TrainingError: Error, CustomStringConvertible {
     /// A ``TrainingConfig`` property is out of range or not finite: `property` is its Swift name
     /// (`warmupEpochs`), `problem` what is wrong with its value ("must be … (got nan)").
     case invalidProperty(property: String, problem: String)
+    /// A method's option is out of range: `options` is the type (`MSQOptions`, or `MethodContext`),
+    /// `property` its Swift name (`minBits`), `problem` what is wrong ("must be in 2...16 (got 1)").
+    /// Other properties the problem mentions are given by their Swift names too.
+    case invalidMethodOption(options: String, property: String, problem: String)
     /// The output directory cannot be used.
     case outputDirectory(String)
     /// The output directory already holds a checkpoint and the run was not asked to resume it.
@@ -167,6 +171,7 @@ public enum TrainingError: Error, CustomStringConvertible {
         switch self {
         case let .invalidOption(m): return m
         case let .invalidProperty(property, problem): return "TrainingConfig.\(property) \(problem)"
+        case let .invalidMethodOption(options, property, problem): return "\(options).\(property) \(problem)"
         case let .outputDirectory(m): return m
         case let .existingCheckpoint(directory):
             return "\(directory) already holds a checkpoint: call run(resume: true) to continue that run, or give the Trainer another outputDirectory"
