@@ -2,14 +2,15 @@
 # AdamW against SGD on the calibration recipe's float model (ResNet-20, Fashion-MNIST, first 10k
 # training images, 6 epochs, batch 128, one thread), seeds 0–2 each:
 #   SGD   --lr 0.1 (Nesterov momentum 0.9, weight decay 5e-4: the default recipe)
-#   AdamW --optimizer adamw --lr 2e-3 --weight-decay 0.05 (β 0.9/0.999, ε 1e-8: PyTorch's defaults)
+#   AdamW --optimizer adamw --lr 4e-3 --weight-decay 0.05 (β 0.9/0.999, ε 1e-8: PyTorch's defaults)
 # Both use the same warm-up (0.5 epochs) and cosine schedule. About 6–12 min per run on 2 cores.
+# README "The msq command" has the figures (2026-12-07: SGD 0.8895 ± 0.0019, AdamW 4e-3 0.8854 ± 0.0049).
 # Runs already finished in $RUNS are kept, interrupted ones resumed. Prints test accuracy per
 # seed and mean ± sd (sample standard deviation) per optimizer.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs/adamw-vs-sgd}
-ADAMW_LR=${ADAMW_LR:-2e-3}
+ADAMW_LR=${ADAMW_LR:-4e-3}
 mkdir -p "$RUNS"
 swift build -c release >/dev/null
 MSQ=$(swift build -c release --show-bin-path)/msq
