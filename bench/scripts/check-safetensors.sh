@@ -63,8 +63,11 @@ export THREADS
 rm -rf "$OUT"
 mkdir -p "$OUT"
 status=0
+# The figures: standard output and $OUT/summary.txt.
+say() { echo "$*" | tee -a "$OUT/summary.txt"; }
+say "# check-safetensors.sh $(date -u +%Y-%m-%dT%H:%MZ), torch $("$PYTHON" -c 'import torch; print(torch.__version__)'), $THREADS threads"
 
-echo "## (a) PyTorch safetensors → MSQ, eval-mode logits (tolerance $TOLERANCE relative)"
+say "## (a) PyTorch safetensors → MSQ, eval-mode logits (tolerance $TOLERANCE relative)"
 for model in resnet18 resnet20; do
     dir="$OUT/$model"
     if [[ $model == resnet18 ]]; then shape=(--size 64 --batch 4); else shape=(--size 32 --batch 8); fi
@@ -72,10 +75,10 @@ for model in resnet18 resnet20; do
     "$BENCH" logits --model "$model" --weights "$dir/weights.safetensors" --input "$dir/input.safetensors" \
         --out "$dir/msq-logits.safetensors" --threads "$THREADS" >&2
     if line=$("$PYTHON" "$HELPER" compare "$dir/expected.safetensors" "$dir/msq-logits.safetensors" --tolerance "$TOLERANCE"); then :; else status=1; fi
-    echo "$model: $line"
+    say "$model: $line"
 done
 
-echo "## (b) msq export --format safetensors → PyTorch load_state_dict, test accuracy vs msq eval (tolerance 0.1 points)"
+say "## (b) msq export --format safetensors → PyTorch load_state_dict, test accuracy vs msq eval (tolerance 0.1 points)"
 limit=(); [[ -n "$LIMIT_TEST" ]] && limit=(--limit-test "$LIMIT_TEST")
 for act in $ACT_BITS; do
     run="$OUT/msq-act-$act"
@@ -94,9 +97,9 @@ for act in $ACT_BITS; do
     report=$("$PYTHON" "$HELPER" eval-export "$run/model.safetensors" --data-dir "$DATA_DIR" "${limit[@]}" \
         --msq-logits "$run/msq-logits.safetensors" | tee /dev/stderr)
     theirs=$(awk '/^test_accuracy/ {print $2}' <<< "$report")
-    grep -E '^(msq logits|pytorch float32)' <<< "$report" | sed "s/^/act bits $act: /"
+    while read -r l; do say "act bits $act: $l"; done < <(grep -E '^(msq logits|pytorch float32)' <<< "$report")
     verdict=$(awk -v a="$ours" -v b="$theirs" 'BEGIN { d = (a - b) * 100; if (d < 0) d = -d; printf "%.2f points %s", d, (d <= 0.1 ? "within 0.1" : "ABOVE 0.1") }')
     [[ $verdict == *ABOVE* || -z "$ours" || -z "$theirs" ]] && status=1
-    echo "act bits $act: msq eval test_accuracy $ours, PyTorch test_accuracy $theirs; difference $verdict"
+    say "act bits $act: msq eval test_accuracy $ours, PyTorch test_accuracy $theirs; difference $verdict"
 done
 exit $status
