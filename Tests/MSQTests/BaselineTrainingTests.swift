@@ -181,16 +181,16 @@ struct BaselineTrainingTests {
                 Issue.record("unexpected error \(error)")
             }
         }
-        refuse("--target-compression") { try BSQTraining(model: $0, options: BSQOptions(targetCompression: 20)) }
-        refuse("--target-compression") { try CSQTraining(model: $0, options: CSQOptions(targetCompression: 0.5)) }
-        refuse("--lambda") { var o = BSQOptions(targetCompression: 8); o.lambda = -1; return try BSQTraining(model: $0, options: o) }
-        refuse("--prune-interval") { var o = BSQOptions(targetCompression: 8); o.pruneIntervalEpochs = 0; return try BSQTraining(model: $0, options: o) }
-        refuse("--prune-threshold") { var o = BSQOptions(targetCompression: 8); o.pruneThreshold = 2; return try BSQTraining(model: $0, options: o) }
-        refuse("--weight-bits") { var o = BSQOptions(targetCompression: 8); o.initialBits = 17; return try BSQTraining(model: $0, options: o) }
-        refuse("--min-bits") { var o = CSQOptions(targetCompression: 3); o.minBits = 10; return try CSQTraining(model: $0, options: o) }
-        refuse("--prune-deadline") { var o = CSQOptions(targetCompression: 8); o.deadlineFraction = 0; return try CSQTraining(model: $0, options: o) }
-        refuse("--act-bits") { try DoReFaTraining(model: $0, options: DoReFaOptions(weightBits: 4), activationBits: 1) }
-        refuse("--weight-bits") { try DoReFaTraining(model: $0, options: DoReFaOptions(weightBits: 17)) }
+        refuse("BSQOptions.targetCompression") { try BSQTraining(model: $0, options: BSQOptions(targetCompression: 20)) }
+        refuse("CSQOptions.targetCompression") { try CSQTraining(model: $0, options: CSQOptions(targetCompression: 0.5)) }
+        refuse("BSQOptions.lambda ") { var o = BSQOptions(targetCompression: 8); o.lambda = -1; return try BSQTraining(model: $0, options: o) }
+        refuse("BSQOptions.pruneIntervalEpochs") { var o = BSQOptions(targetCompression: 8); o.pruneIntervalEpochs = 0; return try BSQTraining(model: $0, options: o) }
+        refuse("BSQOptions.pruneThreshold") { var o = BSQOptions(targetCompression: 8); o.pruneThreshold = 2; return try BSQTraining(model: $0, options: o) }
+        refuse("BSQOptions.initialBits") { var o = BSQOptions(targetCompression: 8); o.initialBits = 17; return try BSQTraining(model: $0, options: o) }
+        refuse("CSQOptions.minBits") { var o = CSQOptions(targetCompression: 3); o.minBits = 10; return try CSQTraining(model: $0, options: o) }
+        refuse("CSQOptions.deadlineFraction") { var o = CSQOptions(targetCompression: 8); o.deadlineFraction = 0; return try CSQTraining(model: $0, options: o) }
+        refuse("MethodContext.activationBits") { try DoReFaTraining(model: $0, options: DoReFaOptions(weightBits: 4), activationBits: 1) }
+        refuse("DoReFaOptions.weightBits") { try DoReFaTraining(model: $0, options: DoReFaOptions(weightBits: 17)) }
         // A requantization interval longer than the run is refused when the run's length is known.
         let model = makeModel(.resnet20, inputChannels: 1, numClasses: 4, seed: 0)
         var long = BSQOptions(targetCompression: 8)
@@ -200,7 +200,7 @@ struct BaselineTrainingTests {
             try method.prepare(model: model, plan: TrainingPlan(stepsPerEpoch: 2, epochs: 2, log: { _ in }))
             Issue.record("an interval longer than the run should be refused")
         } catch let error as TrainingError {
-            #expect(error.description.contains("--prune-interval"))
+            #expect(error.description.contains("BSQOptions.pruneIntervalEpochs"))
         }
     }
 

@@ -122,7 +122,7 @@ private func refDoReFa(_ w: [Float], bits k: Int, scaled: Bool = false) -> (wq: 
                                    options: DoReFaOptions(weightBits: 1))
             Issue.record("1-bit DoReFa should be refused")
         } catch let error as TrainingError {
-            #expect(error.description.contains("--weight-bits"))
+            #expect(error.description.contains("DoReFaOptions.weightBits"))
         }
     }
 }

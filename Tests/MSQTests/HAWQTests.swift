@@ -63,8 +63,8 @@ struct HAWQTests {
         let model = makeModel(.resnet20, inputChannels: 1, numClasses: 4, seed: 1)
         let layers = try quantizeForMSQ(model)
         let calibration = (Tensor(shape: [1, 1, 8, 8]), [Int32(0)])
-        for (edit, flag) in [({ (o: inout HAWQOptions) in o.targetCompression = 17 }, "--target-compression"),
-                             ({ $0.warmupEpochs = -1 }, "--hawq-warmup"), ({ $0.maxBits = 1 }, "--weight-bits")] {
+        for (edit, flag) in [({ (o: inout HAWQOptions) in o.targetCompression = 17 }, "HAWQOptions.targetCompression"),
+                             ({ $0.warmupEpochs = -1 }, "HAWQOptions.warmupEpochs"), ({ $0.maxBits = 1 }, "HAWQOptions.maxBits")] {
             var o = HAWQOptions(targetCompression: 10.67)
             edit(&o)
             #expect { _ = try HAWQTraining(layers: layers, options: o, calibration: calibration, seed: 0) } throws: {

@@ -114,11 +114,11 @@ struct MSQTrainingTests {
                 Issue.record("unexpected error \(error)")
             }
         }
-        refuse({ $0.targetCompression = 20 }, mentions: "--target-compression")
-        refuse({ $0.targetCompression = 0.5 }, mentions: "--target-compression")
-        refuse({ $0.lambda = -1 }, mentions: "--lambda")
-        refuse({ $0.pruneIntervalEpochs = 0 }, mentions: "--prune-interval")
-        refuse({ $0.deadlineFraction = 1.5 }, mentions: "--prune-deadline")
+        refuse({ $0.targetCompression = 20 }, mentions: "MSQOptions.targetCompression")
+        refuse({ $0.targetCompression = 0.5 }, mentions: "MSQOptions.targetCompression")
+        refuse({ $0.lambda = -1 }, mentions: "MSQOptions.lambda ")
+        refuse({ $0.pruneIntervalEpochs = 0 }, mentions: "MSQOptions.pruneIntervalEpochs")
+        refuse({ $0.deadlineFraction = 1.5 }, mentions: "MSQOptions.deadlineFraction")
         refuse({ $0.hessian = true }, mentions: "calibration")
     }
 
@@ -132,7 +132,7 @@ struct MSQTrainingTests {
             try trainer.run(resume: false)
             Issue.record("an interval of 3 epochs in a 2-epoch run should be refused")
         } catch let error as TrainingError {
-            #expect(error.description.contains("--prune-interval"))
+            #expect(error.description.contains("MSQOptions.pruneIntervalEpochs"))
         }
     }
 }

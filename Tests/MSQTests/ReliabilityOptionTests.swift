@@ -119,40 +119,40 @@ struct ReliabilityOptionTests {
             try setup.trainer(model: model, method: method, out: freshDirectory(), log: { _ in }).run(resume: false)
         }
         let message = error.map { String(describing: $0) } ?? "no error"
-        #expect(message.contains("--prune-interval"), "\(message)")
+        #expect(message.contains("MSQOptions.pruneIntervalEpochs"), "\(message)")
     }
 
-    @Test("--min-bits Int.max is refused by its range, not reported as a garbled compression")
+    @Test("MSQOptions.minBits Int.max is refused by its range, not reported as a garbled compression")
     func hugeMinBits() throws {
         let model = makeModel(.resnet20, inputChannels: 1, numClasses: 4, seed: 0)
         var options = MSQOptions(targetCompression: 8)
         options.hessian = false
         options.minBits = Int.max
         let error = thrownError { _ = try MSQTraining(layers: try quantizeForMSQ(model), options: options, calibration: nil, seed: 0) }
-        #expect(error.map { String(describing: $0) } == "--min-bits must be in 2...16 (got \(Int.max))")
+        #expect(error.map { String(describing: $0) } == "MSQOptions.minBits must be in 2...16 (got \(Int.max))")
     }
 
-    @Test("--hessian-batch Int.max is refused by range rather than taking the whole training set into one pass")
+    @Test("MSQOptions.hessianBatch Int.max is refused by range rather than taking the whole training set into one pass")
     func hugeHessianBatch() throws {
         let model = makeModel(.resnet20, inputChannels: 1, numClasses: 4, seed: 0)
         var options = MSQOptions(targetCompression: 8)
         options.hessian = false
         options.hessianBatch = Int.max
         let error = thrownError { _ = try MSQTraining(layers: try quantizeForMSQ(model), options: options, calibration: nil, seed: 0) }
-        #expect(error.map { String(describing: $0) } == "--hessian-batch must be in 1...4096 (got \(Int.max))")
+        #expect(error.map { String(describing: $0) } == "MSQOptions.hessianBatch must be in 1...4096 (got \(Int.max))")
         var hawq = HAWQOptions(targetCompression: 8)
         hawq.hessianBatch = RunLimits.maxCalibrationImages + 1
         #expect(throws: TrainingError.self) { try hawq.validate(counts: [100, 200]) }
     }
 
-    @Test("--hessian-probes Int.max is refused by range rather than probing until the mean settles")
+    @Test("MSQOptions.hessianProbes Int.max is refused by range rather than probing until the mean settles")
     func hugeHessianProbes() throws {
         let model = makeModel(.resnet20, inputChannels: 1, numClasses: 4, seed: 0)
         var options = MSQOptions(targetCompression: 8)
         options.hessian = false
         options.hessianProbes = Int.max
         let error = thrownError { _ = try MSQTraining(layers: try quantizeForMSQ(model), options: options, calibration: nil, seed: 0) }
-        #expect(error.map { String(describing: $0) } == "--hessian-probes must be in 1...4096 (got \(Int.max))")
+        #expect(error.map { String(describing: $0) } == "MSQOptions.hessianProbes must be in 1...4096 (got \(Int.max))")
         var hawq = HAWQOptions(targetCompression: 8)
         hawq.hessianProbes = RunLimits.maxProbes + 1
         #expect(throws: TrainingError.self) { try hawq.validate(counts: [100, 200]) }
