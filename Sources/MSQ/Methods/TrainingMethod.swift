@@ -29,19 +29,6 @@ extension TrainingMethod {
     public var scaleGranularity: ScaleGranularity? { nil }
 }
 
-/// Plain float training: no extra terms, no state.
-public final class FloatTraining: TrainingMethod {
-    /// Creates the identity method.
-    public init() {}
-    public var name: String { "fp" }
-    public func prepare(model: Module, plan: TrainingPlan) throws {}
-    public func afterBackward(model: Module, epoch: Int, step: Int) throws -> Double { 0 }
-    public func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws {}
-    public func encodeState() throws -> String { "{}" }
-    public func restoreState(_ json: String) throws {}
-    public func summaryFields() -> [String: Any] { [:] }
-}
-
 /// The shape of a run, as a method sees it in ``TrainingMethod/prepare(model:plan:)``.
 public struct TrainingPlan {
     /// Optimizer steps per epoch.

@@ -88,3 +88,30 @@ public enum MethodSetUpError: Error, Equatable, CustomStringConvertible {
         }
     }
 }
+
+/// The weight counts of the layers `scheme` quantizes in `model`, after checking that its paths and
+/// bits fit, without changing the model.
+func checkedCounts(of model: any Module, scheme: QuantizationScheme) throws -> [Int] {
+    let layers = quantizableLayers(of: model)
+    let valid = layers.map(\.path)
+    var countOf: [String: Int] = [:]
+    for (path, module) in layers {
+        countOf[path] = ((module as? Conv2d)?.weight ?? (module as? Linear)?.weight)?.value.count
+    }
+    return try scheme.layers.map { layer in
+        guard let count = countOf[layer.path] else { throw QuantizationError.unknownLayer(path: layer.path, valid: valid) }
+        guard msqBitRange.contains(layer.bits) else { throw QuantizationError.invalidBits(bits: layer.bits, path: layer.path) }
+        return count
+    }
+}
+
+/// The first `count` images of `dataset` (fewer if it is smaller), normalised, no augmentation:
+/// the fixed calibration batch of the Hessian traces (MSQ-SPEC §4).
+public func calibrationBatch(from dataset: any Dataset, normalization: Normalization,
+                             count: Int) throws -> (images: Tensor, labels: [Int32]) {
+    let loader = try BatchLoader(dataset: dataset, batchSize: max(1, min(count, dataset.count)), shuffle: false,
+                                 augmentation: Augmentation(randomCropPadding: 0, horizontalFlip: false),
+                                 normalization: normalization, seed: 0, epoch: 0, dropLast: false)
+    for batch in loader { return (batch.images, batch.labels) }
+    throw TrainingError.invalidOption("the training set is empty: no calibration batch for the Hessian")
+}
