@@ -48,6 +48,12 @@ public final class Trainer {
     /// Prepares a run; nothing is read or written until ``run(resume:)``.
     ///
     /// - Parameters:
+    ///   - config: the run's definition (epochs, batch, learning rate, optimizer, seed, fingerprint entries).
+    ///   - model: the network, with the method's quantizers already attached (``MethodSetUp``).
+    ///   - method: what the method adds to float training (``FloatTraining`` for none).
+    ///   - train: the training images, `[C, H, W]` each; shuffled every epoch.
+    ///   - test: the images evaluated after every epoch, the same shape and classes.
+    ///   - normalization: the per-channel mean and std applied to both.
     ///   - outDirectory: the output directory, created if missing; nil = write no file.
     ///   - optimizer: the optimizer, built over `model`; nil = ``TrainingConfig/makeOptimizer(for:)``.
     ///     A given one is not in the run's fingerprint, so a resume cannot tell it changed.
