@@ -6,22 +6,6 @@ import Testing
 // optimizer, the typed summary with summary.json's keys, the caller's thread count, and AdamW
 // runs that resume bit for bit.
 
-/// Throws after the training steps of `crashEpoch`, before its checkpoint (a simulated kill).
-private final class LibraryCrash: TrainingMethod {
-    struct Crash: Error {}
-    let crashEpoch: Int
-    init(_ crashEpoch: Int) { self.crashEpoch = crashEpoch }
-    var name: String { "fp" }
-    func prepare(model: Module, plan: TrainingPlan) throws {}
-    func afterBackward(model: Module, epoch: Int, step: Int) throws -> Double { 0 }
-    func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws {
-        if epoch == crashEpoch { throw Crash() }
-    }
-    func encodeState() throws -> String { "{}" }
-    func restoreState(_ json: String) throws {}
-    func summaryFields() -> [String: Any] { [:] }
-}
-
 /// A float method whose summary fields hold every kind of value the methods write.
 private final class FieldsMethod: TrainingMethod {
     static var fields: [String: Any] { [
@@ -212,7 +196,7 @@ struct TrainerLibraryTests {
         #expect(referenceSummary.adamW == TrainingSummary.AdamWSettings(beta1: 0.9, beta2: 0.999, epsilon: 1e-8))
 
         let dir = freshDirectory()
-        #expect(throws: LibraryCrash.Crash.self) { try run.trainer(out: dir, method: LibraryCrash(2)).run(resume: false) }
+        #expect(throws: CrashAfterEpoch.Crash.self) { try run.trainer(out: dir, method: CrashAfterEpoch(FloatTraining(), crashEpoch: 2)).run(resume: false) }
         let checkpoint = try Checkpoint.read(from: dir + "/" + Trainer.checkpointName)
         #expect(checkpoint.header.epochsCompleted == 1)
         #expect(checkpoint.header.optimizerSteps == 3)
@@ -228,7 +212,7 @@ struct TrainerLibraryTests {
     func optimizerInFingerprint() throws {
         let sgd = try SmallRun(epochs: 2)
         let dir = freshDirectory()
-        #expect(throws: LibraryCrash.Crash.self) { try sgd.trainer(out: dir, method: LibraryCrash(2)).run(resume: false) }
+        #expect(throws: CrashAfterEpoch.Crash.self) { try sgd.trainer(out: dir, method: CrashAfterEpoch(FloatTraining(), crashEpoch: 2)).run(resume: false) }
         let adamW = try SmallRun(epochs: 2) { $0.optimizer = .adamw }
         try expectResumeRefused(adamW.trainer(out: dir), naming: "optimizer")
     }

@@ -2,22 +2,6 @@ import Foundation
 import MSQ
 import Testing
 
-/// Simulates a crash: throws after the training steps of `crashEpoch`, before its checkpoint.
-private final class CrashingMethod: TrainingMethod {
-    struct Crash: Error {}
-    let crashEpoch: Int
-    init(crashEpoch: Int) { self.crashEpoch = crashEpoch }
-    var name: String { "fp" }
-    func prepare(model: Module, plan: TrainingPlan) throws {}
-    func afterBackward(model: Module, epoch: Int, step: Int) throws -> Double { 0 }
-    func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws {
-        if epoch == crashEpoch { throw Crash() }
-    }
-    func encodeState() throws -> String { "{}" }
-    func restoreState(_ json: String) throws {}
-    func summaryFields() -> [String: Any] { [:] }
-}
-
 private struct TinyRun {
     let config: TrainingConfig
     let train: SyntheticDataset
@@ -50,8 +34,8 @@ struct TrainerTests {
         try reference.run(resume: false)
 
         let dir = freshDirectory()
-        let crashing = run.trainer(out: dir, method: CrashingMethod(crashEpoch: 2))
-        #expect(throws: CrashingMethod.Crash.self) { try crashing.run(resume: false) }
+        let crashing = run.trainer(out: dir, method: CrashAfterEpoch(FloatTraining(), crashEpoch: 2))
+        #expect(throws: CrashAfterEpoch.Crash.self) { try crashing.run(resume: false) }
         let checkpoint = try Checkpoint.read(from: dir + "/" + Trainer.checkpointName)
         #expect(checkpoint.header.epochsCompleted == 1)
 
