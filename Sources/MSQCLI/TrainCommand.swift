@@ -128,29 +128,14 @@ struct TrainCommand: ParsableCommand {
             // Before any quantizer is attached: BSQ and CSQ build their bit variables from these weights.
             let loaded = try loadInitialWeights(from: initFrom, into: network, expectedModel: model)
             config.initFrom = loaded
-            if SafeTensors.isSafeTensorsFile(atPath: initFrom) {
-                writeLine("init-from \(initFrom) (safetensors, PyTorch names): \(loaded.tensorCount) tensors (weights and batch-norm statistics)"
-                          + (loaded.sourceMethod.map { " of an msq \($0) run" } ?? "") + ", weights_fnv1a64 \(loaded.weightsHashHex)")
-            } else {
-                writeLine("init-from \(initFrom): \(loaded.tensorCount) tensors (weights and batch-norm statistics) of a "
-                          + "\(loaded.sourceMethod ?? "?") run after \(loaded.sourceEpochs) epochs, weights_fnv1a64 \(loaded.weightsHashHex)"
-                          + (loaded.ignored.isEmpty ? "" : "; not taken: \(loaded.ignored.count) PACT clip levels")
-                          + "; optimizer state and step are not taken (step 0)")
-            }
+            reportInitFrom(loaded)
         }
         var fixedScheme: [QuantizationScheme.LayerBits]? = nil
         if let schemeSpec {
             let resolved = try schemeSpec.resolve(layerPaths: quantizableLayers(of: network).map(\.path))
             fixedScheme = resolved
             config.bitScheme = bitSchemeLine(resolved)
-            let counts = quantizableLayers(of: network).compactMap { _, m in ((m as? Conv2d)?.weight ?? (m as? Linear)?.weight)?.value.count }
-            let bits = resolved.map(\.bits)
-            let total = Double(counts.reduce(0, +))
-            let stored = zip(counts, bits).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
-            let magnitude = zip(counts, bits).reduce(0.0) { $0 + Double($1.0) * Double($1.1 - 1) }
-            writeLine(String(format: "bit scheme (fixed from step 0): %d layers, %.3f bits average, C %.3fx (sign counted; paper-style magnitude bits: %.3fx)",
-                             resolved.count, stored / total, 32 * total / stored, 32 * total / magnitude))
-            writeLine("  " + config.bitScheme!)
+            reportFixedScheme(resolved, of: network)
         }
         let context = MethodContext(activationBits: msq.actBits, calibrationData: (data.train, data.normalization),
                                     seed: seed, bitScheme: fixedScheme)
@@ -171,6 +156,32 @@ struct TrainCommand: ParsableCommand {
             writeLine(String(format: "compression_ratio %.3f (sign counted; paper-style magnitude bits: %.3f), average_weight_bits %.3f", c, cp, bits))
             writeLine("bit scheme: \(scheme)")
         }
+    }
+
+    /// The --init-from line: what was loaded and its content hash.
+    func reportInitFrom(_ loaded: LoadedWeights) {
+        guard let initFrom else { return }
+        if SafeTensors.isSafeTensorsFile(atPath: initFrom) {
+            writeLine("init-from \(initFrom) (safetensors, PyTorch names): \(loaded.tensorCount) tensors (weights and batch-norm statistics)"
+                      + (loaded.sourceMethod.map { " of an msq \($0) run" } ?? "") + ", weights_fnv1a64 \(loaded.weightsHashHex)")
+        } else {
+            writeLine("init-from \(initFrom): \(loaded.tensorCount) tensors (weights and batch-norm statistics) of a "
+                      + "\(loaded.sourceMethod ?? "?") run after \(loaded.sourceEpochs) epochs, weights_fnv1a64 \(loaded.weightsHashHex)"
+                      + (loaded.ignored.isEmpty ? "" : "; not taken: \(loaded.ignored.count) PACT clip levels")
+                      + "; optimizer state and step are not taken (step 0)")
+        }
+    }
+
+    /// The --bit-scheme lines: average bits and C both ways, then the scheme, before training.
+    func reportFixedScheme(_ resolved: [QuantizationScheme.LayerBits], of network: any Module) {
+        let counts = quantizableLayers(of: network).compactMap { _, m in ((m as? Conv2d)?.weight ?? (m as? Linear)?.weight)?.value.count }
+        let bits = resolved.map(\.bits)
+        let total = Double(counts.reduce(0, +))
+        let stored = zip(counts, bits).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+        let magnitude = zip(counts, bits).reduce(0.0) { $0 + Double($1.0) * Double($1.1 - 1) }
+        writeLine(String(format: "bit scheme (fixed from step 0): %d layers, %.3f bits average, C %.3fx (sign counted; paper-style magnitude bits: %.3fx)",
+                         resolved.count, stored / total, 32 * total / stored, 32 * total / magnitude))
+        writeLine("  " + bitSchemeLine(resolved))
     }
 
     func defaultOutputDirectory() -> String {
