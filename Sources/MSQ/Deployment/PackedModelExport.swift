@@ -97,13 +97,8 @@ extension PackedModel {
                               source: [String: String] = [:]) throws(PackedModelError) -> PackedModel {
         let scheme = try liveScheme(of: model)
         let quantized: [QuantizedLayer] = quantizableLayers(of: model).compactMap { path, module in
-            if let conv = module as? Conv2d, let q = conv.weightTransform as? RoundClampQuantizer {
-                return QuantizedLayer(path: path, parameter: conv.weight, quantizer: q, count: conv.weight.value.count)
-            }
-            if let linear = module as? Linear, let q = linear.weightTransform as? RoundClampQuantizer {
-                return QuantizedLayer(path: path, parameter: linear.weight, quantizer: q, count: linear.weight.value.count)
-            }
-            return nil
+            guard let q = layerWeightTransform(of: module) as? RoundClampQuantizer, let weight = layerWeight(of: module) else { return nil }
+            return QuantizedLayer(path: path, parameter: weight, quantizer: q, count: weight.value.count)
         }
         return try pack(model, quantized: quantized, scheme: scheme, name: name, data: data, source: source)
     }
@@ -113,8 +108,8 @@ extension PackedModel {
         var layers: [QuantizationScheme.LayerBits] = [], granularities = Set<ScaleGranularity>()
         var activationBits = Set<Int>(), excluded: [String] = []
         for (path, module) in quantizableLayers(of: model) {
-            let transform = (module as? Conv2d)?.weightTransform ?? (module as? Linear)?.weightTransform
-            let input = (module as? Conv2d)?.inputQuantizer ?? (module as? Linear)?.inputQuantizer
+            let transform = layerWeightTransform(of: module)
+            let input = layerInputQuantizer(of: module)
             guard let transform else {
                 if input != nil {
                     throw .notPackable(reason: "layer \(path) quantizes its input but not its weight; the packed format quantizes the inputs of quantized layers only")

@@ -106,9 +106,7 @@ extension PackedModel {
     /// - Throws: ``PackedModelError/loadMismatch(reason:)`` naming the layer or tensor.
     public func load(into model: any Module) throws(PackedModelError) {
         for (path, module) in quantizableLayers(of: model) {
-            let conv = module as? Conv2d, linear = module as? Linear
-            if conv?.weightTransform != nil || linear?.weightTransform != nil
-                || conv?.inputQuantizer != nil || linear?.inputQuantizer != nil {
+            if layerWeightTransform(of: module) != nil || layerInputQuantizer(of: module) != nil {
                 throw .loadMismatch(reason: "layer \(path) already has a quantizer; pass the float model as built, load(into:) attaches the file's scheme itself")
             }
         }
@@ -117,10 +115,7 @@ extension PackedModel {
             try attachAndFill(model)
         } catch {
             // Leave the caller's model as it was: float, its own values.
-            for (_, module) in quantizableLayers(of: model) {
-                if let conv = module as? Conv2d { conv.weightTransform = nil; conv.inputQuantizer = nil }
-                if let linear = module as? Linear { linear.weightTransform = nil; linear.inputQuantizer = nil }
-            }
+            for (_, module) in quantizableLayers(of: model) { removeQuantizers(from: module) }
             for (parameter, value) in saved { parameter.value = value }
             throw error
         }
@@ -135,10 +130,9 @@ extension PackedModel {
             throw .loadMismatch(reason: "its quantization scheme does not fit the model: \(error)")
         }
         let layerOf = Dictionary(uniqueKeysWithValues: quantized.map { (ObjectIdentifier($0.parameter), $0) })
-        for layer in quantized {
-            let module = quantizableLayers(of: model).first { $0.path == layer.path }?.module
-            if let conv = module as? Conv2d { conv.weightTransform = nil }
-            if let linear = module as? Linear { linear.weightTransform = nil }
+        let quantizedPaths = Set(quantized.map(\.path))
+        for (path, module) in quantizableLayers(of: model) where quantizedPaths.contains(path) {
+            setWeightTransform(nil, of: module)
         }
         var byName: [String: TensorEntry] = [:]
         for e in header.tensors { byName[e.name] = e }

@@ -2,20 +2,6 @@ import Foundation
 
 // Helpers shared by the baseline methods (DoReFa, BSQ, CSQ; MSQ-SPEC §7).
 
-/// Attaches `transform` as the weight transform of a Conv2d or Linear (nothing for other modules).
-func attachWeightTransform(_ transform: any WeightTransform, to module: any Module) {
-    if let conv = module as? Conv2d {
-        conv.weightTransform = transform
-    } else if let linear = module as? Linear {
-        linear.weightTransform = transform
-    }
-}
-
-/// The stored weight of a Conv2d or Linear (nil for other modules).
-func layerWeight(of module: any Module) -> Parameter? {
-    (module as? Conv2d)?.weight ?? (module as? Linear)?.weight
-}
-
 /// The conv/linear layers a baseline quantizes (all of them, MSQ-SPEC §3's default), with their
 /// weight counts. Throws when the model has none.
 func baselineLayers(of model: any Module, method: String) throws -> [(path: String, module: any Module, count: Int)] {

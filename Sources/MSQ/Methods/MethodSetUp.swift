@@ -43,10 +43,6 @@ public struct MethodContext {
         if activationBits != nil { throw MethodSetUpError.activationsUnsupported(method: method) }
     }
 
-    /// The `<method>.act_bits` fingerprint entry (`off` for float activations).
-    func activationIdentity(method: String) -> [String: String] {
-        [method + ".act_bits": activationBits.map(String.init) ?? "off"]
-    }
 }
 
 /// A training method built by one call from a float model, its options and a ``MethodContext``:
@@ -96,7 +92,7 @@ func checkedCounts(of model: any Module, scheme: QuantizationScheme) throws -> [
     let valid = layers.map(\.path)
     var countOf: [String: Int] = [:]
     for (path, module) in layers {
-        countOf[path] = ((module as? Conv2d)?.weight ?? (module as? Linear)?.weight)?.value.count
+        countOf[path] = layerWeight(of: module)?.value.count
     }
     return try scheme.layers.map { layer in
         guard let count = countOf[layer.path] else { throw QuantizationError.unknownLayer(path: layer.path, valid: valid) }
@@ -114,4 +110,10 @@ public func calibrationBatch(from dataset: any Dataset, normalization: Normaliza
                                  normalization: normalization, seed: 0, epoch: 0, dropLast: false)
     for batch in loader { return (batch.images, batch.labels) }
     throw TrainingError.invalidOption("the training set is empty: no calibration batch for the Hessian")
+}
+
+/// The `<method>.act_bits` fingerprint entry of a method's ``MethodSetUp/runIdentity`` (`off` for
+/// float activations), the key `msq train` has always written.
+func activationBitsIdentity(_ bits: Int?, method: String) -> [String: String] {
+    [method + ".act_bits": bits.map(String.init) ?? "off"]
 }

@@ -45,7 +45,7 @@ public struct RestoredModel {
             isQuantized = true
         } else {
             layers = quantizableLayers(of: model).compactMap { path, m in
-                guard let w = (m as? Conv2d)?.weight ?? (m as? Linear)?.weight else { return nil }
+                guard let w = layerWeight(of: m) else { return nil }
                 return QuantizedLayer(path: path, parameter: w, quantizer: RoundClampQuantizer(bits: 8), count: w.value.count)
             }
             isQuantized = false
@@ -79,9 +79,7 @@ public func atQuantizedWeights<T>(model: any Module, layers: [QuantizedLayer], _
     let latent = layers.map { $0.parameter.value }
     for layer in layers { layer.parameter.value = layer.quantizer.forward(layer.parameter.value) }
     for layer in layers { layer.quantizer.isBypassed = true }
-    let activations = quantizableLayers(of: model).compactMap { _, m in
-        (m as? Conv2d)?.inputQuantizer ?? (m as? Linear)?.inputQuantizer
-    }
+    let activations = quantizableLayers(of: model).compactMap { layerInputQuantizer(of: $0.module) }
     for q in activations { q.isBypassed = true }
     defer {
         for q in activations { q.isBypassed = false }

@@ -10,6 +10,6 @@ extension BSQTraining: MethodSetUp {
 
     /// ``BSQOptions/identity`` with the activation bits.
     public var runIdentity: [String: String] {
-        options.identity.merging(["bsq.act_bits": activationBits.map(String.init) ?? "off"]) { a, _ in a }
+        options.identity.merging(activationBitsIdentity(activationBits, method: "bsq")) { a, _ in a }
     }
 }

@@ -10,6 +10,6 @@ extension CSQTraining: MethodSetUp {
 
     /// ``CSQOptions/identity`` with the activation bits.
     public var runIdentity: [String: String] {
-        options.identity.merging(["csq.act_bits": activationBits.map(String.init) ?? "off"]) { a, _ in a }
+        options.identity.merging(activationBitsIdentity(activationBits, method: "csq")) { a, _ in a }
     }
 }

@@ -8,6 +8,6 @@ extension DoReFaTraining: MethodSetUp {
 
     /// ``DoReFaOptions/identity`` with the activation bits.
     public var runIdentity: [String: String] {
-        options.identity.merging(["dorefa.act_bits": activationBits.map(String.init) ?? "off"]) { a, _ in a }
+        options.identity.merging(activationBitsIdentity(activationBits, method: "dorefa")) { a, _ in a }
     }
 }

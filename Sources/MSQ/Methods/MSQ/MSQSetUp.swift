@@ -42,7 +42,7 @@ extension MSQTraining: MethodSetUp {
     /// ``MSQOptions/identity`` with the starting precision, activation bits and scale choice (a
     /// fixed-scheme run: the options and activation bits; its scheme is fingerprinted on its own).
     public var runIdentity: [String: String] {
-        let activation = ["msq.act_bits": activationBits.map(String.init) ?? "off"]
+        let activation = activationBitsIdentity(activationBits, method: "msq")
         if fixedScheme { return options.identity.merging(activation) { a, _ in a } }
         return options.identity
             .merging(["msq.weight_bits": String(options.initialBits)]) { a, _ in a }

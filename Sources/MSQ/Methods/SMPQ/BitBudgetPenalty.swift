@@ -19,24 +19,29 @@ public struct BitBudgetPenalty: Sendable {
 
     /// E[bits] of `layers` with weight counts `counts` (N_l).
     public func expectedBits(_ layers: [SupernetWeight], counts: [Int]) -> Double {
-        let total = Double(counts.reduce(0, +))
-        return zip(layers, counts).reduce(0.0) { sum, lc in
-            let (layer, count) = lc
-            let mean = zip(layer.probabilities, layer.candidates).reduce(0.0) { $0 + $1.0 * Double($1.1) }
-            return sum + Double(count) * mean
-        } / total
+        expectedBits(means: layers.map(Self.meanBits), counts: counts)
+    }
+
+    /// Σ_l N_l · mean_l / Σ_l N_l.
+    private func expectedBits(means: [Double], counts: [Int]) -> Double {
+        zip(means, counts).reduce(0.0) { $0 + Double($1.1) * $1.0 } / Double(counts.reduce(0, +))
+    }
+
+    /// Σ_b p_b · b of one layer.
+    private static func meanBits(_ layer: SupernetWeight) -> Double {
+        zip(layer.probabilities, layer.candidates).reduce(0.0) { $0 + $1.0 * Double($1.1) }
     }
 
     /// The penalty's value; with `accumulate`, adds its gradient to every layer's `alpha.grad`.
     @discardableResult
     public func apply(_ layers: [SupernetWeight], counts: [Int], accumulate: Bool = true) -> Double {
         precondition(layers.count == counts.count, "BitBudgetPenalty: \(layers.count) layers, \(counts.count) counts")
-        let excess = max(0, expectedBits(layers, counts: counts) - targetBits)
+        let means = layers.map(Self.meanBits)
+        let excess = max(0, expectedBits(means: means, counts: counts) - targetBits)
         guard accumulate, excess > 0 else { return gamma * excess * excess }
         let total = Double(counts.reduce(0, +))
-        for (layer, count) in zip(layers, counts) {
+        for ((layer, count), mean) in zip(zip(layers, counts), means) {
             let p = layer.probabilities
-            let mean = zip(p, layer.candidates).reduce(0.0) { $0 + $1.0 * Double($1.1) }
             layer.alpha.grad.withUnsafeMutablePointer { g in
                 for (b, bits) in layer.candidates.enumerated() where p[b] > 0 {
                     g[b] += Float(2 * gamma * excess * Double(count) / total * p[b] * (Double(bits) - mean))
