@@ -45,8 +45,20 @@ struct MSQArguments: ParsableArguments {
     var dorefaScaled = false
     @Option(help: ArgumentHelp("Train this fixed per-layer scheme from step 0 (the control run). msq: plain QAT with the RoundClamp quantizer, no regulariser, pruning or Hessian; dorefa: per-layer DoReFa bits. SPEC is a file (path:bits entries, one per line or the bit_scheme line of MSQ's logs, or an earlier run's summary.json) or inline path:bits,path:bits,...; *:bits sets every layer not named, otherwise every quantized layer must be named once. Replaces --target-compression and --weight-bits.", valueName: "spec"))
     var bitScheme: String?
-    @Option(help: "Weight scales: per-tensor (default; msq: s = max|W| per layer) or per-channel (one scale per output channel, s_c = max|W_c|; msq export stores them). msq, dorefa.")
+    @Option(help: "Weight scales: per-tensor (default; msq: s = max|W| per layer) or per-channel (one scale per output channel, s_c = max|W_c|; msq export stores them). msq, dorefa, hawq, smpq.")
     var scale: String?
+    @Option(help: "smpq: how the final precisions are chosen after the search: shapley (SMPQ, by each candidate's Monte Carlo Shapley value; default) or alpha (DMPQ, by its architecture logit).")
+    var selection: String?
+    @Option(help: "smpq: fraction of the training set held out (seeded) for α and the Shapley values (default 0.1).")
+    var validationFraction: Double?
+    @Option(help: "smpq: fraction of the run spent searching; QAT at the chosen scheme takes the rest (default 0.4).")
+    var searchFraction: Double?
+    @Option(help: "smpq: γ, the weight of the budget penalty γ·relu(E[bits] − 32/C)² on α (default 1).")
+    var budgetWeight: Double?
+    @Option(help: "smpq: images of the fixed validation batch the Shapley values are measured on (default 512).")
+    var shapleyBatch: Int?
+    @Option(help: "smpq: random permutations per Shapley estimate, M (default 4); 0 takes no estimate (--selection alpha only: the same search, φ unreported).")
+    var shapleyPermutations: Int?
 
     /// The quantized methods' options the user gave explicitly, by CLI name.
     var givenOptions: [String] {
@@ -59,7 +71,10 @@ struct MSQArguments: ParsableArguments {
             "--hessian-probes": hessianProbes != nil, "--lambda-growth": lambdaGrowth != nil,
             "--lambda-scaling": lambdaScaling != nil, "--forced-order": forcedOrder != nil,
             "--hawq-warmup": hawqWarmup != nil, "--preset": preset != nil,
-            "--dorefa-scaled": dorefaScaled, "--scale": scale != nil,
+            "--dorefa-scaled": dorefaScaled, "--scale": scale != nil, "--selection": selection != nil,
+            "--validation-fraction": validationFraction != nil, "--search-fraction": searchFraction != nil,
+            "--budget-weight": budgetWeight != nil, "--shapley-batch": shapleyBatch != nil,
+            "--shapley-permutations": shapleyPermutations != nil,
         ]
         return given.filter { $0.value }.map { $0.key } + (bitScheme != nil ? ["--bit-scheme"] : [])
     }
@@ -77,6 +92,8 @@ struct MSQArguments: ParsableArguments {
                  "--hessian-probes", "--hawq-warmup", "--scale"],
         "csq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-interval", "--prune-deadline",
                 "--min-bits"],
+        "smpq": ["--target-compression", "--act-bits", "--scale", "--selection", "--validation-fraction", "--search-fraction",
+                 "--budget-weight", "--shapley-batch", "--shapley-permutations"],
     ]
 
     /// The methods that take --bit-scheme (kept apart from ``applicable`` to keep that table as it was).
@@ -241,8 +258,26 @@ struct MSQArguments: ParsableArguments {
         return o
     }
 
+    /// SMPQ's options (`--method smpq`); the α steps take `batchSize` validation images.
+    func smpqOptions(batchSize: Int) throws -> SMPQOptions {
+        guard let target = targetCompression else {
+            throw ValidationError("--method smpq needs --target-compression (e.g. 10.67 for 3 bits per weight on average)")
+        }
+        var o = SMPQOptions(targetCompression: target)
+        if let value: SMPQSelection = try choice(selection, flag: "--selection") { o.selection = value }
+        if let validationFraction { o.validationFraction = validationFraction }
+        if let searchFraction { o.searchFraction = searchFraction }
+        if let budgetWeight { o.budgetWeight = budgetWeight }
+        if let shapleyBatch { o.shapleyBatch = shapleyBatch }
+        if let shapleyPermutations { o.shapleyPermutations = shapleyPermutations }
+        o.validationBatchSize = batchSize
+        try checkActivationBits()
+        o.scaleGranularity = try scaleGranularity()
+        return o
+    }
+
     /// --method's options, parsed and checked; `fixedScheme` when --bit-scheme gives the precisions.
-    func methodChoice(method: String, fixedScheme: Bool) throws -> MethodChoice {
+    func methodChoice(method: String, fixedScheme: Bool, batchSize: Int) throws -> MethodChoice {
         switch method {
         case "msq" where fixedScheme:
             // The target and the Hessian come from the scheme (MSQTraining.setUp); the rest stays default.
@@ -253,6 +288,7 @@ struct MSQArguments: ParsableArguments {
         case "bsq": return .bsq(try bsqOptions())
         case "csq": return .csq(try csqOptions())
         case "hawq": return .hawq(try hawqOptions())
+        case "smpq": return .smpq(try smpqOptions(batchSize: batchSize))
         default: return .float
         }
     }
@@ -266,6 +302,7 @@ enum MethodChoice {
     case bsq(BSQOptions)
     case csq(CSQOptions)
     case hawq(HAWQOptions)
+    case smpq(SMPQOptions)
 
     /// The method's one set-up call on `model`.
     func setUp(model: any Module, context: MethodContext) throws -> any MethodSetUp {
@@ -276,6 +313,7 @@ enum MethodChoice {
         case let .bsq(o): return try BSQTraining.setUp(model: model, options: o, context: context)
         case let .csq(o): return try CSQTraining.setUp(model: model, options: o, context: context)
         case let .hawq(o): return try HAWQTraining.setUp(model: model, options: o, context: context)
+        case let .smpq(o): return try SMPQTraining.setUp(model: model, options: o, context: context)
         }
     }
 }

@@ -17,7 +17,7 @@ struct TrainCommand: ParsableCommand {
     var dataset: String = "fashion-mnist"
     @Option(help: "Dataset directory (default for fashion-mnist: /usr/share/datasets/fashion-mnist).")
     var dataDir: String?
-    @Option(help: "Training method: fp (float), msq (LSB pruning to --target-compression), or the baselines dorefa (uniform QAT at --weight-bits), hawq (float warm-up, Hessian traces, the least-Ω scheme for --target-compression by dynamic programming, then QAT), bsq (bit-plane group lasso to --target-compression), csq (continuous sparsification of bits and bit masks to --target-compression).")
+    @Option(help: "Training method: fp (float), msq (LSB pruning to --target-compression), or the baselines dorefa (uniform QAT at --weight-bits), hawq (float warm-up, Hessian traces, the least-Ω scheme for --target-compression by dynamic programming, then QAT), bsq (bit-plane group lasso to --target-compression), csq (continuous sparsification of bits and bit masks to --target-compression), smpq (a differentiable supernet over 2–8 bits per layer on a held-out split, the precisions for --target-compression chosen by Monte Carlo Shapley values, or by α with --selection alpha, then QAT).")
     var method: String = "fp"
     @Option(help: "Number of epochs.")
     var epochs: Int = 2
@@ -62,7 +62,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Start from the weights and batch-norm statistics of an earlier run's checkpoint (e.g. a float run's checkpoint.msqckpt) or of a .safetensors file with PyTorch state_dict names (num_batches_tracked ignored), any --method; a checkpoint's optimizer state, step and method state are not taken (the run starts at step 0). Same model and shapes required. Part of the run fingerprint (content hash); with --resume the run's own checkpoint wins, but the file must still be there and unchanged.", valueName: "checkpoint|file.safetensors"))
     var initFrom: String?
 
-    @OptionGroup(title: "Quantized methods (--method msq, dorefa, bsq, csq, hawq)")
+    @OptionGroup(title: "Quantized methods (--method msq, dorefa, bsq, csq, hawq, smpq)")
     var msq: MSQArguments
 
     func run() throws {
@@ -78,8 +78,8 @@ struct TrainCommand: ParsableCommand {
         guard let kind = ModelKind(rawValue: model) else {
             throw ValidationError("unknown --model \(model); choose one of \(ModelKind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        guard ["fp", "msq", "dorefa", "bsq", "csq", "hawq"].contains(method) else {
-            throw ValidationError("unknown --method \(method); choose fp, msq, dorefa, bsq, csq or hawq")
+        guard ["fp", "msq", "dorefa", "bsq", "csq", "hawq", "smpq"].contains(method) else {
+            throw ValidationError("unknown --method \(method); choose fp, msq, dorefa, bsq, csq, hawq or smpq")
         }
         try msq.refuseInapplicable(method: method)
         guard let optimizerKind = OptimizerKind(rawValue: optimizer) else {
@@ -117,7 +117,7 @@ struct TrainCommand: ParsableCommand {
         config.threads = threads < 0 ? threads : cappedThreads(threads)
         // Parsed (and refused) before any data is read; the method is built once the model is.
         let schemeSpec = try msq.bitSchemeSpec()
-        let choice = try msq.methodChoice(method: method, fixedScheme: schemeSpec != nil)
+        let choice = try msq.methodChoice(method: method, fixedScheme: schemeSpec != nil, batchSize: batchSize)
         try config.validate()
 
         let data = try DatasetCatalog.load(name: dataset, directory: dataDir,
@@ -137,13 +137,22 @@ struct TrainCommand: ParsableCommand {
             config.bitScheme = bitSchemeLine(resolved)
             reportFixedScheme(resolved, of: network)
         }
-        let context = MethodContext(activationBits: msq.actBits, calibrationData: (data.train, data.normalization),
-                                    seed: seed, bitScheme: fixedScheme)
+        // SMPQ fits α and its Shapley values on held-out images: the weights train on the rest.
+        var trainSet: any Dataset = data.train
+        var validationData: (dataset: any Dataset, normalization: Normalization)? = nil
+        if case let .smpq(o) = choice {
+            let parts = try SMPQTraining.split(data.train, options: o, seed: seed)
+            trainSet = parts.train
+            validationData = (parts.validation, data.normalization)
+        }
+        let context = MethodContext(activationBits: msq.actBits, calibrationData: (trainSet, data.normalization),
+                                    validationData: validationData, seed: seed, bitScheme: fixedScheme)
         let trainingMethod = try choice.setUp(model: network, context: context)
         config.methodOptions = trainingMethod.runIdentity
-        writeLine("msq train: \(model) on \(dataset) (\(data.train.count) train / \(data.test.count) test images, " +
+        writeLine("msq train: \(model) on \(dataset) (\(trainSet.count) train" + (validationData.map { " + \($0.dataset.count) validation" } ?? "")
+                  + " / \(data.test.count) test images, " +
               "\(network.trainableParameterCount) parameters), \(epochs) epochs, batch \(batchSize), lr \(lr) → \(outDir)")
-        let trainer = Trainer(config: config, model: network, method: trainingMethod, train: data.train, test: data.test,
+        let trainer = Trainer(config: config, model: network, method: trainingMethod, train: trainSet, test: data.test,
                               normalization: data.normalization, outDirectory: outDir)
         // The trainer leaves the kernels' thread count to its caller; set here, just before the
         // first step as the trainer once did, so everything before it runs as it always has.

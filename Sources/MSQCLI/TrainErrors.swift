@@ -26,6 +26,10 @@ let methodOptionFlags: [String: [String: String]] = {
         "DoReFaOptions": ["weightBits": "--weight-bits"],
         "HAWQOptions": ["targetCompression": "--target-compression", "minBits": "--min-bits", "maxBits": "--weight-bits",
                         "warmupEpochs": "--hawq-warmup", "hessianBatch": "--hessian-batch", "hessianProbes": "--hessian-probes"],
+        "SMPQOptions": ["targetCompression": "--target-compression", "validationFraction": "--validation-fraction",
+                        "searchFraction": "--search-fraction", "budgetWeight": "--budget-weight",
+                        "shapleyBatch": "--shapley-batch", "shapleyPermutations": "--shapley-permutations", "selection": "--selection",
+                        "validationBatchSize": "--batch-size"],
         "MethodContext": ["activationBits": "--act-bits"],
     ]
 }()

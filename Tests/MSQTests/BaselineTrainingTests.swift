@@ -207,7 +207,7 @@ struct BaselineTrainingTests {
     @Test("makeBenchmarkMethod sets every method up for a plain training loop", arguments: benchmarkMethodNames)
     func benchmarkMethod(name: String) throws {
         let model = makeModel(.resnet20, inputChannels: 1, numClasses: 4, seed: 0)
-        let method = try makeBenchmarkMethod(name, model: model)
+        let method = try makeBenchmarkMethod(name, model: model, sampleShape: [1, 8, 8], classes: 4, batch: 8)
         #expect(method.name == name)
         let sgd = SGD(model: model, momentum: 0.9, weightDecay: 5e-4, nesterov: true)
         let data = try SyntheticDataset(count: 8, sampleShape: [1, 8, 8], numClasses: 4, seed: 3)
@@ -227,6 +227,7 @@ struct BaselineTrainingTests {
         }
         if let bsq = method as? BSQTraining { #expect(bsq.bits.allSatisfy { $0 == 9 } && !bsq.isFinetuning) }
         if let csq = method as? CSQTraining { #expect(!csq.isFinetuning) }
+        if let smpq = method as? SMPQTraining { #expect(smpq.phase == .search, "every benchmark step a search step") }
         #expect(throws: TrainingError.self) { _ = try makeBenchmarkMethod("nope", model: model) }
     }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 13, item 8: ResNet-20 on Fashion-MNIST, the 10k recipe (first 10k training images, 6 epochs,
 # batch 128, lr 0.1), seeds 0-2: float, uniform DoReFa, MSQ (paper preset and default), MSQ without
-# the Hessian, HAWQ, and the fixed-scheme control (MSQ default's seed-0 scheme trained from step 0).
+# the Hessian, HAWQ, the fixed-scheme control (MSQ default's seed-0 scheme trained from step 0), and
+# (issue 16) SMPQ and DMPQ, whose weights train on 9k of the 10k images (1k held out for α and φ).
 # Then (ROWS=full) the full training set, 8 epochs, seed 0. One run per process, about 4 min each on
 # an idle 2-core machine (the full-set runs about 25 min). Finished runs in $RUNS are kept
 # (summary.json), an interrupted one is resumed. ROWS and SEEDS pick a subset, so two shells can
@@ -40,6 +41,11 @@ row() {  # row name, seed
         msq-slow-12.8)   run "$r-s$s" $RECIPE --seed "$s" --method msq --target-compression 12.8 $SLOW ;;
         hawq-10.67)      run "$r-s$s" $RECIPE --seed "$s" --method hawq --target-compression 10.67 ;;
         hawq-12.8)       run "$r-s$s" $RECIPE --seed "$s" --method hawq --target-compression 12.8 ;;
+        # Issue 16. SMPQ and DMPQ share the search (same seed, same α); DMPQ takes no Shapley estimate.
+        smpq-10.67)      run "$r-s$s" $RECIPE --seed "$s" --method smpq --target-compression 10.67 ;;
+        dmpq-10.67)      run "$r-s$s" $RECIPE --seed "$s" --method smpq --selection alpha --shapley-permutations 0 --target-compression 10.67 ;;
+        smpq-12.8)       run "$r-s$s" $RECIPE --seed "$s" --method smpq --target-compression 12.8 ;;
+        dmpq-12.8)       run "$r-s$s" $RECIPE --seed "$s" --method smpq --selection alpha --shapley-permutations 0 --target-compression 12.8 ;;
         fixed)           # the control: MSQ default's seed-0 scheme, plain QAT from step 0
                          [[ -f "$RUNS/msq-10.67-s0/summary.json" ]] || row msq-10.67 0
                          run "$r-s$s" $RECIPE --seed "$s" --method msq --bit-scheme "$RUNS/msq-10.67-s0/summary.json" ;;

@@ -1,5 +1,5 @@
 /// The method names ``makeBenchmarkMethod(_:model:targetCompression:)`` accepts.
-public let benchmarkMethodNames = ["fp", "msq", "dorefa", "bsq", "csq"]
+public let benchmarkMethodNames = ["fp", "msq", "dorefa", "bsq", "csq", "smpq"]
 
 /// Sets `model` up for the training method `name` with its default options and returns the method,
 /// already prepared, for measuring a method's per-step cost: a plain loop of
@@ -14,11 +14,15 @@ public let benchmarkMethodNames = ["fp", "msq", "dorefa", "bsq", "csq"]
 /// - `dorefa`: ``DoReFaTraining`` at k = round(32 / targetCompression) bits (3 for 10.67), clamped to 2…16.
 /// - `bsq`: ``BSQTraining`` with default ``BSQOptions`` (8 bit planes per weight, λ = 0.01).
 /// - `csq`: ``CSQTraining`` with default ``CSQOptions`` (8 planes, 2 logits each, β = 1 here).
+/// - `smpq`: ``SMPQTraining`` with default ``SMPQOptions`` but no warm-up, so every step is a search
+///   step (the W step plus the α step on a validation batch of `batch` synthetic images of
+///   `sampleShape` in `classes` classes, the model's input and output); no Shapley estimate falls in a benchmark (their cost is in a run's summary).
 ///
 /// The method is prepared with a plan of 10^9 one-epoch steps, so no pruning interval, deadline or
 /// temperature change happens during a benchmark. Activations stay float.
 /// - Throws: ``TrainingError/invalidOption(_:)`` for an unknown name or an unreachable target.
-public func makeBenchmarkMethod(_ name: String, model: any Module, targetCompression: Double = 10.67) throws -> TrainingMethod {
+public func makeBenchmarkMethod(_ name: String, model: any Module, targetCompression: Double = 10.67,
+                                sampleShape: [Int] = [3, 32, 32], classes: Int = 10, batch: Int = 128) throws -> TrainingMethod {
     let method: TrainingMethod
     switch name {
     case "fp":
@@ -38,6 +42,16 @@ public func makeBenchmarkMethod(_ name: String, model: any Module, targetCompres
         method = try BSQTraining(model: model, options: BSQOptions(targetCompression: targetCompression))
     case "csq":
         method = try CSQTraining(model: model, options: CSQOptions(targetCompression: targetCompression))
+    case "smpq":
+        var options = SMPQOptions(targetCompression: targetCompression)
+        options.warmupFraction = 0
+        options.shapleyEveryEpochs = 1e9
+        options.validationBatchSize = batch
+        options.shapleyBatch = batch
+        let validation = try SyntheticDataset(count: batch, sampleShape: sampleShape, numClasses: classes, seed: 2)
+        method = try SMPQTraining.setUp(model: model, options: options, context: MethodContext(
+            validationData: (validation, Normalization(mean: [Float](repeating: 0, count: sampleShape[0]),
+                                                       std: [Float](repeating: 1, count: sampleShape[0])))))
     default:
         throw TrainingError.invalidOption("unknown method '\(name)'; choose one of \(benchmarkMethodNames.joined(separator: ", "))")
     }

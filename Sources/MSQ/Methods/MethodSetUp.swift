@@ -12,6 +12,10 @@ public struct MethodContext {
     /// ``MSQOptions/hessian``, HAWQ) draw their calibration batch: the first `hessianBatch` images,
     /// no augmentation. Nil is fine for the other methods.
     public var calibrationData: (dataset: any Dataset, normalization: Normalization)?
+    /// Held-out training images for a method that fits choices on data the weights never train on
+    /// (SMPQ's α and Shapley values: the `validation` part of ``randomSplit(_:validationFraction:seed:)``,
+    /// whose `train` part goes to the ``Trainer``). Nil for the other methods.
+    public var validationData: (dataset: any Dataset, normalization: Normalization)?
     /// Seeds the method's own randomness (trace probes); the Trainer's seed is separate.
     public var seed: UInt64
     /// Per-layer precisions to train from step 0 instead of searching (a control run; every
@@ -20,9 +24,11 @@ public struct MethodContext {
 
     /// A context; every field but the seed defaults to "not used".
     public init(activationBits: Int? = nil, calibrationData: (dataset: any Dataset, normalization: Normalization)? = nil,
+                validationData: (dataset: any Dataset, normalization: Normalization)? = nil,
                 seed: UInt64 = 0, bitScheme: [QuantizationScheme.LayerBits]? = nil) {
         self.activationBits = activationBits
         self.calibrationData = calibrationData
+        self.validationData = validationData
         self.seed = seed
         self.bitScheme = bitScheme
     }
@@ -71,6 +77,8 @@ public enum MethodSetUpError: Error, Equatable, CustomStringConvertible {
     case bitSchemeUnsupported(method: String)
     /// ``MethodContext/activationBits`` was given to a method that keeps activations in float.
     case activationsUnsupported(method: String)
+    /// The method fits choices on held-out data but ``MethodContext/validationData`` is nil.
+    case missingValidationData(method: String)
 
     /// A message naming the property to set.
     public var description: String {
@@ -81,6 +89,8 @@ public enum MethodSetUpError: Error, Equatable, CustomStringConvertible {
             return "MethodContext.bitScheme is only supported by MSQ and DoReFa, not \(method); leave it nil"
         case let .activationsUnsupported(method):
             return "\(method) keeps activations in float: leave MethodContext.activationBits nil"
+        case let .missingValidationData(method):
+            return "\(method) fits its architecture logits and Shapley values on held-out images: set MethodContext.validationData to the validation part of SMPQTraining.split (and train on the other part)"
         }
     }
 }

@@ -16,7 +16,7 @@ public enum QuantizationError: Error, Equatable, CustomStringConvertible {
         case let .invalidBits(bits, path):
             return "bits \(bits)\(path.map { " for '\($0)'" } ?? "") outside the supported range 2...16"
         case .noScheme:
-            return "the checkpoint holds no quantization scheme: it is not from an MSQ run (--method msq)"
+            return "the checkpoint holds no quantization scheme: it is not from a run that has chosen one (--method msq or hawq, or smpq after its search)"
         }
     }
 }

@@ -22,6 +22,15 @@ extension Trainer {
             throw CheckpointError.mismatch(path: checkpointPath, reason: diffs.joined(separator: "; "))
         }
         try checkProgress(h, plan: plan, path: checkpointPath)
+        // The method state first: a method whose model changes shape between phases (SMPQ swaps its
+        // supernet layers for fixed RoundClamp ones, and α leaves the model) rebuilds that shape
+        // here, so the tensors below are checked against the model the checkpoint was written from.
+        do {
+            try method.restoreState(h.methodState)
+        } catch let error as CheckpointError {
+            // The methods name their state "method state"; the user needs the file.
+            throw error.naming(checkpointPath)
+        }
         let params = model.namedParameters()
         for (name, p) in params {
             guard let t = ckpt.tensor(named: name) else {
@@ -46,12 +55,6 @@ extension Trainer {
             throw error.naming(checkpointPath)
         }
         rng = RandomSource(state: (h.rngState[0], h.rngState[1], h.rngState[2], h.rngState[3]))
-        do {
-            try method.restoreState(h.methodState)
-        } catch let error as CheckpointError {
-            // The methods name their state "method state"; the user needs the file.
-            throw error.naming(checkpointPath)
-        }
         return Progress(epochsCompleted: h.epochsCompleted, globalStep: h.globalStep,
                         trainSeconds: h.trainSeconds, trainImagesSeen: h.trainImagesSeen)
     }

@@ -7,7 +7,7 @@ import MSQ
 /// the others come from the MSQ library (see ``makeLibraryMethod(_:model:targetCompression:)``).
 enum BenchMethods {
     static let local = ["fp", "msq"]
-    static let library = ["dorefa", "bsq", "csq"]
+    static let library = ["dorefa", "bsq", "csq", "smpq"]
     static var all: [String] { local + library }
 }
 
@@ -20,17 +20,18 @@ struct CostCommand: ParsableCommand {
         discussion: """
         fp: forward, loss, backward, SGD step. msq: the same with every conv/linear layer behind a \
         RoundClamp quantizer at 8 bits plus the fused LSB-regulariser pass (the pruning phase's step; \
-        the finetuning phase drops the regulariser). dorefa, bsq, csq: the MSQ library's method \
-        (makeBenchmarkMethod), its afterBackward hook in every step, --target-compression passed on. \
+        the finetuning phase drops the regulariser). dorefa, bsq, csq, smpq: the MSQ library's method \
+        (makeBenchmarkMethod), its afterBackward hook in every step, --target-compression passed on \
+        (smpq: every step a search step, W then α on a validation batch; no Shapley estimate). \
         --hessian-probes M also times one Hutchinson trace \
         estimate of exactly M probes on a --hessian-batch calibration batch and reports it in training steps. \
         peak_rss_bytes is the process's peak RSS after the timed steps (before any Hessian estimate).
         """)
 
     @OptionGroup var step: StepOptions
-    @Option(help: "fp, msq, dorefa, bsq or csq.")
+    @Option(help: "fp, msq, dorefa, bsq, csq or smpq.")
     var method: String = "fp"
-    @Option(help: "Target compression passed to the library's dorefa/bsq/csq methods.")
+    @Option(help: "Target compression passed to the library's dorefa/bsq/csq/smpq methods.")
     var targetCompression: Double = 10.67
     @Option(help: "Also time one Hessian-trace estimate with exactly this many probes (msq only).")
     var hessianProbes: Int?
@@ -93,6 +94,6 @@ struct CostCommand: ParsableCommand {
 
 /// Builds a method of ``BenchMethods/library`` on `model` (adding its quantizers and parameters)
 /// with the library's benchmark defaults (see `makeBenchmarkMethod` in MSQ).
-func makeLibraryMethod(_ name: String, model: any Module, targetCompression: Double) throws -> TrainingMethod {
-    try makeBenchmarkMethod(name, model: model, targetCompression: targetCompression)
+func makeLibraryMethod(_ name: String, model: any Module, targetCompression: Double, side: Int, batch: Int) throws -> TrainingMethod {
+    try makeBenchmarkMethod(name, model: model, targetCompression: targetCompression, sampleShape: [3, side, side], batch: batch)
 }

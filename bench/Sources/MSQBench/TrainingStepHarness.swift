@@ -48,7 +48,7 @@ final class TrainingStepHarness {
             layers = try scheme.apply(to: net)
             regularizer = LSBRegularizer(layers: layers, lambda: 5)
         default:
-            let m = try makeLibraryMethod(method, model: net, targetCompression: targetCompression)
+            let m = try makeLibraryMethod(method, model: net, targetCompression: targetCompression, side: side, batch: batch)
             // A long run's plan, so the timed steps are ordinary early steps of the method.
             try m.prepare(model: net, plan: TrainingPlan(stepsPerEpoch: plannedSteps, epochs: 100, log: { _ in }))
             libraryMethod = m

@@ -29,13 +29,22 @@ public final class AdamW: Optimizer {
     public private(set) var steps = 0
 
     /// Optimizes the trainable parameters of `model`; m and v start at zero.
-    public init(model: Module, beta1: Double = 0.9, beta2: Double = 0.999, epsilon: Double = 1e-8,
-                weightDecay: Double = 0.01) {
+    public convenience init(model: Module, beta1: Double = 0.9, beta2: Double = 0.999, epsilon: Double = 1e-8,
+                            weightDecay: Double = 0.01) {
+        self.init(parameters: trainableParameters(of: model), beta1: beta1, beta2: beta2, epsilon: epsilon,
+                  weightDecay: weightDecay)
+    }
+
+    /// Optimizes the given parameters only (e.g. SMPQ's architecture logits α, apart from the
+    /// weights); m and v start at zero. Each must be trainable (it needs a gradient).
+    public init(parameters: [(name: String, parameter: Parameter)], beta1: Double = 0.9, beta2: Double = 0.999,
+                epsilon: Double = 1e-8, weightDecay: Double = 0.01) {
+        precondition(parameters.allSatisfy { $0.parameter.trainable }, "AdamW: every parameter must be trainable")
         self.beta1 = beta1
         self.beta2 = beta2
         self.epsilon = epsilon
         self.weightDecay = weightDecay
-        parameters = trainableParameters(of: model)
+        self.parameters = parameters
         firstMoments = parameters.map { Tensor(shape: $0.parameter.value.shape) }
         secondMoments = parameters.map { Tensor(shape: $0.parameter.value.shape) }
     }
