@@ -51,7 +51,7 @@ extension SMPQTraining {
         let shape = supernets.map(\.candidates.count)
         for (field, table) in [("phi", restored.phi), ("phiStandardErrors", restored.phiStandardErrors),
                                ("alphaAtSelection", restored.alphaAtSelection)] {
-            if let table, table.map(\.count) != shape || table.joined().contains(where: { !$0.isFinite && !$0.isNaN }) {
+            if let table, table.map(\.count) != shape || table.joined().contains(where: { !$0.isFinite }) {
                 throw MethodStateChecks.invalid(field, "does not hold one finite value per layer and candidate")
             }
         }
