@@ -18,15 +18,22 @@ static inline float hardswish_f(float x) {
     return x * r / 6.0f;
 }
 static inline float gelu_f(float x) { return x * 0.5f * (1.0f + erff(x * SQRT1_2)); }
+static inline float hardsigmoid_f(float x) {
+    float r = x + 3.0f;
+    r = r < 0.0f ? 0.0f : (r > 6.0f ? 6.0f : r);
+    return r / 6.0f;
+}
 
 /* dy * act'(x), written as selects so a zero derivative gives exactly 0 even for inf dy.
    Kinks follow PyTorch: threshold_backward (relu'(0) = 0), hardtanh_backward (relu6' = 0 at 0
-   and 6), hardswish_backward (x < -3: 0; x <= 3: x/3 + 1/2; else 1). */
+   and 6), hardswish_backward (x < -3: 0; x <= 3: x/3 + 1/2; else 1), hardsigmoid_backward
+   (1/6 on the open interval (-3, 3), else 0). */
 static inline float relu_b(float dy, float x) { return x <= 0.0f ? 0.0f : dy; }
 static inline float relu6_b(float dy, float x) { return (x <= 0.0f || x >= 6.0f) ? 0.0f : dy; }
 static inline float hardswish_b(float dy, float x) {
     return x < -3.0f ? 0.0f : (x <= 3.0f ? dy * (x / 3.0f + 0.5f) : dy);
 }
+static inline float hardsigmoid_b(float dy, float x) { return (x > -3.0f && x < 3.0f) ? dy / 6.0f : 0.0f; }
 static inline float gelu_b(float dy, float x) {
     float cdf = 0.5f * (1.0f + erff(x * SQRT1_2));
     float pdf = INV_SQRT_2PI * expf(x * x * -0.5f);
@@ -39,6 +46,7 @@ static inline float act_fwd(float x, msq_activation kind) {
     case MSQ_ACT_RELU6: return relu6_f(x);
     case MSQ_ACT_HARDSWISH: return hardswish_f(x);
     case MSQ_ACT_GELU: return gelu_f(x);
+    case MSQ_ACT_HARDSIGMOID: return hardsigmoid_f(x);
     }
     return x;
 }
@@ -49,6 +57,7 @@ static inline float act_bwd(float dy, float x, msq_activation kind) {
     case MSQ_ACT_RELU6: return relu6_b(dy, x);
     case MSQ_ACT_HARDSWISH: return hardswish_b(dy, x);
     case MSQ_ACT_GELU: return gelu_b(dy, x);
+    case MSQ_ACT_HARDSIGMOID: return hardsigmoid_b(dy, x);
     }
     return dy;
 }
@@ -85,6 +94,7 @@ void msq_activation_forward(float *y, const float *x, size_t count, msq_activati
     case MSQ_ACT_RELU6: FWD_LOOP(relu6_f); break;
     case MSQ_ACT_HARDSWISH: FWD_LOOP(hardswish_f); break;
     case MSQ_ACT_GELU: FWD_LOOP_SCALAR(gelu_f); break;
+    case MSQ_ACT_HARDSIGMOID: FWD_LOOP(hardsigmoid_f); break;
     default: msq_activation_forward_ref(y, x, count, kind); break;
     }
 }
@@ -96,6 +106,7 @@ void msq_activation_backward(float *dx, const float *dy, const float *x, size_t 
     case MSQ_ACT_RELU6: BWD_LOOP(relu6_b); break;
     case MSQ_ACT_HARDSWISH: BWD_LOOP(hardswish_b); break;
     case MSQ_ACT_GELU: BWD_LOOP_SCALAR(gelu_b); break;
+    case MSQ_ACT_HARDSIGMOID: BWD_LOOP(hardsigmoid_b); break;
     default: msq_activation_backward_ref(dx, dy, x, count, kind); break;
     }
 }
@@ -106,7 +117,7 @@ void msq_activation_backward(float *dx, const float *dy, const float *x, size_t 
    [-3, 3] (PyTorch's hardswish_backward takes that branch at both ends), GELU's is φ(x)(2 − x²). */
 static inline float act_second(float x, msq_activation kind) {
     switch (kind) {
-    case MSQ_ACT_RELU: case MSQ_ACT_RELU6: return 0.0f;
+    case MSQ_ACT_RELU: case MSQ_ACT_RELU6: case MSQ_ACT_HARDSIGMOID: return 0.0f;
     case MSQ_ACT_HARDSWISH: return (x >= -3.0f && x <= 3.0f) ? 1.0f / 3.0f : 0.0f;
     case MSQ_ACT_GELU: return INV_SQRT_2PI * expf(x * x * -0.5f) * (2.0f - x * x);
     }
@@ -115,7 +126,7 @@ static inline float act_second(float x, msq_activation kind) {
 
 static void act_rbackward(float *rdx, const float *rdy, const float *dy, const float *x, const float *rx,
                           size_t count, msq_activation kind, int parallel) {
-    int second = dy != NULL && rx != NULL && kind != MSQ_ACT_RELU && kind != MSQ_ACT_RELU6;
+    int second = dy != NULL && rx != NULL && kind != MSQ_ACT_RELU && kind != MSQ_ACT_RELU6 && kind != MSQ_ACT_HARDSIGMOID;
     #pragma omp parallel for schedule(static) if (parallel && count > ACT_PARALLEL_MIN)
     for (size_t i = 0; i < count; i++) {
         float r = act_bwd(rdy[i], x[i], kind);

@@ -248,6 +248,7 @@ static conv_workspace workspace_layout(const msq_conv2d_shape *s) {
 }
 
 size_t msq_conv2d_workspace_size(const msq_conv2d_shape *s) {
+    if (msq_conv2d_depthwise_eligible(s)) return 0;  /* depthwise.c needs none */
     const conv_workspace L = workspace_layout(s);
     const size_t threads = (size_t)imax(1, omp_get_max_threads());
     const size_t body = threads * L.slice_floats > L.wino_floats ? threads * L.slice_floats : L.wino_floats;
@@ -417,6 +418,10 @@ static void forward_core(float *y, const float *x, const float *w, const float *
    -> y[n,c_out,h_out,w_out] (overwritten). */
 void msq_conv2d_forward(float *y, const float *x, const float *w, const float *bias,
                         const msq_conv2d_shape *s, void *workspace) {
+    if (msq_conv2d_depthwise_eligible(s)) {
+        msq_conv2d_depthwise_forward(y, x, w, bias, s);
+        return;
+    }
     const conv_workspace L = workspace_layout(s);
     float *owned, *ws = workspace_or_alloc(workspace, s, &owned);
     if (!ws) { /* out of memory: slow but correct */
@@ -499,6 +504,10 @@ static void backward_input_wide(float *dx, const float *dy, const float *w, cons
 /* dy[n,c_out,h_out,w_out], w[c_out,c_in/groups,kh,kw] -> dx[n,c_in,h_in,w_in] (accumulated). */
 void msq_conv2d_backward_input(float *dx, const float *dy, const float *w,
                                const msq_conv2d_shape *s, void *workspace) {
+    if (msq_conv2d_depthwise_eligible(s)) {
+        msq_conv2d_depthwise_backward_input(dx, dy, w, s);
+        return;
+    }
     const conv_workspace L = workspace_layout(s);
     float *owned, *ws = workspace_or_alloc(workspace, s, &owned);
     if (!ws) { /* out of memory: slow but correct */
@@ -604,6 +613,10 @@ static void backward_weight_wide(float *dw, float *dbias, const float *dy, const
    (both accumulated; dbias may be NULL). */
 void msq_conv2d_backward_weight(float *dw, float *dbias, const float *dy, const float *x,
                                 const msq_conv2d_shape *s, void *workspace) {
+    if (msq_conv2d_depthwise_eligible(s)) {
+        msq_conv2d_depthwise_backward_weight(dw, dbias, dy, x, s);
+        return;
+    }
     const conv_geom G = conv_geometry(s);
     const conv_workspace L = workspace_layout(s);
     float *owned, *ws = workspace_or_alloc(workspace, s, &owned);

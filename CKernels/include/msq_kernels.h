@@ -131,6 +131,21 @@ void msq_conv2d_direct_forward(float *y, const float *x, const float *w, const f
 void msq_conv2d_direct_backward_weight(float *dw, float *dbias, const float *dy, const float *x,
                                        const msq_conv2d_shape *s, void *workspace);
 
+/** Direct depthwise convolution (depthwise.c), which msq_conv2d_forward, msq_conv2d_backward_input
+ *  and msq_conv2d_backward_weight use by themselves for every depthwise shape: groups == c_in ==
+ *  c_out > 1, any kernel, stride and padding. 1 for such a shape. */
+int msq_conv2d_depthwise_eligible(const msq_conv2d_shape *s);
+/** y[n,c,h_out,w_out] = conv(x, w) + bias (overwritten; bias may be NULL); x[n,c,h_in,w_in],
+ *  w[c,1,kh,kw]. Its reference is msq_conv2d_forward_ref; results do not depend on the thread count. */
+void msq_conv2d_depthwise_forward(float *y, const float *x, const float *w, const float *bias,
+                                  const msq_conv2d_shape *s);
+/** dx[n,c,h_in,w_in] += conv_transpose(dy, w); its reference is msq_conv2d_backward_input_ref. */
+void msq_conv2d_depthwise_backward_input(float *dx, const float *dy, const float *w, const msq_conv2d_shape *s);
+/** dw[c,1,kh,kw] += Σ dy ⋆ x and dbias[c] += Σ dy (dbias may be NULL); its reference is
+ *  msq_conv2d_backward_weight_ref; results do not depend on the thread count. */
+void msq_conv2d_depthwise_backward_weight(float *dw, float *dbias, const float *dy, const float *x,
+                                          const msq_conv2d_shape *s);
+
 /* ---------------------------------------------------------------- linear (linear.c) */
 
 /** y[n,out] = x[n,in] * w[out,in]^T + b[out]; b may be NULL. */
@@ -216,6 +231,7 @@ typedef enum msq_activation {
     MSQ_ACT_RELU6 = 1,     /* min(max(x, 0), 6) */
     MSQ_ACT_HARDSWISH = 2, /* x * relu6(x + 3) / 6 */
     MSQ_ACT_GELU = 3,      /* x * Phi(x), exact erf form (PyTorch's default) */
+    MSQ_ACT_HARDSIGMOID = 4, /* relu6(x + 3) / 6 (squeeze-excitation gates) */
 } msq_activation;
 
 /** y[i] = act(x[i]) for i < count. */

@@ -20,14 +20,14 @@ private let actGradRelTol = 1e-3
 
 /// The activations as a Sendable test argument.
 enum ActivationTestKind: Int32, CaseIterable, Sendable {
-    case relu = 0, relu6 = 1, hardswish = 2, gelu = 3
+    case relu = 0, relu6 = 1, hardswish = 2, gelu = 3, hardsigmoid = 4
     var c: msq_activation { msq_activation(rawValue: UInt32(rawValue)) }
     /// Points where the derivative jumps; finite differences keep clear of them.
     var kinks: [Float] {
         switch self {
         case .relu: [0]
         case .relu6: [0, 6]
-        case .hardswish: [-3, 3]
+        case .hardswish, .hardsigmoid: [-3, 3]
         case .gelu: []
         }
     }
@@ -81,6 +81,9 @@ struct ActivationTests {
             // x * relu6(x + 3) / 6; derivative 0 below -3, x/3 + 1/2 on [-3, 3], 1 above.
             (.hardswish, [0, 0, -1.0 / 3, 0, 2.0 / 3, 3, 4, 6, 7],
              [0, -0.5, 1.0 / 6, 0.5, 5.0 / 6, 1.5, 1, 1, 1]),
+            // relu6(x + 3) / 6; derivative 1/6 strictly inside (-3, 3), 0 at and beyond ±3.
+            (.hardsigmoid, [0, 0, 1.0 / 3, 0.5, 2.0 / 3, 1, 1, 1, 1],
+             [0, 0, 1.0 / 6, 1.0 / 6, 1.0 / 6, 0, 0, 0, 0]),
         ]
         for (kind, y, dydx) in cases {
             Kit.expectClose(forward(x, kind, fast: fast), y, atol: actHandTol, rtol: actHandTol, "\(kind) y")

@@ -176,7 +176,7 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
         let kinks: [Float] = switch kind {
         case .relu: [0]
         case .relu6: [0, 6]
-        case .hardswish: [-3, 3]
+        case .hardswish, .hardsigmoid: [-3, 3]
         case .gelu: []
         }
         let x = randomTensor([2, 3, 4, 4], rng: &rng, scale: 8, avoiding: kinks, margin: activationKinkMargin)

@@ -155,6 +155,7 @@ func maxAbsDifference(_ a: Tensor, _ b: [Double]) -> Double {
             case .relu6: return min(max(v, 0), 6)
             case .hardswish: return v * min(max(v + 3, 0), 6) / 6
             case .gelu: return 0.5 * v * (1 + erf(v / 2.0.squareRoot()))
+            case .hardsigmoid: return min(max(v + 3, 0), 6) / 6
             }
         }
         for kind in ActivationKind.allCases {

@@ -10,6 +10,8 @@ public enum ActivationKind: String, CaseIterable, Sendable {
     case hardswish
     /// `x · Φ(x)`, exact erf form (PyTorch's default GELU).
     case gelu
+    /// `relu6(x + 3) / 6`, the gate of a squeeze-excitation block (PyTorch's Hardsigmoid).
+    case hardsigmoid
 
     var kernelKind: msq_activation {
         switch self {
@@ -17,6 +19,7 @@ public enum ActivationKind: String, CaseIterable, Sendable {
         case .relu6: return MSQ_ACT_RELU6
         case .hardswish: return MSQ_ACT_HARDSWISH
         case .gelu: return MSQ_ACT_GELU
+        case .hardsigmoid: return MSQ_ACT_HARDSIGMOID
         }
     }
 }
