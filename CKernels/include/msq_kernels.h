@@ -146,6 +146,18 @@ void msq_conv2d_depthwise_backward_input(float *dx, const float *dy, const float
 void msq_conv2d_depthwise_backward_weight(float *dw, float *dbias, const float *dy, const float *x,
                                           const msq_conv2d_shape *s);
 
+/* ---------------------------------------------------------------- channel scale (channel_scale.c) */
+
+/** y[n,c,hw] = x[n,c,hw] · s[n,c]: a squeeze-excitation block's gate applied to its input. */
+void msq_channel_scale_forward(float *y, const float *x, const float *s, int n, int c, int hw);
+void msq_channel_scale_forward_ref(float *y, const float *x, const float *s, int n, int c, int hw);
+/** dx[n,c,hw] += dy · s[n,c] and ds[n,c] += Σ_hw dy · x, in one pass (both accumulated; either
+ *  may be NULL). The fast kernel's ds differs from the reference's by float summation order. */
+void msq_channel_scale_backward(float *dx, float *ds, const float *dy, const float *x, const float *s,
+                                int n, int c, int hw);
+void msq_channel_scale_backward_ref(float *dx, float *ds, const float *dy, const float *x, const float *s,
+                                    int n, int c, int hw);
+
 /* ---------------------------------------------------------------- linear (linear.c) */
 
 /** y[n,out] = x[n,in] * w[out,in]^T + b[out]; b may be NULL. */
