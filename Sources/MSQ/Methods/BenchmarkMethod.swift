@@ -1,4 +1,4 @@
-/// The method names ``makeBenchmarkMethod(_:model:targetCompression:)`` accepts.
+/// The method names ``makeBenchmarkMethod(_:model:targetCompression:sampleShape:classes:batch:)`` accepts.
 public let benchmarkMethodNames = ["fp", "msq", "dorefa", "bsq", "csq", "smpq"]
 
 /// Sets `model` up for the training method `name` with its default options and returns the method,

@@ -4,7 +4,7 @@ import Foundation
 import MSQ
 
 /// The methods `msq-bench cost` accepts, in table order. `fp` and `msq` are built in TrainingStepHarness.swift;
-/// the others come from the MSQ library (see ``makeLibraryMethod(_:model:targetCompression:)``).
+/// the others come from the MSQ library (see ``makeLibraryMethod(_:model:targetCompression:side:batch:)``).
 enum BenchMethods {
     static let local = ["fp", "msq"]
     static let library = ["dorefa", "bsq", "csq", "smpq"]
