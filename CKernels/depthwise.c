@@ -65,26 +65,36 @@ static void forward_plane(float *restrict y, const float *restrict x, const floa
     }
 }
 
-/* x[n,c,h_in,w_in], w[c,1,kh,kw], bias[c] or NULL -> y[n,c,h_out,w_out] (overwritten). */
-void msq_conv2d_depthwise_forward(float *y, const float *x, const float *w, const float *bias,
-                                  const msq_conv2d_shape *s) {
-    if (s->kw > 64) { msq_conv2d_forward_ref(y, x, w, bias, s, NULL); return; }  /* no such layer in practice */
+/* Runs `plane` on every (image, channel) plane, split over threads: `out` planes of out_plane
+   floats, `in` planes of in_plane floats, channel c's filter and bias. kw > 64 (no such layer in
+   practice) is left to the caller. */
+typedef void (*plane_kernel)(float *out, const float *in, const float *w, float bias, const msq_conv2d_shape *s,
+                             const tap_range *cols);
+
+static void each_plane(plane_kernel plane, float *out, size_t out_plane, const float *in, size_t in_plane,
+                       const float *w, const float *bias, const msq_conv2d_shape *s) {
     tap_range cols[64];
     for (int kx = 0; kx < s->kw; kx++) cols[kx] = tap_columns(s, kx);
     const long planes = (long)s->n * s->c_in;
-    const size_t in_plane = (size_t)s->h_in * s->w_in, out_plane = (size_t)s->h_out * s->w_out;
     const int team = threads_for(planes);
     #pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
     for (long p = 0; p < planes; p++) {
         const int c = (int)(p % s->c_in);
-        forward_plane(y + p * out_plane, x + p * in_plane, w + (size_t)c * s->kh * s->kw,
-                      bias ? bias[c] : 0.0f, s, cols);
+        plane(out + p * out_plane, in + p * in_plane, w + (size_t)c * s->kh * s->kw, bias ? bias[c] : 0.0f, s, cols);
     }
 }
 
+/* x[n,c,h_in,w_in], w[c,1,kh,kw], bias[c] or NULL -> y[n,c,h_out,w_out] (overwritten). */
+void msq_conv2d_depthwise_forward(float *y, const float *x, const float *w, const float *bias,
+                                  const msq_conv2d_shape *s) {
+    if (s->kw > 64) { msq_conv2d_forward_ref(y, x, w, bias, s, NULL); return; }
+    each_plane(forward_plane, y, (size_t)s->h_out * s->w_out, x, (size_t)s->h_in * s->w_in, w, bias, s);
+}
+
 /* One plane: dy[h_out, w_out], w[kh, kw] -> dx[h_in, w_in] += the transposed conv. */
-static void backward_input_plane(float *restrict dx, const float *restrict dy, const float *restrict w,
+static void backward_input_plane(float *restrict dx, const float *restrict dy, const float *restrict w, float unused_bias,
                                  const msq_conv2d_shape *s, const tap_range *cols) {
+    (void)unused_bias;
     const int sh = s->stride_h, sw = s->stride_w;
     for (int oy = 0; oy < s->h_out; oy++) {
         const float *restrict dyr = dy + (size_t)oy * s->w_out;
@@ -108,16 +118,7 @@ static void backward_input_plane(float *restrict dx, const float *restrict dy, c
 /* dy[n,c,h_out,w_out], w[c,1,kh,kw] -> dx[n,c,h_in,w_in] (accumulated). */
 void msq_conv2d_depthwise_backward_input(float *dx, const float *dy, const float *w, const msq_conv2d_shape *s) {
     if (s->kw > 64) { msq_conv2d_backward_input_ref(dx, dy, w, s, NULL); return; }
-    tap_range cols[64];
-    for (int kx = 0; kx < s->kw; kx++) cols[kx] = tap_columns(s, kx);
-    const long planes = (long)s->n * s->c_in;
-    const size_t in_plane = (size_t)s->h_in * s->w_in, out_plane = (size_t)s->h_out * s->w_out;
-    const int team = threads_for(planes);
-    #pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
-    for (long p = 0; p < planes; p++) {
-        const int c = (int)(p % s->c_in);
-        backward_input_plane(dx + p * in_plane, dy + p * out_plane, w + (size_t)c * s->kh * s->kw, s, cols);
-    }
+    each_plane(backward_input_plane, dx, (size_t)s->h_in * s->w_in, dy, (size_t)s->h_out * s->w_out, w, NULL, s);
 }
 
 /* dy[n,c,h_out,w_out], x[n,c,h_in,w_in] -> dw[c,1,kh,kw], dbias[c] (accumulated; dbias may be NULL). */
