@@ -122,7 +122,8 @@ struct TrainCommand: ParsableCommand {
 
         let data = try DatasetCatalog.load(name: dataset, directory: dataDir,
                                            limitTrain: config.limitTrain, limitTest: config.limitTest, seed: seed)
-        let network = makeModel(kind, inputChannels: data.train.sampleShape[0], numClasses: data.train.numClasses, seed: seed)
+        let network = makeModel(kind, inputChannels: data.train.sampleShape[0], numClasses: data.train.numClasses, seed: seed,
+                                inputSize: data.train.sampleShape[1])
         let outDir = out ?? defaultOutputDirectory()
         if let initFrom {
             // Before any quantizer is attached: BSQ and CSQ build their bit variables from these weights.

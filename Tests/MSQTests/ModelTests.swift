@@ -149,7 +149,11 @@ func countModules<T>(_ m: any Module, of type: T.Type) -> Int {
 
     @Test("Model names: every ModelKind is buildable by name; unknown names list the valid ones")
     func modelNames() throws {
-        #expect(ModelKind.allCases.map(\.rawValue) == ["resnet20", "resnet32", "resnet56", "resnet18", "resnet50"])
+        #expect(ModelKind.allCases.map(\.rawValue) == ["resnet20", "resnet32", "resnet56", "resnet18", "resnet50",
+                                                       "mobilenetv3-large", "mobilenetv3-small"])
+        let mobile = try makeModel(named: "mobilenetv3-small", inputChannels: 1, numClasses: 10, seed: 0, inputSize: 28)
+        #expect((mobile as? MobileNetV3)?.smallInput == true)
+        #expect((makeModel(.mobilenetv3Large, inputChannels: 3, numClasses: 10, seed: 0) as? MobileNetV3)?.smallInput == false)
         #expect(try ModelKind(name: "resnet56") == .resnet56)
         let m = try makeModel(named: "resnet20", inputChannels: 1, numClasses: 5, seed: 0)
         #expect(m is CIFARResNet)

@@ -109,7 +109,8 @@ class ResNet18(nn.Module):
 
 CIFAR_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56}
 IMAGENET_MODELS = ("resnet18", "resnet50")
-MODEL_NAMES = tuple(CIFAR_DEPTHS) + IMAGENET_MODELS
+MOBILENET_MODELS = {"mobilenetv3-large": "mobilenet_v3_large", "mobilenetv3-small": "mobilenet_v3_small"}
+MODEL_NAMES = tuple(CIFAR_DEPTHS) + IMAGENET_MODELS + tuple(MOBILENET_MODELS)
 
 
 def cifar_resnet(depth, cin=1, classes=10):
@@ -120,13 +121,21 @@ def cifar_resnet(depth, cin=1, classes=10):
 
 
 def reference_model(name, in_channels, classes):
-    """The PyTorch twin of `msq --model NAME`: models.py's CIFAR ResNets, torchvision's resnet18/50.
+    """The PyTorch twin of `msq --model NAME`: models.py's CIFAR ResNets, torchvision's resnet18/50 and
+    mobilenet_v3_large/small (for other input channel counts the stem conv is replaced, as below).
 
     torchvision's stem takes 3 channels; for other counts conv1 is replaced by a 7x7/2 conv with
     `in_channels` inputs, as MSQ's ImageNetResNet builds it (the state_dict names do not change).
     """
     if name in CIFAR_DEPTHS:
         return cifar_resnet(CIFAR_DEPTHS[name], in_channels, classes)
+    if name in MOBILENET_MODELS:
+        import torchvision
+
+        model = getattr(torchvision.models, MOBILENET_MODELS[name])(num_classes=classes)
+        if in_channels != 3:
+            model.features[0][0] = nn.Conv2d(in_channels, 16, 3, 2, 1, bias=False)
+        return model
     if name not in IMAGENET_MODELS:
         raise ValueError(f"unknown model '{name}'; valid models: {', '.join(MODEL_NAMES)}")
     import torchvision  # only these two need it

@@ -2,7 +2,8 @@
 PyTorch twin of each MSQ model kind, for PyTorchNamesTests (MSQ parameter path -> PyTorch name).
 
 Models (models.reference_model): resnet20/32/56 from models.py with 1 input channel, torchvision's
-resnet18/resnet50 with 3; all with 10 classes. One line per key: `MODEL NAME [d0,d1,...]` (`[]` for
+resnet18/resnet50 and
+mobilenet_v3_large/small with 3; all with 10 classes. One line per key: `MODEL NAME [d0,d1,...]` (`[]` for
 a scalar such as num_batches_tracked), in state_dict order.
 
     /work/venv/bin/python bench/pytorch/state_dict_keys.py [OUT]

@@ -44,7 +44,8 @@ extension PackedModel {
 
         // The network the checkpoint was trained as: its parameter list (incl. PACT α when the
         // scheme quantizes activations) is exactly what the file must store, in a stable order.
-        let model = makeModel(kind, inputChannels: data.sampleShape[0], numClasses: data.numClasses, seed: 0)
+        let model = makeModel(kind, inputChannels: data.sampleShape[0], numClasses: data.numClasses, seed: 0,
+                              inputSize: data.sampleShape[1])
         let quantized: [QuantizedLayer]
         do {
             quantized = try scheme.apply(to: model)

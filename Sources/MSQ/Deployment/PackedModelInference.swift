@@ -85,7 +85,8 @@ extension PackedModel {
     ///   when the tensors do not match the network's parameters one to one.
     public func makeModule() throws(PackedModelError) -> any Module {
         guard let kind = ModelKind(rawValue: header.model) else { throw .notBuiltIn(model: header.model) }
-        let model = makeModel(kind, inputChannels: header.inputShape[0], numClasses: header.numClasses, seed: 0)
+        let model = makeModel(kind, inputChannels: header.inputShape[0], numClasses: header.numClasses, seed: 0,
+                              inputSize: header.inputShape[1])
         do {
             try load(into: model)
         } catch let .loadMismatch(reason) {

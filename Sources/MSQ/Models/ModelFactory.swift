@@ -1,4 +1,4 @@
-/// The models ``makeModel(_:inputChannels:numClasses:seed:)`` builds, by their command-line names.
+/// The models ``makeModel(_:inputChannels:numClasses:seed:inputSize:)`` builds, by their command-line names.
 public enum ModelKind: String, CaseIterable, Sendable {
     /// CIFAR ResNet-20 (n = 3), 0.27 M parameters.
     case resnet20
@@ -10,6 +10,10 @@ public enum ModelKind: String, CaseIterable, Sendable {
     case resnet18
     /// ImageNet ResNet-50 (Bottleneck [3, 4, 6, 3]).
     case resnet50
+    /// MobileNetV3-Large (torchvision's), strides adapted below 64-pixel inputs.
+    case mobilenetv3Large = "mobilenetv3-large"
+    /// MobileNetV3-Small (torchvision's), strides adapted below 64-pixel inputs.
+    case mobilenetv3Small = "mobilenetv3-small"
 
     /// The kind named `name` (e.g. `resnet20`).
     /// - Throws: ``ModelError/unknownModel(name:valid:)`` listing the valid names.
@@ -24,7 +28,7 @@ public enum ModelKind: String, CaseIterable, Sendable {
     public var isCIFARStyle: Bool {
         switch self {
         case .resnet20, .resnet32, .resnet56: return true
-        case .resnet18, .resnet50: return false
+        case .resnet18, .resnet50, .mobilenetv3Large, .mobilenetv3Small: return false
         }
     }
 }
@@ -47,11 +51,18 @@ public enum ModelError: Error, Equatable, CustomStringConvertible {
 /// independent of any other use of the same seed (shuffling, augmentation).
 public let modelInitStream: UInt64 = 0x6D6F_6465_6C69_6E69 // "modelini"
 
+/// Below this many pixels of height, ``makeModel(_:inputChannels:numClasses:seed:inputSize:)``
+/// builds MobileNetV3 with ``MobileNetV3/smallInput`` strides (28×28 and 32×32 images).
+public let mobileNetSmallInputLimit = 64
+
 /// Builds a freshly initialised model; the same seed always gives the same parameters.
 ///
-/// CIFAR kinds are ``CIFARResNet``s, ImageNet kinds ``ImageNetResNet``s; input
-/// `[N, inputChannels, H, W]`, output logits `[N, numClasses]`.
-public func makeModel(_ kind: ModelKind, inputChannels: Int, numClasses: Int, seed: UInt64) -> any Module {
+/// CIFAR kinds are ``CIFARResNet``s, ImageNet kinds ``ImageNetResNet``s, MobileNetV3 kinds
+/// ``MobileNetV3``s, with the small-input strides when `inputSize` (the images' height) is below
+/// ``mobileNetSmallInputLimit``; nil means ImageNet-sized. Input `[N, inputChannels, H, W]`,
+/// output logits `[N, numClasses]`.
+public func makeModel(_ kind: ModelKind, inputChannels: Int, numClasses: Int, seed: UInt64,
+                      inputSize: Int? = nil) -> any Module {
     var rng = RandomSource(seed: seed, stream: [modelInitStream])
     switch kind {
     case .resnet20: return CIFARResNet(depth: 20, inputChannels: inputChannels, numClasses: numClasses, rng: &rng)
@@ -63,11 +74,15 @@ public func makeModel(_ kind: ModelKind, inputChannels: Int, numClasses: Int, se
     case .resnet50:
         return ImageNetResNet(block: .bottleneck, layers: [3, 4, 6, 3], inputChannels: inputChannels,
                               numClasses: numClasses, rng: &rng)
+    case .mobilenetv3Large, .mobilenetv3Small:
+        return MobileNetV3(kind == .mobilenetv3Large ? .large : .small, inputChannels: inputChannels, numClasses: numClasses,
+                           smallInput: (inputSize ?? 224) < mobileNetSmallInputLimit, rng: &rng)
     }
 }
 
-/// Builds a model by name (`resnet20`, …); see ``makeModel(_:inputChannels:numClasses:seed:)``.
+/// Builds a model by name (`resnet20`, …); see ``makeModel(_:inputChannels:numClasses:seed:inputSize:)``.
 /// - Throws: ``ModelError/unknownModel(name:valid:)`` listing the valid names.
-public func makeModel(named name: String, inputChannels: Int, numClasses: Int, seed: UInt64) throws(ModelError) -> any Module {
-    makeModel(try ModelKind(name: name), inputChannels: inputChannels, numClasses: numClasses, seed: seed)
+public func makeModel(named name: String, inputChannels: Int, numClasses: Int, seed: UInt64,
+                      inputSize: Int? = nil) throws(ModelError) -> any Module {
+    makeModel(try ModelKind(name: name), inputChannels: inputChannels, numClasses: numClasses, seed: seed, inputSize: inputSize)
 }

@@ -35,7 +35,8 @@ public struct RestoredModel {
             throw .checkpointMismatch(reason: "\(error)")
         }
         runSeed = h.runDescription["seed"].flatMap(UInt64.init) ?? 0
-        model = makeModel(kind, inputChannels: dataset.sampleShape[0], numClasses: dataset.numClasses, seed: 0)
+        model = makeModel(kind, inputChannels: dataset.sampleShape[0], numClasses: dataset.numClasses, seed: 0,
+                          inputSize: dataset.sampleShape[1])
         if let scheme = try? QuantizationScheme.decode(fromMethodState: h.methodState) {
             do {
                 layers = try scheme.apply(to: model)

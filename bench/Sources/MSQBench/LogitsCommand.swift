@@ -45,7 +45,7 @@ struct LogitsCommand: ParsableCommand {
         let batch = try SafeTensors.read(from: input).tensor(named: "input")
         guard batch.shape.count == 4 else { throw ValidationError("\(input): tensor 'input' has shape \(batch.shape), not [N, C, H, W]") }
         msq_set_num_threads(Int32(threads))
-        let network = makeModel(kind, inputChannels: batch.shape[1], numClasses: classes, seed: 0)
+        let network = makeModel(kind, inputChannels: batch.shape[1], numClasses: classes, seed: 0, inputSize: batch.shape[2])
         let file = try SafeTensors.read(from: weights)
         let loaded = try loadSafeTensors(file, into: network, source: weights)
         let pact = try attachPACT(from: file.metadata, to: network)
