@@ -15,10 +15,14 @@ private let depthwiseForwardRelTolerance: Float = 1e-6
 private let depthwiseInputRelTolerance: Float = 1e-6
 private let depthwiseWeightRelTolerance: Float = 2e-5
 
-/// (n, channels, h, w, k, stride, pad).
+/// (n, channels, h, w, k, stride, pad): MobileNetV3's kernels and strides at odd sizes, planes
+/// narrower than a vector (8 floats) and wider than several, more than 8 vectors per plane (so the
+/// last group of 8 is partial), planes smaller than the kernel, stride 3 and 1×1 filters.
 private let depthwiseCases: [[Int]] = [
     [1, 2, 1, 1, 3, 1, 1], [2, 3, 7, 9, 3, 1, 1], [3, 5, 11, 8, 3, 2, 1], [2, 7, 9, 13, 5, 1, 2],
     [1, 4, 14, 15, 5, 2, 2], [2, 3, 2, 3, 5, 2, 2], [1, 6, 6, 5, 3, 2, 0], [2, 16, 28, 28, 3, 1, 1],
+    [1, 3, 23, 37, 5, 2, 2], [2, 5, 19, 41, 5, 1, 2], [1, 3, 17, 35, 3, 2, 1], [2, 4, 1, 1, 5, 2, 2],
+    [1, 2, 9, 10, 3, 3, 1], [1, 2, 5, 6, 1, 2, 0], [1, 3, 7, 7, 5, 1, 2],
 ]
 
 private func shape(_ c: [Int]) -> msq_conv2d_shape {

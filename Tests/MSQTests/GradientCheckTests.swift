@@ -99,6 +99,9 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
         ConvCase(cin: 4, cout: 6, k: 3, stride: 2, pad: 1, groups: 1, bias: false, h: 7, w: 7),
         ConvCase(cin: 4, cout: 6, k: 3, stride: 1, pad: 0, groups: 2, bias: true, h: 5, w: 6),
         ConvCase(cin: 4, cout: 4, k: 3, stride: 2, pad: 1, groups: 4, bias: false, h: 6, w: 6),
+        // depthwise 5×5 (MobileNetV3), rows wider than a vector so depthwise.c's vector path runs
+        ConvCase(cin: 3, cout: 3, k: 5, stride: 1, pad: 2, groups: 3, bias: true, h: 7, w: 11),
+        ConvCase(cin: 2, cout: 2, k: 5, stride: 2, pad: 2, groups: 2, bias: false, h: 9, w: 19),
         ConvCase(cin: 5, cout: 3, k: 1, stride: 2, pad: 0, groups: 1, bias: true, h: 5, w: 5),
         ConvCase(cin: 2, cout: 3, k: 5, stride: 1, pad: 2, groups: 1, bias: false, h: 4, w: 4),
     ]

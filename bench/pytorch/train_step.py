@@ -1,6 +1,7 @@
 """PyTorch peer of `msq-bench step`: images/s and peak RSS of one training configuration.
 
-Same models (models.py), synthetic 3-channel input (3x32x32 for resnet20, 3x224x224 for resnet18),
+Same models (models.py), synthetic 3-channel input (3x32x32 for resnet20, 3x224x224 for resnet18 and
+torchvision's mobilenet_v3_large/small, which train with their classifier dropout as torchvision builds them),
 10 classes, SGD lr 0.01, momentum 0.9, Nesterov, weight decay 5e-4 on conv/linear weights only
 (MSQ's SGD skips BN parameters and biases). Methods:
 
@@ -28,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.parametrize as parametrize
 
-from models import ResNet18, ResNet20
+from models import MOBILENET_MODELS, ResNet18, ResNet20, reference_model
 
 BITS, LSB_K, LAMBDA = 8, 1, 5.0
 
@@ -91,7 +92,7 @@ def peak_rss_bytes():
 def parse_args():
     """The options of `msq-bench step` (without --act-bits), validated."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=["resnet20", "resnet18"], default="resnet20")
+    p.add_argument("--model", choices=["resnet20", "resnet18", *MOBILENET_MODELS], default="resnet20")
     p.add_argument("--method", choices=["fp", "msq"], default="fp")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=10)
@@ -111,7 +112,10 @@ def main():
     torch.set_num_threads(a.threads if a.threads > 0 else (os.cpu_count() or 1))
     torch.manual_seed(0)
     side = 32 if a.model == "resnet20" else 224
-    model = ResNet20(cin=3, classes=10) if a.model == "resnet20" else ResNet18(cin=3, classes=10)
+    if a.model in MOBILENET_MODELS:
+        model = reference_model(a.model, 3, 10)
+    else:
+        model = ResNet20(cin=3, classes=10) if a.model == "resnet20" else ResNet18(cin=3, classes=10)
     latent = quantize(model, BITS) if a.method == "msq" else []
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]

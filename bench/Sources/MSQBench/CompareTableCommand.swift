@@ -8,7 +8,7 @@ struct CompareTableCommand: ParsableCommand {
         abstract: "Markdown table of msq-bench step vs PyTorch train_step.py results in a directory.",
         discussion: """
         Files with a torch_version key are PyTorch's, the others ours. One row per (model, method, batch), \
-        ordered resnet20, resnet18 then fp, msq. img/s is each run's images_per_second (batch / mean step \
+        ordered resnet20, resnet18, mobilenetv3-large, mobilenetv3-small then fp, msq. img/s is each run's images_per_second (batch / mean step \
         time); best and median are over the repeated runs. ours/PyTorch divides the medians. Peak RSS is \
         the median over runs, in MiB (2^20 bytes). Files that are not step results are ignored (with a \
         note on standard error).
@@ -62,7 +62,7 @@ struct CompareTableCommand: ParsableCommand {
     /// The table, one row per configuration; "—" where one side has no run.
     static func markdown(_ runs: [Run]) -> String {
         func order(_ k: Key) -> (Int, String, Int, String, Int) {
-            (TableCommand.rank(k.model, in: ["resnet20", "resnet18"]), k.model,
+            (TableCommand.rank(k.model, in: ["resnet20", "resnet18", "mobilenetv3-large", "mobilenetv3-small"]), k.model,
              TableCommand.rank(k.method, in: BenchMethods.all), k.method, k.batch)
         }
         let keys = Set(runs.map(\.key)).sorted { order($0) < order($1) }

@@ -46,13 +46,13 @@ struct ConvCase {
 struct KernelsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kernels",
-        abstract: "conv2d GFLOP/s on every distinct ResNet-20 and ResNet-18 layer shape vs cblas_sgemm.")
+        abstract: "conv2d GFLOP/s on every distinct ResNet-20 and ResNet-18 layer shape vs cblas_sgemm; depthwise GB/s on MobileNetV3-Large's.")
 
-    @Option(help: "Models whose layer shapes to run (comma-separated): resnet20, resnet18.")
+    @Option(help: "Models whose layer shapes to run (comma-separated): resnet20, resnet18, mobilenetv3-large (its depthwise layers, at --batch18).")
     var models: String = "resnet20,resnet18"
     @Option(help: "Batch size for ResNet-20 shapes.")
     var batch20: Int = 128
-    @Option(help: "Batch size for ResNet-18 shapes.")
+    @Option(help: "Batch size for ResNet-18 and MobileNetV3-Large shapes.")
     var batch18: Int = 16
     @Option(help: "Threads for both the kernels and OpenBLAS (0 = all cores).")
     var threads: Int = 0
@@ -66,8 +66,12 @@ struct KernelsCommand: ParsableCommand {
         writeLine(pad("layer", 28) + pad("batch", 6) + pad("M×N×K", 20) + pad("sgemm", 8) + pad("fwd", 8) + pad("ratio", 7)
               + pad("bwd-in", 8) + pad("ratio", 7) + pad("bwd-w", 8) + pad("ratio", 7))
         for model in models.split(separator: ",").map(String.init) {
-            guard ["resnet20", "resnet18"].contains(model) else {
-                throw ValidationError("unknown model \(model) in --models (resnet20, resnet18)")
+            guard ["resnet20", "resnet18", "mobilenetv3-large"].contains(model) else {
+                throw ValidationError("unknown model \(model) in --models (resnet20, resnet18, mobilenetv3-large)")
+            }
+            if model == "mobilenetv3-large" {
+                try runDepthwise(batch: batch18, threads: t)
+                continue
             }
             let batch = model == "resnet20" ? batch20 : batch18
             for c in ConvCase.cases(model: model) {

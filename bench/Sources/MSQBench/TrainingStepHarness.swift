@@ -5,13 +5,14 @@ import MSQ
 
 /// One model, its training method, optimizer and synthetic batch: the training step `cost` and `step` time.
 ///
-/// Synthetic data of the model's input shape (3×32×32 for ResNet-20, 3×224×224 for ResNet-18),
+/// Synthetic data of the model's input shape (3×32×32 for ResNet-20, 3×224×224 for ResNet-18 and
+/// MobileNetV3),
 /// 10 classes; SGD momentum 0.9, Nesterov, weight decay 5e-4, lr 0.01. Set the kernel thread count
 /// (`msq_set_num_threads`) before building one.
 final class TrainingStepHarness {
     /// The model, with the method's quantizers and extra parameters attached.
     let net: any Module
-    /// Image side: 32 (ResNet-20) or 224 (ResNet-18).
+    /// Image side: 32 (ResNet-20) or 224 (ResNet-18, MobileNetV3).
     let side: Int
     /// Images per step.
     let batch: Int
@@ -32,7 +33,7 @@ final class TrainingStepHarness {
          plannedSteps: Int, rng: inout RandomSource) throws {
         side = kind == .resnet20 ? 32 : 224
         self.batch = batch
-        net = makeModel(kind, inputChannels: 3, numClasses: 10, seed: 0)
+        net = makeModel(kind, inputChannels: 3, numClasses: 10, seed: 0, inputSize: side)
         // The method changes the model (quantizers, extra parameters) before the optimizer collects
         // its parameters, as in `msq train`.
         var regularizer: LSBRegularizer? = nil
@@ -113,7 +114,7 @@ func medianOf(_ values: [Double]) -> Double {
 /// The options every training-step benchmark takes (`cost`, `step`): which model, batch and
 /// thread count, how many steps.
 struct StepOptions: ParsableArguments {
-    @Option(help: "resnet20 (3×32×32) or resnet18 (3×224×224).")
+    @Option(help: "resnet20 (3×32×32), resnet18, mobilenetv3-large or mobilenetv3-small (3×224×224).")
     var model: String = "resnet20"
     @Option(help: "Images per step.")
     var batch: Int = 128
@@ -126,15 +127,20 @@ struct StepOptions: ParsableArguments {
     @Option(help: "PACT activation bits for msq (default: float activations).")
     var actBits: Int?
 
+    /// The models the step benchmarks build (each has a PyTorch twin in bench/pytorch/models.py).
+    static let models: [ModelKind] = [.resnet20, .resnet18, .mobilenetv3Large, .mobilenetv3Small]
+
     /// The model, if it is one the step benchmarks build.
     var kind: ModelKind? {
-        guard let k = ModelKind(rawValue: model), k == .resnet20 || k == .resnet18 else { return nil }
+        guard let k = ModelKind(rawValue: model), Self.models.contains(k) else { return nil }
         return k
     }
 
     /// Refuses other models and counts out of range.
     func validate() throws {
-        guard kind != nil else { throw ValidationError("--model must be resnet20 or resnet18 (got '\(model)')") }
+        guard kind != nil else {
+            throw ValidationError("--model must be one of \(Self.models.map(\.rawValue).joined(separator: ", ")) (got '\(model)')")
+        }
         guard batch >= 1, steps >= 1, warmup >= 0, threads >= 0 else {
             throw ValidationError("--batch and --steps must be ≥ 1, --warmup and --threads ≥ 0")
         }

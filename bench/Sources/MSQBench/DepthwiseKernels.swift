@@ -1,0 +1,118 @@
+import ArgumentParser
+import CKernels
+import Dispatch
+import Foundation
+import MSQ
+
+/// One depthwise convolution geometry of MobileNetV3-Large at 224×224 (torchvision's blocks,
+/// each distinct channels × kernel × stride × input size once).
+struct DepthwiseCase {
+    var name: String
+    var channels, hIn, k, stride: Int
+
+    /// The 11 distinct depthwise shapes of MobileNetV3-Large (features.1 … features.15).
+    static let mobileNetV3Large: [DepthwiseCase] = [
+        DepthwiseCase(name: "f1 16 3x3 @112", channels: 16, hIn: 112, k: 3, stride: 1),
+        DepthwiseCase(name: "f2 64 3x3 s2 @112", channels: 64, hIn: 112, k: 3, stride: 2),
+        DepthwiseCase(name: "f3 72 3x3 @56", channels: 72, hIn: 56, k: 3, stride: 1),
+        DepthwiseCase(name: "f4 72 5x5 s2 @56", channels: 72, hIn: 56, k: 5, stride: 2),
+        DepthwiseCase(name: "f5-6 120 5x5 @28", channels: 120, hIn: 28, k: 5, stride: 1),
+        DepthwiseCase(name: "f7 240 3x3 s2 @28", channels: 240, hIn: 28, k: 3, stride: 2),
+        DepthwiseCase(name: "f8 200 3x3 @14", channels: 200, hIn: 14, k: 3, stride: 1),
+        DepthwiseCase(name: "f9-10 184 3x3 @14", channels: 184, hIn: 14, k: 3, stride: 1),
+        DepthwiseCase(name: "f11 480 3x3 @14", channels: 480, hIn: 14, k: 3, stride: 1),
+        DepthwiseCase(name: "f12 672 3x3 @14", channels: 672, hIn: 14, k: 3, stride: 1),
+        DepthwiseCase(name: "f13 672 5x5 s2 @14", channels: 672, hIn: 14, k: 5, stride: 2),
+        DepthwiseCase(name: "f14-15 960 5x5 @7", channels: 960, hIn: 7, k: 5, stride: 1),
+    ]
+}
+
+/// Copy bandwidth (bytes read + bytes written per second) of `bytes`-sized buffers, split into
+/// one contiguous `memcpy` per thread: the ceiling a kernel that streams the same bytes can reach.
+func copyBandwidth(bytes: Int, threads: Int, seconds: Double) -> Double {
+    let count = max(bytes / 4, threads)
+    let src = UnsafeMutablePointer<Float>.allocate(capacity: count), dst = UnsafeMutablePointer<Float>.allocate(capacity: count)
+    defer { src.deallocate(); dst.deallocate() }
+    src.initialize(repeating: 1, count: count)
+    dst.initialize(repeating: 0, count: count)
+    let chunk = (count + threads - 1) / threads
+    // Addresses, not pointers, cross into the concurrent closure (pointers are not Sendable).
+    let from = UInt(bitPattern: src), to = UInt(bitPattern: dst)
+    func copy() {
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            let lo = t * chunk, n = min(chunk, count - lo)
+            guard n > 0, let d = UnsafeMutableRawPointer(bitPattern: to + UInt(lo * 4)),
+                  let s = UnsafeRawPointer(bitPattern: from + UInt(lo * 4)) else { return }
+            memcpy(d, s, n * 4)
+        }
+    }
+    let time = medianSeconds(seconds: seconds, copy)
+    return 2 * Double(count * 4) / time
+}
+
+/// Median seconds per call of `body` over at least `seconds` of calls (and at least 3), after one
+/// warm-up call.
+func medianSeconds(seconds: Double, _ body: () -> Void) -> Double {
+    body()
+    var samples: [Double] = []
+    let start = Date()
+    repeat {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        body()
+        samples.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+    } while Date().timeIntervalSince(start) < seconds || samples.count < 3
+    samples.sort()
+    return samples[samples.count / 2]
+}
+
+extension KernelsCommand {
+    /// Depthwise rows: GB/s on the bytes each direction must move (forward: x, w → y; backward
+    /// input: dy, w → dx, read and written as it accumulates; backward weight: dy, x → dw) and
+    /// GFLOP/s (2·k² per output), against the copy ceiling measured in the same run, both for a
+    /// 256 MiB buffer (DRAM) and for a buffer of the forward's own bytes (the cache level it fits).
+    func runDepthwise(batch: Int, threads: Int) throws {
+        let dram = copyBandwidth(bytes: 256 << 20, threads: threads, seconds: seconds)
+        writeLine("depthwise, batch \(batch): copy ceiling (bytes read + written / s) for 256 MiB \(fmt(dram / 1e9)) GB/s;"
+                  + " 'same-size' = copy of the forward's own bytes; fwd/dram = forward GB/s / DRAM copy GB/s")
+        writeLine(pad("layer", 22) + pad("MiB fwd", 8) + pad("copy", 7) + pad("fwd GB/s", 9) + pad("GFLOP/s", 8)
+                  + pad("fwd/dram", 9) + pad("fwd/same", 9) + pad("bwd-in GB/s", 12) + pad("bwd-w GB/s", 11) + pad("bwd-w GFLOP/s", 13))
+        for c in DepthwiseCase.mobileNetV3Large {
+            var s = msq_conv2d_shape()
+            guard msq_conv2d_make_shape(&s, Int32(batch), Int32(c.channels), Int32(c.hIn), Int32(c.hIn), Int32(c.channels),
+                                        Int32(c.k), Int32(c.k), Int32(c.stride), Int32((c.k - 1) / 2), Int32(c.channels)) == 0 else {
+                throw ValidationError("invalid depthwise shape \(c.name)")
+            }
+            let inCount = batch * c.channels * c.hIn * c.hIn, outCount = batch * c.channels * Int(s.h_out) * Int(s.w_out)
+            let wCount = c.channels * c.k * c.k
+            var rng = RandomSource(seed: 2)
+            let x = Tensor.randomNormal([batch, c.channels, c.hIn, c.hIn], std: 1, using: &rng)
+            let w = Tensor.randomNormal([c.channels, 1, c.k, c.k], std: 0.1, using: &rng)
+            var y = Tensor(shape: [batch, c.channels, Int(s.h_out), Int(s.w_out)])
+            let dy = Tensor.randomNormal(y.shape, std: 1, using: &rng)
+            var dx = Tensor(shape: x.shape), dw = Tensor(shape: w.shape)
+            let workspace = UnsafeMutableRawPointer.allocate(byteCount: max(msq_conv2d_workspace_size(&s), 1), alignment: 64)
+            defer { workspace.deallocate() }
+            let fwd = medianSeconds(seconds: seconds) {
+                y.withUnsafeMutablePointer { yp in x.withUnsafePointer { xp in w.withUnsafePointer { wp in
+                    msq_conv2d_forward(yp, xp, wp, nil, &s, workspace) } } }
+            }
+            let bin = medianSeconds(seconds: seconds) {
+                dx.withUnsafeMutablePointer { dxp in dy.withUnsafePointer { dyp in w.withUnsafePointer { wp in
+                    msq_conv2d_backward_input(dxp, dyp, wp, &s, workspace) } } }
+            }
+            let bw = medianSeconds(seconds: seconds) {
+                dw.withUnsafeMutablePointer { dwp in dy.withUnsafePointer { dyp in x.withUnsafePointer { xp in
+                    msq_conv2d_backward_weight(dwp, nil, dyp, xp, &s, workspace) } } }
+            }
+            let fwdBytes = Double(4 * (inCount + outCount + wCount))
+            let binBytes = Double(4 * (outCount + 2 * inCount + wCount))
+            let bwBytes = Double(4 * (outCount + inCount + 2 * wCount))
+            let flops = 2 * Double(outCount * c.k * c.k)
+            let same = copyBandwidth(bytes: Int(fwdBytes) / 2, threads: threads, seconds: seconds)
+            let f = fwdBytes / fwd
+            writeLine(pad(c.name, 22) + pad(fmt(fwdBytes / 1048576, 1), 8) + pad(fmt(same / 1e9), 7) + pad(fmt(f / 1e9), 9)
+                      + pad(fmt(flops / fwd / 1e9), 8) + pad(fmt(f / dram, 2), 9) + pad(fmt(f / same, 2), 9)
+                      + pad(fmt(binBytes / bin / 1e9), 12) + pad(fmt(bwBytes / bw / 1e9), 11) + pad(fmt(flops / bw / 1e9), 13))
+        }
+    }
+}
