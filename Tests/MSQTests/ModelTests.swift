@@ -153,7 +153,15 @@ func countModules<T>(_ m: any Module, of type: T.Type) -> Int {
                                                        "mobilenetv3-large", "mobilenetv3-small"])
         let mobile = try makeModel(named: "mobilenetv3-small", inputChannels: 1, numClasses: 10, seed: 0, inputSize: 28)
         #expect((mobile as? MobileNetV3)?.smallInput == true)
-        #expect((makeModel(.mobilenetv3Large, inputChannels: 3, numClasses: 10, seed: 0) as? MobileNetV3)?.smallInput == false)
+        let large = makeModel(.mobilenetv3Large, inputChannels: 3, numClasses: 10, seed: 0)
+        #expect((large as? MobileNetV3)?.smallInput == false)
+        // Small inputs (short runs) update batch-norm statistics at 0.1, ImageNet-sized ones at torchvision's 0.01.
+        func momenta(_ m: any Module) -> Set<Float> {
+            var out = Set<Float>()
+            m.visitModules(prefix: "") { _, l in if let bn = l as? BatchNorm2d { out.insert(bn.momentum) } }
+            return out
+        }
+        #expect(momenta(mobile) == [MobileNetV3.shortRunBatchNormMomentum] && momenta(large) == [MobileNetV3.torchvisionBatchNormMomentum])
         #expect(try ModelKind(name: "resnet56") == .resnet56)
         let m = try makeModel(named: "resnet20", inputChannels: 1, numClasses: 5, seed: 0)
         #expect(m is CIFARResNet)

@@ -58,8 +58,9 @@ public let mobileNetSmallInputLimit = 64
 /// Builds a freshly initialised model; the same seed always gives the same parameters.
 ///
 /// CIFAR kinds are ``CIFARResNet``s, ImageNet kinds ``ImageNetResNet``s, MobileNetV3 kinds
-/// ``MobileNetV3``s, with the small-input strides when `inputSize` (the images' height) is below
-/// ``mobileNetSmallInputLimit``; nil means ImageNet-sized. Input `[N, inputChannels, H, W]`,
+/// ``MobileNetV3``s, with the small-input strides and ``MobileNetV3/shortRunBatchNormMomentum``
+/// when `inputSize` (the images' height) is below ``mobileNetSmallInputLimit``; nil means
+/// ImageNet-sized (torchvision's strides and batch-norm momentum). Input `[N, inputChannels, H, W]`,
 /// output logits `[N, numClasses]`.
 public func makeModel(_ kind: ModelKind, inputChannels: Int, numClasses: Int, seed: UInt64,
                       inputSize: Int? = nil) -> any Module {
@@ -75,8 +76,11 @@ public func makeModel(_ kind: ModelKind, inputChannels: Int, numClasses: Int, se
         return ImageNetResNet(block: .bottleneck, layers: [3, 4, 6, 3], inputChannels: inputChannels,
                               numClasses: numClasses, rng: &rng)
     case .mobilenetv3Large, .mobilenetv3Small:
+        let small = (inputSize ?? 224) < mobileNetSmallInputLimit
         return MobileNetV3(kind == .mobilenetv3Large ? .large : .small, inputChannels: inputChannels, numClasses: numClasses,
-                           smallInput: (inputSize ?? 224) < mobileNetSmallInputLimit, rng: &rng)
+                           smallInput: small,
+                           batchNormMomentum: small ? MobileNetV3.shortRunBatchNormMomentum : MobileNetV3.torchvisionBatchNormMomentum,
+                           rng: &rng)
     }
 }
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Issue 17: MobileNetV3-Small on Fashion-MNIST, adapted to 28×28 (small-input strides, batch-norm
+# momentum 0.1; see the README's model list), the 10k recipe: first 10k training images, full 10k
+# test set, 6 epochs, batch 128, SGD lr 0.05 (warm-up 0.5 epoch, cosine), seed 0. Rows: float,
+# MSQ at 10.67x (sign counted; the paper's 16x), DoReFa 3-bit scaled (10.67x). One run per process
+# (about 6 min each at one thread on a quiet 2-core machine); finished runs in $RUNS are kept, an
+# interrupted one is resumed. ROWS picks a subset, so two shells can share the grid; then
+# bench/scripts/mobilenet_table.py prints accuracies, C and the bits by layer type.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${RUNS:-runs/mobilenet}
+ROWS=${ROWS:-"float msq-10.67 dorefa3"}
+THREADS=${THREADS:-1}
+mkdir -p "$RUNS"
+if [[ -z "${MSQ:-}" ]]; then
+    swift build -c release --product msq >/dev/null
+    MSQ=$(swift build -c release --show-bin-path)/msq
+fi
+RECIPE="--model mobilenetv3-small --dataset fashion-mnist --epochs 6 --limit-train 10000 --batch-size 128 --lr 0.05 --threads $THREADS --seed 0"
+source bench/scripts/resumable-run.sh
+for r in $ROWS; do
+    case $r in
+        float)     run "$r" $RECIPE --method fp ;;
+        msq-10.67) run "$r" $RECIPE --method msq --target-compression 10.67 ;;
+        dorefa3)   run "$r" $RECIPE --method dorefa --weight-bits 3 --dorefa-scaled ;;
+        *) echo "unknown row $r (float, msq-10.67, dorefa3)" >&2; exit 1 ;;
+    esac
+done
+python3 bench/scripts/mobilenet_table.py "$RUNS"
