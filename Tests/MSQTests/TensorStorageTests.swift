@@ -32,4 +32,25 @@ struct TensorStorageTests {
         #expect(a.scalars.dropFirst().allSatisfy { $0 == 3 })
         #expect(b.scalars.allSatisfy { $0 == 3 })
     }
+
+    @Test("a dead tensor's buffer goes to the next tensor of its size; live + held never passes the peak of live bytes")
+    func poolRecyclesWithinPeak() {
+        let count = (3 << 20) / 4 + 17  // an odd size of 3 MiB and a bit, used by no other test
+        let bytes = count * MemoryLayout<Float>.stride
+        func withinPeak(_ m: (live: Int, held: Int, peak: Int)) -> Bool { m.live + m.held <= m.peak }
+        #expect(withinPeak(TensorMemory.pooled))
+        do {
+            let a = Tensor(shape: [count], repeating: 2)
+            #expect(a[flat: count - 1] == 2 && TensorMemory.pooled.live >= bytes && withinPeak(TensorMemory.pooled))
+        }
+        let released = TensorMemory.pooled
+        #expect(released.held >= bytes && withinPeak(released))
+        do {
+            let b = Tensor(shape: [count])
+            let reused = TensorMemory.pooled
+            #expect(reused.held == released.held - bytes, "the second tensor of that size takes the held buffer")
+            #expect(reused.live == released.live + bytes && reused.peak == released.peak && b[flat: 0] == 0)
+        }
+        #expect(withinPeak(TensorMemory.pooled))
+    }
 }
