@@ -1,6 +1,6 @@
 import ArgumentParser
+import CBLASBench
 import CKernels
-import Dispatch
 import Foundation
 import MSQ
 
@@ -27,55 +27,34 @@ struct DepthwiseCase {
     ]
 }
 
-/// Copy bandwidth (bytes read + bytes written per second) of `bytes`-sized buffers, split into
-/// one contiguous `memcpy` per thread: the ceiling a kernel that streams the same bytes can reach.
-func copyBandwidth(bytes: Int, threads: Int, seconds: Double) -> Double {
-    let count = max(bytes / 4, threads)
-    let src = UnsafeMutablePointer<Float>.allocate(capacity: count), dst = UnsafeMutablePointer<Float>.allocate(capacity: count)
-    defer { src.deallocate(); dst.deallocate() }
-    src.initialize(repeating: 1, count: count)
-    dst.initialize(repeating: 0, count: count)
-    let chunk = (count + threads - 1) / threads
-    // Addresses, not pointers, cross into the concurrent closure (pointers are not Sendable).
-    let from = UInt(bitPattern: src), to = UInt(bitPattern: dst)
-    func copy() {
-        DispatchQueue.concurrentPerform(iterations: threads) { t in
-            let lo = t * chunk, n = min(chunk, count - lo)
-            guard n > 0, let d = UnsafeMutableRawPointer(bitPattern: to + UInt(lo * 4)),
-                  let s = UnsafeRawPointer(bitPattern: from + UInt(lo * 4)) else { return }
-            memcpy(d, s, n * 4)
-        }
-    }
-    let time = medianSeconds(seconds: seconds, copy)
-    return 2 * Double(count * 4) / time
-}
-
-/// Median seconds per call of `body` over at least `seconds` of calls (and at least 3), after one
-/// warm-up call.
-func medianSeconds(seconds: Double, _ body: () -> Void) -> Double {
-    body()
-    var samples: [Double] = []
-    let start = Date()
-    repeat {
-        let t0 = DispatchTime.now().uptimeNanoseconds
-        body()
-        samples.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-    } while Date().timeIntervalSince(start) < seconds || samples.count < 3
-    samples.sort()
-    return samples[samples.count / 2]
-}
-
 extension KernelsCommand {
+    /// Copy bandwidth (bytes read + bytes written per second) of `bytes`-sized buffers, one
+    /// contiguous `memcpy` per thread (`bench_parallel_memcpy`): the ceiling of a kernel that
+    /// streams the same bytes.
+    func copyBandwidth(bytes: Int, threads: Int) -> Double {
+        let src = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        let dst = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        defer { src.deallocate(); dst.deallocate() }
+        memset(src, 1, bytes)
+        memset(dst, 0, bytes)
+        return 2 * Double(bytes) / timePerCall { bench_parallel_memcpy(dst, src, bytes, Int32(threads)) }
+    }
+
     /// Depthwise rows: GB/s on the bytes each direction must move (forward: x, w → y; backward
     /// input: dy, w → dx, read and written as it accumulates; backward weight: dy, x → dw) and
-    /// GFLOP/s (2·k² per output), against the copy ceiling measured in the same run, both for a
-    /// 256 MiB buffer (DRAM) and for a buffer of the forward's own bytes (the cache level it fits).
+    /// GFLOP/s (2·k² per output), against the ceilings measured in the same run: the copy
+    /// bandwidth for a 256 MiB buffer (DRAM) and for a buffer of the forward's own bytes (the cache
+    /// level it fits), and the forward's load ceiling: depthwise.c does one 8-float load per tap
+    /// per output vector, so it cannot pass bytes / (k²·vectors / load-FMA rate).
     func runDepthwise(batch: Int, threads: Int) throws {
-        let dram = copyBandwidth(bytes: 256 << 20, threads: threads, seconds: seconds)
+        let dram = copyBandwidth(bytes: 256 << 20, threads: threads)
+        let rate = bench_load_fma_rate(Int32(threads), 50_000_000)
         writeLine("depthwise, batch \(batch): copy ceiling (bytes read + written / s) for 256 MiB \(fmt(dram / 1e9)) GB/s;"
-                  + " 'same-size' = copy of the forward's own bytes; fwd/dram = forward GB/s / DRAM copy GB/s")
-        writeLine(pad("layer", 22) + pad("MiB fwd", 8) + pad("copy", 7) + pad("fwd GB/s", 9) + pad("GFLOP/s", 8)
-                  + pad("fwd/dram", 9) + pad("fwd/same", 9) + pad("bwd-in GB/s", 12) + pad("bwd-w GB/s", 11) + pad("bwd-w GFLOP/s", 13))
+                  + " 'same' = copy of the forward's own bytes; L1 load+FMA rate \(fmt(rate / 1e9, 2)) G/s"
+                  + " ('load' = the forward's ceiling at one load per tap per output vector)")
+        writeLine(pad("layer", 22) + pad("MiB fwd", 8) + pad("same", 7) + pad("load", 7) + pad("fwd GB/s", 9)
+                  + pad("GFLOP/s", 8) + pad("fwd/dram", 9) + pad("fwd/same", 9) + pad("fwd/load", 9)
+                  + pad("bwd-in GB/s", 12) + pad("bwd-w GB/s", 11) + pad("bwd-w GFLOP/s", 13))
         for c in DepthwiseCase.mobileNetV3Large {
             var s = msq_conv2d_shape()
             guard msq_conv2d_make_shape(&s, Int32(batch), Int32(c.channels), Int32(c.hIn), Int32(c.hIn), Int32(c.channels),
@@ -92,15 +71,15 @@ extension KernelsCommand {
             var dx = Tensor(shape: x.shape), dw = Tensor(shape: w.shape)
             let workspace = UnsafeMutableRawPointer.allocate(byteCount: max(msq_conv2d_workspace_size(&s), 1), alignment: 64)
             defer { workspace.deallocate() }
-            let fwd = medianSeconds(seconds: seconds) {
+            let fwd = timePerCall {
                 y.withUnsafeMutablePointer { yp in x.withUnsafePointer { xp in w.withUnsafePointer { wp in
                     msq_conv2d_forward(yp, xp, wp, nil, &s, workspace) } } }
             }
-            let bin = medianSeconds(seconds: seconds) {
+            let bin = timePerCall {
                 dx.withUnsafeMutablePointer { dxp in dy.withUnsafePointer { dyp in w.withUnsafePointer { wp in
                     msq_conv2d_backward_input(dxp, dyp, wp, &s, workspace) } } }
             }
-            let bw = medianSeconds(seconds: seconds) {
+            let bw = timePerCall {
                 dw.withUnsafeMutablePointer { dwp in dy.withUnsafePointer { dyp in x.withUnsafePointer { xp in
                     msq_conv2d_backward_weight(dwp, nil, dyp, xp, &s, workspace) } } }
             }
@@ -108,10 +87,13 @@ extension KernelsCommand {
             let binBytes = Double(4 * (outCount + 2 * inCount + wCount))
             let bwBytes = Double(4 * (outCount + inCount + 2 * wCount))
             let flops = 2 * Double(outCount * c.k * c.k)
-            let same = copyBandwidth(bytes: Int(fwdBytes) / 2, threads: threads, seconds: seconds)
+            let same = copyBandwidth(bytes: Int(fwdBytes) / 2, threads: threads)
+            let vectorTaps = Double(batch * c.channels * Int(s.h_out) * ((Int(s.w_out) + 7) / 8) * c.k * c.k)
+            let load = fwdBytes / (vectorTaps / rate)
             let f = fwdBytes / fwd
-            writeLine(pad(c.name, 22) + pad(fmt(fwdBytes / 1048576, 1), 8) + pad(fmt(same / 1e9), 7) + pad(fmt(f / 1e9), 9)
-                      + pad(fmt(flops / fwd / 1e9), 8) + pad(fmt(f / dram, 2), 9) + pad(fmt(f / same, 2), 9)
+            writeLine(pad(c.name, 22) + pad(fmt(fwdBytes / 1048576, 1), 8) + pad(fmt(same / 1e9), 7) + pad(fmt(load / 1e9), 7)
+                      + pad(fmt(f / 1e9), 9) + pad(fmt(flops / fwd / 1e9), 8) + pad(fmt(f / dram, 2), 9) + pad(fmt(f / same, 2), 9)
+                      + pad(fmt(f / load, 2), 9)
                       + pad(fmt(binBytes / bin / 1e9), 12) + pad(fmt(bwBytes / bw / 1e9), 11) + pad(fmt(flops / bw / 1e9), 13))
         }
     }
