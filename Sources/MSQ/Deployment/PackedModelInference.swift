@@ -68,7 +68,7 @@ extension PackedModel {
     }
 
     /// Builds a built-in network (a ``ModelKind``) from the file alone, ready for `.eval` forwards:
-    /// ``makeModel(_:inputChannels:numClasses:seed:)`` then ``load(into:)``.
+    /// ``makeModel(_:inputChannels:numClasses:seed:inputSize:)`` (at the file's input height) then ``load(into:)``.
     ///
     /// Loading: ``QuantizationScheme/apply(to:)`` attaches the
     /// scheme (including PACT input quantizers when ``Header/activationBits`` is set), and then:
