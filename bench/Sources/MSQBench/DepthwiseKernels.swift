@@ -10,7 +10,7 @@ struct DepthwiseCase {
     var name: String
     var channels, hIn, k, stride: Int
 
-    /// The 11 distinct depthwise shapes of MobileNetV3-Large (features.1 … features.15).
+    /// The 12 distinct depthwise shapes of MobileNetV3-Large (features.1 … features.15).
     static let mobileNetV3Large: [DepthwiseCase] = [
         DepthwiseCase(name: "f1 16 3x3 @112", channels: 16, hIn: 112, k: 3, stride: 1),
         DepthwiseCase(name: "f2 64 3x3 s2 @112", channels: 64, hIn: 112, k: 3, stride: 2),
@@ -66,23 +66,8 @@ extension KernelsCommand {
             var rng = RandomSource(seed: 2)
             let x = Tensor.randomNormal([batch, c.channels, c.hIn, c.hIn], std: 1, using: &rng)
             let w = Tensor.randomNormal([c.channels, 1, c.k, c.k], std: 0.1, using: &rng)
-            var y = Tensor(shape: [batch, c.channels, Int(s.h_out), Int(s.w_out)])
-            let dy = Tensor.randomNormal(y.shape, std: 1, using: &rng)
-            var dx = Tensor(shape: x.shape), dw = Tensor(shape: w.shape)
-            let workspace = UnsafeMutableRawPointer.allocate(byteCount: max(msq_conv2d_workspace_size(&s), 1), alignment: 64)
-            defer { workspace.deallocate() }
-            let fwd = timePerCall {
-                y.withUnsafeMutablePointer { yp in x.withUnsafePointer { xp in w.withUnsafePointer { wp in
-                    msq_conv2d_forward(yp, xp, wp, nil, &s, workspace) } } }
-            }
-            let bin = timePerCall {
-                dx.withUnsafeMutablePointer { dxp in dy.withUnsafePointer { dyp in w.withUnsafePointer { wp in
-                    msq_conv2d_backward_input(dxp, dyp, wp, &s, workspace) } } }
-            }
-            let bw = timePerCall {
-                dw.withUnsafeMutablePointer { dwp in dy.withUnsafePointer { dyp in x.withUnsafePointer { xp in
-                    msq_conv2d_backward_weight(dwp, nil, dyp, xp, &s, workspace) } } }
-            }
+            let dy = Tensor.randomNormal([batch, c.channels, Int(s.h_out), Int(s.w_out)], std: 1, using: &rng)
+            let (fwd, bin, bw) = timeConv(&s, x: x, w: w, dy: dy)
             let fwdBytes = Double(4 * (inCount + outCount + wCount))
             let binBytes = Double(4 * (outCount + 2 * inCount + wCount))
             let bwBytes = Double(4 * (outCount + inCount + 2 * wCount))

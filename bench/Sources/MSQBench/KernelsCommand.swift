@@ -62,9 +62,8 @@ struct KernelsCommand: ParsableCommand {
     func run() throws {
         msq_set_num_threads(Int32(threads))
         let t = Int(msq_get_num_threads())
-        writeLine("threads \(t); GFLOP/s = 2·M·N·K / time; ratio = conv / sgemm at the same M, N, K")
-        writeLine(pad("layer", 28) + pad("batch", 6) + pad("M×N×K", 20) + pad("sgemm", 8) + pad("fwd", 8) + pad("ratio", 7)
-              + pad("bwd-in", 8) + pad("ratio", 7) + pad("bwd-w", 8) + pad("ratio", 7))
+        writeLine("threads \(t)")
+        var convHeader = false
         for model in models.split(separator: ",").map(String.init) {
             guard ["resnet20", "resnet18", "mobilenetv3-large"].contains(model) else {
                 throw ValidationError("unknown model \(model) in --models (resnet20, resnet18, mobilenetv3-large)")
@@ -72,6 +71,12 @@ struct KernelsCommand: ParsableCommand {
             if model == "mobilenetv3-large" {
                 try runDepthwise(batch: batch18, threads: t)
                 continue
+            }
+            if !convHeader {
+                writeLine("GFLOP/s = 2·M·N·K / time; ratio = conv / sgemm at the same M, N, K")
+                writeLine(pad("layer", 28) + pad("batch", 6) + pad("M×N×K", 20) + pad("sgemm", 8) + pad("fwd", 8) + pad("ratio", 7)
+                      + pad("bwd-in", 8) + pad("ratio", 7) + pad("bwd-w", 8) + pad("ratio", 7))
+                convHeader = true
             }
             let batch = model == "resnet20" ? batch20 : batch18
             for c in ConvCase.cases(model: model) {
@@ -91,12 +96,7 @@ struct KernelsCommand: ParsableCommand {
         var rng = RandomSource(seed: 1)
         let x = Tensor.randomNormal([batch, c.cIn, c.hIn, c.hIn], std: 1, using: &rng)
         let w = Tensor.randomNormal([c.cOut, c.cIn, c.k, c.k], std: 0.1, using: &rng)
-        var y = Tensor(shape: [batch, c.cOut, Int(s.h_out), Int(s.w_out)])
-        let dy = Tensor.randomNormal(y.shape, std: 1, using: &rng)
-        var dx = Tensor(shape: x.shape)
-        var dw = Tensor(shape: w.shape)
-        let workspace = UnsafeMutableRawPointer.allocate(byteCount: max(msq_conv2d_workspace_size(&s), 1), alignment: 64)
-        defer { workspace.deallocate() }
+        let dy = Tensor.randomNormal([batch, c.cOut, Int(s.h_out), Int(s.w_out)], std: 1, using: &rng)
 
         let a = Tensor.randomNormal([m, k], std: 1, using: &rng)
         let b = Tensor.randomNormal([k, n], std: 1, using: &rng)
@@ -105,6 +105,19 @@ struct KernelsCommand: ParsableCommand {
             cm.withUnsafeMutablePointer { cp in a.withUnsafePointer { ap in b.withUnsafePointer { bp in
                 bench_sgemm(cp, ap, bp, Int32(m), Int32(n), Int32(k), Int32(threads)) } } }
         }
+        let (fwd, bin, bw) = timeConv(&s, x: x, w: w, dy: dy)
+        let g = flops / gemm / 1e9, f = flops / fwd / 1e9, bi = flops / bin / 1e9, bwg = flops / bw / 1e9
+        writeLine(pad(c.name, 28) + pad("\(batch)", 6) + pad("\(m)×\(n)×\(k)", 20) + pad(fmt(g), 8)
+              + pad(fmt(f), 8) + pad(fmt(f / g, 2), 7) + pad(fmt(bi), 8) + pad(fmt(bi / g, 2), 7)
+              + pad(fmt(bwg), 8) + pad(fmt(bwg / g, 2), 7))
+    }
+
+    /// Median seconds per call of `msq_conv2d_forward`, `_backward_input` and `_backward_weight` on
+    /// shape `s` with input x, weight w and output gradient dy (each direction's output allocated here).
+    func timeConv(_ s: inout msq_conv2d_shape, x: Tensor, w: Tensor, dy: Tensor) -> (forward: Double, input: Double, weight: Double) {
+        var y = Tensor(shape: dy.shape), dx = Tensor(shape: x.shape), dw = Tensor(shape: w.shape)
+        let workspace = UnsafeMutableRawPointer.allocate(byteCount: max(msq_conv2d_workspace_size(&s), 1), alignment: 64)
+        defer { workspace.deallocate() }
         let fwd = timePerCall {
             y.withUnsafeMutablePointer { yp in x.withUnsafePointer { xp in w.withUnsafePointer { wp in
                 msq_conv2d_forward(yp, xp, wp, nil, &s, workspace) } } }
@@ -117,10 +130,7 @@ struct KernelsCommand: ParsableCommand {
             dw.withUnsafeMutablePointer { dwp in dy.withUnsafePointer { dyp in x.withUnsafePointer { xp in
                 msq_conv2d_backward_weight(dwp, nil, dyp, xp, &s, workspace) } } }
         }
-        let g = flops / gemm / 1e9, f = flops / fwd / 1e9, bi = flops / bin / 1e9, bwg = flops / bw / 1e9
-        writeLine(pad(c.name, 28) + pad("\(batch)", 6) + pad("\(m)×\(n)×\(k)", 20) + pad(fmt(g), 8)
-              + pad(fmt(f), 8) + pad(fmt(f / g, 2), 7) + pad(fmt(bi), 8) + pad(fmt(bi / g, 2), 7)
-              + pad(fmt(bwg), 8) + pad(fmt(bwg / g, 2), 7))
+        return (fwd, bin, bw)
     }
 
     /// Median seconds per call over repeated timed batches of calls, after one warm-up call.
