@@ -6,29 +6,32 @@
  *     backward weight  dw[c,ky,kx]  += Σ_b Σ_oy,ox dy[b,c,oy,ox] · x[b,c, oy·sh − ph + ky, ox·sw − pw + kx]
  *                      dbias[c]     += Σ_b Σ_oy,ox dy[b,c,oy,ox]
  *
- * A depthwise layer does only kh·kw multiply-adds per output, so it is bound by moving its planes,
- * not by arithmetic — if the arithmetic runs at vector speed. Two things stop that on MobileNetV3's
+ * A depthwise layer does only kh·kw multiply-adds per output, so at vector speed its large planes
+ * are bound by DRAM and its small ones (which sit in cache) by the one load per tap per output
+ * vector (bench/README, "Depthwise kernels"). Two things stop vector speed on MobileNetV3's
  * planes (7 to 112 pixels wide): the padding (a tap near the border reads outside the plane) and the
  * stride (stride 2 reads every other column). Both go away in a per-thread copy of the plane that
  * is zero-padded and split into column phases (`phased`): phase f holds padded columns f, f + sw,
  * f + 2·sw, …, so every tap of every output is a contiguous, in-bounds 8-float load. Then one
- * routine (`gather`) computes every direction as "init + Σ over taps of w_t · src[o_t + …]" on
- * 8 outputs per vector, 4 vectors at a time so that 4 independent sums hide the add latency:
+ * routine (`gather`) computes the forward and the input gradient as "init + Σ over taps of
+ * w_t · src[o_t + …]" on 8 outputs per vector, 8 vectors at a time so that 8 independent fused
+ * multiply-add chains hide the latency and share each tap's broadcast weight:
  *
  *   - forward: the taps of the filter over the phased input;
  *   - backward input, as a gather (no overlapping stores): output column ix + pw = sw·j + f and
  *     row iy + ph = sh·i + g receive exactly the taps kx ≡ f (mod sw), ky ≡ g (mod sh), from
  *     dy[i − (ky − g)/sh, j − (kx − f)/sw], contiguous in j over a zero-padded copy of dy;
- *   - backward weight: per tap, Σ over the plane of dy · (the tap's shifted input), in vectors.
+ *   - backward weight (`tap_block`): per block of up to 9 taps, each dy vector loaded once and
+ *     fused with every tap's shifted input.
  *
  * Small planes (7×7, 14×14) have too few outputs to amortise a call's set-up, so the images of one
  * channel, which share its filter, are stacked: one gather runs over up to 64 KB of padded planes.
  *
  * Sums run in a fixed order that depends only on the shape: every direction splits the channels
  * over threads (each output written, and each channel's weight gradient summed over the images in
- * order, by one thread), so every result is independent of the thread count. No -ffast-math (fused multiply-adds, as direct.c). No workspace: each call
- * allocates its threads' scratch (a few padded planes each) once, and falls back to the reference
- * kernel if it cannot. */
+ * order, by one thread), so every result is independent of the thread count. No -ffast-math (fused
+ * multiply-adds, as direct.c; not near a quantizer). No workspace: each call allocates its threads'
+ * scratch (a few padded planes each) once, and falls back to the reference kernel if it cannot. */
 #include "msq_kernels.h"
 #include <immintrin.h>
 #include <omp.h>
