@@ -172,13 +172,27 @@ typedef struct rows_out {
     float *out;
     ptrdiff_t stride, plane_stride;
     int width, rows;
+    /* 0: out = the sums; 1: out += the sums (each vector starts from out's values, and the lanes
+       past a row's end are stored back unchanged, since a later row has not been written yet) */
+    int accumulate;
 } rows_out;
+
+/* out's current values at item k (lanes past the plane's last float read as 0). */
+static inline __m256 load_item(const rows_out *o, walk k) {
+    const ptrdiff_t at = (ptrdiff_t)k.r * o->stride + 8 * k.v, end = (ptrdiff_t)(o->rows - 1) * o->stride + o->width;
+    const float *p = o->out + (ptrdiff_t)k.pl * o->plane_stride + at;
+    const int left = o->width - 8 * k.v;
+    return left >= 8 || at + 8 <= end ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lanes_below(left));
+}
 
 static inline void store_item(const rows_out *o, walk k, __m256 a) {
     const ptrdiff_t at = (ptrdiff_t)k.r * o->stride + 8 * k.v, end = (ptrdiff_t)(o->rows - 1) * o->stride + o->width;
     float *p = o->out + (ptrdiff_t)k.pl * o->plane_stride + at;
     const int left = o->width - 8 * k.v;
-    if (left >= 8 || at + 8 <= end) {
+    if (left >= 8) {
+        _mm256_storeu_ps(p, a);
+    } else if (at + 8 <= end) {
+        if (o->accumulate) a = _mm256_blendv_ps(_mm256_loadu_ps(p), a, _mm256_castsi256_ps(lanes_below(left)));
         _mm256_storeu_ps(p, a);
     } else {
         float lanes[8];
@@ -188,7 +202,8 @@ static inline void store_item(const rows_out *o, walk k, __m256 a) {
 }
 
 /* For every item (pl, r, v) of `planes` stacked planes of o->rows rows and ⌈o->width / 8⌉ vectors:
-   8 lanes = init + Σ_t w_t · src[pl·plane_step + r·row_step + 8·v + off_t + lane], taps in order.
+   8 lanes = init (or, with o->accumulate, out's value) + Σ_t w_t · src[pl·plane_step + r·row_step +
+   8·v + off_t + lane], taps in order.
    Eight items at a time: eight independent sums hide the fused multiply-adds' latency and share
    each tap's broadcast weight. The last group repeats its last item to fill up (and stores only
    the real ones). */
@@ -212,6 +227,11 @@ static void gather(const rows_out *o, const float *src, ptrdiff_t row_step, ptrd
             }
         }
         __m256 a0 = b, a1 = b, a2 = b, a3 = b, a4 = b, a5 = b, a6 = b, a7 = b;
+        if (o->accumulate) {
+            __m256 from[G];
+            for (int u = 0; u < G; u++) from[u] = u < real ? load_item(o, k[u]) : b;
+            a0 = from[0], a1 = from[1], a2 = from[2], a3 = from[3], a4 = from[4], a5 = from[5], a6 = from[6], a7 = from[7];
+        }
         const float *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3], *p4 = p[4], *p5 = p[5], *p6 = p[6], *p7 = p[7];
         for (int j = 0; j < t->n; j++) {
             const __m256 wv = _mm256_broadcast_ss(t->w + j);
@@ -305,7 +325,7 @@ void msq_conv2d_depthwise_forward(float *y, const float *x, const float *w, cons
                 }
                 if (stack > 1 && c + 1 < channels) prefetch_planes(x, b0, nb, c + 1, channels, in_plane);
                 const rows_out o = {y + ((size_t)b0 * channels + c) * out_plane, s->w_out,
-                                    (ptrdiff_t)(channels * out_plane), s->w_out, s->h_out};
+                                    (ptrdiff_t)(channels * out_plane), s->w_out, s->h_out, 0};
                 gather(&o, planes, (ptrdiff_t)s->stride_h * layout.cols, (ptrdiff_t)pf, nb, &t, bias ? bias[c] : 0.0f);
             }
         }
@@ -368,9 +388,16 @@ void msq_conv2d_depthwise_backward_input(float *dx, const float *dy, const float
                             }
                         if (t.n == 0) continue;
                         const int rows = i_hi - i_lo + 1, width = j_hi - j_lo + 1, nv = vectors(width);
-                        const rows_out o = {sums, 8 * nv, (ptrdiff_t)qf, width, rows};
-                        gather(&o, planes + (ptrdiff_t)(i_lo + top) * layout.cols + left + j_lo, layout.cols, (ptrdiff_t)pf,
-                               nb, &t, 0.0f);
+                        const float *from = planes + (ptrdiff_t)(i_lo + top) * layout.cols + left + j_lo;
+                        if (sh == 1 && sw == 1) {
+                            /* one class, whose rows and columns are dx's own: accumulate straight into dx */
+                            const rows_out o = {dx + ((size_t)b0 * channels + c) * in_plane, s->w_in,
+                                                (ptrdiff_t)(channels * in_plane), width, rows, 1};
+                            gather(&o, from, layout.cols, (ptrdiff_t)pf, nb, &t, 0.0f);
+                            continue;
+                        }
+                        const rows_out o = {sums, 8 * nv, (ptrdiff_t)qf, width, rows, 0};
+                        gather(&o, from, layout.cols, (ptrdiff_t)pf, nb, &t, 0.0f);
                         for (int j = 0; j < nb; j++) {
                             float *dxq = dx + ((size_t)(b0 + j) * channels + c) * in_plane;
                             for (int r = 0; r < rows; r++) {
