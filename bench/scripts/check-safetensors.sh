@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Safetensors in and out of MSQ against PyTorch (issue 15, deliverable 5). Two checks:
-#  (a) in:  torchvision ResNet-18 (3×64×64, batch 4) and our ResNet-20 (1×32×32, batch 8) with
+#  (a) in:  torchvision ResNet-18 (3×64×64, batch 4), our ResNet-20 (1×32×32, batch 8) and
+#      torchvision's MobileNetV3-Large and -Small (3×96×96, batch 2, issue 17) with
 #      random weights and random batch-norm statistics, saved by PyTorch (state_dict, with
 #      num_batches_tracked), loaded by `msq-bench logits` (loadSafeTensors, PyTorch names); the
 #      eval-mode logits must be within TOLERANCE (1e-4) of PyTorch's, relative to the largest
@@ -70,9 +71,13 @@ say() { echo "$*" | tee -a "$OUT/summary.txt"; }
 say "# check-safetensors.sh $(date -u +%Y-%m-%dT%H:%MZ), torch $("$PYTHON" -c 'import torch; print(torch.__version__)'), $THREADS threads"
 
 say "## (a) PyTorch safetensors → MSQ, eval-mode logits (tolerance $TOLERANCE relative)"
-for model in resnet18 resnet20; do
+for model in resnet18 resnet20 mobilenetv3-large mobilenetv3-small; do
     dir="$OUT/$model"
-    if [[ $model == resnet18 ]]; then shape=(--size 64 --batch 4); else shape=(--size 32 --batch 8); fi
+    case $model in
+        resnet18) shape=(--size 64 --batch 4) ;;
+        resnet20) shape=(--size 32 --batch 8) ;;
+        *)        shape=(--size 96 --batch 2) ;;  # ≥ 64 pixels: torchvision's own strides
+    esac
     "$PYTHON" "$HELPER" make-case "$model" "$dir" "${shape[@]}" >&2
     "$BENCH" logits --model "$model" --weights "$dir/weights.safetensors" --input "$dir/input.safetensors" \
         --out "$dir/msq-logits.safetensors" --threads "$THREADS" >&2
