@@ -30,26 +30,67 @@ public final class Sequential: Module {
         children.first { $0.name == name }?.module
     }
 
+    /// One step of the forward and backward passes: a child, or a batch norm and the ReLU right
+    /// after it as one fused pass (``BatchNorm2d/forwardReLU(_:mode:)``: the tensor read and written
+    /// once instead of twice, bit for bit the two layers' result), as in MobileNetV3's
+    /// conv → BN → ReLU triples.
+    private enum Step {
+        case child(Int)
+        case batchNormReLU(BatchNorm2d)
+    }
+
+    private var steps: [Step] {
+        var out: [Step] = []
+        var i = 0
+        while i < children.count {
+            if let bn = children[i].module as? BatchNorm2d, i + 1 < children.count,
+               (children[i + 1].module as? Activation)?.kind == .relu {
+                out.append(.batchNormReLU(bn))
+                i += 2
+            } else {
+                out.append(.child(i))
+                i += 1
+            }
+        }
+        return out
+    }
+
     /// Applies the children in order.
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
         var x = input
-        for child in children { x = child.module.forward(x, mode: mode) }
+        for step in steps {
+            switch step {
+            case let .child(i): x = children[i].module.forward(x, mode: mode)
+            case let .batchNormReLU(bn): x = bn.forwardReLU(x, mode: mode)
+            }
+        }
         return x
     }
 
     /// Applies the children's backward in reverse order.
     public func backward(_ gradOutput: Tensor) -> Tensor {
         var g = gradOutput
-        for child in children.reversed() { g = child.module.backward(g) }
+        for step in steps.reversed() { g = backward(step, g) }
         return g
     }
 
     /// The children's backward in reverse order, the first child's without its input gradient.
     public func backwardParameters(_ gradOutput: Tensor) {
-        guard let first = children.first else { return }
+        let all = steps
+        guard let first = all.first else { return }
         var g = gradOutput
-        for child in children.dropFirst().reversed() { g = child.module.backward(g) }
-        first.module.backwardParameters(g)
+        for step in all.dropFirst().reversed() { g = backward(step, g) }
+        switch first {
+        case let .child(i): children[i].module.backwardParameters(g)
+        case let .batchNormReLU(bn): _ = bn.backwardReLU(g)
+        }
+    }
+
+    private func backward(_ step: Step, _ g: Tensor) -> Tensor {
+        switch step {
+        case let .child(i): return children[i].module.backward(g)
+        case let .batchNormReLU(bn): return bn.backwardReLU(g)
+        }
     }
 
     /// Each child's parameters under `prefix.<child name>`.
