@@ -3,6 +3,7 @@
  * bit for bit; the fast ones hoist the switch out of the loop (so the loops vectorise) and
  * split large arrays across threads. NaN propagates through the forward as in PyTorch. */
 #include "msq_kernels.h"
+#include "activation_math.h"
 #include <math.h>
 
 /* Spelled out: M_SQRT1_2 and friends are not ISO C. */
@@ -12,11 +13,6 @@
 
 static inline float relu_f(float x) { return x < 0.0f ? 0.0f : x; }
 static inline float relu6_f(float x) { return x < 0.0f ? 0.0f : (x > 6.0f ? 6.0f : x); }
-static inline float hardswish_f(float x) {
-    float r = x + 3.0f;
-    r = r < 0.0f ? 0.0f : (r > 6.0f ? 6.0f : r);
-    return x * r / 6.0f;
-}
 static inline float gelu_f(float x) { return x * 0.5f * (1.0f + erff(x * SQRT1_2)); }
 static inline float hardsigmoid_f(float x) {
     float r = x + 3.0f;
@@ -30,9 +26,6 @@ static inline float hardsigmoid_f(float x) {
    (1/6 on the open interval (-3, 3), else 0). */
 static inline float relu_b(float dy, float x) { return x <= 0.0f ? 0.0f : dy; }
 static inline float relu6_b(float dy, float x) { return (x <= 0.0f || x >= 6.0f) ? 0.0f : dy; }
-static inline float hardswish_b(float dy, float x) {
-    return x < -3.0f ? 0.0f : (x <= 3.0f ? dy * (x / 3.0f + 0.5f) : dy);
-}
 static inline float hardsigmoid_b(float dy, float x) { return (x > -3.0f && x < 3.0f) ? dy / 6.0f : 0.0f; }
 static inline float gelu_b(float dy, float x) {
     float cdf = 0.5f * (1.0f + erff(x * SQRT1_2));

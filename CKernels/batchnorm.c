@@ -4,11 +4,20 @@
  * single thread per channel in a fixed order, so results never depend on the thread count.
  * The per-element arithmetic is in float and identical in the fast and reference kernels. */
 #include "msq_kernels.h"
+#include "activation_math.h"
 #include <math.h>
 
 #define BN_PARALLEL_MIN 16384L /* below this many elements a parallel region costs more than it saves */
 
 static inline size_t row(int i, int ch, int c, int hw) { return ((size_t)i * c + ch) * hw; }
+
+/* The activation a pass fuses after the normalisation. */
+enum { BN_PLAIN = 0, BN_RELU = 1, BN_HARDSWISH = 2 };
+
+/* act(v), as activation.c computes it. */
+static inline float activate(int act, float v) {
+    return act == BN_RELU ? (v < 0.0f ? 0.0f : v) : act == BN_HARDSWISH ? hardswish_f(v) : v;
+}
 
 static inline float eval_invstd(float running_var, float eps) {
     return (float)(1.0 / sqrt((double)running_var + (double)eps));
@@ -30,11 +39,11 @@ static inline void finish_stats(float *save_mean, float *save_invstd, float *run
 
 /* ---------------------------------------------------------------- reference */
 
-/* y = BN(x), or relu(BN(x)) when relu != 0 (relu as in activation.c: v < 0 ? 0 : v). */
+/* y = act(BN(x)), act one of BN_PLAIN, BN_RELU, BN_HARDSWISH (as activation.c computes them). */
 static void forward_train_ref(float *y, float *save_mean, float *save_invstd, float *running_mean,
                               float *running_var, const float *x, const float *gamma,
                               const float *beta, int n, int c, int hw, float momentum, float eps,
-                              int relu) {
+                              int act) {
     long m = (long)n * hw;
     for (int ch = 0; ch < c; ch++) {
         double sum = 0.0;
@@ -52,8 +61,7 @@ static void forward_train_ref(float *y, float *save_mean, float *save_invstd, fl
         for (int i = 0; i < n; i++)
             for (int j = 0; j < hw; j++) {
                 size_t o = row(i, ch, c, hw) + j;
-                const float v = (x[o] - mu) * a + b;
-                y[o] = relu && v < 0.0f ? 0.0f : v;
+                y[o] = activate(act, (x[o] - mu) * a + b);
             }
     }
 }
@@ -71,7 +79,15 @@ void msq_batchnorm_relu_forward_train_ref(float *y, float *save_mean, float *sav
                                           const float *x, const float *gamma, const float *beta,
                                           int n, int c, int hw, float momentum, float eps) {
     forward_train_ref(y, save_mean, save_invstd, running_mean, running_var, x, gamma, beta, n, c, hw,
-                      momentum, eps, 1);
+                      momentum, eps, BN_RELU);
+}
+
+void msq_batchnorm_hardswish_forward_train_ref(float *y, float *save_mean, float *save_invstd,
+                                               float *running_mean, float *running_var,
+                                               const float *x, const float *gamma, const float *beta,
+                                               int n, int c, int hw, float momentum, float eps) {
+    forward_train_ref(y, save_mean, save_invstd, running_mean, running_var, x, gamma, beta, n, c, hw,
+                      momentum, eps, BN_HARDSWISH);
 }
 
 void msq_batchnorm_forward_eval_ref(float *y, const float *x, const float *gamma, const float *beta,
@@ -94,23 +110,28 @@ static inline void add_param_grads(float *dgamma, float *dbeta, int ch, double s
     if (dbeta) dbeta[ch] += (float)sdy;
 }
 
-/* The gradient reaching BN's output: dy, or with the fused ReLU's output y, relu'(·) dy
-   (activation.c's relu_b: 0 where y <= 0). */
-static inline float masked(const float *y, const float *dy, size_t o) {
-    return y && y[o] <= 0.0f ? 0.0f : dy[o];
+/* The gradient reaching BN's output: dy; with the fused ReLU's output y, relu'(·) dy
+   (activation.c's relu_b: 0 where y <= 0); with the fused hard-swish's β, hardswish'(v) dy for
+   v = (x − μ)·a + β recomputed exactly as the forward computed it (a = γ·invstd). */
+static inline float fused_grad(const float *y, const float *beta, const float *dy, const float *x, size_t o,
+                               float mu, float a, float b) {
+    if (y) return y[o] <= 0.0f ? 0.0f : dy[o];
+    if (beta) return hardswish_b(dy[o], (x[o] - mu) * a + b);
+    return dy[o];
 }
 
 static void backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy, const float *y,
-                         const float *x, const float *gamma, const float *save_mean,
+                         const float *x, const float *gamma, const float *beta, const float *save_mean,
                          const float *save_invstd, int n, int c, int hw) {
     long m = (long)n * hw;
     for (int ch = 0; ch < c; ch++) {
         float mu = save_mean[ch], invstd = save_invstd[ch];
+        float a = gamma[ch] * invstd, b = beta ? beta[ch] : 0.0f;
         double sdy = 0.0, sdyx = 0.0;
         for (int i = 0; i < n; i++)
             for (int j = 0; j < hw; j++) {
                 size_t o = row(i, ch, c, hw) + j;
-                const float g = masked(y, dy, o);
+                const float g = fused_grad(y, beta, dy, x, o, mu, a, b);
                 sdy += g;
                 sdyx += (double)g * ((double)x[o] - (double)mu);
             }
@@ -123,7 +144,7 @@ static void backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy
         for (int i = 0; i < n; i++)
             for (int j = 0; j < hw; j++) {
                 size_t o = row(i, ch, c, hw) + j;
-                dx[o] += (masked(y, dy, o) - gm - (x[o] - mu) * proj) * k;
+                dx[o] += (fused_grad(y, beta, dy, x, o, mu, a, b) - gm - (x[o] - mu) * proj) * k;
             }
     }
 }
@@ -131,14 +152,21 @@ static void backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy
 void msq_batchnorm_backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy,
                                 const float *x, const float *gamma, const float *save_mean,
                                 const float *save_invstd, int n, int c, int hw) {
-    backward_ref(dx, dgamma, dbeta, dy, NULL, x, gamma, save_mean, save_invstd, n, c, hw);
+    backward_ref(dx, dgamma, dbeta, dy, NULL, x, gamma, NULL, save_mean, save_invstd, n, c, hw);
 }
 
 void msq_batchnorm_relu_backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy,
                                      const float *y, const float *x, const float *gamma,
                                      const float *save_mean, const float *save_invstd,
                                      int n, int c, int hw) {
-    backward_ref(dx, dgamma, dbeta, dy, y, x, gamma, save_mean, save_invstd, n, c, hw);
+    backward_ref(dx, dgamma, dbeta, dy, y, x, gamma, NULL, save_mean, save_invstd, n, c, hw);
+}
+
+void msq_batchnorm_hardswish_backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                          const float *x, const float *gamma, const float *beta,
+                                          const float *save_mean, const float *save_invstd,
+                                          int n, int c, int hw) {
+    backward_ref(dx, dgamma, dbeta, dy, NULL, x, gamma, beta, save_mean, save_invstd, n, c, hw);
 }
 
 void msq_batchnorm_backward_eval_ref(float *dx, float *dgamma, float *dbeta, const float *dy,
@@ -164,7 +192,7 @@ void msq_batchnorm_backward_eval_ref(float *dx, float *dgamma, float *dbeta, con
 
 static void forward_train(float *y, float *save_mean, float *save_invstd, float *running_mean,
                           float *running_var, const float *x, const float *gamma, const float *beta,
-                          int n, int c, int hw, float momentum, float eps, int relu) {
+                          int n, int c, int hw, float momentum, float eps, int act) {
     long m = (long)n * hw;
     #pragma omp parallel for schedule(static) if ((long)c * m > BN_PARALLEL_MIN)
     for (int ch = 0; ch < c; ch++) {
@@ -189,12 +217,15 @@ static void forward_train(float *y, float *save_mean, float *save_invstd, float 
         for (int i = 0; i < n; i++) {
             const float *xr = x + row(i, ch, c, hw);
             float *yr = y + row(i, ch, c, hw);
-            if (relu) {
+            if (act == BN_RELU) {
                 #pragma omp simd
                 for (int j = 0; j < hw; j++) {
                     const float v = (xr[j] - mu) * a + b;
                     yr[j] = v < 0.0f ? 0.0f : v;
                 }
+            } else if (act == BN_HARDSWISH) {
+                #pragma omp simd
+                for (int j = 0; j < hw; j++) yr[j] = hardswish_f((xr[j] - mu) * a + b);
             } else {
                 #pragma omp simd
                 for (int j = 0; j < hw; j++) yr[j] = (xr[j] - mu) * a + b;
@@ -216,7 +247,15 @@ void msq_batchnorm_relu_forward_train(float *y, float *save_mean, float *save_in
                                       const float *x, const float *gamma, const float *beta,
                                       int n, int c, int hw, float momentum, float eps) {
     forward_train(y, save_mean, save_invstd, running_mean, running_var, x, gamma, beta, n, c, hw,
-                  momentum, eps, 1);
+                  momentum, eps, BN_RELU);
+}
+
+void msq_batchnorm_hardswish_forward_train(float *y, float *save_mean, float *save_invstd,
+                                           float *running_mean, float *running_var,
+                                           const float *x, const float *gamma, const float *beta,
+                                           int n, int c, int hw, float momentum, float eps) {
+    forward_train(y, save_mean, save_invstd, running_mean, running_var, x, gamma, beta, n, c, hw,
+                  momentum, eps, BN_HARDSWISH);
 }
 
 void msq_batchnorm_forward_eval(float *y, const float *x, const float *gamma, const float *beta,
@@ -235,17 +274,25 @@ void msq_batchnorm_forward_eval(float *y, const float *x, const float *gamma, co
 }
 
 static void backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *y,
-                     const float *x, const float *gamma, const float *save_mean,
+                     const float *x, const float *gamma, const float *beta, const float *save_mean,
                      const float *save_invstd, int n, int c, int hw) {
     long m = (long)n * hw;
     #pragma omp parallel for schedule(static) if ((long)c * m > BN_PARALLEL_MIN)
     for (int ch = 0; ch < c; ch++) {
         float mu = save_mean[ch], invstd = save_invstd[ch];
+        float a = gamma[ch] * invstd, b = beta ? beta[ch] : 0.0f;
         double dmu = (double)mu, sdy = 0.0, sdyx = 0.0;
         for (int i = 0; i < n; i++) {
             const float *xr = x + row(i, ch, c, hw), *gr = dy + row(i, ch, c, hw);
             const float *yr = y ? y + row(i, ch, c, hw) : NULL;
-            if (yr) {
+            if (beta) {
+                #pragma omp simd reduction(+ : sdy, sdyx)
+                for (int j = 0; j < hw; j++) {
+                    const float g = hardswish_b(gr[j], (xr[j] - mu) * a + b);
+                    sdy += g;
+                    sdyx += (double)g * ((double)xr[j] - dmu);
+                }
+            } else if (yr) {
                 #pragma omp simd reduction(+ : sdy, sdyx)
                 for (int j = 0; j < hw; j++) {
                     const float g = yr[j] <= 0.0f ? 0.0f : gr[j];
@@ -268,7 +315,11 @@ static void backward(float *dx, float *dgamma, float *dbeta, const float *dy, co
         for (int i = 0; i < n; i++) {
             const float *xr = x + row(i, ch, c, hw), *gr = dy + row(i, ch, c, hw);
             float *dr = dx + row(i, ch, c, hw);
-            if (y) {
+            if (beta) {
+                #pragma omp simd
+                for (int j = 0; j < hw; j++)
+                    dr[j] += (hardswish_b(gr[j], (xr[j] - mu) * a + b) - gm - (xr[j] - mu) * proj) * k;
+            } else if (y) {
                 const float *yr = y + row(i, ch, c, hw);
                 #pragma omp simd
                 for (int j = 0; j < hw; j++) dr[j] += ((yr[j] <= 0.0f ? 0.0f : gr[j]) - gm - (xr[j] - mu) * proj) * k;
@@ -283,14 +334,21 @@ static void backward(float *dx, float *dgamma, float *dbeta, const float *dy, co
 void msq_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
                             const float *x, const float *gamma, const float *save_mean,
                             const float *save_invstd, int n, int c, int hw) {
-    backward(dx, dgamma, dbeta, dy, NULL, x, gamma, save_mean, save_invstd, n, c, hw);
+    backward(dx, dgamma, dbeta, dy, NULL, x, gamma, NULL, save_mean, save_invstd, n, c, hw);
 }
 
 void msq_batchnorm_relu_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
                                  const float *y, const float *x, const float *gamma,
                                  const float *save_mean, const float *save_invstd,
                                  int n, int c, int hw) {
-    backward(dx, dgamma, dbeta, dy, y, x, gamma, save_mean, save_invstd, n, c, hw);
+    backward(dx, dgamma, dbeta, dy, y, x, gamma, NULL, save_mean, save_invstd, n, c, hw);
+}
+
+void msq_batchnorm_hardswish_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                      const float *x, const float *gamma, const float *beta,
+                                      const float *save_mean, const float *save_invstd,
+                                      int n, int c, int hw) {
+    backward(dx, dgamma, dbeta, dy, NULL, x, gamma, beta, save_mean, save_invstd, n, c, hw);
 }
 
 void msq_batchnorm_backward_eval(float *dx, float *dgamma, float *dbeta, const float *dy,

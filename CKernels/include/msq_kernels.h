@@ -236,6 +236,29 @@ void msq_batchnorm_relu_backward_ref(float *dx, float *dgamma, float *dbeta, con
                                      const float *save_mean, const float *save_invstd,
                                      int n, int c, int hw);
 
+/** Training-mode batch norm fused with the hard-swish after it: y = hardswish(BN(x)), BN exactly as
+ *  msq_batchnorm_forward_train and hardswish as msq_activation_forward's. x, y: [n, c, hw]. */
+void msq_batchnorm_hardswish_forward_train(float *y, float *save_mean, float *save_invstd,
+                                           float *running_mean, float *running_var,
+                                           const float *x, const float *gamma, const float *beta,
+                                           int n, int c, int hw, float momentum, float eps);
+void msq_batchnorm_hardswish_forward_train_ref(float *y, float *save_mean, float *save_invstd,
+                                               float *running_mean, float *running_var,
+                                               const float *x, const float *gamma, const float *beta,
+                                               int n, int c, int hw, float momentum, float eps);
+/** Backward of msq_batchnorm_hardswish_forward_train: msq_batchnorm_backward of
+ *  hardswish'(v)·dy, v = BN(x) recomputed from x, γ, β and the saved statistics exactly as the
+ *  forward computed it (hard-swish's derivative needs v, which y does not determine). Accumulates
+ *  into dx (may be NULL), dgamma, dbeta. */
+void msq_batchnorm_hardswish_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                      const float *x, const float *gamma, const float *beta,
+                                      const float *save_mean, const float *save_invstd,
+                                      int n, int c, int hw);
+void msq_batchnorm_hardswish_backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                          const float *x, const float *gamma, const float *beta,
+                                          const float *save_mean, const float *save_invstd,
+                                          int n, int c, int hw);
+
 /* ---------------------------------------------------------------- activations (activation.c) */
 
 typedef enum msq_activation {

@@ -172,6 +172,39 @@ struct BatchNormTests {
         }
     }
 
+    @Test("BN + hard-swish fused: hardswish(BN forward) bit for bit; backward = BN backward of hardswish'(v)·dy",
+          arguments: bnShapes)
+    func fusedHardswishMatchesComposition(shape: KernelTestKit.Shape4) {
+        let t = BNCase(shape, seed: 17)
+        let s = t.shape
+        for threads in Kit.threadCounts {
+            msq_set_num_threads(threads)
+            for fast in [false, true] {
+                let tag = "\(shape) threads=\(threads) fast=\(fast)"
+                let plain = trainForward(t, fast: fast)
+                var fused = TrainOut(y: [Float](repeating: 0, count: s.count), mean: [Float](repeating: 0, count: s.c),
+                                     invstd: [Float](repeating: 0, count: s.c), runningMean: t.runningMean, runningVar: t.runningVar)
+                (fast ? msq_batchnorm_hardswish_forward_train : msq_batchnorm_hardswish_forward_train_ref)(
+                    &fused.y, &fused.mean, &fused.invstd, &fused.runningMean, &fused.runningVar, t.x, t.gamma, t.beta,
+                    Int32(s.n), Int32(s.c), Int32(s.hw), bnMomentum, bnEps)
+                var activated = [Float](repeating: 0, count: s.count)
+                msq_activation_forward(&activated, plain.y, plain.y.count, MSQ_ACT_HARDSWISH)
+                #expect(Kit.bits(fused.y) == Kit.bits(activated), "y \(tag)")
+                #expect(Kit.bits(fused.mean) == Kit.bits(plain.mean) && Kit.bits(fused.runningVar) == Kit.bits(plain.runningVar),
+                        "statistics \(tag)")
+                var scaled = [Float](repeating: 0, count: s.count)
+                msq_activation_backward(&scaled, t.dy, plain.y, plain.y.count, MSQ_ACT_HARDSWISH)
+                let want = trainBackward(t, plain, dy: scaled, fast: fast)
+                var (dx, dg, db) = (t.dx0, t.dgamma0, t.dbeta0)
+                (fast ? msq_batchnorm_hardswish_backward : msq_batchnorm_hardswish_backward_ref)(
+                    &dx, &dg, &db, t.dy, t.x, t.gamma, t.beta, fused.mean, fused.invstd, Int32(s.n), Int32(s.c), Int32(s.hw))
+                // The same float sums in the same order as the two kernels: bit for bit.
+                #expect(Kit.bits(dx) == Kit.bits(want.dx) && Kit.bits(dg) == Kit.bits(want.dgamma)
+                        && Kit.bits(db) == Kit.bits(want.dbeta), "gradients \(tag)")
+            }
+        }
+    }
+
     @Test("fast eval forward and backward match the reference", arguments: bnShapes)
     func evalFastMatchesReference(shape: KernelTestKit.Shape4) {
         let t = BNCase(shape, seed: 12)

@@ -1,15 +1,15 @@
 import MSQ
 import Testing
 
-// Sequential runs a batch norm followed by a ReLU as one fused pass (BatchNorm2d.forwardReLU); the
-// result must be the two layers' bit for bit, in both modes, for outputs, input gradients,
-// parameter gradients and running statistics.
+// Sequential runs a batch norm followed by a ReLU or a hard-swish as one fused pass; the result
+// must be the two layers' bit for bit, in both modes, for outputs, input gradients, parameter
+// gradients and running statistics.
 
-/// conv → BN → ReLU → conv, from `seed`: the fusion sits between two other layers.
-private func layers(seed: UInt64) -> [any Module] {
+/// conv → BN → `kind` → conv, from `seed`: the fusion sits between two other layers.
+private func layers(seed: UInt64, kind: ActivationKind) -> [any Module] {
     var rng = RandomSource(seed: seed)
     return [Conv2d(inChannels: 3, outChannels: 5, kernelSize: 3, padding: 1, bias: false, rng: &rng),
-            BatchNorm2d(channels: 5), Activation(.relu),
+            BatchNorm2d(channels: 5), Activation(kind),
             Conv2d(inChannels: 5, outChannels: 4, kernelSize: 1, bias: true, rng: &rng)]
 }
 
@@ -26,12 +26,12 @@ private func state(_ modules: [any Module], values: Bool = true) -> [[UInt32]] {
     return out
 }
 
-@Suite("Sequential batch norm + ReLU fusion")
+@Suite("Sequential batch norm + activation fusion")
 struct SequentialFusionTests {
-    @Test("conv → BN → ReLU → conv in a Sequential equals the layers run one by one, bit for bit",
-          arguments: [ForwardMode.train, .eval])
-    func bitIdentical(mode: ForwardMode) {
-        let fusedLayers = layers(seed: 4), plain = layers(seed: 4)
+    @Test("conv → BN → ReLU or hard-swish → conv in a Sequential equals the layers run one by one, bit for bit",
+          arguments: [ForwardMode.train, .eval], [ActivationKind.relu, .hardswish])
+    func bitIdentical(mode: ForwardMode, kind: ActivationKind) {
+        let fusedLayers = layers(seed: 4, kind: kind), plain = layers(seed: 4, kind: kind)
         let sequential = Sequential(fusedLayers)
         var rng = RandomSource(seed: 9)
         // Values straddling 0 after the batch norm, so the ReLU masks some of them.

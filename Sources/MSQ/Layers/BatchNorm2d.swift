@@ -30,6 +30,9 @@ public final class BatchNorm2d: Module {
     private var cachedInput: Tensor?
     /// The output of a ``forwardReLU(_:mode:)``, whose backward masks with it (nil after ``forward(_:mode:)``).
     private var cachedOutput: Tensor?
+    /// The activation the last forward fused (nil: none), and β for a fused hard-swish's backward.
+    private var cachedFused: ActivationKind?
+    private var cachedBeta = Tensor(shape: [0])
     private var cachedGamma = Tensor(shape: [0])
     private var cachedMode: ForwardMode = .train
     private var saveMean = Tensor(shape: [0])
@@ -59,18 +62,30 @@ public final class BatchNorm2d: Module {
 
     /// Normalises with batch statistics (`.train`, updating the running averages) or running ones (`.eval`).
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
-        forwardCore(input, mode: mode, relu: false)
+        forwardCore(input, mode: mode, activation: nil)
     }
 
     /// `relu(forward(x))`, the batch norm + ReLU pair of a residual block, in one pass over the
     /// output in training; its backward is ``backwardReLU(_:)``. Same values as the two layers.
     func forwardReLU(_ input: Tensor, mode: ForwardMode) -> Tensor {
-        forwardCore(input, mode: mode, relu: true)
+        forwardCore(input, mode: mode, activation: .relu)
     }
 
-    private func forwardCore(_ input: Tensor, mode: ForwardMode, relu: Bool) -> Tensor {
+    /// `act(forward(x))` for a fusable `act` (``isFusable(_:)``) in one pass in training; its
+    /// backward is ``backwardActivation(_:)``. Bit for bit the two layers' values and gradients.
+    func forwardActivation(_ input: Tensor, mode: ForwardMode, kind: ActivationKind) -> Tensor {
+        LayerKit.require(Self.isFusable(kind), "\(layerDescription): no fused batch norm + \(kind)")
+        return forwardCore(input, mode: mode, activation: kind)
+    }
+
+    /// The activations a batch norm fuses: ReLU and hard-swish.
+    static func isFusable(_ kind: ActivationKind) -> Bool { kind == .relu || kind == .hardswish }
+
+    private func forwardCore(_ input: Tensor, mode: ForwardMode, activation: ActivationKind?) -> Tensor {
+        let relu = activation == .relu
         cachedInput = nil
         cachedOutput = nil
+        cachedFused = activation
         let (n, hw) = geometry(input.shape)
         let (cn, cc, chw) = (LayerKit.c(n), LayerKit.c(channels), LayerKit.c(hw))
         var y = Tensor(unfilledShape: input.shape)
@@ -88,8 +103,12 @@ public final class BatchNorm2d: Module {
                                 invstd.withUnsafeMutablePointer { s in
                                     runningMean.value.withUnsafeMutablePointer { rm in
                                         runningVar.value.withUnsafeMutablePointer { rv in
-                                            (relu ? msq_batchnorm_relu_forward_train : msq_batchnorm_forward_train)(
-                                                yp, m, s, rm, rv, x, g, b, cn, cc, chw, momentum, eps)
+                                            let train = switch activation {
+                                            case .relu: msq_batchnorm_relu_forward_train
+                                            case .hardswish: msq_batchnorm_hardswish_forward_train
+                                            default: msq_batchnorm_forward_train
+                                            }
+                                            train(yp, m, s, rm, rv, x, g, b, cn, cc, chw, momentum, eps)
                                         }
                                     }
                                 }
@@ -109,7 +128,7 @@ public final class BatchNorm2d: Module {
                             rvT.withUnsafePointer { rv in
                                 y.withUnsafeMutablePointer { yp in
                                     msq_batchnorm_forward_eval(yp, x, g, b, rm, rv, cn, cc, chw, eps)
-                                    if relu { msq_activation_forward(yp, yp, input.count, MSQ_ACT_RELU) }
+                                    if let activation { msq_activation_forward(yp, yp, input.count, activation.kernelKind) }
                                 }
                             }
                         }
@@ -121,6 +140,7 @@ public final class BatchNorm2d: Module {
         }
         cachedInput = input
         cachedGamma = weight.value
+        if activation == .hardswish { cachedBeta = bias.value }
         cachedMode = mode
         if relu { cachedOutput = y }
         return y
@@ -128,21 +148,33 @@ public final class BatchNorm2d: Module {
 
     /// dx, accumulating dγ = Σ dy·x̂ and dβ = Σ dy; uses the train or eval formula to match the forward.
     public func backward(_ gradOutput: Tensor) -> Tensor {
-        LayerKit.require(cachedOutput == nil, "\(layerDescription): backward after forwardReLU; use backwardReLU")
-        return backwardCore(gradOutput, reluOutput: nil)
+        LayerKit.require(cachedFused == nil, "\(layerDescription): backward after a fused forward; use its backward")
+        return backwardCore(gradOutput, reluOutput: nil, hardswish: false)
     }
 
     /// The backward of ``forwardReLU(_:mode:)``: ``backward(_:)`` of dy masked by relu′ (0 where the
     /// output is ≤ 0), in one pass in training.
     func backwardReLU(_ gradOutput: Tensor) -> Tensor {
-        guard let y = cachedOutput else {
+        guard let y = cachedOutput, cachedFused == .relu else {
             fatalError("\(layerDescription): backwardReLU called without a preceding forwardReLU")
         }
         cachedOutput = nil
-        return backwardCore(gradOutput, reluOutput: y)
+        cachedFused = nil
+        return backwardCore(gradOutput, reluOutput: y, hardswish: false)
     }
 
-    private func backwardCore(_ gradOutput: Tensor, reluOutput: Tensor?) -> Tensor {
+    /// The backward of ``forwardActivation(_:mode:kind:)``.
+    func backwardActivation(_ gradOutput: Tensor) -> Tensor {
+        switch cachedFused {
+        case .relu: return backwardReLU(gradOutput)
+        case .hardswish:
+            cachedFused = nil
+            return backwardCore(gradOutput, reluOutput: nil, hardswish: true)
+        default: fatalError("\(layerDescription): backwardActivation called without a preceding fused forward")
+        }
+    }
+
+    private func backwardCore(_ gradOutput: Tensor, reluOutput: Tensor?, hardswish: Bool) -> Tensor {
         guard let x = cachedInput else {
             fatalError("\(layerDescription): backward called without a preceding forward")
         }
@@ -165,6 +197,21 @@ public final class BatchNorm2d: Module {
             }
             gradOutput = masked
         }
+        // Likewise hard-swish's derivative, at its input v = BN(x) recomputed with the running statistics.
+        let beta = cachedBeta
+        cachedBeta = Tensor(shape: [0])
+        if hardswish, cachedMode == .eval {
+            var v = Tensor(unfilledShape: x.shape), scaled = Tensor(shape: x.shape)
+            x.withUnsafePointer { xp in gamma.withUnsafePointer { g in beta.withUnsafePointer { b in
+                cachedRunningMean.withUnsafePointer { rm in cachedRunningVar.withUnsafePointer { rv in
+                    v.withUnsafeMutablePointer { vp in msq_batchnorm_forward_eval(vp, xp, g, b, rm, rv, cn, cc, chw, eps) }
+                } }
+            } } }
+            gradOutput.withUnsafePointer { dy in v.withUnsafePointer { vp in
+                scaled.withUnsafeMutablePointer { sp in msq_activation_backward(sp, dy, vp, v.count, MSQ_ACT_HARDSWISH) }
+            } }
+            gradOutput = scaled
+        }
         gradOutput.withUnsafePointer { dy in
             x.withUnsafePointer { xp in
                 gamma.withUnsafePointer { g in
@@ -178,6 +225,10 @@ public final class BatchNorm2d: Module {
                                             if let y = reluOutput {
                                                 y.withUnsafePointer { yp in
                                                     msq_batchnorm_relu_backward(dxp, dg, db, dy, yp, xp, g, m, s, cn, cc, chw)
+                                                }
+                                            } else if hardswish {
+                                                beta.withUnsafePointer { b in
+                                                    msq_batchnorm_hardswish_backward(dxp, dg, db, dy, xp, g, b, m, s, cn, cc, chw)
                                                 }
                                             } else {
                                                 msq_batchnorm_backward(dxp, dg, db, dy, xp, g, m, s, cn, cc, chw)
@@ -227,6 +278,7 @@ extension BatchNorm2d: CurvatureModule {
         let y = relu ? forwardReLU(input, mode: .eval) : forward(input, mode: .eval)
         // The R-pass keeps its own snapshot; the first-order caches are not needed.
         cachedOutput = nil
+        cachedFused = nil
         let (n, hw) = geometry(input.shape)
         let gamma = weight.value, rv = runningVar.value
         var ry: Tensor? = nil

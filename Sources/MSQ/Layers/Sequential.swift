@@ -30,13 +30,12 @@ public final class Sequential: Module {
         children.first { $0.name == name }?.module
     }
 
-    /// One step of the forward and backward passes: a child, or a batch norm and the ReLU right
-    /// after it as one fused pass (``BatchNorm2d/forwardReLU(_:mode:)``: the tensor read and written
-    /// once instead of twice, bit for bit the two layers' result), as in MobileNetV3's
-    /// conv → BN → ReLU triples.
+    /// One step of the forward and backward passes: a child, or a batch norm and the ReLU or
+    /// hard-swish right after it as one fused pass (the tensor read and written once instead of
+    /// twice, bit for bit the two layers' result), as in MobileNetV3's conv → BN → activation triples.
     private enum Step {
         case child(Int)
-        case batchNormReLU(BatchNorm2d)
+        case batchNormActivation(BatchNorm2d, ActivationKind)
     }
 
     private var steps: [Step] {
@@ -44,8 +43,8 @@ public final class Sequential: Module {
         var i = 0
         while i < children.count {
             if let bn = children[i].module as? BatchNorm2d, i + 1 < children.count,
-               (children[i + 1].module as? Activation)?.kind == .relu {
-                out.append(.batchNormReLU(bn))
+               let act = children[i + 1].module as? Activation, BatchNorm2d.isFusable(act.kind) {
+                out.append(.batchNormActivation(bn, act.kind))
                 i += 2
             } else {
                 out.append(.child(i))
@@ -61,7 +60,7 @@ public final class Sequential: Module {
         for step in steps {
             switch step {
             case let .child(i): x = children[i].module.forward(x, mode: mode)
-            case let .batchNormReLU(bn): x = bn.forwardReLU(x, mode: mode)
+            case let .batchNormActivation(bn, kind): x = bn.forwardActivation(x, mode: mode, kind: kind)
             }
         }
         return x
@@ -82,14 +81,14 @@ public final class Sequential: Module {
         for step in all.dropFirst().reversed() { g = backward(step, g) }
         switch first {
         case let .child(i): children[i].module.backwardParameters(g)
-        case let .batchNormReLU(bn): _ = bn.backwardReLU(g)
+        case let .batchNormActivation(bn, _): _ = bn.backwardActivation(g)
         }
     }
 
     private func backward(_ step: Step, _ g: Tensor) -> Tensor {
         switch step {
         case let .child(i): return children[i].module.backward(g)
-        case let .batchNormReLU(bn): return bn.backwardReLU(g)
+        case let .batchNormActivation(bn, _): return bn.backwardActivation(g)
         }
     }
 
