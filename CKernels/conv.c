@@ -259,13 +259,6 @@ static float *workspace_or_alloc(void *workspace, const msq_conv2d_shape *s, flo
     return msq_conv_workspace_or_alloc(workspace, msq_conv2d_workspace_size(s), owned);
 }
 
-/* Threads for a loop over `items` independent pieces of work (1 inside someone's region). */
-static int team_size(long items) {
-    if (omp_in_parallel()) return 1;
-    const long t = omp_get_max_threads();
-    return (int)(items < t ? (items < 1 ? 1 : items) : t);
-}
-
 static inline const float *group_input(const float *x, const msq_conv2d_shape *s,
                                        const conv_geom *G, int b, int g) {
     return x + ((size_t)b * s->c_in + (size_t)g * G->cin_g) * G->plane_in;
@@ -407,7 +400,7 @@ static void forward_core(float *y, const float *x, const float *w, const float *
     }
     const conv_geom G = conv_geometry(s);
     const long items = G.bands * s->groups;
-    const int team = team_size(items);
+    const int team = msq_conv_team_size(items);
     #pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
     for (long it = 0; it < items; it++)
         forward_item(y, x, w, bias, s, &G, it, slices + (size_t)omp_get_thread_num() * slice_floats,
@@ -543,7 +536,7 @@ void msq_conv2d_backward_input(float *dx, const float *dy, const float *w,
     } else {
         const conv_geom G = conv_geometry(s);
         const long items = (G.bands / G.row_bands) * s->groups;
-        const int team = team_size(items);
+        const int team = msq_conv_team_size(items);
         /* Each unit and group owns its part of dx: no races, no order dependence. */
         #pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
         for (long it = 0; it < items; it++)
@@ -640,7 +633,7 @@ void msq_conv2d_backward_weight(float *dw, float *dbias, const float *dy, const 
         free(owned);
         return;
     }
-    const int chunks = team_size(G.bands);
+    const int chunks = msq_conv_team_size(G.bands);
     if (chunks <= 1) {
         backward_weight_bands(dw, dbias, dy, x, s, &G, 0, G.bands, slices);
         free(owned);

@@ -1,8 +1,9 @@
 /* conv_common.c — what the conv files share, below the algorithms that use it (see conv.c): the
- * shape maker, the workspace allocation, and the F(2x2, 3x3) weight transform of both Winograd
+ * shape maker, the team size, the workspace allocation, and the F(2x2, 3x3) weight transform of both Winograd
  * layouts (winograd.c, winograd_interleaved.c). Calls nothing above it. */
 #include "msq_kernels.h"
 #include "conv_internal.h"
+#include <omp.h>
 #include <stddef.h>
 #include <stdlib.h>
 
@@ -19,6 +20,12 @@ int msq_conv2d_make_shape(msq_conv2d_shape *s, int n, int c_in, int h_in, int w_
     s->h_out = (h_in + 2 * pad - kh) / stride + 1;
     s->w_out = (w_in + 2 * pad - kw) / stride + 1;
     return 0;
+}
+
+int msq_conv_team_size(long items) {
+    if (omp_in_parallel()) return 1;
+    const long t = omp_get_max_threads();
+    return (int)(items < t ? (items < 1 ? 1 : items) : t);
 }
 
 /* Caller's workspace, or a private one sized for the current thread count. */

@@ -1,5 +1,5 @@
 /* conv_internal.h — private to CKernels: helpers the convolution files (conv.c, im2col.c, winograd.c,
- * winograd_interleaved.c, direct.c) share. They live below their callers (see conv.c's layering):
+ * winograd_interleaved.c, direct.c, depthwise.c) share. They live below their callers (see conv.c's layering):
  * the Winograd weight transform and the workspace allocation in conv_common.c, the fallback in
  * conv_ref.c, the im2col rows in im2col.c. */
 #ifndef MSQ_CONV_INTERNAL_H
@@ -10,6 +10,10 @@
    the F(2x2, 3x3) weight transform of both Winograd layouts. An orphaned `omp for` over output
    channels: call it from every thread of a parallel region (or outside one); it ends in a barrier. */
 void msq_winograd_transform_weights(float *u, const float *w, const msq_conv2d_shape *s);
+
+/* Threads for a loop over `items` independent pieces of work: at most the OpenMP thread count, at
+   least 1, and 1 inside someone else's parallel region. */
+int msq_conv_team_size(long items);
 
 /* The caller's workspace, or (workspace NULL) a 64-byte aligned one of `bytes` bytes that *owned
    also points to, for the caller to free; NULL when that allocation fails. */

@@ -33,6 +33,7 @@
  * multiply-adds, as direct.c; not near a quantizer). No workspace: each call allocates its threads'
  * scratch (a few padded planes each) once, and falls back to the reference kernel if it cannot. */
 #include "msq_kernels.h"
+#include "conv_internal.h"
 #include <immintrin.h>
 #include <omp.h>
 #include <stddef.h>
@@ -42,12 +43,6 @@
 
 int msq_conv2d_depthwise_eligible(const msq_conv2d_shape *s) {
     return s->groups > 1 && s->groups == s->c_in && s->groups == s->c_out;
-}
-
-static int threads_for(long items) {
-    if (omp_in_parallel()) return 1;
-    const int t = omp_get_max_threads();
-    return items < t ? (int)(items > 0 ? items : 1) : t;
 }
 
 static int round8(int v) { return (v + 7) & ~7; }
@@ -297,7 +292,7 @@ void msq_conv2d_depthwise_forward(float *y, const float *x, const float *w, cons
     const size_t in_plane = (size_t)s->h_in * s->w_in, out_plane = (size_t)s->h_out * s->w_out;
     const phased layout = input_layout(s);
     const size_t pf = phase_floats(&layout);
-    const int stack = stack_count(pf, s->n), team = threads_for(channels);
+    const int stack = stack_count(pf, s->n), team = msq_conv_team_size(channels);
     const size_t per = line_floats(pf * stack + kk);
     float *all;
     ptrdiff_t *offs;
@@ -347,7 +342,7 @@ void msq_conv2d_depthwise_backward_input(float *dx, const float *dy, const float
     layout.data = NULL;
     const size_t pf = phase_floats(&layout), qf = (size_t)(imax + 1) * round8(jmax + 1);
     const size_t in_plane = (size_t)s->h_in * s->w_in, out_plane = (size_t)s->h_out * s->w_out;
-    const int stack = stack_count(pf + qf, s->n), team = threads_for(channels);
+    const int stack = stack_count(pf + qf, s->n), team = msq_conv_team_size(channels);
     const size_t per = line_floats((pf + qf) * stack + kk);
     float *all;
     ptrdiff_t *offs;
@@ -486,7 +481,7 @@ void msq_conv2d_depthwise_backward_weight(float *dw, float *dbias, const float *
     const phased layout = input_layout(s), grads = {NULL, 1, s->h_out, nv * 8};
     const size_t pf = phase_floats(&layout), gf = phase_floats(&grads);
     const ptrdiff_t row_step = (ptrdiff_t)s->stride_h * layout.cols;
-    const int stack = stack_count(pf + gf, s->n), team = threads_for(channels);
+    const int stack = stack_count(pf + gf, s->n), team = msq_conv_team_size(channels);
     /* per thread: padded input planes, dy planes as rows of nv vectors, one vector sum per tap and one for the bias */
     const size_t per = line_floats((pf + gf) * stack + 8 * (size_t)(kk + 1));
     float *all;
