@@ -4,8 +4,9 @@
  *
  * The conv files are layered; each calls only into layers below it (and OpenBLAS), never back up:
  *   1. conv.c                  dispatcher: picks an algorithm per shape, sizes the workspace
- *   2. winograd_interleaved.c, winograd.c, direct.c, im2col.c
- *                              the algorithms (im2col.c: column matrices for conv.c's SGEMM path)
+ *   2. winograd_interleaved.c, winograd.c, direct.c, depthwise.c, im2col.c
+ *                              the algorithms (im2col.c: column matrices for conv.c's SGEMM path;
+ *                              depthwise.c dispatches to depthwise_channels.c where it applies)
  *   3. conv_common.c           shared helpers: shape maker, workspace allocation, Winograd weights
  *      conv_ref.c              the scalar _ref twins and the out-of-memory fallback
  * Declarations shared below the public header live in conv_internal.h. */

@@ -35,4 +35,14 @@ void msq_im2col_rows(float *restrict col, size_t ldcol, const float *restrict x,
 void msq_col2im_rows_add(float *restrict x, const float *restrict col, size_t ldcol, int channels,
                          const msq_conv2d_shape *s, int oh0, int oh1);
 
+/* Depthwise convolution with 8 channels per vector (depthwise_channels.c), for square 3×3 and 5×5
+   filters at stride 1 or 2 and equal padding (`_eligible`); the input gradient at stride 1 with
+   padding at most k − 1 (`_input_eligible`). Same arguments as msq_conv2d_depthwise_forward /
+   _backward_input; they return 0, or -1 with nothing written when scratch memory is short. */
+int msq_depthwise_channels_eligible(const msq_conv2d_shape *s);
+int msq_depthwise_channels_input_eligible(const msq_conv2d_shape *s);
+int msq_depthwise_channels_forward(float *y, const float *x, const float *w, const float *bias,
+                                   const msq_conv2d_shape *s);
+int msq_depthwise_channels_backward_input(float *dx, const float *dy, const float *w, const msq_conv2d_shape *s);
+
 #endif

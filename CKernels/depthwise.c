@@ -1,6 +1,12 @@
 /* depthwise.c — depthwise convolution (groups == c_in == c_out: one kh x kw filter per channel)
  * computed directly, plane by plane, without im2col + GEMM.
  *
+ * Square 3×3 and 5×5 filters at stride 1 and 2 (every MobileNetV3 layer) go to
+ * depthwise_channels.c, which vectorises across 8 channels instead of along a row: the forward
+ * always, the input gradient at stride 1. What follows serves everything else (other filters and
+ * strides, the stride-2 input gradient, every weight gradient) and any call whose scratch memory
+ * depthwise_channels.c could not allocate.
+ *
  *     forward          y[b,c,oy,ox]  = bias[c] + Σ_ky,kx w[c,ky,kx] · x[b,c, oy·sh − ph + ky, ox·sw − pw + kx]
  *     backward input   dx[b,c,iy,ix] += Σ w[c,ky,kx] · dy[b,c,oy,ox]   over every (oy,ox,ky,kx) reading (iy,ix)
  *     backward weight  dw[c,ky,kx]  += Σ_b Σ_oy,ox dy[b,c,oy,ox] · x[b,c, oy·sh − ph + ky, ox·sw − pw + kx]
@@ -288,6 +294,7 @@ static int stack_count(size_t floats, int n) {
 /* x[n,c,h_in,w_in], w[c,1,kh,kw], bias[c] or NULL -> y[n,c,h_out,w_out] (overwritten). */
 void msq_conv2d_depthwise_forward(float *y, const float *x, const float *w, const float *bias,
                                   const msq_conv2d_shape *s) {
+    if (msq_depthwise_channels_eligible(s) && msq_depthwise_channels_forward(y, x, w, bias, s) == 0) return;
     const int kk = s->kh * s->kw, channels = s->c_in;
     const size_t in_plane = (size_t)s->h_in * s->w_in, out_plane = (size_t)s->h_out * s->w_out;
     const phased layout = input_layout(s);
@@ -331,6 +338,7 @@ void msq_conv2d_depthwise_forward(float *y, const float *x, const float *w, cons
 
 /* dy[n,c,h_out,w_out], w[c,1,kh,kw] -> dx[n,c,h_in,w_in] (accumulated). */
 void msq_conv2d_depthwise_backward_input(float *dx, const float *dy, const float *w, const msq_conv2d_shape *s) {
+    if (msq_depthwise_channels_input_eligible(s) && msq_depthwise_channels_backward_input(dx, dy, w, s) == 0) return;
     const int sh = s->stride_h, sw = s->stride_w, kk = s->kh * s->kw, channels = s->c_in;
     const int top = (s->kh - 1) / sh, left = (s->kw - 1) / sw;
     /* Output row iy + ph = sh·i + g and column ix + pw = sw·j + f; i ≤ imax, j ≤ jmax. */

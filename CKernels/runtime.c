@@ -13,6 +13,18 @@ void msq_set_num_threads(int n) {
 
 int msq_get_num_threads(void) { return omp_get_max_threads(); }
 
+static int max_isa = MSQ_ISA_AVX512;
+
+int msq_set_max_isa(int isa) {
+    const int previous = max_isa;
+    max_isa = isa >= MSQ_ISA_AVX512 ? MSQ_ISA_AVX512 : MSQ_ISA_AVX2;
+    return previous;
+}
+
+int msq_isa_avx512(void) {
+    return max_isa >= MSQ_ISA_AVX512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+}
+
 /* At load, BLAS gets one thread per caller as msq_set_num_threads gives it, leaving the OpenMP
    count alone: a library user who never sets a thread count (the Trainer no longer does) must not
    get BLAS threads spawned inside every kernel's parallel region. */

@@ -32,6 +32,15 @@ void msq_set_num_threads(int n);
 /** The number of OpenMP threads the kernels use. */
 int msq_get_num_threads(void);
 
+/** Instruction sets a kernel may use beyond its AVX2 + FMA baseline. */
+enum { MSQ_ISA_AVX2 = 0, MSQ_ISA_AVX512 = 1 };
+/** Caps the instruction set kernels use at `isa` (MSQ_ISA_AVX2 or MSQ_ISA_AVX512; they never use
+ *  more than the CPU has) and returns the previous cap. Results are the same bits at either cap;
+ *  tests and benchmarks use it to run both variants. Process-wide, like msq_set_num_threads. */
+int msq_set_max_isa(int isa);
+/** 1 when kernels may use AVX-512 F + VL: the CPU has them and the cap allows them. */
+int msq_isa_avx512(void);
+
 /* ---------------------------------------------------------------- GEMM (gemm.c) */
 
 /** c[m,n] = alpha * op(a) * op(b) + beta * c[m,n], row-major.

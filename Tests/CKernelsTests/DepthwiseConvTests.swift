@@ -23,6 +23,11 @@ private let depthwiseCases: [[Int]] = [
     [1, 4, 14, 15, 5, 2, 2], [2, 3, 2, 3, 5, 2, 2], [1, 6, 6, 5, 3, 2, 0], [2, 16, 28, 28, 3, 1, 1],
     [1, 3, 23, 37, 5, 2, 2], [2, 5, 19, 41, 5, 1, 2], [1, 3, 17, 35, 3, 2, 1], [2, 4, 1, 1, 5, 2, 2],
     [1, 2, 9, 10, 3, 3, 1], [1, 2, 5, 6, 1, 2, 0], [1, 3, 7, 7, 5, 1, 2],
+    // more than 8 channels (depthwise_channels.c takes 8 per vector; 20 and 17 leave a partial
+    // group), odd and even output heights (row pairs), widths that are not a multiple of 7 (its
+    // block), and padding beyond k − 1 (no stride-1 input gradient there)
+    [2, 20, 9, 15, 5, 1, 2], [3, 12, 14, 14, 3, 1, 1], [1, 9, 8, 16, 3, 2, 1], [2, 17, 7, 7, 5, 1, 2],
+    [1, 16, 12, 10, 5, 2, 2], [1, 4, 5, 5, 3, 1, 3],
 ]
 
 private func shape(_ c: [Int]) -> msq_conv2d_shape {
@@ -109,6 +114,29 @@ struct DepthwiseConvTests {
             }
             #expect(Set(results).count == 1, "\(c): the weight gradient does not depend on the thread count")
         }
+    }
+
+    @Test("the AVX-512VL row pairs and the AVX2 rows give the same bits (forward, input gradient)",
+          arguments: depthwiseCases, Kit.threadCountArguments)
+    func instructionSets(_ c: [Int], threads: Int) {
+        var s = shape(c)
+        var rng = Kit.Xorshift(seed: UInt64(c.reduce(17) { $0 &* 31 &+ $1 }))
+        let xCount = Int(s.n) * Int(s.c_in) * Int(s.h_in) * Int(s.w_in)
+        let yCount = Int(s.n) * Int(s.c_out) * Int(s.h_out) * Int(s.w_out)
+        let x = rng.floats(xCount), dy = rng.floats(yCount), dx0 = rng.floats(xCount)
+        let w = rng.floats(Int(s.c_out) * Int(s.kh) * Int(s.kw)), bias = rng.floats(Int(s.c_out))
+        var results: [[UInt32]] = []
+        for isa in [Int32(MSQ_ISA_AVX2), Int32(MSQ_ISA_AVX512)] {
+            var y = [Float](repeating: .nan, count: yCount), dx = dx0
+            let previous = msq_set_max_isa(isa)
+            Kit.withThreads(threads) {
+                msq_conv2d_depthwise_forward(&y, x, w, bias, &s)
+                msq_conv2d_depthwise_backward_input(&dx, dy, w, &s)
+            }
+            _ = msq_set_max_isa(previous)
+            results.append(Kit.bits(y) + Kit.bits(dx))
+        }
+        #expect(results[0] == results[1], "\(c)")
     }
 
     @Test("only depthwise shapes take the path: groups == c_in == c_out > 1")

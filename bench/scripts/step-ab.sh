@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# A/B speed check of the training step: alternates `msq-bench step` (ResNet-20, msq, batch 128,
-# 10 timed steps, 2 threads) of two builds ROUNDS times in one run, so machine drift hits both,
-# and prints each row's median ms/step and the throughput ratio B/A of the row medians.
-#   BEFORE=path/to/old/msq-bench AFTER=path/to/new/msq-bench [ROUNDS=4] bash bench/scripts/step-ab.sh
+# A/B speed check of the training step: alternates `msq-bench step` (by default ResNet-20, msq,
+# batch 128, 10 timed steps, 2 threads) of two builds ROUNDS times in one run, so machine drift
+# hits both, and prints each row's median ms/step and the throughput ratio B/A of the row medians.
+#   BEFORE=path/to/old/msq-bench AFTER=path/to/new/msq-bench [ROUNDS=4] [MODEL=resnet20]
+#   [METHOD=msq] [BATCH=128] [STEPS=10] bash bench/scripts/step-ab.sh
 set -euo pipefail
 : "${BEFORE:?set BEFORE to the old msq-bench binary}" "${AFTER:?set AFTER to the new msq-bench binary}"
 ROUNDS=${ROUNDS:-4}
+MODEL=${MODEL:-resnet20}
+METHOD=${METHOD:-msq}
+BATCH=${BATCH:-128}
+STEPS=${STEPS:-10}
 tmp=$(mktemp -d)
 for i in $(seq "$ROUNDS"); do
     for side in before after; do
         bin=$BEFORE; [[ $side == after ]] && bin=$AFTER
-        "$bin" step --model resnet20 --method msq --batch 128 --steps 10 --threads 2 --json "$tmp/$side-$i.json" > /dev/null
+        "$bin" step --model "$MODEL" --method "$METHOD" --batch "$BATCH" --steps "$STEPS" --threads 2 \
+            --json "$tmp/$side-$i.json" > /dev/null
     done
 done
 python3 - "$tmp" "$ROUNDS" <<'P'

@@ -36,44 +36,36 @@ void bench_parallel_memcpy(void *dst, const void *src, size_t bytes, int threads
     }
 }
 
-/* ---------------------------------------------------------------- L1 load + FMA rate */
-
 #include <immintrin.h>
 #include <omp.h>
 
-/* One thread's loop: 8 independent sums, each step one unaligned 8-float load (at an odd float
-   offset, so half the loads split a cache line, as a convolution tap's do) fused into a
-   multiply-add, from a 16 KiB buffer that stays in L1. Returns the sum so nothing is elided. */
-__attribute__((target("avx2,fma"))) static float load_fma_loop(const float *buf, long steps) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-    const __m256 w = _mm256_set1_ps(0.5f);
+/* ---------------------------------------------------------------- FMA rate */
+
+/* One thread's loop: 12 independent 8-float multiply-add chains on registers alone, more than the
+   FMA latency × units needs to keep every unit busy. Returns the sum so nothing is elided. */
+__attribute__((target("avx2,fma"))) static float fma_loop(long steps) {
+    __m256 a[12];
+    for (int j = 0; j < 12; j++) a[j] = _mm256_set1_ps(1e-3f * (float)j);
+    const __m256 w = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(1e-6f);
     for (long i = 0; i < steps; i++) {
-        const float *p = buf + 1 + (i & 63) * 8;
-        a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p), a0);
-        a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 513), a1);
-        a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 1026), a2);
-        a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 1539), a3);
-        a4 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 2052), a4);
-        a5 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 2565), a5);
-        a6 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 3078), a6);
-        a7 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 3591), a7);
+        __asm__ volatile("" : "+x"(a[0]), "+x"(a[1]), "+x"(a[2]), "+x"(a[3]), "+x"(a[4]), "+x"(a[5]));
+        for (int j = 0; j < 12; j++) a[j] = _mm256_fmadd_ps(w, a[j], b);
     }
+    __m256 s = a[0];
+    for (int j = 1; j < 12; j++) s = _mm256_add_ps(s, a[j]);
     float l[8];
-    _mm256_storeu_ps(l, _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
-                                      _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7))));
+    _mm256_storeu_ps(l, s);
     return l[0];
 }
 
-double bench_load_fma_rate(int threads, long steps) {
+double bench_fma_rate(int threads, long steps) {
     if (threads < 1) threads = 1;
-    static float buf[4096 + 4608] __attribute__((aligned(64)));
-    for (int i = 0; i < 4096 + 4608; i++) buf[i] = 1e-3f * (float)(i % 97);
     float total = 0;
     const double t0 = omp_get_wtime();
     #pragma omp parallel num_threads(threads) reduction(+ : total)
-    total += load_fma_loop(buf, steps);
+    total += fma_loop(steps);
     const double seconds = omp_get_wtime() - t0;
-    volatile float sink = total; /* keeps the loops */
+    volatile float sink = total;
     (void)sink;
-    return 8.0 * (double)steps * threads / seconds;
+    return 12.0 * (double)steps * threads / seconds;
 }

@@ -44,16 +44,17 @@ extension KernelsCommand {
     /// input: dy, w → dx, read and written as it accumulates; backward weight: dy, x → dw) and
     /// GFLOP/s (2·k² per output), against the ceilings measured in the same run: the copy
     /// bandwidth for a 256 MiB buffer (DRAM) and for a buffer of the forward's own bytes (the cache
-    /// level it fits), and the forward's load ceiling: depthwise.c does one 8-float load per tap
-    /// per output vector, so it cannot pass bytes / (k²·vectors / load-FMA rate).
+    /// level it fits), and the forward's arithmetic ceiling: depthwise_channels.c does one 8-channel
+    /// multiply-add per tap per output position (channels rounded up to 8), so it cannot pass
+    /// bytes / (those multiply-adds / the FMA rate).
     func runDepthwise(batch: Int, threads: Int) throws {
         let dram = copyBandwidth(bytes: 256 << 20, threads: threads)
-        let rate = bench_load_fma_rate(Int32(threads), 50_000_000)
+        let rate = bench_fma_rate(Int32(threads), 50_000_000)
         writeLine("depthwise, batch \(batch): copy ceiling (bytes read + written / s) for 256 MiB \(fmt(dram / 1e9)) GB/s;"
-                  + " 'same' = copy of the forward's own bytes; L1 load+FMA rate \(fmt(rate / 1e9, 2)) G/s"
-                  + " ('load' = the forward's ceiling at one load per tap per output vector)")
-        writeLine(pad("layer", 22) + pad("MiB fwd", 8) + pad("same", 7) + pad("load", 7) + pad("fwd GB/s", 9)
-                  + pad("GFLOP/s", 8) + pad("fwd/dram", 9) + pad("fwd/same", 9) + pad("fwd/load", 9)
+                  + " 'same' = copy of the forward's own bytes; FMA rate \(fmt(rate / 1e9, 2)) G/s of 8 floats"
+                  + " ('fma' = the forward's ceiling at one 8-channel multiply-add per tap per output position)")
+        writeLine(pad("layer", 22) + pad("MiB fwd", 8) + pad("same", 7) + pad("fma", 7) + pad("fwd GB/s", 9)
+                  + pad("GFLOP/s", 8) + pad("fwd/dram", 9) + pad("fwd/same", 9) + pad("fwd/fma", 9)
                   + pad("bwd-in GB/s", 12) + pad("bwd-w GB/s", 11) + pad("bwd-w GFLOP/s", 13))
         for c in DepthwiseCase.mobileNetV3Large {
             var s = msq_conv2d_shape()
@@ -73,12 +74,12 @@ extension KernelsCommand {
             let bwBytes = Double(4 * (outCount + inCount + 2 * wCount))
             let flops = 2 * Double(outCount * c.k * c.k)
             let same = copyBandwidth(bytes: Int(fwdBytes) / 2, threads: threads)
-            let vectorTaps = Double(batch * c.channels * Int(s.h_out) * ((Int(s.w_out) + 7) / 8) * c.k * c.k)
-            let load = fwdBytes / (vectorTaps / rate)
+            let vectorTaps = Double(batch * ((c.channels + 7) / 8) * Int(s.h_out) * Int(s.w_out) * c.k * c.k)
+            let fma = fwdBytes / (vectorTaps / rate)
             let f = fwdBytes / fwd
-            writeLine(pad(c.name, 22) + pad(fmt(fwdBytes / 1048576, 1), 8) + pad(fmt(same / 1e9), 7) + pad(fmt(load / 1e9), 7)
+            writeLine(pad(c.name, 22) + pad(fmt(fwdBytes / 1048576, 1), 8) + pad(fmt(same / 1e9), 7) + pad(fmt(fma / 1e9), 7)
                       + pad(fmt(f / 1e9), 9) + pad(fmt(flops / fwd / 1e9), 8) + pad(fmt(f / dram, 2), 9) + pad(fmt(f / same, 2), 9)
-                      + pad(fmt(f / load, 2), 9)
+                      + pad(fmt(f / fma, 2), 9)
                       + pad(fmt(binBytes / bin / 1e9), 12) + pad(fmt(bwBytes / bw / 1e9), 11) + pad(fmt(flops / bw / 1e9), 13))
         }
     }
