@@ -421,6 +421,45 @@ void msq_rademacher_ref(float *v, size_t count, uint64_t seed, uint64_t stream, 
 double msq_dot(const float *a, const float *b, size_t count);
 double msq_dot_ref(const float *a, const float *b, size_t count);
 
+/* ---------------------------------------------------------------- transformers (layernorm.c, attention.c, tokens.c) */
+
+/** Layer normalisation over the last axis of x[rows, dim]: y = (x − μ)·rstd·γ + β with
+ *  rstd = 1/sqrt(var + eps) (biased variance, as PyTorch); writes y and the per-row mean and rstd
+ *  the backward needs. Results do not depend on the thread count. */
+void msq_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *gamma,
+                           const float *beta, int rows, int dim, float eps);
+void msq_layernorm_forward_ref(float *y, float *mean, float *rstd, const float *x, const float *gamma,
+                               const float *beta, int rows, int dim, float eps);
+/** dx += rstd·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·γ and x̂ = (x − μ)·rstd; dγ += Σ_rows dy·x̂,
+ *  dβ += Σ_rows dy (either may be NULL). Fixed row chunks: the same bits at any thread count. */
+void msq_layernorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                            const float *mean, const float *rstd, const float *gamma, int rows, int dim);
+void msq_layernorm_backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                                const float *mean, const float *rstd, const float *gamma, int rows, int dim);
+
+/** y = softmax of each row of x[rows, n] (y may be x). */
+void msq_softmax_forward(float *y, const float *x, int rows, int n);
+void msq_softmax_forward_ref(float *y, const float *x, int rows, int n);
+
+/** Multi-head self-attention on qkv[batch, tokens, 3, heads, head_dim] (a Linear(D, 3·D)'s output,
+ *  D = heads·head_dim): per image and head, P = softmax(scale·Q·Kᵀ) and O = P·V;
+ *  out[batch, tokens, D] holds the heads side by side, probs[batch, heads, tokens, tokens] keeps P
+ *  for the backward. Results do not depend on the thread count. */
+void msq_attention_forward(float *out, float *probs, const float *qkv, int batch, int tokens, int heads,
+                           int head_dim, float scale);
+void msq_attention_forward_ref(float *out, float *probs, const float *qkv, int batch, int tokens, int heads,
+                               int head_dim, float scale);
+/** dqkv += the gradient of msq_attention_forward's out w.r.t. qkv, given dout and the forward's qkv
+ *  and probs: dV += Pᵀ·dO, dS = P ⊙ (dO·Vᵀ − rowsum), dQ += scale·dS·K, dK += scale·dSᵀ·Q. */
+void msq_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *probs, int batch,
+                            int tokens, int heads, int head_dim, float scale);
+void msq_attention_backward_ref(float *dqkv, const float *dout, const float *qkv, const float *probs, int batch,
+                                int tokens, int heads, int head_dim, float scale);
+
+/** y[b, j, i] = x[b, i, j] for x[n, rows, cols] (planes to tokens), or y[b, j, i] += x[b, i, j]
+ *  when accumulate != 0 (the adjoint, for a backward). */
+void msq_transpose_batched(float *y, const float *x, int n, int rows, int cols, int accumulate);
+
 /* ---------------------------------------------------------------- optimizer (sgd.c) */
 
 /** One SGD step with PyTorch's semantics (dampening 0):

@@ -150,7 +150,7 @@ func countModules<T>(_ m: any Module, of type: T.Type) -> Int {
     @Test("Model names: every ModelKind is buildable by name; unknown names list the valid ones")
     func modelNames() throws {
         #expect(ModelKind.allCases.map(\.rawValue) == ["resnet20", "resnet32", "resnet56", "resnet18", "resnet50",
-                                                       "mobilenetv3-large", "mobilenetv3-small"])
+                                                       "mobilenetv3-large", "mobilenetv3-small", "deit-tiny", "deit-small"])
         let mobile = try makeModel(named: "mobilenetv3-small", inputChannels: 1, numClasses: 10, seed: 0, inputSize: 28)
         #expect((mobile as? MobileNetV3)?.smallInput == true)
         let large = makeModel(.mobilenetv3Large, inputChannels: 3, numClasses: 10, seed: 0)
@@ -170,6 +170,18 @@ func countModules<T>(_ m: any Module, of type: T.Type) -> Int {
             try makeModel(named: "resnet99", inputChannels: 3, numClasses: 10, seed: 0)
         }
         #expect(ModelError.unknownModel(name: "x", valid: valid).description.contains("resnet20, resnet32"))
+    }
+
+    @Test("DeiT-Tiny and -Small have timm's parameter counts at 1000 classes; small inputs get patch 4, depth 6")
+    func deit() throws {
+        func count(_ m: any Module) -> Int { m.namedParameters().reduce(0) { $0 + $1.parameter.value.count } }
+        #expect(count(makeModel(.deitTiny, inputChannels: 3, numClasses: 1000, seed: 0)) == 5_717_416)
+        #expect(count(makeModel(.deitSmall, inputChannels: 3, numClasses: 1000, seed: 0)) == 22_050_664)
+        let small = try #require(makeModel(.deitTiny, inputChannels: 1, numClasses: 10, seed: 0, inputSize: 28) as? VisionTransformer)
+        #expect(small.configuration == .init(dim: 192, depth: 6, heads: 3, patch: 4))
+        #expect(small.patchCount == 49 && small.positionEmbedding.value.shape == [1, 50, 192])
+        let logits = small.forward(Tensor(shape: [2, 1, 28, 28], repeating: 0.5), mode: .eval)
+        #expect(logits.shape == [2, 10] && logits.scalars.allSatisfy(\.isFinite))
     }
 
     @Test("A tiny CIFAR ResNet fits a small batch (loss falls under plain gradient descent)")

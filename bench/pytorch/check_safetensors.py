@@ -37,7 +37,7 @@ from train_fashion_mnist import read_idx
 def make_case(a):
     torch.manual_seed(a.seed)
     cin = a.channels if a.channels else (1 if a.model in CIFAR_DEPTHS else 3)
-    model = reference_model(a.model, cin, 10)
+    model = reference_model(a.model, cin, 10, a.size)
     # Random statistics and affine parameters, so a BN tensor loaded into the wrong slot shows.
     with torch.no_grad():
         for m in model.modules():
@@ -47,6 +47,9 @@ def make_case(a):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
                 m.num_batches_tracked.fill_(7)
+            elif isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
             elif isinstance(m, nn.Linear):
                 m.bias.uniform_(-0.5, 0.5)
     model.eval()
@@ -138,7 +141,7 @@ def eval_export(a):
     meta = export_metadata(a.file)
     state = load_file(a.file)
     shape = json.loads(meta["msq.input_shape"])
-    model = reference_model(meta["msq.model"], shape[0], int(meta["msq.num_classes"]))
+    model = reference_model(meta["msq.model"], shape[0], int(meta["msq.num_classes"]), shape[1])
     model.load_state_dict(state, strict=True)
     model.eval()
     hooks = attach_pact(model, meta)

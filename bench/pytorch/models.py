@@ -1,11 +1,13 @@
-"""Models shared by the PyTorch peers of msq-bench: CIFAR ResNets (6n+2) and ImageNet ResNet-18.
+"""Models shared by the PyTorch peers of msq-bench: CIFAR ResNets (6n+2), ImageNet ResNet-18 and DeiT.
 
 Both match MSQ's (Sources/MSQ/Models): CIFAR ResNets with option-A (zero-padding) shortcuts, ResNet-18 in
 torchvision's layout, written out here so torchvision is not needed. Convolutions are bias-free and
 Kaiming-normal (fan-out) initialised, BN starts at gamma = 1, beta = 0, the classifier has a bias.
 `reference_model` builds every `msq --model` kind with the state_dict names MSQ's parameter paths map
 to (Sources/MSQ/Deployment/PyTorchNames.swift); only it needs torchvision (resnet18/resnet50).
+DeiT (VisionTransformer) is written out as timm builds it, with timm's names, so timm is not needed.
 """
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -107,10 +109,91 @@ class ResNet18(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+class Attention(nn.Module):
+    """timm's Attention: qkv Linear(dim, 3 dim) read as [B, T, 3, heads, d], softmax(q k^T / sqrt(d)) v, proj."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        # timm's default (fused) path; the same as softmax(q k^T · scale) v
+        o = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.proj(o.transpose(1, 2).reshape(b, t, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TransformerBlock(nn.Module):
+    """timm's pre-norm Block (LayerNorm eps 1e-6)."""
+
+    def __init__(self, dim, heads, mlp_ratio=4):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, heads)
+        self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), Mlp(dim, mlp_ratio * dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cin, dim, patch):
+        super().__init__()
+        self.proj = nn.Conv2d(cin, dim, patch, patch)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class VisionTransformer(nn.Module):
+    """DeiT as timm builds it (no distillation token), with timm's state_dict names, so MSQ's
+    VisionTransformer (Sources/MSQ/Models/VisionTransformer.swift) loads its weights unchanged."""
+
+    def __init__(self, cin=3, classes=10, image=224, patch=16, dim=192, depth=12, heads=3, mlp_ratio=4):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + (image // patch) ** 2, dim))
+        self.patch_embed = PatchEmbed(cin, dim, patch)
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, classes)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def vision_transformer(name, cin=3, classes=10, image=224):
+    """DeiT-Tiny/-Small; below 64 pixels patch 4 and depth 6, as MSQ's visionTransformerConfiguration."""
+    dim, heads = DEIT_MODELS[name]
+    small = image < 64
+    return VisionTransformer(cin, classes, image, 4 if small else 16, dim, 6 if small else 12, heads)
+
+
 CIFAR_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56}
 IMAGENET_MODELS = ("resnet18", "resnet50")
 MOBILENET_MODELS = {"mobilenetv3-large": "mobilenet_v3_large", "mobilenetv3-small": "mobilenet_v3_small"}
-MODEL_NAMES = tuple(CIFAR_DEPTHS) + IMAGENET_MODELS + tuple(MOBILENET_MODELS)
+DEIT_MODELS = {"deit-tiny": (192, 3), "deit-small": (384, 6)}
+MODEL_NAMES = tuple(CIFAR_DEPTHS) + IMAGENET_MODELS + tuple(MOBILENET_MODELS) + tuple(DEIT_MODELS)
 
 
 def cifar_resnet(depth, cin=1, classes=10):
@@ -120,7 +203,7 @@ def cifar_resnet(depth, cin=1, classes=10):
     return ResNet20(cin, classes, n=(depth - 2) // 6)
 
 
-def reference_model(name, in_channels, classes):
+def reference_model(name, in_channels, classes, image=224):
     """The PyTorch twin of `msq --model NAME`: models.py's CIFAR ResNets, torchvision's resnet18/50 and
     mobilenet_v3_large/small (for other input channel counts the stem conv is replaced, as below).
 
@@ -129,6 +212,8 @@ def reference_model(name, in_channels, classes):
     """
     if name in CIFAR_DEPTHS:
         return cifar_resnet(CIFAR_DEPTHS[name], in_channels, classes)
+    if name in DEIT_MODELS:  # the only kinds whose parameters depend on the image size
+        return vision_transformer(name, in_channels, classes, image)
     if name in MOBILENET_MODELS:
         import torchvision
 

@@ -71,11 +71,13 @@ say() { echo "$*" | tee -a "$OUT/summary.txt"; }
 say "# check-safetensors.sh $(date -u +%Y-%m-%dT%H:%MZ), torch $("$PYTHON" -c 'import torch; print(torch.__version__)'), $THREADS threads"
 
 say "## (a) PyTorch safetensors → MSQ, eval-mode logits (tolerance $TOLERANCE relative)"
-for model in resnet18 resnet20 mobilenetv3-large mobilenetv3-small; do
+for model in resnet18 resnet20 mobilenetv3-large mobilenetv3-small deit-tiny deit-small; do
     dir="$OUT/$model"
     case $model in
         resnet18) shape=(--size 64 --batch 4) ;;
         resnet20) shape=(--size 32 --batch 8) ;;
+        deit-tiny) shape=(--size 32 --batch 2) ;;   # < 64 pixels: patch 4, depth 6
+        deit-small) shape=(--size 64 --batch 2) ;;  # ≥ 64 pixels: DeiT's patch 16, depth 12
         *)        shape=(--size 96 --batch 2) ;;  # ≥ 64 pixels: torchvision's own strides
     esac
     "$PYTHON" "$HELPER" make-case "$model" "$dir" "${shape[@]}" >&2

@@ -15,7 +15,7 @@
 #   REPEATS  runs of each side per configuration (default 2)
 #   STEPS20  timed steps on ResNet-20 (default 10)     STEPS18  on the 224² models (default 3)
 #   WARMUP   untimed steps per run (default 2)
-#   MODELS   which models (default "resnet20 resnet18"; also mobilenetv3-large, mobilenetv3-small)    METHODS  which methods (default "fp msq")
+#   MODELS   which models (default "resnet20 resnet18"; also mobilenetv3-large, mobilenetv3-small, deit-tiny, deit-small)    METHODS  which methods (default "fp msq")
 #   OUT      directory for the JSON files (default bench/results/compare-pytorch; its *.json are
 #            deleted first)
 set -euo pipefail
@@ -31,8 +31,8 @@ MODELS=${MODELS:-resnet20 resnet18}
 METHODS=${METHODS:-fp msq}
 for m in $MODELS; do
     case "$m" in
-        resnet20|resnet18|mobilenetv3-large|mobilenetv3-small) ;;
-        *) echo "compare-pytorch: MODELS holds resnet20, resnet18, mobilenetv3-large, mobilenetv3-small (got '$m')" >&2; exit 1 ;;
+        resnet20|resnet18|mobilenetv3-large|mobilenetv3-small|deit-tiny|deit-small) ;;
+        *) echo "compare-pytorch: MODELS holds resnet20, resnet18, mobilenetv3-large, mobilenetv3-small, deit-tiny, deit-small (got '$m')" >&2; exit 1 ;;
     esac
 done
 for m in $METHODS; do

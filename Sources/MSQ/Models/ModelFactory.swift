@@ -14,6 +14,11 @@ public enum ModelKind: String, CaseIterable, Sendable {
     case mobilenetv3Large = "mobilenetv3-large"
     /// MobileNetV3-Small (torchvision's), strides adapted below 64-pixel inputs.
     case mobilenetv3Small = "mobilenetv3-small"
+    /// DeiT-Tiny (timm's vision transformer: dim 192, depth 12, 3 heads, patch 16); patch 4 and
+    /// depth 6 below 64-pixel inputs.
+    case deitTiny = "deit-tiny"
+    /// DeiT-Small (dim 384, depth 12, 6 heads, patch 16); patch 4 and depth 6 below 64-pixel inputs.
+    case deitSmall = "deit-small"
 
     /// The kind named `name` (e.g. `resnet20`).
     /// - Throws: ``ModelError/unknownModel(name:valid:)`` listing the valid names.
@@ -28,7 +33,7 @@ public enum ModelKind: String, CaseIterable, Sendable {
     public var isCIFARStyle: Bool {
         switch self {
         case .resnet20, .resnet32, .resnet56: return true
-        case .resnet18, .resnet50, .mobilenetv3Large, .mobilenetv3Small: return false
+        case .resnet18, .resnet50, .mobilenetv3Large, .mobilenetv3Small, .deitTiny, .deitSmall: return false
         }
     }
 }
@@ -55,12 +60,31 @@ public let modelInitStream: UInt64 = 0x6D6F_6465_6C69_6E69 // "modelini"
 /// builds MobileNetV3 with ``MobileNetV3/smallInput`` strides (28×28 and 32×32 images).
 public let mobileNetSmallInputLimit = 64
 
+/// The vision transformer shape of a DeiT kind at `inputSize`: DeiT's own at ImageNet sizes; below
+/// ``mobileNetSmallInputLimit`` pixels patch 4 (a 28×28 image is 7×7 = 49 patches, where patch 16
+/// would leave one) and depth 6, half DeiT's, which a few epochs on 10k images can train.
+public func visionTransformerConfiguration(_ kind: ModelKind, inputSize: Int) -> VisionTransformer.Configuration? {
+    var c: VisionTransformer.Configuration
+    switch kind {
+    case .deitTiny: c = .deitTiny
+    case .deitSmall: c = .deitSmall
+    default: return nil
+    }
+    if inputSize < mobileNetSmallInputLimit {
+        c.patch = 4
+        c.depth = 6
+    }
+    return c
+}
+
 /// Builds a freshly initialised model; the same seed always gives the same parameters.
 ///
 /// CIFAR kinds are ``CIFARResNet``s, ImageNet kinds ``ImageNetResNet``s, MobileNetV3 kinds
 /// ``MobileNetV3``s, with the small-input strides and ``MobileNetV3/shortRunBatchNormMomentum``
 /// when `inputSize` (the images' height) is below ``mobileNetSmallInputLimit``; nil means
-/// ImageNet-sized (torchvision's strides and batch-norm momentum). Input `[N, inputChannels, H, W]`,
+/// ImageNet-sized (torchvision's strides and batch-norm momentum). DeiT kinds are
+/// ``VisionTransformer``s for square `inputSize` images (nil: 224), shaped by
+/// ``visionTransformerConfiguration(_:inputSize:)``. Input `[N, inputChannels, H, W]`,
 /// output logits `[N, numClasses]`.
 public func makeModel(_ kind: ModelKind, inputChannels: Int, numClasses: Int, seed: UInt64,
                       inputSize: Int? = nil) -> any Module {
@@ -81,6 +105,11 @@ public func makeModel(_ kind: ModelKind, inputChannels: Int, numClasses: Int, se
                            smallInput: small,
                            batchNormMomentum: small ? MobileNetV3.shortRunBatchNormMomentum : MobileNetV3.torchvisionBatchNormMomentum,
                            rng: &rng)
+    case .deitTiny, .deitSmall:
+        let size = inputSize ?? 224
+        // visionTransformerConfiguration covers every DeiT kind
+        let c = visionTransformerConfiguration(kind, inputSize: size) ?? .deitTiny
+        return VisionTransformer(c, inputChannels: inputChannels, numClasses: numClasses, imageSize: size, rng: &rng)
     }
 }
 

@@ -1,0 +1,184 @@
+/* layernorm.c — layer normalisation over the last axis (a transformer's tokens).
+ *
+ *     forward   μ_r = mean_j x[r,j],  rstd_r = 1 / sqrt(mean_j (x[r,j] − μ_r)² + ε),
+ *               y[r,j] = (x[r,j] − μ_r)·rstd_r·γ[j] + β[j]
+ *     backward  x̂ = (x − μ)·rstd,  g = dy·γ,
+ *               dx[r,j] += rstd_r·(g[r,j] − mean_j g[r,·] − x̂[r,j]·mean_j (g·x̂)[r,·]),
+ *               dγ[j] += Σ_r dy[r,j]·x̂[r,j],  dβ[j] += Σ_r dy[r,j]
+ *
+ * Rows go to threads whole; a row's sums run in 8 lanes, reduced in a fixed order. dγ and dβ sum
+ * over rows in fixed chunks of CHUNK rows, and the chunks' partial sums are added in chunk order:
+ * every result is the same at any thread count. No -ffast-math. */
+#include "msq_kernels.h"
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { CHUNK = 32 };
+
+/* Σ of 8 lanes in a fixed order. */
+static inline float lanes(__m256 v) {
+    float l[8];
+    _mm256_storeu_ps(l, v);
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+/* Σ_j a[j] (8 lanes, then the tail). */
+static inline float row_sum(const float *a, int n) {
+    __m256 s = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(a + j));
+    float t = lanes(s);
+    for (; j < n; j++) t += a[j];
+    return t;
+}
+
+/* μ and rstd of one row: two passes (the centred second pass keeps the variance exact enough for
+   rows far from 0). */
+static inline void row_stats(float *mean, float *rstd, const float *x, int n, float eps) {
+    const float mu = row_sum(x, n) / (float)n;
+    const __m256 m = _mm256_set1_ps(mu);
+    __m256 s = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + j), m);
+        s = _mm256_fmadd_ps(d, d, s);
+    }
+    float v = lanes(s);
+    for (; j < n; j++) v = fmaf(x[j] - mu, x[j] - mu, v);
+    *mean = mu;
+    *rstd = 1.0f / sqrtf(v / (float)n + eps);
+}
+
+/* x[rows, dim], γ[dim], β[dim] -> y[rows, dim], mean[rows], rstd[rows] (overwritten). */
+void msq_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *gamma,
+                           const float *beta, int rows, int dim, float eps) {
+    #pragma omp parallel for schedule(static) if (rows > 64 && !omp_in_parallel())
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * dim;
+        float *yr = y + (size_t)r * dim;
+        row_stats(mean + r, rstd + r, xr, dim, eps);
+        const __m256 m = _mm256_set1_ps(mean[r]), s = _mm256_set1_ps(rstd[r]);
+        int j = 0;
+        for (; j + 8 <= dim; j += 8) {
+            const __m256 h = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + j), m), s);
+            _mm256_storeu_ps(yr + j, _mm256_fmadd_ps(h, _mm256_loadu_ps(gamma + j), _mm256_loadu_ps(beta + j)));
+        }
+        for (; j < dim; j++) yr[j] = fmaf((xr[j] - mean[r]) * rstd[r], gamma[j], beta[j]);
+    }
+}
+
+void msq_layernorm_forward_ref(float *y, float *mean, float *rstd, const float *x, const float *gamma,
+                               const float *beta, int rows, int dim, float eps) {
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * dim;
+        double s = 0, v = 0;
+        for (int j = 0; j < dim; j++) s += xr[j];
+        const double mu = s / dim;
+        for (int j = 0; j < dim; j++) v += (xr[j] - mu) * (xr[j] - mu);
+        const double rs = 1.0 / sqrt(v / dim + eps);
+        mean[r] = (float)mu;
+        rstd[r] = (float)rs;
+        for (int j = 0; j < dim; j++) y[(size_t)r * dim + j] = (float)((xr[j] - mu) * rs * gamma[j] + beta[j]);
+    }
+}
+
+/* One row's input gradient: dx += rstd·(g − mean(g) − x̂·mean(g·x̂)), g = dy·γ. */
+static void row_backward(float *dx, const float *dy, const float *x, float mu, float rs, const float *gamma, int n) {
+    const __m256 m = _mm256_set1_ps(mu), s = _mm256_set1_ps(rs);
+    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 g = _mm256_mul_ps(_mm256_loadu_ps(dy + j), _mm256_loadu_ps(gamma + j));
+        const __m256 h = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), m), s);
+        a = _mm256_add_ps(a, g);
+        b = _mm256_fmadd_ps(g, h, b);
+    }
+    float sg = lanes(a), sgh = lanes(b);
+    for (int t = j; t < n; t++) {
+        const float g = dy[t] * gamma[t], h = (x[t] - mu) * rs;
+        sg += g;
+        sgh = fmaf(g, h, sgh);
+    }
+    const float mg = sg / (float)n, mgh = sgh / (float)n;
+    const __m256 vmg = _mm256_set1_ps(mg), vmgh = _mm256_set1_ps(mgh);
+    for (j = 0; j + 8 <= n; j += 8) {
+        const __m256 g = _mm256_mul_ps(_mm256_loadu_ps(dy + j), _mm256_loadu_ps(gamma + j));
+        const __m256 h = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), m), s);
+        const __m256 d = _mm256_mul_ps(s, _mm256_sub_ps(_mm256_sub_ps(g, vmg), _mm256_mul_ps(h, vmgh)));
+        _mm256_storeu_ps(dx + j, _mm256_add_ps(_mm256_loadu_ps(dx + j), d));
+    }
+    for (; j < n; j++) {
+        const float g = dy[j] * gamma[j], h = (x[j] - mu) * rs;
+        dx[j] += rs * ((g - mg) - h * mgh);
+    }
+}
+
+/* dy, x [rows, dim], mean, rstd [rows] (the forward's), γ [dim] -> dx [rows, dim], dγ, dβ [dim]
+   (all accumulated; dγ and dβ may be NULL). */
+void msq_layernorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                            const float *mean, const float *rstd, const float *gamma, int rows, int dim) {
+    const int chunks = (rows + CHUNK - 1) / CHUNK;
+    const int params = dgamma || dbeta;
+    float *part = params ? malloc(sizeof(float) * 2 * (size_t)dim * (size_t)chunks) : NULL;
+    if (params && !part) { /* out of memory: slow but right */
+        msq_layernorm_backward_ref(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, rows, dim);
+        return;
+    }
+    #pragma omp parallel for schedule(static) if (chunks > 1 && !omp_in_parallel())
+    for (int c = 0; c < chunks; c++) {
+        const int r0 = c * CHUNK, r1 = r0 + CHUNK < rows ? r0 + CHUNK : rows;
+        float *pg = part ? part + (size_t)2 * dim * c : NULL, *pb = pg ? pg + dim : NULL;
+        if (pg) {
+            memset(pg, 0, sizeof(float) * 2 * (size_t)dim);
+        }
+        for (int r = r0; r < r1; r++) {
+            const float *dyr = dy + (size_t)r * dim, *xr = x + (size_t)r * dim;
+            row_backward(dx + (size_t)r * dim, dyr, xr, mean[r], rstd[r], gamma, dim);
+            if (!pg) continue;
+            const __m256 m = _mm256_set1_ps(mean[r]), s = _mm256_set1_ps(rstd[r]);
+            int j = 0;
+            for (; j + 8 <= dim; j += 8) {
+                const __m256 d = _mm256_loadu_ps(dyr + j);
+                const __m256 h = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + j), m), s);
+                _mm256_storeu_ps(pg + j, _mm256_fmadd_ps(d, h, _mm256_loadu_ps(pg + j)));
+                _mm256_storeu_ps(pb + j, _mm256_add_ps(_mm256_loadu_ps(pb + j), d));
+            }
+            for (; j < dim; j++) {
+                pg[j] = fmaf(dyr[j], (xr[j] - mean[r]) * rstd[r], pg[j]);
+                pb[j] += dyr[j];
+            }
+        }
+    }
+    if (part) {
+        for (int c = 0; c < chunks; c++) {
+            const float *pg = part + (size_t)2 * dim * c, *pb = pg + dim;
+            for (int j = 0; j < dim; j++) {
+                if (dgamma) dgamma[j] += pg[j];
+                if (dbeta) dbeta[j] += pb[j];
+            }
+        }
+        free(part);
+    }
+}
+
+void msq_layernorm_backward_ref(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                                const float *mean, const float *rstd, const float *gamma, int rows, int dim) {
+    for (int r = 0; r < rows; r++) {
+        const float *dyr = dy + (size_t)r * dim, *xr = x + (size_t)r * dim;
+        double sg = 0, sgh = 0;
+        for (int j = 0; j < dim; j++) {
+            const double h = ((double)xr[j] - mean[r]) * rstd[r], g = (double)dyr[j] * gamma[j];
+            sg += g;
+            sgh += g * h;
+            if (dgamma) dgamma[j] += (float)(dyr[j] * h);
+            if (dbeta) dbeta[j] += dyr[j];
+        }
+        for (int j = 0; j < dim; j++) {
+            const double h = ((double)xr[j] - mean[r]) * rstd[r], g = (double)dyr[j] * gamma[j];
+            dx[(size_t)r * dim + j] += (float)(rstd[r] * (g - sg / dim - h * sgh / dim));
+        }
+    }
+}
