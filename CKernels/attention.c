@@ -12,9 +12,9 @@
  * P is kept for the backward: probs[b, h, T, T], B·H·T² floats (DeiT-Tiny at 224², batch 16:
  * 16·3·197² = 1.9 M floats, 7.4 MB per block). Every (b, h) is one thread's work, its GEMMs
  * single-threaded OpenBLAS calls: results are the same at any thread count. The exponential is
- * exp_math.h's (libm has no vector expf here). No -ffast-math. */
+ * vector_math.h's (libm has no vector expf here). No -ffast-math. */
 #include "msq_kernels.h"
-#include "exp_math.h"
+#include "vector_math.h"
 #include <cblas.h>
 #include <float.h>
 #include <omp.h>

@@ -12,6 +12,9 @@ private typealias Kit = KernelTestKit
 private let actFastVsRefTol: Float = 0
 /// Hand values are rounded to float; GELU's reference values come from erf in double.
 private let actHandTol: Float = 2e-6
+/// GELU's erf and exp are polynomials (vector_math.h): against erf and exp in double over
+/// [−10, 10], absolute error per unit of max(1, |value|).
+private let geluExactTol: Float = 1e-6
 /// Central differences: relu/relu6/hardswish are piecewise polynomials of degree <= 2, for which
 /// central differences are exact; GELU's truncation error is ~h^2/6 * |f'''| < 1e-4.
 private let actGradStep: Float = 1e-2
@@ -50,6 +53,21 @@ private let actCounts = [1, 3, 7, 17 * 33, 33 * 33 * 17 * 7]
 
 @Suite("Activation kernels")
 struct ActivationTests {
+    @Test("GELU and its derivative match erf and exp in double over [−10, 10]", arguments: [false, true])
+    func geluAgainstDouble(fast: Bool) {
+        let x = (0...4000).map { Float(-10 + Double($0) * 0.005) }
+        let y = forward(x, .gelu, fast: fast)
+        let d = backward([Float](repeating: 0, count: x.count), [Float](repeating: 1, count: x.count), x, .gelu, fast: fast)
+        var worstY: Float = 0, worstD: Float = 0
+        for (i, v) in x.enumerated() {
+            let xd = Double(v), cdf = 0.5 * (1 + erf(xd / 2.0.squareRoot())), pdf = exp(-xd * xd / 2) / (2 * Double.pi).squareRoot()
+            worstY = max(worstY, Float(abs(Double(y[i]) - xd * cdf) / max(1, abs(xd * cdf))))
+            worstD = max(worstD, Float(abs(Double(d[i]) - (cdf + xd * pdf)) / max(1, abs(cdf + xd * pdf))))
+        }
+        #expect(worstY <= geluExactTol, "GELU: worst error \(worstY)")
+        #expect(worstD <= geluExactTol, "GELU': worst error \(worstD)")
+    }
+
     @Test("fast forward and backward match the reference", arguments: ActivationTestKind.allCases, actCounts)
     func fastMatchesReference(kind: ActivationTestKind, count: Int) {
         var rng = Kit.SplitMix64(seed: UInt64(count) &* 31 &+ UInt64(kind.rawValue))
