@@ -187,35 +187,19 @@ static void drain(float *dst, size_t plane, int nc, const float *restrict out8, 
     }
 }
 
-/* acc[u] += Σ_kx w[kx] · row[S·u + kx] (u < BLOCK, kx < K, vectors of 8 channels): one filter row
-   over one input row. Inlined with constant K and S, so the loops unroll and acc, the K weights
-   and the input vector in flight stay in registers. */
-static inline __attribute__((always_inline)) void row_taps(__m256 acc[BLOCK], const float *restrict row,
-                                                           const float *restrict w, const int K, const int S) {
-    __m256 wk[5];
-    #pragma clang loop unroll(full)
-    for (int kx = 0; kx < K; kx++) wk[kx] = _mm256_load_ps(w + (size_t)kx * LANES);
-    #pragma clang loop unroll(full)
-    for (int i = 0; i < S * (BLOCK - 1) + K; i++) {
-        const __m256 v = _mm256_load_ps(row + (size_t)i * LANES);
-        #pragma clang loop unroll(full)
-        for (int kx = 0; kx < K; kx++) {
-            const int d = i - kx;
-            if (d >= 0 && d % S == 0 && d / S < BLOCK) acc[d / S] = _mm256_fmadd_ps(wk[kx], v, acc[d / S]);
-        }
-    }
-}
-
-/* row_taps for two output rows at once, which read the same input row through different filter
-   rows (wa, wb): each input vector is loaded once for both. */
-static inline __attribute__((always_inline)) void row_taps2(__m256 a[BLOCK], __m256 b[BLOCK], const float *restrict row,
-                                                            const float *restrict wa, const float *restrict wb,
-                                                            const int K, const int S) {
+/* a[u] += Σ_kx wa[kx] · row[S·u + kx] (u < BLOCK, kx < K, vectors of 8 channels): one filter row
+   over one input row; with `pair`, also b[u] += Σ_kx wb[kx] · row[S·u + kx], a second output row
+   that reads the same input row through another filter row, each input vector loaded once for
+   both. Inlined with constant K, S and pair, so the loops unroll and the sums, the weights and the
+   input vector in flight stay in registers. */
+static inline __attribute__((always_inline)) void row_taps(__m256 a[BLOCK], __m256 b[BLOCK], const float *restrict row,
+                                                           const float *restrict wa, const float *restrict wb,
+                                                           const int K, const int S, const int pair) {
     __m256 ka[5], kb[5];
     #pragma clang loop unroll(full)
     for (int kx = 0; kx < K; kx++) {
         ka[kx] = _mm256_load_ps(wa + (size_t)kx * LANES);
-        kb[kx] = _mm256_load_ps(wb + (size_t)kx * LANES);
+        if (pair) kb[kx] = _mm256_load_ps(wb + (size_t)kx * LANES);
     }
     #pragma clang loop unroll(full)
     for (int i = 0; i < S * (BLOCK - 1) + K; i++) {
@@ -225,7 +209,7 @@ static inline __attribute__((always_inline)) void row_taps2(__m256 a[BLOCK], __m
             const int d = i - kx;
             if (d >= 0 && d % S == 0 && d / S < BLOCK) {
                 a[d / S] = _mm256_fmadd_ps(ka[kx], v, a[d / S]);
-                b[d / S] = _mm256_fmadd_ps(kb[kx], v, b[d / S]);
+                if (pair) b[d / S] = _mm256_fmadd_ps(kb[kx], v, b[d / S]);
             }
         }
     }
@@ -249,7 +233,8 @@ static inline __attribute__((always_inline)) void rows(float *restrict out8, con
             #pragma clang loop unroll(full)
             for (int u = 0; u < BLOCK; u++) acc[u] = b;
             for (int ky = 0; ky < K; ky++)
-                row_taps(acc, in8 + ((size_t)(S * oy + ky) * p->cols + (size_t)S * x0) * LANES, w8 + (size_t)ky * K * LANES, K, S);
+                row_taps(acc, NULL, in8 + ((size_t)(S * oy + ky) * p->cols + (size_t)S * x0) * LANES, w8 + (size_t)ky * K * LANES,
+                         NULL, K, S, 0);
             store_block(out8 + ((size_t)oy * p->w_out + x0) * LANES, acc, p->w_out - x0 < BLOCK ? p->w_out - x0 : BLOCK);
         }
     }
@@ -272,9 +257,9 @@ static inline __attribute__((always_inline)) void row_pairs(float *restrict out8
             /* input row S·oy + r feeds row oy through filter row r and row oy + 1 through r − S */
             const float *base = in8 + ((size_t)S * oy * p->cols + (size_t)S * x0) * LANES;
             const size_t step = (size_t)p->cols * LANES, wrow = (size_t)K * LANES;
-            for (int r = 0; r < S; r++) row_taps(a, base + r * step, w8 + r * wrow, K, S);
-            for (int r = S; r < K; r++) row_taps2(a, c, base + r * step, w8 + r * wrow, w8 + (r - S) * wrow, K, S);
-            for (int r = K; r < K + S; r++) row_taps(c, base + r * step, w8 + (r - S) * wrow, K, S);
+            for (int r = 0; r < S; r++) row_taps(a, NULL, base + r * step, w8 + r * wrow, NULL, K, S, 0);
+            for (int r = S; r < K; r++) row_taps(a, c, base + r * step, w8 + r * wrow, w8 + (r - S) * wrow, K, S, 1);
+            for (int r = K; r < K + S; r++) row_taps(c, NULL, base + r * step, w8 + (r - S) * wrow, NULL, K, S, 0);
             const int n = p->w_out - x0 < BLOCK ? p->w_out - x0 : BLOCK;
             float *o = out8 + ((size_t)oy * p->w_out + x0) * LANES;
             store_block(o, a, n);

@@ -12,19 +12,6 @@ cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs/deit}
 ROWS=${ROWS:-"float msq-10.67 dorefa3"}
 THREADS=${THREADS:-2}
-mkdir -p "$RUNS"
-if [[ -z "${MSQ:-}" ]]; then
-    swift build -c release --product msq >/dev/null
-    MSQ=$(swift build -c release --show-bin-path)/msq
-fi
 RECIPE="--model deit-tiny --dataset fashion-mnist --epochs 10 --limit-train 10000 --batch-size 128 --optimizer adamw --lr 1e-3 --weight-decay 0.05 --warmup-epochs 1 --threads $THREADS --seed 0"
-source bench/scripts/resumable-run.sh
-for r in $ROWS; do
-    case $r in
-        float)     run "$r" $RECIPE --method fp ;;
-        msq-10.67) run "$r" $RECIPE --method msq --target-compression 10.67 ;;
-        dorefa3)   run "$r" $RECIPE --method dorefa --weight-bits 3 --dorefa-scaled ;;
-        *) echo "unknown row $r (float, msq-10.67, dorefa3)" >&2; exit 1 ;;
-    esac
-done
-python3 bench/scripts/deit_table.py "$RUNS"
+source bench/scripts/accuracy-grid.sh
+accuracy_grid bench/scripts/deit_table.py $RECIPE

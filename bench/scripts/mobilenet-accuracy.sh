@@ -11,19 +11,6 @@ cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs/mobilenet}
 ROWS=${ROWS:-"float msq-10.67 dorefa3"}
 THREADS=${THREADS:-1}
-mkdir -p "$RUNS"
-if [[ -z "${MSQ:-}" ]]; then
-    swift build -c release --product msq >/dev/null
-    MSQ=$(swift build -c release --show-bin-path)/msq
-fi
 RECIPE="--model mobilenetv3-small --dataset fashion-mnist --epochs 6 --limit-train 10000 --batch-size 128 --lr 0.05 --threads $THREADS --seed 0"
-source bench/scripts/resumable-run.sh
-for r in $ROWS; do
-    case $r in
-        float)     run "$r" $RECIPE --method fp ;;
-        msq-10.67) run "$r" $RECIPE --method msq --target-compression 10.67 ;;
-        dorefa3)   run "$r" $RECIPE --method dorefa --weight-bits 3 --dorefa-scaled ;;
-        *) echo "unknown row $r (float, msq-10.67, dorefa3)" >&2; exit 1 ;;
-    esac
-done
-python3 bench/scripts/mobilenet_table.py "$RUNS"
+source bench/scripts/accuracy-grid.sh
+accuracy_grid bench/scripts/mobilenet_table.py $RECIPE

@@ -9,11 +9,13 @@ weights, weight-averaged bits and the range.
 
     python3 bench/scripts/mobilenet_table.py runs/mobilenet
 """
-import json
 import os
 import re
 import sys
-from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bits_table import print_tables  # noqa: E402
+from collections import defaultdict  # noqa: E402
 
 TYPES = ["stem", "expand 1x1", "depthwise", "SE", "project 1x1", "last 1x1", "classifier"]
 
@@ -44,33 +46,7 @@ def layer_types(names):
 
 
 def main(root):
-    runs = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "summary.json")))
-    if not runs:
-        sys.exit(f"no finished runs (summary.json) under {root}")
-    summaries = {r: json.load(open(os.path.join(root, r, "summary.json"))) for r in runs}
-    print("| run | method | test accuracy | C (sign counted) | C (paper) | average weight bits | train seconds | peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r, s in summaries.items():
-        c, cp, bits = s.get("compression_ratio"), s.get("compression_ratio_paper"), s.get("average_weight_bits")
-        fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"
-        print(f"| {r} | {s['method']} | {s['test_accuracy']:.4f} | {fmt(c)} | {fmt(cp)} | {fmt(bits, 3)} | "
-              f"{s['train_seconds']:.0f} | {s['peak_rss_bytes'] / 2**20:.0f} |")
-    for r, s in summaries.items():
-        layers = s.get("layers")
-        if not layers:
-            continue
-        types = layer_types([l["name"] for l in layers])
-        print(f"\n{r}: bits by layer type (weight-averaged; range)\n")
-        print("| type | layers | weights | bits | range |")
-        print("|---|---|---|---|---|")
-        for t in TYPES:
-            rows = [l for l in layers if types[l["name"]] == t]
-            if not rows:
-                continue
-            weights = sum(l["params"] for l in rows)
-            avg = sum(l["params"] * l["bits"] for l in rows) / weights
-            lo, hi = min(l["bits"] for l in rows), max(l["bits"] for l in rows)
-            print(f"| {t} | {len(rows)} | {weights:,} | {avg:.2f} | {lo}–{hi} |")
+    print_tables(root, TYPES, layer_types)
 
 
 if __name__ == "__main__":
