@@ -122,6 +122,11 @@ struct TrainCommand: ParsableCommand {
 
         let data = try DatasetCatalog.load(name: dataset, directory: dataDir,
                                            limitTrain: config.limitTrain, limitTest: config.limitTest, seed: seed)
+        do {
+            try checkImageSize(kind, height: data.train.sampleShape[1], width: data.train.sampleShape[2])
+        } catch {
+            throw ValidationError("--model \(model) with --dataset \(dataset): \(error)")
+        }
         let network = makeModel(kind, inputChannels: data.train.sampleShape[0], numClasses: data.train.numClasses, seed: seed,
                                 inputSize: data.train.sampleShape[1])
         let outDir = out ?? defaultOutputDirectory()

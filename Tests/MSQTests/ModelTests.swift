@@ -182,6 +182,15 @@ func countModules<T>(_ m: any Module, of type: T.Type) -> Int {
         #expect(small.patchCount == 49 && small.positionEmbedding.value.shape == [1, 50, 192])
         let logits = small.forward(Tensor(shape: [2, 1, 28, 28], repeating: 0.5), mode: .eval)
         #expect(logits.shape == [2, 10] && logits.scalars.allSatisfy(\.isFinite))
+        // Sizes a DeiT cannot take are refused with a message, not a trap; convolutional kinds take any.
+        #expect(throws: (any Error).self) { try checkImageSize(.deitTiny, height: 30, width: 30) }
+        #expect(throws: (any Error).self) { try checkImageSize(.deitSmall, height: 28, width: 32) }
+        #expect(throws: (any Error).self) { try makeModel(named: "deit-tiny", inputChannels: 1, numClasses: 10, seed: 0, inputSize: 30) }
+        try checkImageSize(.deitTiny, height: 32, width: 32)
+        try checkImageSize(.deitTiny, height: 224, width: 224)
+        try checkImageSize(.resnet20, height: 30, width: 17)
+        let message = ModelError.unsupportedImageSize(model: "deit-tiny", height: 30, width: 30, requirement: "r").description
+        #expect(message.contains("deit-tiny") && message.contains("30×30"))
     }
 
     @Test("A tiny CIFAR ResNet fits a small batch (loss falls under plain gradient descent)")

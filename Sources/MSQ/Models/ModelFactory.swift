@@ -42,12 +42,17 @@ public enum ModelKind: String, CaseIterable, Sendable {
 public enum ModelError: Error, Equatable, CustomStringConvertible {
     /// No model has this name; `valid` lists the names that exist.
     case unknownModel(name: String, valid: [String])
+    /// The model cannot take images of this size; `requirement` says which it can.
+    case unsupportedImageSize(model: String, height: Int, width: Int, requirement: String)
 
-    /// A message naming the unknown model and listing the valid names.
+    /// A message naming the unknown model and listing the valid names, or the image size a model
+    /// cannot take and the sizes it can.
     public var description: String {
         switch self {
         case let .unknownModel(name, valid):
             return "unknown model '\(name)'; valid models: \(valid.joined(separator: ", "))"
+        case let .unsupportedImageSize(model, height, width, requirement):
+            return "\(model) cannot take \(height)×\(width) images: \(requirement)"
         }
     }
 }
@@ -77,6 +82,18 @@ public func visionTransformerConfiguration(_ kind: ModelKind, inputSize: Int) ->
     return c
 }
 
+/// Refuses an image size `kind` cannot be built for: a DeiT needs square images whose side is a
+/// multiple of its patch (``visionTransformerConfiguration(_:inputSize:)``). The convolutional
+/// kinds take any size from ``RunLimits/minimumImageSize`` up (the trainer checks that).
+/// - Throws: ``ModelError/unsupportedImageSize(model:height:width:requirement:)``.
+public func checkImageSize(_ kind: ModelKind, height: Int, width: Int) throws(ModelError) {
+    guard let c = visionTransformerConfiguration(kind, inputSize: height) else { return }
+    guard height == width, height >= c.patch, height % c.patch == 0 else {
+        throw .unsupportedImageSize(model: kind.rawValue, height: height, width: width,
+                                    requirement: "it needs square images whose side is a multiple of its patch size \(c.patch) at this size")
+    }
+}
+
 /// Builds a freshly initialised model; the same seed always gives the same parameters.
 ///
 /// CIFAR kinds are ``CIFARResNet``s, ImageNet kinds ``ImageNetResNet``s, MobileNetV3 kinds
@@ -84,8 +101,9 @@ public func visionTransformerConfiguration(_ kind: ModelKind, inputSize: Int) ->
 /// when `inputSize` (the images' height) is below ``mobileNetSmallInputLimit``; nil means
 /// ImageNet-sized (torchvision's strides and batch-norm momentum). DeiT kinds are
 /// ``VisionTransformer``s for square `inputSize` images (nil: 224), shaped by
-/// ``visionTransformerConfiguration(_:inputSize:)``. Input `[N, inputChannels, H, W]`,
-/// output logits `[N, numClasses]`.
+/// ``visionTransformerConfiguration(_:inputSize:)`` (a size it cannot take is a programming error
+/// here; ``checkImageSize(_:height:width:)`` refuses it with a message). Input
+/// `[N, inputChannels, H, W]`, output logits `[N, numClasses]`.
 public func makeModel(_ kind: ModelKind, inputChannels: Int, numClasses: Int, seed: UInt64,
                       inputSize: Int? = nil) -> any Module {
     var rng = RandomSource(seed: seed, stream: [modelInitStream])
@@ -113,9 +131,13 @@ public func makeModel(_ kind: ModelKind, inputChannels: Int, numClasses: Int, se
     }
 }
 
-/// Builds a model by name (`resnet20`, …); see ``makeModel(_:inputChannels:numClasses:seed:inputSize:)``.
-/// - Throws: ``ModelError/unknownModel(name:valid:)`` listing the valid names.
+/// Builds a model by name (`resnet20`, …) for square images of side `inputSize`; see
+/// ``makeModel(_:inputChannels:numClasses:seed:inputSize:)``.
+/// - Throws: ``ModelError/unknownModel(name:valid:)`` listing the valid names, or
+///   ``ModelError/unsupportedImageSize(model:height:width:requirement:)``.
 public func makeModel(named name: String, inputChannels: Int, numClasses: Int, seed: UInt64,
                       inputSize: Int? = nil) throws(ModelError) -> any Module {
-    makeModel(try ModelKind(name: name), inputChannels: inputChannels, numClasses: numClasses, seed: seed, inputSize: inputSize)
+    let kind = try ModelKind(name: name)
+    if let inputSize { try checkImageSize(kind, height: inputSize, width: inputSize) }
+    return makeModel(kind, inputChannels: inputChannels, numClasses: numClasses, seed: seed, inputSize: inputSize)
 }

@@ -40,6 +40,9 @@ extension Trainer {
         guard config.cropPadding <= min(shape[1], shape[2]) else {
             throw .invalidProperty(property: "cropPadding", problem: "must be at most the image size \(min(shape[1], shape[2])) (got \(config.cropPadding))")
         }
+        if let vit = model as? VisionTransformer, shape[1] != vit.imageSize || shape[2] != vit.imageSize {
+            throw .incompatibleData("\(train.name) has \(shape[1])×\(shape[2]) images, but the vision transformer was built for \(vit.imageSize)×\(vit.imageSize)")
+        }
         if let first = quantizableLayers(of: model).first?.module as? Conv2d, first.inChannels != shape[0] {
             throw .incompatibleData("\(train.name) has \(shape[0])-channel images, but the model's first convolution takes \(first.inChannels) channels")
         }
