@@ -23,10 +23,10 @@ struct TrainCommand: ParsableCommand {
     var epochs: Int = 2
     @Option(help: "Images per step.")
     var batchSize: Int = 128
-    @Option(help: "Peak learning rate (after warm-up, then cosine annealing to 0).")
-    var lr: Double = 0.1
-    @Option(help: "Optimizer: sgd (momentum, Nesterov) or adamw (PyTorch's AdamW: decoupled weight decay, bias correction).")
-    var optimizer: String = "sgd"
+    @Option(help: "Peak learning rate (after warm-up, then cosine annealing to 0). Default 0.1; 1e-3 for the vision transformers (deit-tiny, deit-small).")
+    var lr: Double?
+    @Option(help: "Optimizer: sgd (momentum, Nesterov) or adamw (PyTorch's AdamW: decoupled weight decay, bias correction). Default sgd; adamw for the vision transformers (deit-tiny, deit-small), as DeiT trains.")
+    var optimizer: String?
     @Option(help: "SGD momentum (--optimizer sgd).")
     var momentum: Double = 0.9
     @Option(help: "Weight decay, not applied to batch-norm parameters and biases (default: 5e-4 for sgd, 0.05 for adamw, where it is decoupled: w ← w·(1 − lr·λ)).")
@@ -82,6 +82,10 @@ struct TrainCommand: ParsableCommand {
             throw ValidationError("unknown --method \(method); choose fp, msq, dorefa, bsq, csq, hawq or smpq")
         }
         try msq.refuseInapplicable(method: method)
+        // Transformers train with AdamW at a small lr (DeiT's recipe); SGD at 0.1 diverges them.
+        let transformer = visionTransformerConfiguration(kind, inputSize: 224) != nil
+        let optimizer = self.optimizer ?? (transformer ? "adamw" : "sgd")
+        let lr = self.lr ?? (transformer ? 1e-3 : 0.1)
         guard let optimizerKind = OptimizerKind(rawValue: optimizer) else {
             throw ValidationError("unknown --optimizer \(optimizer); choose sgd or adamw")
         }
