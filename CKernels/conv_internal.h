@@ -37,12 +37,16 @@ void msq_col2im_rows_add(float *restrict x, const float *restrict col, size_t ld
 
 /* Depthwise convolution with 8 channels per vector (depthwise_channels.c), for square 3×3 and 5×5
    filters at stride 1 or 2 and equal padding (`_eligible`); the input gradient at stride 1 with
-   padding at most k − 1 (`_input_eligible`). Same arguments as msq_conv2d_depthwise_forward /
-   _backward_input; they return 0, or -1 with nothing written when scratch memory is short. */
+   padding at most k − 1 (`_input_eligible`); the weight gradient of the 5×5 ones (`_weight_eligible`).
+   Same arguments as msq_conv2d_depthwise_forward / _backward_input / _backward_weight; they
+   return 0, or -1 with nothing written when scratch memory is short. */
 int msq_depthwise_channels_eligible(const msq_conv2d_shape *s);
 int msq_depthwise_channels_input_eligible(const msq_conv2d_shape *s);
+int msq_depthwise_channels_weight_eligible(const msq_conv2d_shape *s);
 int msq_depthwise_channels_forward(float *y, const float *x, const float *w, const float *bias,
                                    const msq_conv2d_shape *s);
 int msq_depthwise_channels_backward_input(float *dx, const float *dy, const float *w, const msq_conv2d_shape *s);
+int msq_depthwise_channels_backward_weight(float *dw, float *dbias, const float *dy, const float *x,
+                                           const msq_conv2d_shape *s);
 
 #endif

@@ -3,9 +3,9 @@
  *
  * Square 3×3 and 5×5 filters at stride 1 and 2 (every MobileNetV3 layer) go to
  * depthwise_channels.c, which vectorises across 8 channels instead of along a row: the forward
- * always, the input gradient at stride 1. What follows serves everything else (other filters and
- * strides, the stride-2 input gradient, every weight gradient) and any call whose scratch memory
- * depthwise_channels.c could not allocate.
+ * always, the input gradient at stride 1, the weight gradient of 5×5 filters. What follows serves
+ * everything else (other filters and strides, the stride-2 input gradient, the 3×3 weight
+ * gradient) and any call whose scratch memory depthwise_channels.c could not allocate.
  *
  *     forward          y[b,c,oy,ox]  = bias[c] + Σ_ky,kx w[c,ky,kx] · x[b,c, oy·sh − ph + ky, ox·sw − pw + kx]
  *     backward input   dx[b,c,iy,ix] += Σ w[c,ky,kx] · dy[b,c,oy,ox]   over every (oy,ox,ky,kx) reading (iy,ix)
@@ -484,6 +484,7 @@ static void tap_block(int n, float *acc, const ptrdiff_t *off, const float *dys,
 /* dy[n,c,h_out,w_out], x[n,c,h_in,w_in] -> dw[c,1,kh,kw], dbias[c] (accumulated; dbias may be NULL). */
 void msq_conv2d_depthwise_backward_weight(float *dw, float *dbias, const float *dy, const float *x,
                                           const msq_conv2d_shape *s) {
+    if (msq_depthwise_channels_weight_eligible(s) && msq_depthwise_channels_backward_weight(dw, dbias, dy, x, s) == 0) return;
     const int kk = s->kh * s->kw, nv = vectors(s->w_out), channels = s->c_in;
     const size_t in_plane = (size_t)s->h_in * s->w_in, out_plane = (size_t)s->h_out * s->w_out;
     const phased layout = input_layout(s), grads = {NULL, 1, s->h_out, nv * 8};

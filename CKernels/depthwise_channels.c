@@ -18,7 +18,9 @@
  *
  * summed in that order (ky, then kx), by one thread per output: results do not depend on the
  * thread count. At stride 1 the input gradient is the same sum over dy with the filter turned by
- * 180° and padding k − 1 − p, accumulated into dx.
+ * 180° and padding k − 1 − p, accumulated into dx. The weight gradient of a 5×5 filter sums
+ * dy · x over the same interleaved copies, each group of 8 channels on one thread for all images,
+ * a filter row's 5 sums and a block's 7 dy vectors in registers.
  *
  * No -ffast-math (fused multiply-adds, as depthwise.c; not near a quantizer). */
 #include "msq_kernels.h"
@@ -361,3 +363,101 @@ int msq_depthwise_channels_backward_input(float *dx, const float *dy, const floa
     const dw_plan p = make_plan(s->n, s->c_in, s->h_out, s->w_out, s->h_in, s->w_in, s->kh, 1, s->kh - 1 - s->pad_h);
     return run(dx, dy, w, NULL, &p, 1, 1);
 }
+
+/* ---- weight gradient: dw[c, ky, kx] += Σ_b Σ_oy,ox dy[b,c,oy,ox] · x[b,c, s·oy − p + ky, s·ox − p + kx] */
+
+/* a[kx] += Σ_u d[u] · row[S·u + kx] over a block of BLOCK outputs, for one filter row's K taps
+   (a: K vectors of 8 channels, summed in place). Inlined with constant K and S, so the BLOCK dy
+   vectors, the K sums and the input vector in flight stay in registers. */
+static inline __attribute__((always_inline)) void tap_row(float *restrict a8, const float *restrict d8,
+                                                          const float *restrict row, const int K, const int S) {
+    __m256 a[5], d[BLOCK];
+    #pragma clang loop unroll(full)
+    for (int kx = 0; kx < K; kx++) a[kx] = _mm256_load_ps(a8 + (size_t)kx * LANES);
+    #pragma clang loop unroll(full)
+    for (int u = 0; u < BLOCK; u++) d[u] = _mm256_load_ps(d8 + (size_t)u * LANES);
+    #pragma clang loop unroll(full)
+    for (int i = 0; i < S * (BLOCK - 1) + K; i++) {
+        const __m256 v = _mm256_load_ps(row + (size_t)i * LANES);
+        #pragma clang loop unroll(full)
+        for (int kx = 0; kx < K; kx++) {
+            const int e = i - kx;
+            if (e >= 0 && e % S == 0 && e / S < BLOCK) a[kx] = _mm256_fmadd_ps(d[e / S], v, a[kx]);
+        }
+    }
+    #pragma clang loop unroll(full)
+    for (int kx = 0; kx < K; kx++) _mm256_store_ps(a8 + (size_t)kx * LANES, a[kx]);
+}
+
+/* acc8[t] += the taps' sums over one image's interleaved planes: in8 (the padded input, plan p)
+   and d8 (dy, rows of `dcols` positions, zero past w_out). Taps in order, then rows, then blocks. */
+static inline __attribute__((always_inline)) void image_taps(float *restrict acc8, const float *restrict in8,
+                                                             const float *restrict d8, int dcols, const dw_plan *p,
+                                                             const int K, const int S) {
+    for (int ky = 0; ky < K; ky++)
+        for (int oy = 0; oy < p->h_out; oy++)
+            for (int x0 = 0; x0 < p->w_out; x0 += BLOCK)
+                tap_row(acc8 + (size_t)ky * K * LANES, d8 + ((size_t)oy * dcols + x0) * LANES,
+                        in8 + ((size_t)(S * oy + ky) * p->cols + (size_t)S * x0) * LANES, K, S);
+}
+
+typedef void (*taps_kernel)(float *, const float *, const float *, int, const dw_plan *);
+#define DEFINE_TAPS(K, S)                                                                                   \
+    static void taps_k##K##_s##S(float *a, const float *i, const float *d, int dc, const dw_plan *p) {     \
+        image_taps(a, i, d, dc, p, K, S);                                                                  \
+    }
+DEFINE_TAPS(5, 1)
+DEFINE_TAPS(5, 2)
+
+/* 5×5 only: a 3×3 filter row gives 3 sums, 3 chains of dependent multiply-adds too few to hide
+   their latency, and depthwise.c's tap blocks ran the 3×3 layers faster (bench/README,
+   "Depthwise kernels"). */
+int msq_depthwise_channels_weight_eligible(const msq_conv2d_shape *s) {
+    return msq_depthwise_channels_eligible(s) && s->kh == 5;
+}
+
+/* Each group of 8 channels belongs to one thread for every image, so its sums run in one fixed order
+   (images, then taps, rows, blocks) at any thread count. */
+int msq_depthwise_channels_backward_weight(float *dw, float *dbias, const float *dy, const float *x,
+                                           const msq_conv2d_shape *s) {
+    const dw_plan p = make_plan(s->n, s->c_in, s->h_in, s->w_in, s->h_out, s->w_out, s->kh, s->stride_h, s->pad_h);
+    const int K = p.k, kk = K * K, groups = (p.channels + LANES - 1) / LANES;
+    const int dcols = (p.w_out + BLOCK - 1) / BLOCK * BLOCK;
+    /* dy as fill() writes it: h_out rows of dcols positions, no padding */
+    dw_plan g = p;
+    g.h_in = p.h_out, g.w_in = p.w_out, g.pad = 0, g.rows = p.h_out, g.cols = dcols;
+    const size_t in_floats = (size_t)p.rows * p.cols * LANES, d_floats = (size_t)p.h_out * dcols * LANES;
+    const size_t per = in_floats + d_floats + (size_t)(kk + 1) * LANES;
+    const size_t x_plane = (size_t)p.h_in * p.w_in, dy_plane = (size_t)p.h_out * p.w_out;
+    const int team = msq_conv_team_size(groups);
+    float *all = aligned_alloc(64, sizeof(float) * ((per * (size_t)team + 15) & ~(size_t)15));
+    if (!all) return -1;
+    if (K != 5) return -1;
+    const taps_kernel kernel = p.stride == 1 ? taps_k5_s1 : taps_k5_s2;
+    #pragma omp parallel num_threads(team) if (team > 1)
+    {
+        float *in8 = all + per * (size_t)omp_get_thread_num(), *d8 = in8 + in_floats, *acc = d8 + d_floats;
+        memset(in8, 0, sizeof(float) * (in_floats + d_floats));
+        #pragma omp for schedule(static)
+        for (int gi = 0; gi < groups; gi++) {
+            const int c0 = gi * LANES, nc = p.channels - c0 < LANES ? p.channels - c0 : LANES;
+            memset(acc, 0, sizeof(float) * (size_t)(kk + 1) * LANES);
+            for (int b = 0; b < p.n; b++) {
+                const size_t first = (size_t)b * p.channels + c0;
+                fill(in8, x + first * x_plane, x_plane, nc, &p);
+                fill(d8, dy + first * dy_plane, dy_plane, nc, &g);
+                kernel(acc, in8, d8, dcols, &p);
+                __m256 bsum = _mm256_load_ps(acc + (size_t)kk * LANES);
+                for (size_t q = 0; q < (size_t)p.h_out * dcols; q++) bsum = _mm256_add_ps(bsum, _mm256_load_ps(d8 + q * LANES));
+                _mm256_store_ps(acc + (size_t)kk * LANES, bsum);
+            }
+            for (int l = 0; l < nc; l++) {
+                for (int t = 0; t < kk; t++) dw[(size_t)(c0 + l) * kk + t] += acc[(size_t)t * LANES + l];
+                if (dbias) dbias[c0 + l] += acc[(size_t)kk * LANES + l];
+            }
+        }
+    }
+    free(all);
+    return 0;
+}
+
