@@ -14,6 +14,7 @@
  * single-threaded OpenBLAS calls: results are the same at any thread count. The exponential is
  * vector_math.h's (libm has no vector expf here). No -ffast-math. */
 #include "msq_kernels.h"
+#include "conv_internal.h"
 #include "vector_math.h"
 #include <cblas.h>
 #include <float.h>
@@ -26,12 +27,6 @@ static inline float lanes_max(__m256 v) {
     float m = l[0];
     for (int i = 1; i < 8; i++) m = l[i] > m ? l[i] : m;
     return m;
-}
-
-static inline float lanes_sum(__m256 v) {
-    float l[8];
-    _mm256_storeu_ps(l, v);
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
 /* p = softmax(s) over one row of n, in place allowed: e^(s − max) / Σ e^(s − max). */
@@ -48,7 +43,7 @@ static void softmax_row(float *p, const float *s, int n) {
         _mm256_storeu_ps(p + j, e);
         acc = _mm256_add_ps(acc, e);
     }
-    float sum = lanes_sum(acc);
+    float sum = msq_lanes_sum8(acc);
     for (; j < n; j++) {
         p[j] = msq_exp1(s[j] - mx);
         sum += p[j];
@@ -80,7 +75,7 @@ static void softmax_backward_row(float *dp, const float *p, int n) {
     __m256 acc = _mm256_setzero_ps();
     int j = 0;
     for (; j + 8 <= n; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(p + j), _mm256_loadu_ps(dp + j), acc);
-    float dot = lanes_sum(acc);
+    float dot = msq_lanes_sum8(acc);
     for (int t = j; t < n; t++) dot = fmaf(p[t], dp[t], dot);
     const __m256 d = _mm256_set1_ps(dot);
     for (j = 0; j + 8 <= n; j += 8)
@@ -133,7 +128,7 @@ void msq_attention_backward(float *dqkv, const float *dout, const float *qkv, co
                             int tokens, int heads, int head_dim, float scale) {
     const int T = tokens, d = head_dim, D = heads * head_dim, ld = 3 * D;
     const long items = (long)batch * heads;
-    const int team = items > 1 && !omp_in_parallel() ? (items < omp_get_max_threads() ? (int)items : omp_get_max_threads()) : 1;
+    const int team = msq_conv_team_size(items);
     float *scratch = malloc(sizeof(float) * (size_t)T * T * (size_t)team);
     if (!scratch) { /* out of memory: slow but right */
         msq_attention_backward_ref(dqkv, dout, qkv, probs, batch, tokens, heads, head_dim, scale);

@@ -12,7 +12,7 @@
 void msq_winograd_transform_weights(float *u, const float *w, const msq_conv2d_shape *s);
 
 /* Threads for a loop over `items` independent pieces of work: at most the OpenMP thread count, at
-   least 1, and 1 inside someone else's parallel region. */
+   least 1, and 1 inside someone else's parallel region. (attention.c uses it too.) */
 int msq_conv_team_size(long items);
 
 /* The caller's workspace, or (workspace NULL) a 64-byte aligned one of `bytes` bytes that *owned

@@ -40,6 +40,7 @@
  * scratch (a few padded planes each) once, and falls back to the reference kernel if it cannot. */
 #include "msq_kernels.h"
 #include "conv_internal.h"
+#include "vector_math.h"
 #include <immintrin.h>
 #include <omp.h>
 #include <stddef.h>
@@ -83,15 +84,10 @@ typedef struct phased {
 /* Floats a phased buffer needs, with a vector of slack for phase_fill's last full-vector store. */
 static size_t phase_floats(const phased *p) { return (size_t)p->phases * p->rows * p->cols + 8; }
 
-static __m256i lanes_below(int n) {
-    static const int32_t ones[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-    return _mm256_loadu_si256((const __m256i *)(ones + 8 - n));
-}
-
 /* The lanes of a masked load of the n floats from index i of a row of w (0 to 8). */
 static __m256 load_row(const float *row, int i, int w) {
     const int n = w - i;
-    return n >= 8 ? _mm256_loadu_ps(row + i) : _mm256_maskload_ps(row + i, lanes_below(n > 0 ? n : 0));
+    return n >= 8 ? _mm256_loadu_ps(row + i) : _mm256_maskload_ps(row + i, msq_lanes_below(n > 0 ? n : 0));
 }
 
 /* Stride 2: one pass over each source row deals its even columns to one phase and its odd
@@ -183,7 +179,7 @@ static inline __m256 load_item(const rows_out *o, walk k) {
     const ptrdiff_t at = (ptrdiff_t)k.r * o->stride + 8 * k.v, end = (ptrdiff_t)(o->rows - 1) * o->stride + o->width;
     const float *p = o->out + (ptrdiff_t)k.pl * o->plane_stride + at;
     const int left = o->width - 8 * k.v;
-    return left >= 8 || at + 8 <= end ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lanes_below(left));
+    return left >= 8 || at + 8 <= end ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, msq_lanes_below(left));
 }
 
 static inline void store_item(const rows_out *o, walk k, __m256 a) {
@@ -193,7 +189,7 @@ static inline void store_item(const rows_out *o, walk k, __m256 a) {
     if (left >= 8) {
         _mm256_storeu_ps(p, a);
     } else if (at + 8 <= end) {
-        if (o->accumulate) a = _mm256_blendv_ps(_mm256_loadu_ps(p), a, _mm256_castsi256_ps(lanes_below(left)));
+        if (o->accumulate) a = _mm256_blendv_ps(_mm256_loadu_ps(p), a, _mm256_castsi256_ps(msq_lanes_below(left)));
         _mm256_storeu_ps(p, a);
     } else {
         float lanes[8];
@@ -423,13 +419,6 @@ void msq_conv2d_depthwise_backward_input(float *dx, const float *dy, const float
     free(offs);
 }
 
-/* Horizontal sum of 8 lanes in a fixed order. */
-static float lanes_sum(__m256 v) {
-    float l[8];
-    _mm256_storeu_ps(l, v);
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-
 /* The weight gradient's taps go in blocks of up to TAP_BLOCK: each item's dy vector is loaded
    once and fused into every tap sum of the block (one sum per tap, over the items in order), so a
    tap costs one load per item (its shifted input) instead of two. 9 covers a 3×3 filter in one
@@ -545,8 +534,8 @@ void msq_conv2d_depthwise_backward_weight(float *dw, float *dbias, const float *
                 const __m256 bsum = _mm256_add_ps(_mm256_add_ps(b0, b1), _mm256_add_ps(b2, b3));
                 _mm256_store_ps(acc + 8 * (size_t)kk, _mm256_add_ps(_mm256_load_ps(acc + 8 * (size_t)kk), bsum));
             }
-            for (int k = 0; k < kk; k++) dw[(size_t)c * kk + k] += lanes_sum(_mm256_load_ps(acc + 8 * (size_t)k));
-            if (dbias) dbias[c] += lanes_sum(_mm256_load_ps(acc + 8 * (size_t)kk));
+            for (int k = 0; k < kk; k++) dw[(size_t)c * kk + k] += msq_lanes_sum8(_mm256_load_ps(acc + 8 * (size_t)k));
+            if (dbias) dbias[c] += msq_lanes_sum8(_mm256_load_ps(acc + 8 * (size_t)kk));
         }
     }
     free(all);

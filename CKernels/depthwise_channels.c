@@ -25,6 +25,7 @@
  * No -ffast-math (fused multiply-adds, as depthwise.c; not near a quantizer). */
 #include "msq_kernels.h"
 #include "conv_internal.h"
+#include "vector_math.h"
 #include <immintrin.h>
 #include <omp.h>
 #include <stddef.h>
@@ -33,6 +34,12 @@
 #include <string.h>
 
 enum { LANES = 8, BLOCK = 7 };
+
+/* `team` slices of `per` floats (a multiple of 8, so every slice stays 32-byte aligned), 64-byte
+   aligned, or NULL when memory is short. */
+static float *team_scratch(size_t per, int team) {
+    return aligned_alloc(64, sizeof(float) * ((per * (size_t)team + 15) & ~(size_t)15));
+}
 
 /* One plane geometry of the sum above: `src` planes h_in × w_in, `dst` planes h_out × w_out. */
 typedef struct dw_plan {
@@ -58,11 +65,6 @@ int msq_depthwise_channels_eligible(const msq_conv2d_shape *s) {
 
 int msq_depthwise_channels_input_eligible(const msq_conv2d_shape *s) {
     return msq_depthwise_channels_eligible(s) && s->stride_h == 1 && s->pad_h <= s->kh - 1;
-}
-
-static __m256i lanes_below(int n) {
-    static const int32_t ones[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-    return _mm256_loadu_si256((const __m256i *)(ones + 8 - n));
 }
 
 /* r[i][j] -> r[j][i] for an 8×8 block held as 8 row vectors. */
@@ -120,7 +122,7 @@ static void fill(float *restrict in8, const float *src, size_t plane, int nc, co
             for (int l = 0; l < LANES; l++) {
                 const float *from = src + (size_t)l * plane + at;
                 r[l] = l >= nc ? _mm256_setzero_ps()
-                     : n == LANES ? _mm256_loadu_ps(from) : _mm256_maskload_ps(from, lanes_below(n));
+                     : n == LANES ? _mm256_loadu_ps(from) : _mm256_maskload_ps(from, msq_lanes_below(n));
             }
             transpose8(r);
         }
@@ -321,7 +323,7 @@ static int run(float *dst, const float *src, const float *w, const float *bias, 
     const size_t per = in_floats + out_floats + (size_t)(kk + 1) * LANES; /* multiples of 8 floats: aligned */
     const size_t src_plane = (size_t)p->h_in * p->w_in, dst_plane = (size_t)p->h_out * p->w_out;
     const int team = msq_conv_team_size(items);
-    float *all = aligned_alloc(64, sizeof(float) * ((per * (size_t)team + 15) & ~(size_t)15));
+    float *all = team_scratch(per, team);
     if (!all) return -1;
     const rows_kernel kernel = kernel_for(p);
     #pragma omp parallel num_threads(team) if (team > 1)
@@ -430,7 +432,7 @@ int msq_depthwise_channels_backward_weight(float *dw, float *dbias, const float 
     const size_t per = in_floats + d_floats + (size_t)(kk + 1) * LANES;
     const size_t x_plane = (size_t)p.h_in * p.w_in, dy_plane = (size_t)p.h_out * p.w_out;
     const int team = msq_conv_team_size(groups);
-    float *all = aligned_alloc(64, sizeof(float) * ((per * (size_t)team + 15) & ~(size_t)15));
+    float *all = team_scratch(per, team);
     if (!all) return -1;
     if (K != 5) return -1;
     const taps_kernel kernel = p.stride == 1 ? taps_k5_s1 : taps_k5_s2;

@@ -10,6 +10,7 @@
  * over rows in fixed chunks of CHUNK rows, and the chunks' partial sums are added in chunk order:
  * every result is the same at any thread count. No -ffast-math. */
 #include "msq_kernels.h"
+#include "vector_math.h"
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -18,19 +19,12 @@
 
 enum { CHUNK = 32 };
 
-/* Σ of 8 lanes in a fixed order. */
-static inline float lanes(__m256 v) {
-    float l[8];
-    _mm256_storeu_ps(l, v);
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-
 /* Σ_j a[j] (8 lanes, then the tail). */
 static inline float row_sum(const float *a, int n) {
     __m256 s = _mm256_setzero_ps();
     int j = 0;
     for (; j + 8 <= n; j += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(a + j));
-    float t = lanes(s);
+    float t = msq_lanes_sum8(s);
     for (; j < n; j++) t += a[j];
     return t;
 }
@@ -46,7 +40,7 @@ static inline void row_stats(float *mean, float *rstd, const float *x, int n, fl
         const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + j), m);
         s = _mm256_fmadd_ps(d, d, s);
     }
-    float v = lanes(s);
+    float v = msq_lanes_sum8(s);
     for (; j < n; j++) v = fmaf(x[j] - mu, x[j] - mu, v);
     *mean = mu;
     *rstd = 1.0f / sqrtf(v / (float)n + eps);
@@ -96,7 +90,7 @@ static void row_backward(float *dx, const float *dy, const float *x, float mu, f
         a = _mm256_add_ps(a, g);
         b = _mm256_fmadd_ps(g, h, b);
     }
-    float sg = lanes(a), sgh = lanes(b);
+    float sg = msq_lanes_sum8(a), sgh = msq_lanes_sum8(b);
     for (int t = j; t < n; t++) {
         const float g = dy[t] * gamma[t], h = (x[t] - mu) * rs;
         sg += g;

@@ -6,13 +6,28 @@
  *        in the exponent bits. Relative error about 2e-7 on [−87, 88]; below −87.3 it returns 0
  *        (the softmax's e^(x − max) of a far-off logit).
  *   erf: the rational approximation Eigen and XLA use, x·α(x²)/β(x²) on x clamped to [−4, 4]
- *        (erf(±4) is ±1 in float); absolute error about 1e-7. */
+ *        (erf(±4) is ±1 in float); absolute error about 1e-7.
+ * And two lane helpers the vector kernels share: a fixed-order sum of 8 lanes (so a result does
+ * not depend on how a loop was split), and the mask of the lanes below n. */
 #ifndef MSQ_VECTOR_MATH_H
 #define MSQ_VECTOR_MATH_H
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+/* Σ of 8 lanes in a fixed order: ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)). */
+static inline float msq_lanes_sum8(__m256 v) {
+    float l[8];
+    _mm256_storeu_ps(l, v);
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+/* All ones in lanes 0 … n − 1 (0 ≤ n ≤ 8), zeros above: a maskload's mask. */
+static inline __m256i msq_lanes_below(int n) {
+    static const int32_t ones[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    return _mm256_loadu_si256((const __m256i *)(ones + 8 - n));
+}
 
 #define MSQ_EXP_LO (-87.3365f) /* below: e^x is under FLT_MIN, returned as 0 */
 #define MSQ_EXP_HI 88.3762626647949f

@@ -58,15 +58,6 @@ public final class MultiHeadSelfAttention: Module {
 
     /// dx through proj, the attention and qkv (their parameter gradients accumulated).
     public func backward(_ gradOutput: Tensor) -> Tensor {
-        backwardCore(gradOutput, inputGradient: true)
-    }
-
-    /// The parameter gradients of ``backward(_:)`` without qkv's input gradient.
-    public func backwardParameters(_ gradOutput: Tensor) {
-        _ = backwardCore(gradOutput, inputGradient: false)
-    }
-
-    private func backwardCore(_ gradOutput: Tensor, inputGradient: Bool) -> Tensor {
         guard let c = cache else { fatalError("MultiHeadSelfAttention(\(dim)): backward called without a preceding forward") }
         LayerKit.require(gradOutput.shape == [c.batch, c.tokens, dim],
                          "MultiHeadSelfAttention(\(dim)): gradient shape \(gradOutput.shape), expected \([c.batch, c.tokens, dim])")
@@ -82,10 +73,6 @@ public final class MultiHeadSelfAttention: Module {
                     }
                 }
             }
-        }
-        guard inputGradient else {
-            qkv.backwardParameters(dq)
-            return Tensor(shape: [0])
         }
         return qkv.backward(dq).reshaped([c.batch, c.tokens, dim])
     }
