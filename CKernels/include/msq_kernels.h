@@ -456,6 +456,41 @@ void msq_attention_backward(float *dqkv, const float *dout, const float *qkv, co
 void msq_attention_backward_ref(float *dqkv, const float *dout, const float *qkv, const float *probs, int batch,
                                 int tokens, int heads, int head_dim, float scale);
 
+/* R-operator of layer norm and attention (conventions of the R-operator section: R-forwards
+ * overwrite, R-backwards accumulate, a NULL dy gives the Gauss-Newton product). */
+
+/** ry[rows, dim] = γ ⊙ J·rx with J = rstd·(I − 11ᵀ/dim − x̂x̂ᵀ/dim), x̂ = (x − μ)·rstd: the tangent
+ *  of msq_layernorm_forward's y for the input tangent rx (γ and β held fixed); mean and rstd from
+ *  the forward. */
+void msq_layernorm_rforward(float *ry, const float *x, const float *rx, const float *mean, const float *rstd,
+                            const float *gamma, int rows, int dim);
+void msq_layernorm_rforward_ref(float *ry, const float *x, const float *rx, const float *mean, const float *rstd,
+                                const float *gamma, int rows, int dim);
+/** rdx[rows, dim] += J·(γ ⊙ rdy) + R_x[J]·(γ ⊙ dy): the tangent of msq_layernorm_backward's dx.
+ *  dy or rx NULL drops the second term. */
+void msq_layernorm_rbackward(float *rdx, const float *rdy, const float *dy, const float *x, const float *rx,
+                             const float *mean, const float *rstd, const float *gamma, int rows, int dim);
+void msq_layernorm_rbackward_ref(float *rdx, const float *rdy, const float *dy, const float *x, const float *rx,
+                                 const float *mean, const float *rstd, const float *gamma, int rows, int dim);
+
+/** R-forward of msq_attention_forward for the tangent rqkv (qkv's layout, not NULL):
+ *  RS = scale·(RQ·Kᵀ + Q·RKᵀ), RP = P ⊙ (RS − rowsum(P ⊙ RS)), RO = RP·V + P·RV. Writes rout
+ *  [batch, tokens, D] and rprobs [batch, heads, tokens, tokens] (RP, for the R-backward). */
+void msq_attention_rforward(float *rout, float *rprobs, const float *qkv, const float *rqkv, const float *probs,
+                            int batch, int tokens, int heads, int head_dim, float scale);
+void msq_attention_rforward_ref(float *rout, float *rprobs, const float *qkv, const float *rqkv, const float *probs,
+                                int batch, int tokens, int heads, int head_dim, float scale);
+/** rdqkv += the tangent of msq_attention_backward's dqkv, from dout and rdout, qkv and rqkv, P and RP:
+ *  RdV += Pᵀ·RdO + RPᵀ·dO, RdQ += scale·(RdS·K + dS·RK), RdK += scale·(RdSᵀ·Q + dSᵀ·RQ) with
+ *  RdS = RP ⊙ (dP − c) + P ⊙ (RdP − Rc). dout NULL: the plain backward of rdout (Gauss-Newton);
+ *  rqkv and rprobs NULL: a zero input tangent. */
+void msq_attention_rbackward(float *rdqkv, const float *rdout, const float *dout, const float *qkv,
+                             const float *rqkv, const float *probs, const float *rprobs, int batch, int tokens,
+                             int heads, int head_dim, float scale);
+void msq_attention_rbackward_ref(float *rdqkv, const float *rdout, const float *dout, const float *qkv,
+                                 const float *rqkv, const float *probs, const float *rprobs, int batch, int tokens,
+                                 int heads, int head_dim, float scale);
+
 /** y[b, j, i] = x[b, i, j] for x[n, rows, cols] (planes to tokens), or y[b, j, i] += x[b, i, j]
  *  when accumulate != 0 (the adjoint, for a backward). */
 void msq_transpose_batched(float *y, const float *x, int n, int rows, int cols, int accumulate);

@@ -5,7 +5,7 @@ Reads OUT.safetensors as `msq-bench hvp` writes it:
   - `calibration.images` (float32 NCHW, already normalised) and `calibration.labels` (int64),
   - for each probe j = 0, 1, ... and each quantized weight NAME (conv/linear weights):
     `probe.j.NAME` (the direction v on that weight, possibly all zero) and `hv.j.NAME` (MSQ's H v there),
-  - `__metadata__`: `model` (resnet20|resnet32|resnet56|resnet18|resnet50), `classes`, `in_channels`,
+  - `__metadata__`: `model` (models.MODEL_NAMES: the ResNets, MobileNetV3s, DeiTs), `classes`, `in_channels`,
     `mode` (exact|gauss-newton|central-difference).
 
 H is the Hessian of the mean softmax cross-entropy (no label smoothing) over the calibration batch
@@ -126,9 +126,10 @@ def split_entries(tensors, path):
     return state, tensors["calibration.images"], tensors["calibration.labels"], probes, hvs
 
 
-def build_model(model_name, classes, in_channels, state, path):
-    """The reference model with the file's parameters and buffers, float64, eval mode."""
-    model = reference_model(model_name, in_channels, classes)
+def build_model(model_name, classes, in_channels, state, path, image=224):
+    """The reference model with the file's parameters and buffers, float64, eval mode (`image`: the
+    calibration images' side, which sizes a vision transformer's position embedding)."""
+    model = reference_model(model_name, in_channels, classes, image)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
@@ -294,7 +295,7 @@ def main(argv=None):
         model_name, classes, in_channels, mode = parse_metadata(metadata, args.out)
         state, images, labels, probes, hvs = split_entries(tensors, args.out)
         check_calibration(images, labels, in_channels, classes, args.out)
-        model = build_model(model_name, classes, in_channels, state, args.out)
+        model = build_model(model_name, classes, in_channels, state, args.out, image=images.shape[-1])
         params = dict(model.named_parameters())
         names = set(probes[min(probes)])
         unknown = sorted(n for n in names if n not in params)

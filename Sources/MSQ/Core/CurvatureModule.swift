@@ -103,3 +103,13 @@ func linearRBackward(_ gradient: Tensor?, tangent: Tensor, backward: (Tensor) ->
     restore()
     return (backward(gradient), rgx)
 }
+
+/// `module`'s R-backward on the pair the module after it returned: a module asked for input
+/// gradients always returns their tangent.
+func rBackwardChained(_ module: any CurvatureModule, _ g: (gradient: Tensor?, tangent: Tensor?),
+                      inputGradients: Bool = true) -> (gradient: Tensor?, tangent: Tensor?) {
+    guard let rg = g.tangent else {
+        preconditionFailure("\(type(of: module)): R-backward after a module that returned no input tangent")
+    }
+    return module.rBackward(g.gradient, tangent: rg, inputGradients: inputGradients)
+}

@@ -18,6 +18,8 @@ public final class MultiHeadSelfAttention: Module {
     public let proj: Linear
 
     private var cache: (qkv: Tensor, probs: Tensor, batch: Int, tokens: Int)?
+    // What rBackward needs from rForward: qkv's output and its tangent, P and its tangent RP.
+    private var curvatureCache: (qkv: Tensor, rqkv: Tensor?, probs: Tensor, rprobs: Tensor?, batch: Int, tokens: Int)?
 
     /// Width of one head, `dim / heads`.
     public var headDim: Int { dim / heads }
@@ -87,6 +89,94 @@ public final class MultiHeadSelfAttention: Module {
     public func visitModules(prefix: String, _ body: (String, any Module) -> Void) {
         LayerKit.visitChildren([("qkv", qkv), ("proj", proj)], prefix: prefix, body)
     }
+}
+
+extension MultiHeadSelfAttention: CurvatureModule {
+    /// `y` and its tangent through qkv, the attention (`msq_attention_rforward`: RS = scale·(RQ·Kᵀ +
+    /// Q·RKᵀ), RP = P ⊙ (RS − rowsum(P ⊙ RS)), RO = RP·V + P·RV) and proj. Keeps P and RP
+    /// (2·N·heads·T² floats) for the R-backward.
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        curvatureCache = nil
+        let d = input.shape
+        LayerKit.require(d.count == 3 && d[2] == dim, "MultiHeadSelfAttention(\(dim)): expected input [N, T, \(dim)], got \(d)")
+        LayerKit.require(tangent == nil || tangent?.shape == d,
+                         "MultiHeadSelfAttention(\(dim)): input tangent shape \(tangent?.shape ?? []), expected \(d)")
+        let (n, t) = (d[0], d[1])
+        let (cn, ct, ch, cd) = (LayerKit.c(n), LayerKit.c(t), LayerKit.c(heads), LayerKit.c(headDim))
+        let q = qkv.rForward(input.reshaped([n * t, dim]), tangent: tangent?.reshaped([n * t, dim]))
+        var out = Tensor(unfilledShape: [n * t, dim])
+        var probs = Tensor(unfilledShape: [n, heads, t, t])
+        q.output.withUnsafePointer { qp in
+            out.withUnsafeMutablePointer { o in
+                probs.withUnsafeMutablePointer { p in msq_attention_forward(o, p, qp, cn, ct, ch, cd, scale) }
+            }
+        }
+        var rout: Tensor? = nil, rprobs: Tensor? = nil
+        if let rq = q.tangent {
+            var ro = Tensor(unfilledShape: [n * t, dim]), rp = Tensor(unfilledShape: [n, heads, t, t])
+            q.output.withUnsafePointer { qp in
+                rq.withUnsafePointer { rqp in
+                    probs.withUnsafePointer { p in
+                        ro.withUnsafeMutablePointer { rop in
+                            rp.withUnsafeMutablePointer { rpp in msq_attention_rforward(rop, rpp, qp, rqp, p, cn, ct, ch, cd, scale) }
+                        }
+                    }
+                }
+            }
+            (rout, rprobs) = (ro, rp)
+        }
+        curvatureCache = (q.output, q.tangent, probs, rprobs, n, t)
+        let y = proj.rForward(out, tangent: rout)
+        return (y.output.reshaped(d), y.tangent?.reshaped(d))
+    }
+
+    /// `(g_x, R g_x)` back through proj, the attention (`msq_attention_backward`,
+    /// `msq_attention_rbackward`) and qkv, whose R-backwards accumulate their weights' H·v.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        guard let c = curvatureCache else {
+            fatalError("MultiHeadSelfAttention(\(dim)): rBackward called without a preceding rForward")
+        }
+        curvatureCache = nil
+        let (n, t) = (c.batch, c.tokens)
+        LayerKit.require(tangent.shape == [n, t, dim] && (gradient?.shape ?? tangent.shape) == tangent.shape,
+                         "MultiHeadSelfAttention(\(dim)): gradient shapes do not match output \([n, t, dim])")
+        let (cn, ct, ch, cd) = (LayerKit.c(n), LayerKit.c(t), LayerKit.c(heads), LayerKit.c(headDim))
+        let g = rBackwardChained(proj, (gradient?.reshaped([n * t, dim]), tangent.reshaped([n * t, dim])))
+        guard let rdOut = g.tangent else { preconditionFailure("Linear returned no input tangent") }
+        var dq: Tensor? = nil
+        if let dOut = g.gradient {
+            var out = Tensor(shape: c.qkv.shape)
+            dOut.withUnsafePointer { go in
+                c.qkv.withUnsafePointer { q in
+                    c.probs.withUnsafePointer { p in
+                        out.withUnsafeMutablePointer { dqp in msq_attention_backward(dqp, go, q, p, cn, ct, ch, cd, scale) }
+                    }
+                }
+            }
+            dq = out
+        }
+        var rdq = Tensor(shape: c.qkv.shape)
+        rdOut.withUnsafePointer { rgo in
+            LayerKit.withOptionalPointer(g.gradient) { go in
+                c.qkv.withUnsafePointer { q in
+                    LayerKit.withOptionalPointer(c.rqkv) { rq in
+                        c.probs.withUnsafePointer { p in
+                            LayerKit.withOptionalPointer(c.rprobs) { rp in
+                                rdq.withUnsafeMutablePointer { out in
+                                    msq_attention_rbackward(out, rgo, go, q, rq, p, rp, cn, ct, ch, cd, scale)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let x = qkv.rBackward(dq, tangent: rdq, inputGradients: inputGradients)
+        return (x.gradient?.reshaped([n, t, dim]), x.tangent?.reshaped([n, t, dim]))
+    }
+
+    /// Attention is bilinear in the queries and keys: not piecewise linear.
+    public var isPiecewiseLinear: Bool { false }
 }
 
 /// timm's initialisation of a transformer's linear layers: weight ~ N(0, 0.02²), bias 0.

@@ -129,16 +129,6 @@ private func residualBackward(main: Tensor, shortcut: (any Module)?, gradSum: Te
     return dx
 }
 
-/// `module`'s R-backward on the pair the module after it returned: a module asked for input
-/// gradients always returns their tangent.
-private func rBackwardChained(_ module: any CurvatureModule, _ g: (gradient: Tensor?, tangent: Tensor?),
-                              inputGradients: Bool = true) -> (gradient: Tensor?, tangent: Tensor?) {
-    guard let rg = g.tangent else {
-        preconditionFailure("\(type(of: module)): R-backward after a module that returned no input tangent")
-    }
-    return module.rBackward(g.gradient, tangent: rg, inputGradients: inputGradients)
-}
-
 /// R-forward of ``bnActForward(_:_:_:mode:)``.
 private func bnActRForward(_ bn: BatchNorm2d, _ act: Activation, _ x: (output: Tensor, tangent: Tensor?)) -> (output: Tensor, tangent: Tensor?) {
     if act.kind == .relu { return bn.rForwardReLU(x.output, tangent: x.tangent) }

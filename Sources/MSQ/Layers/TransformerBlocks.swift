@@ -99,3 +99,63 @@ public final class TransformerBlock: Module {
         LayerKit.visitChildren([("norm1", norm1), ("attn", attn), ("norm2", norm2), ("mlp", mlp)], prefix: prefix, body)
     }
 }
+
+extension TokenMLP: CurvatureModule {
+    /// `y` and its tangent through fc1, GELU and fc2, token by token.
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        let d = input.shape
+        LayerKit.require(d.count == 3 && d[2] == fc1.inFeatures, "TokenMLP: expected input [N, T, \(fc1.inFeatures)], got \(d)")
+        let rows = [d[0] * d[1], d[2]]
+        var x = fc1.rForward(input.reshaped(rows), tangent: tangent?.reshaped(rows))
+        x = act.rForward(x.output, tangent: x.tangent)
+        x = fc2.rForward(x.output, tangent: x.tangent)
+        return (x.output.reshaped(d), x.tangent?.reshaped(d))
+    }
+
+    /// `(g_x, R g_x)` back through fc2, GELU (with its second derivative) and fc1.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        let d = tangent.shape
+        LayerKit.require(d.count == 3 && d[2] == fc2.outFeatures, "TokenMLP: gradient shape \(d), expected [N, T, \(fc2.outFeatures)]")
+        let rows = [d[0] * d[1], d[2]]
+        var g = fc2.rBackward(gradient?.reshaped(rows), tangent: tangent.reshaped(rows), inputGradients: true)
+        g = rBackwardChained(act, g)
+        g = rBackwardChained(fc1, g, inputGradients: inputGradients)
+        let inputShape = [d[0], d[1], fc1.inFeatures]
+        return (g.gradient?.reshaped(inputShape), g.tangent?.reshaped(inputShape))
+    }
+
+    /// GELU is curved: not piecewise linear.
+    public var isPiecewiseLinear: Bool { false }
+}
+
+extension TransformerBlock: CurvatureModule {
+    /// `h = x + attn(norm1(x))`, `y = h + mlp(norm2(h))` and their tangents.
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        let n1 = norm1.rForward(input, tangent: tangent)
+        let a = attn.rForward(n1.output, tangent: n1.tangent)
+        let h = LayerKit.add(input, a.output, context: "TransformerBlock")
+        let rh = addTangents(tangent, a.tangent, context: "TransformerBlock tangent")
+        let n2 = norm2.rForward(h, tangent: rh)
+        let m = mlp.rForward(n2.output, tangent: n2.tangent)
+        return (LayerKit.add(h, m.output, context: "TransformerBlock"), addTangents(rh, m.tangent, context: "TransformerBlock tangent"))
+    }
+
+    /// `(g_h, R g_h) = (g_y, R g_y) + norm2ᵀ·mlpᵀ·(g_y, R g_y)`, then the same through attn and
+    /// norm1 (attn's R-backward runs even when the caller discards input gradients: its linears
+    /// accumulate H·v).
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        let m = rBackwardChained(norm2, mlp.rBackward(gradient, tangent: tangent, inputGradients: true))
+        let dh = addTangents(gradient, m.gradient, context: "TransformerBlock gradient")
+        guard let rdh = addTangents(tangent, m.tangent, context: "TransformerBlock tangent") else {
+            preconditionFailure("TransformerBlock: no tangent")
+        }
+        let a = attn.rBackward(dh, tangent: rdh, inputGradients: inputGradients)
+        guard inputGradients else { return (nil, nil) }
+        let n = rBackwardChained(norm1, a)
+        return (addTangents(dh, n.gradient, context: "TransformerBlock gradient"),
+                addTangents(rdh, n.tangent, context: "TransformerBlock tangent"))
+    }
+
+    /// Attention, layer norm and GELU: not piecewise linear.
+    public var isPiecewiseLinear: Bool { false }
+}

@@ -6,6 +6,7 @@ public final class PatchEmbedding: Module {
     /// The patch convolution (a ``Conv2d``, so quantization methods find it).
     public let proj: Conv2d
     private var gridShape: [Int]?
+    private var curvatureGrid: [Int]?
 
     /// Patches of `patch × patch` pixels of `inChannels`-channel images, embedded in `dim`
     /// dimensions; PyTorch's default convolution initialisation (timm leaves it so):
@@ -20,14 +21,8 @@ public final class PatchEmbedding: Module {
     /// `[N, C, H, W]` → tokens `[N, (H/patch)·(W/patch), dim]`.
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
         let planes = proj.forward(input, mode: mode)
-        let s = planes.shape
-        gridShape = s
-        let (n, dim, hw) = (s[0], s[1], s[2] * s[3])
-        var tokens = Tensor(unfilledShape: [n, hw, dim])
-        planes.withUnsafePointer { x in
-            tokens.withUnsafeMutablePointer { y in msq_transpose_batched(y, x, LayerKit.c(n), LayerKit.c(dim), LayerKit.c(hw), 0) }
-        }
-        return tokens
+        gridShape = planes.shape
+        return Self.tokens(of: planes)
     }
 
     /// dx through the token layout and the convolution.
@@ -38,11 +33,27 @@ public final class PatchEmbedding: Module {
 
     private func planeGradient(_ gradOutput: Tensor) -> Tensor {
         guard let s = gridShape else { fatalError("PatchEmbedding: backward called without a preceding forward") }
-        let (n, dim, hw) = (s[0], s[1], s[2] * s[3])
-        LayerKit.require(gradOutput.shape == [n, hw, dim], "PatchEmbedding: gradient shape \(gradOutput.shape), expected \([n, hw, dim])")
         gridShape = nil
+        return Self.planes(of: gradOutput, shape: s)
+    }
+
+    /// Planes `[N, dim, h, w]` → tokens `[N, h·w, dim]`.
+    fileprivate static func tokens(of planes: Tensor) -> Tensor {
+        let s = planes.shape
+        let (n, dim, hw) = (s[0], s[1], s[2] * s[3])
+        var tokens = Tensor(unfilledShape: [n, hw, dim])
+        planes.withUnsafePointer { x in
+            tokens.withUnsafeMutablePointer { y in msq_transpose_batched(y, x, LayerKit.c(n), LayerKit.c(dim), LayerKit.c(hw), 0) }
+        }
+        return tokens
+    }
+
+    /// Tokens `[N, h·w, dim]` → planes of `shape` `[N, dim, h, w]` (the adjoint of ``tokens(of:)``).
+    fileprivate static func planes(of tokens: Tensor, shape s: [Int]) -> Tensor {
+        let (n, dim, hw) = (s[0], s[1], s[2] * s[3])
+        LayerKit.require(tokens.shape == [n, hw, dim], "PatchEmbedding: gradient shape \(tokens.shape), expected \([n, hw, dim])")
         var planes = Tensor(shape: s)
-        gradOutput.withUnsafePointer { dy in
+        tokens.withUnsafePointer { dy in
             planes.withUnsafeMutablePointer { dx in msq_transpose_batched(dx, dy, LayerKit.c(n), LayerKit.c(hw), LayerKit.c(dim), 1) }
         }
         return planes
@@ -143,33 +154,74 @@ public final class VisionTransformer: Module {
         let d = input.shape
         LayerKit.require(d.count == 4 && d[2] == imageSize && d[3] == imageSize,
                          "VisionTransformer: expected input [N, C, \(imageSize), \(imageSize)], got \(d)")
-        let patches = patchEmbed.forward(input, mode: mode)
-        let (n, dim, t) = (d[0], configuration.dim, patchCount + 1)
-        batch = n
-        // tokens[b] = [cls; patches[b]] + pos
+        batch = d[0]
+        var x = sequence(patchEmbed.forward(input, mode: mode))
+        for block in blocks { x = block.forward(x, mode: mode) }
+        // Only the class token reaches the head, and layer norm is per token: normalise it alone.
+        return head.forward(norm.forward(classTokens(x), mode: mode), mode: mode)
+    }
+
+    /// `[cls; patches[b]] + pos` per image `[N, 1 + patches, dim]`; with `tangent`, the tangent of
+    /// that sequence for patch tangents `patches` (a zero class row, no position term: the class
+    /// token and position embedding are held fixed).
+    private func sequence(_ patches: Tensor, tangent: Bool = false) -> Tensor {
+        let (n, dim, t) = (patches.shape[0], configuration.dim, patchCount + 1)
         var x = Tensor(unfilledShape: [n, t, dim])
         patches.withUnsafePointer { p in
             classToken.value.withUnsafePointer { cls in
                 positionEmbedding.value.withUnsafePointer { pos in
                     x.withUnsafeMutablePointer { xp in
                         for b in 0..<n {
-                            let row = xp + b * t * dim
-                            msq_add_forward(row, cls, pos, dim)
-                            msq_add_forward(row + dim, p + b * (t - 1) * dim, pos + dim, (t - 1) * dim)
+                            let row = xp + b * t * dim, patchRows = p + b * (t - 1) * dim
+                            if tangent {
+                                row.update(repeating: 0, count: dim)
+                                (row + dim).update(from: patchRows, count: (t - 1) * dim)
+                            } else {
+                                msq_add_forward(row, cls, pos, dim)
+                                msq_add_forward(row + dim, patchRows, pos + dim, (t - 1) * dim)
+                            }
                         }
                     }
                 }
             }
         }
-        for block in blocks { x = block.forward(x, mode: mode) }
-        // Only the class token reaches the head, and layer norm is per token: normalise it alone.
+        return x
+    }
+
+    /// Row 0 of each image's sequence `[N, T, dim]` → `[N, dim]`.
+    private func classTokens(_ x: Tensor) -> Tensor {
+        let (n, t, dim) = (x.shape[0], x.shape[1], x.shape[2])
         var cls = Tensor(unfilledShape: [n, dim])
         x.withUnsafePointer { xp in
             cls.withUnsafeMutablePointer { c in
                 for b in 0..<n { (c + b * dim).update(from: xp + b * t * dim, count: dim) }
             }
         }
-        return head.forward(norm.forward(cls, mode: mode), mode: mode)
+        return cls
+    }
+
+    /// The adjoint of ``classTokens(_:)``: `[N, dim]` into row 0 of zeros `[N, T, dim]`.
+    private func scatterClassTokens(_ g: Tensor) -> Tensor {
+        let (n, dim, t) = (batch, configuration.dim, patchCount + 1)
+        var dx = Tensor(shape: [n, t, dim])
+        g.withUnsafePointer { gp in
+            dx.withUnsafeMutablePointer { dxp in
+                for b in 0..<n { (dxp + b * t * dim).update(from: gp + b * dim, count: dim) }
+            }
+        }
+        return dx
+    }
+
+    /// Rows 1… of each image's sequence gradient `[N, T, dim]` → `[N, T − 1, dim]`.
+    private func patchRows(_ g: Tensor) -> Tensor {
+        let (n, dim, t) = (batch, configuration.dim, patchCount + 1)
+        var out = Tensor(unfilledShape: [n, t - 1, dim])
+        g.withUnsafePointer { gp in
+            out.withUnsafeMutablePointer { o in
+                for b in 0..<n { (o + b * (t - 1) * dim).update(from: gp + b * t * dim + dim, count: (t - 1) * dim) }
+            }
+        }
+        return out
     }
 
     /// dImages, with every parameter gradient accumulated.
@@ -181,15 +233,8 @@ public final class VisionTransformer: Module {
     /// The gradient w.r.t. the patch tokens `[N, patches, dim]`; accumulates everything above them.
     private func tokenGradient(_ gradOutput: Tensor) -> Tensor {
         let (n, dim, t) = (batch, configuration.dim, patchCount + 1)
-        let dcls = norm.backward(head.backward(gradOutput))
-        var dx = Tensor(shape: [n, t, dim])
-        dcls.withUnsafePointer { g in
-            dx.withUnsafeMutablePointer { dxp in
-                for b in 0..<n { (dxp + b * t * dim).update(from: g + b * dim, count: dim) }
-            }
-        }
+        var dx = scatterClassTokens(norm.backward(head.backward(gradOutput)))
         for block in blocks.reversed() { dx = block.backward(dx) }
-        var dPatches = Tensor(unfilledShape: [n, t - 1, dim])
         dx.withUnsafePointer { g in
             if classToken.trainable {
                 classToken.grad.withUnsafeMutablePointer { dc in
@@ -201,11 +246,8 @@ public final class VisionTransformer: Module {
                     for b in 0..<n { msq_accumulate(dp, g + b * t * dim, t * dim) }
                 }
             }
-            dPatches.withUnsafeMutablePointer { dpp in
-                for b in 0..<n { (dpp + b * (t - 1) * dim).update(from: g + b * t * dim + dim, count: (t - 1) * dim) }
-            }
         }
-        return dPatches
+        return patchRows(dx)
     }
 
     /// `cls_token`, `pos_embed`, `patch_embed.*`, `blocks.i.*`, `norm.*`, `head.*` (timm's order).
@@ -225,4 +267,48 @@ public final class VisionTransformer: Module {
         children += [("norm", norm), ("head", head)]
         LayerKit.visitChildren(children, prefix: prefix, body)
     }
+}
+
+extension PatchEmbedding: CurvatureModule {
+    /// The convolution's R-forward (`conv(Rx, W) + conv(x, V)`), both laid out as tokens.
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        let p = proj.rForward(input, tangent: tangent)
+        curvatureGrid = p.output.shape
+        return (Self.tokens(of: p.output), p.tangent.map(Self.tokens(of:)))
+    }
+
+    /// Both gradients back to planes, then the convolution's R-backward (which accumulates its H·v).
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        guard let s = curvatureGrid else { fatalError("PatchEmbedding: rBackward called without a preceding rForward") }
+        curvatureGrid = nil
+        return proj.rBackward(gradient.map { Self.planes(of: $0, shape: s) }, tangent: Self.planes(of: tangent, shape: s),
+                              inputGradients: inputGradients)
+    }
+}
+
+extension VisionTransformer: CurvatureModule {
+    /// Logits and their tangent: the patch embedding's, a zero class-token row (the class token and
+    /// position embedding are held fixed), the blocks', the class token's norm and the head's.
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        let d = input.shape
+        LayerKit.require(d.count == 4 && d[2] == imageSize && d[3] == imageSize,
+                         "VisionTransformer: expected input [N, C, \(imageSize), \(imageSize)], got \(d)")
+        batch = d[0]
+        let p = patchEmbed.rForward(input, tangent: tangent)
+        var x = (output: sequence(p.output), tangent: p.tangent.map { sequence($0, tangent: true) })
+        for block in blocks { x = block.rForward(x.output, tangent: x.tangent) }
+        let c = norm.rForward(classTokens(x.output), tangent: x.tangent.map(classTokens))
+        return head.rForward(c.output, tangent: c.tangent)
+    }
+
+    /// `(g, R g)` back through the head, the class token's norm, the blocks and the patch embedding.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        let c = rBackwardChained(norm, head.rBackward(gradient, tangent: tangent, inputGradients: true))
+        var x = (gradient: c.gradient.map(scatterClassTokens), tangent: c.tangent.map(scatterClassTokens))
+        for block in blocks.reversed() { x = rBackwardChained(block, x) }
+        return rBackwardChained(patchEmbed, (x.gradient.map(patchRows), x.tangent.map(patchRows)), inputGradients: inputGradients)
+    }
+
+    /// Attention, layer norm and GELU: not piecewise linear.
+    public var isPiecewiseLinear: Bool { false }
 }

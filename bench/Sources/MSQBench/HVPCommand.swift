@@ -17,7 +17,8 @@ struct HVPCommand: ParsableCommand {
         each quantized weight NAME probe.j.NAME and hv.j.NAME (H·v restricted to that weight). Metadata: model, \
         classes, in_channels, mode. Probes come from --probes IN (IN's probe.j.NAME; a NAME absent from a probe is \
         zero there) or --random M (Rademacher over all quantized weights, --seed).
-        --time: for --model (default resnet20 at batch 64 on 1x28x28; resnet18 at 224x224), fresh 8-bit MSQ \
+        --time: for --model (default resnet20 at batch 64 on 1x28x28; resnet18, deit-tiny, deit-small at 224x224, \
+        batch 16), fresh 8-bit MSQ \
         weights on random images: one training forward+backward and one HVP per mode, run alternately --repeats \
         times after a warm-up; medians and ratios.
         """)
@@ -40,9 +41,9 @@ struct HVPCommand: ParsableCommand {
     var dataDir: String?
     @Flag(help: "Time one HVP per mode against one training forward+backward.")
     var time = false
-    @Option(help: "--time: resnet20 or resnet18.")
+    @Option(help: "--time: resnet20, resnet18, deit-tiny or deit-small.")
     var model: String = "resnet20"
-    @Option(help: "--time: batch size (default 64 for resnet20, 16 for resnet18).")
+    @Option(help: "--time: batch size (default 64 for resnet20, 16 for the others).")
     var batch: Int?
     @Option(help: "--time: timed rounds (each runs every row once).")
     var repeats: Int = 5
@@ -127,8 +128,9 @@ struct HVPCommand: ParsableCommand {
     // MARK: --time
 
     private func runTiming() throws {
-        guard let kind = try? ModelKind(name: model), kind == .resnet20 || kind == .resnet18 else {
-            throw ValidationError("--model must be resnet20 or resnet18 (got \(model))")
+        let timed: [ModelKind] = [.resnet20, .resnet18, .deitTiny, .deitSmall]
+        guard let kind = try? ModelKind(name: model), timed.contains(kind) else {
+            throw ValidationError("--model must be one of \(timed.map(\.rawValue).joined(separator: ", ")) (got \(model))")
         }
         let (channels, side, n) = kind == .resnet20 ? (1, 28, batch ?? 64) : (3, 224, batch ?? 16)
         let net = makeModel(kind, inputChannels: channels, numClasses: 10, seed: 1)
