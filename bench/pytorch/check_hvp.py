@@ -158,7 +158,10 @@ def torch_hvps(model, images, labels, order, probes):
     weights = [params[n] for n in order]
     for w in weights:
         w.requires_grad_(True)
-    loss = F.cross_entropy(model(images.double()), labels)
+    # The math attention kernel: the fused CPU kernels have no double backward.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(SDPBackend.MATH):
+        loss = F.cross_entropy(model(images.double()), labels)
     grads = torch.autograd.grad(loss, weights, create_graph=True)
     out = {}
     for j in sorted(probes):

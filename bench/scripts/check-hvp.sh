@@ -97,7 +97,7 @@ meta() {
 }
 model=$(meta "$work/base.safetensors" model)
 base_mode=$(meta "$work/base.safetensors" mode)
-[[ "$model" =~ ^[a-z0-9]+$ ]] || { echo "check-hvp: base.safetensors names no usable model in its metadata (got '$model')" >&2; exit 2; }
+[[ "$model" =~ ^[a-z0-9-]+$ ]] || { echo "check-hvp: base.safetensors names no usable model in its metadata (got '$model')" >&2; exit 2; }
 dir="$OUT_ROOT/$model"
 mkdir -p "$dir"
 rm -f "$dir"/*.safetensors "$dir"/check-*.txt "$dir"/check-*.csv "$dir"/summary.txt
