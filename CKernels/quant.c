@@ -413,3 +413,79 @@ void msq_pact_backward(float *dx, float *dalpha, const float *dy, const float *x
     if (nc > 1) free(sums);
     if (dalpha) *dalpha += (float)total;
 }
+
+/* ---------------------------------------------------------------- LSQ (signed activations) */
+
+static inline float lsq_one(float x, float alpha, float levels) {
+    float c = fminf(fmaxf(x, -alpha), alpha);
+    return (rintf((c * levels) / alpha) * alpha) / levels;
+}
+
+void msq_lsq_forward_ref(float *y, const float *x, size_t count, float alpha, int bits) {
+    float levels = pow2f(bits - 1) - 1.0f;
+    for (size_t i = 0; i < count; i++) y[i] = lsq_one(x[i], alpha, levels);
+}
+
+void msq_lsq_forward(float *y, const float *x, size_t count, float alpha, int bits) {
+    const float levels = pow2f(bits - 1) - 1.0f;
+    #pragma omp parallel for simd schedule(static) if (count > QUANT_PARALLEL_MIN)
+    for (size_t i = 0; i < count; i++) y[i] = lsq_one(x[i], alpha, levels);
+}
+
+/* dy_q/dα of one element: (round(v) − v)/L inside the range (v = x·L/α), sign(x) outside. */
+static inline double lsq_dalpha(float x, float alpha, float levels) {
+    if (x >= alpha) return 1.0;
+    if (x <= -alpha) return -1.0;
+    const float v = (x * levels) / alpha;
+    return ((double)rintf(v) - (double)v) / levels;
+}
+
+void msq_lsq_backward_ref(float *dx, float *dalpha, const float *dy, const float *x, size_t count,
+                          float alpha, int bits, float grad_scale) {
+    const float levels = pow2f(bits - 1) - 1.0f;
+    double da = 0.0;
+    for (size_t i = 0; i < count; i++) {
+        if (dx && x[i] > -alpha && x[i] < alpha) dx[i] += dy[i];
+        da += (double)dy[i] * lsq_dalpha(x[i], alpha, levels);
+    }
+    if (dalpha) *dalpha += (float)(da * grad_scale);
+}
+
+static double lsq_chunk(float *restrict dx, const float *restrict dy, const float *restrict x, size_t m,
+                        float alpha, float levels) {
+    if (dx) {
+        #pragma omp simd
+        for (size_t i = 0; i < m; i++) {
+            float d = dx[i];
+            dx[i] = (x[i] > -alpha && x[i] < alpha) ? d + dy[i] : d;
+        }
+    }
+    double acc[QUANT_LANES] = {0};
+    size_t i = 0;
+    for (; i + QUANT_LANES <= m; i += QUANT_LANES)
+        for (int j = 0; j < QUANT_LANES; j++) acc[j] += (double)dy[i + j] * lsq_dalpha(x[i + j], alpha, levels);
+    for (int j = 0; i < m; i++, j++) acc[j] += (double)dy[i] * lsq_dalpha(x[i], alpha, levels);
+    return lanes_sum(acc);
+}
+
+void msq_lsq_backward(float *dx, float *dalpha, const float *dy, const float *x, size_t count, float alpha,
+                      int bits, float grad_scale) {
+    const float levels = pow2f(bits - 1) - 1.0f;
+    size_t nc = n_chunks(count);
+    double one_sum = 0.0;
+    double *sums = nc > 1 ? malloc(nc * sizeof(double)) : &one_sum;
+    if (!sums) {
+        msq_lsq_backward_ref(dx, dalpha, dy, x, count, alpha, bits, grad_scale);
+        return;
+    }
+    #pragma omp parallel for schedule(static) if (count > QUANT_PARALLEL_MIN)
+    for (size_t c = 0; c < nc; c++) {
+        size_t start = c * MSQ_QUANT_CHUNK;
+        size_t m = count - start < MSQ_QUANT_CHUNK ? count - start : MSQ_QUANT_CHUNK;
+        sums[c] = lsq_chunk(dx ? dx + start : NULL, dy + start, x + start, m, alpha, levels);
+    }
+    double total = 0.0;
+    for (size_t c = 0; c < nc; c++) total += sums[c];
+    if (nc > 1) free(sums);
+    if (dalpha) *dalpha += (float)(total * grad_scale);
+}

@@ -639,6 +639,26 @@ void msq_pact_backward(float *dx, float *dalpha, const float *dy, const float *x
 void msq_pact_backward_ref(float *dx, float *dalpha, const float *dy, const float *x, size_t count,
                            float alpha);
 
+/** LSQ-style signed activation quantizer forward (Esser et al., "Learned Step Size Quantization"),
+ *  symmetric A-bit (A = bits in 2...16), clip level alpha > 0, L = 2^(A−1) − 1 levels each side:
+ *
+ *      c = clip(x, −alpha, alpha);   y = ((round((c·L)/alpha)) · alpha) / L
+ *
+ *  (codes −L…L; the step is alpha/L). y[count] is overwritten. */
+void msq_lsq_forward(float *y, const float *x, size_t count, float alpha, int bits);
+void msq_lsq_forward_ref(float *y, const float *x, size_t count, float alpha, int bits);
+
+/** LSQ backward (straight-through inside the range, LSQ's step gradient written for alpha = L·step):
+ *
+ *      dx[i]   += dy[i] · 1[−alpha < x[i] < alpha]
+ *      *dalpha += grad_scale · Σ_i dy[i] · (|x[i]| < alpha ? (round(v_i) − v_i)/L : sign(x[i])),
+ *                 v_i = (x[i]·L)/alpha           (sum in double, chunked order)
+ *  Both accumulate; either may be NULL. */
+void msq_lsq_backward(float *dx, float *dalpha, const float *dy, const float *x, size_t count, float alpha,
+                      int bits, float grad_scale);
+void msq_lsq_backward_ref(float *dx, float *dalpha, const float *dy, const float *x, size_t count,
+                          float alpha, int bits, float grad_scale);
+
 #ifdef __cplusplus
 }
 #endif

@@ -104,10 +104,12 @@ extension PackedModel {
         return try pack(model, quantized: quantized, scheme: scheme, name: name, data: data, source: source)
     }
 
-    /// The scheme a live model carries: its RoundClamp layers and their PACT inputs.
+    /// The scheme a live model carries: its RoundClamp layers and their PACT or LSQ inputs.
     static func liveScheme(of model: any Module) throws(PackedModelError) -> QuantizationScheme {
         var layers: [QuantizationScheme.LayerBits] = [], granularities = Set<ScaleGranularity>()
         var activationBits = Set<Int>(), excluded: [String] = []
+        // Loading rebuilds the input quantizers from the model's declaration: signedness must match it.
+        let signed = signedActivationInputs(of: model)
         for (path, module) in quantizableLayers(of: model) {
             let transform = layerWeightTransform(of: module)
             let input = layerInputQuantizer(of: module)
@@ -122,7 +124,15 @@ extension PackedModel {
             }
             layers.append(.init(path: path, bits: roundClamp.bits))
             granularities.insert(roundClamp.granularity)
-            if let input { activationBits.insert(input.bits) } else { excluded.append(path) }
+            if let input {
+                guard input.signed == signed.contains(path) else {
+                    throw .notPackable(reason: "layer \(path)'s input quantizer is \(input.signed ? "signed" : "unsigned") but the model declares it "
+                                       + "\(input.signed ? "unsigned" : "signed") (SignedActivationInputs); loading would rebuild it the other way")
+                }
+                activationBits.insert(input.bits)
+            } else {
+                excluded.append(path)
+            }
         }
         guard !layers.isEmpty else {
             throw .notPackable(reason: "no layer carries a RoundClamp quantizer; quantize the model (e.g. MSQTraining.setUp) and train it first")

@@ -35,6 +35,10 @@ public enum SafeTensorsExportKeys {
     /// `layer1.0.conv1`): the layer sees `round(clip(x, 0, α') · L / α') · α' / L` with
     /// L = 2^A − 1 and α' = max(α, 1e-6), rounding half to even.
     public static let inputAlphaPrefix = "msq.input_alpha."
+    /// `msq.input_signed`: JSON list of the layers (module paths) whose input quantizer is signed
+    /// (LSQ, ``PACTQuantizer/signed``): they see `round(clip(x, −α', α') · L / α') · α' / L` with
+    /// L = 2^(A−1) − 1 instead. Absent when no layer's is (or the model is not a built-in one).
+    public static let inputSigned = "msq.input_signed"
     /// `msq.source.<key>`: the training run's description (method, seed, epochs, …).
     public static let sourcePrefix = "msq.source."
 }
@@ -62,7 +66,18 @@ extension PackedModel {
             K.normalizationStd: jsonList(header.normalization.std.map(\.description)),
             K.scaleGranularity: scheme.scaleGranularity.rawValue,
         ]
-        if let bits = header.activationBits { meta[K.activationBits] = String(bits) }
+        if let bits = header.activationBits {
+            meta[K.activationBits] = String(bits)
+            // Which inputs are signed is the network's declaration; a built-in kind says it.
+            let signed = ModelKind(rawValue: header.model).map {
+                signedActivationInputs(of: makeModel($0, inputChannels: header.inputShape[0], numClasses: header.numClasses,
+                                                     seed: 0, inputSize: header.inputShape[1]))
+            } ?? []
+            let quantizedInputs = signed.intersection(header.tensors.compactMap {
+                $0.name.hasSuffix(".input_alpha") ? String($0.name.dropLast(".input_alpha".count)) : nil
+            })
+            if !quantizedInputs.isEmpty { meta[K.inputSigned] = jsonList(quantizedInputs.sorted().map { "\"\($0)\"" }) }
+        }
         for (key, value) in header.source { meta[K.sourcePrefix + key] = value }
         for e in header.tensors {
             if e.name.hasSuffix(".input_alpha") {

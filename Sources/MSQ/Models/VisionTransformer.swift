@@ -312,3 +312,11 @@ extension VisionTransformer: CurvatureModule {
     /// Attention, layer norm and GELU: not piecewise linear.
     public var isPiecewiseLinear: Bool { false }
 }
+
+extension VisionTransformer: SignedActivationInputs {
+    /// Every linear: qkv and fc1 read layer-norm outputs, proj the attention's, fc2 GELU's, the head
+    /// a layer norm's (the patch embedding reads the image and stays float by default).
+    public var signedActivationInputs: Set<String> {
+        Set(quantizableLayers(of: self).filter { $0.module is Linear }.map(\.path))
+    }
+}
