@@ -39,8 +39,8 @@ private func directionalDerivatives(_ f: (Float) throws -> [Tensor]) rethrows ->
 }
 
 /// Checks `module`'s R-forward and R-backward (input and weight parts) against central differences
-/// of its eval-mode forward and backward.
-private func rOperatorCheck(_ module: any CurvatureModule, input: Tensor, seed: UInt64, label: String,
+/// of its eval-mode forward and backward (the module must be smooth within ±h of the point).
+func rOperatorCheck(_ module: any CurvatureModule, input: Tensor, seed: UInt64, label: String,
                             sourceLocation: SourceLocation = #_sourceLocation) {
     var rng = RandomSource(seed: seed)
     let weights = curvatureWeights(module)

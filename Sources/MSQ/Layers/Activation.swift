@@ -125,6 +125,6 @@ extension Activation: CurvatureModule {
         return (gx, rgx)
     }
 
-    /// ReLU and ReLU6 are; hard-swish and GELU are not.
-    public var isPiecewiseLinear: Bool { kind == .relu || kind == .relu6 }
+    /// ReLU, ReLU6 and hard-sigmoid are; hard-swish and GELU are not.
+    public var isPiecewiseLinear: Bool { kind == .relu || kind == .relu6 || kind == .hardsigmoid }
 }

@@ -206,3 +206,39 @@ public final class MobileNetV3: Module {
         LayerKit.visitChildren([("features", features), ("avgpool", pool), ("classifier", classifier)], prefix: prefix, body)
     }
 }
+
+extension InvertedResidual: CurvatureModule {
+    /// The block's R-forward, plus the input and its tangent when ``residual``.
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        let y = block.rForward(input, tangent: tangent)
+        guard residual else { return y }
+        return (LayerKit.add(y.output, input, context: "InvertedResidual residual add"),
+                addTangents(y.tangent, tangent, context: "InvertedResidual residual tangent"))
+    }
+
+    /// The block's R-backward, plus the output's pair when ``residual``.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        let g = block.rBackward(gradient, tangent: tangent, inputGradients: inputGradients)
+        guard residual, inputGradients else { return g }
+        return (addTangents(g.gradient, gradient, context: "InvertedResidual residual gradient"),
+                addTangents(g.tangent, tangent, context: "InvertedResidual residual tangent"))
+    }
+}
+
+extension MobileNetV3: CurvatureModule {
+    /// Logits and their tangent through `features`, the pool and `classifier`.
+    public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
+        var x = features.rForward(input, tangent: tangent)
+        x = pool.rForward(x.output, tangent: x.tangent)
+        return classifier.rForward(x.output, tangent: x.tangent)
+    }
+
+    /// `(g, R g)` back through `classifier`, the pool and `features`.
+    public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
+        let g = rBackwardChained(pool, classifier.rBackward(gradient, tangent: tangent, inputGradients: true))
+        return rBackwardChained(features, g, inputGradients: inputGradients)
+    }
+
+    /// Hard-swish and squeeze-excitation: not piecewise linear.
+    public var isPiecewiseLinear: Bool { false }
+}
