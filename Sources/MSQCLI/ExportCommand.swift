@@ -47,7 +47,7 @@ struct ExportCommand: ParsableCommand {
                   + " + float32 tensors \(size.floatBytes)"
                   + " (\(size.floatValueCount) values) + checksum \(size.checksumBytes)")
         writeLine(String(format: "file compression %.2fx vs float32", Double(size.float32ModelBytes) / Double(max(size.totalBytes, 1))))
-        let activations = h.activationBits.map { "\($0)-bit PACT inputs" + (h.activationExcluded.isEmpty ? "" : " except \(h.activationExcluded.joined(separator: ", "))") }
+        let activations = h.activationBits.map { "\($0)-bit PACT/LSQ inputs" + (h.activationExcluded.isEmpty ? "" : " except \(h.activationExcluded.joined(separator: ", "))") }
             ?? "float (32-bit) activations"
         writeLine("scheme (bits per weight, sign included; \(packed.scheme.scaleGranularity) scales; \(activations)):")
         let width = h.tensors.compactMap(\.layer).map(\.count).max() ?? 0
@@ -69,7 +69,7 @@ struct ExportCommand: ParsableCommand {
         writeLine("tensors \(file.tensors.count) (\(floats.count) float32 holding \(floats.reduce(0) { $0 + $1.elementCount }) values, "
                   + "\(file.tensors.count - floats.count) int64 num_batches_tracked); \(packed.scheme.layers.count) weights dequantized, "
                   + "\(packed.scheme.scaleGranularity) scales"
-                  + (h.activationBits.map { ", \($0)-bit PACT inputs (clip levels in metadata msq.input_alpha.*)" } ?? ", float activations"))
+                  + (h.activationBits.map { ", \($0)-bit PACT/LSQ inputs (clip levels in metadata msq.input_alpha.*, signed ones listed in msq.input_signed)" } ?? ", float activations"))
         let width = h.tensors.filter { $0.kind == .packed }.map(\.name.count).max() ?? 0
         for e in h.tensors where e.kind == .packed {
             writeLine("  " + e.name.padding(toLength: width, withPad: " ", startingAt: 0) + String(format: "  %2d bits", e.bits ?? 0))
