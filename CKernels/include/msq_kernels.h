@@ -659,6 +659,53 @@ void msq_lsq_backward(float *dx, float *dalpha, const float *dy, const float *x,
 void msq_lsq_backward_ref(float *dx, float *dalpha, const float *dy, const float *x, size_t count,
                           float alpha, int bits, float grad_scale);
 
+/* ---------------------------------------------------------------- Swin transformer (swin_layout.c, window_attention.c) */
+
+/** torchvision's Swin window partition on NHWC tokens x[B, H, W, C]: zero-pad H, W up to Hp, Wp
+ *  (multiples of window), roll by (−shift_h, −shift_w) as torch.roll, cut into nW = (Hp/ws)·(Wp/ws)
+ *  windows of ws² tokens, row-major: y[B·nW, ws², C] (overwritten). Pure copies (same bits as _ref). */
+void msq_window_partition_forward(float *y, const float *x, int batch, int height, int width, int channels,
+                                  int window, int shift_h, int shift_w);
+void msq_window_partition_forward_ref(float *y, const float *x, int batch, int height, int width, int channels,
+                                      int window, int shift_h, int shift_w);
+/** The adjoint of msq_window_partition_forward, which is torchvision's window reverse (un-cut,
+ *  roll back, crop): dy[B·nW, ws², C] -> dx[B, H, W, C] (overwritten). */
+void msq_window_partition_backward(float *dx, const float *dy, int batch, int height, int width, int channels,
+                                   int window, int shift_h, int shift_w);
+void msq_window_partition_backward_ref(float *dx, const float *dy, int batch, int height, int width, int channels,
+                                       int window, int shift_h, int shift_w);
+
+/** Window attention on qkv[W, ws², 3, heads, head_dim] (W = B·nW windows): per window and head
+ *  P = softmax(scale·Q·Kᵀ + bias + mask), O = P·V, with bias[i, j] = table[idx(i, j), h] (table
+ *  [(2ws−1)², heads], torchvision's relative_position_bias_table and index) and mask −100 between
+ *  tokens of different regions of the rolled pad_h × pad_w image (torchvision's shifted-window
+ *  mask; none when both shifts are 0). out[W, ws², D] (heads side by side), probs[W, heads, ws², ws²]
+ *  kept for the backward. Results do not depend on the thread count. */
+void msq_window_attention_forward(float *out, float *probs, const float *qkv, const float *table, int windows,
+                                  int window, int heads, int head_dim, int pad_h, int pad_w, int shift_h,
+                                  int shift_w, float scale);
+void msq_window_attention_forward_ref(float *out, float *probs, const float *qkv, const float *table, int windows,
+                                      int window, int heads, int head_dim, int pad_h, int pad_w, int shift_h,
+                                      int shift_w, float scale);
+/** dqkv += and dtable += (NULL: skipped) the gradients of msq_window_attention_forward's out, given
+ *  dout and the forward's qkv and probs (the mask is constant, so it needs no shape here). The
+ *  table gradient sums fixed window chunks in order: the same bits at any thread count. */
+void msq_window_attention_backward(float *dqkv, float *dtable, const float *dout, const float *qkv,
+                                   const float *probs, int windows, int window, int heads, int head_dim,
+                                   float scale);
+void msq_window_attention_backward_ref(float *dqkv, float *dtable, const float *dout, const float *qkv,
+                                       const float *probs, int windows, int window, int heads, int head_dim,
+                                       float scale);
+
+/** torchvision's Swin patch merging layout: x[B, H, W, C] zero-padded to even H, W ->
+ *  y[B, ⌈H/2⌉, ⌈W/2⌉, 4C] = cat(x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2]) on channels
+ *  (overwritten). */
+void msq_patch_merge_forward(float *y, const float *x, int batch, int height, int width, int channels);
+void msq_patch_merge_forward_ref(float *y, const float *x, int batch, int height, int width, int channels);
+/** Its adjoint: dy[B, ⌈H/2⌉, ⌈W/2⌉, 4C] -> dx[B, H, W, C] (overwritten; padded slots dropped). */
+void msq_patch_merge_backward(float *dx, const float *dy, int batch, int height, int width, int channels);
+void msq_patch_merge_backward_ref(float *dx, const float *dy, int batch, int height, int width, int channels);
+
 #ifdef __cplusplus
 }
 #endif

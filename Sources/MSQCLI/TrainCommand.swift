@@ -23,9 +23,9 @@ struct TrainCommand: ParsableCommand {
     var epochs: Int = 2
     @Option(help: "Images per step.")
     var batchSize: Int = 128
-    @Option(help: "Peak learning rate (after warm-up, then cosine annealing to 0). Default 0.1; 1e-3 for the vision transformers (deit-tiny, deit-small).")
+    @Option(help: "Peak learning rate (after warm-up, then cosine annealing to 0). Default 0.1; 1e-3 for the vision transformers (deit-tiny, deit-small, swin-t).")
     var lr: Double?
-    @Option(help: "Optimizer: sgd (momentum, Nesterov) or adamw (PyTorch's AdamW: decoupled weight decay, bias correction). Default sgd; adamw for the vision transformers (deit-tiny, deit-small), as DeiT trains.")
+    @Option(help: "Optimizer: sgd (momentum, Nesterov) or adamw (PyTorch's AdamW: decoupled weight decay, bias correction). Default sgd; adamw for the vision transformers (deit-tiny, deit-small, swin-t), as DeiT and Swin train.")
     var optimizer: String?
     @Option(help: "SGD momentum (--optimizer sgd).")
     var momentum: Double = 0.9
@@ -83,7 +83,7 @@ struct TrainCommand: ParsableCommand {
         }
         try msq.refuseInapplicable(method: method)
         // Transformers train with AdamW at a small lr (DeiT's recipe); SGD at 0.1 diverges them.
-        let transformer = visionTransformerConfiguration(kind, inputSize: 224) != nil
+        let transformer = kind.isTransformer
         let optimizer = self.optimizer ?? (transformer ? "adamw" : "sgd")
         let lr = self.lr ?? (transformer ? 1e-3 : 0.1)
         guard let optimizerKind = OptimizerKind(rawValue: optimizer) else {

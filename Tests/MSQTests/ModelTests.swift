@@ -150,7 +150,7 @@ func countModules<T>(_ m: any Module, of type: T.Type) -> Int {
     @Test("Model names: every ModelKind is buildable by name; unknown names list the valid ones")
     func modelNames() throws {
         #expect(ModelKind.allCases.map(\.rawValue) == ["resnet20", "resnet32", "resnet56", "resnet18", "resnet50",
-                                                       "mobilenetv3-large", "mobilenetv3-small", "deit-tiny", "deit-small"])
+                                                       "mobilenetv3-large", "mobilenetv3-small", "deit-tiny", "deit-small", "swin-t"])
         let mobile = try makeModel(named: "mobilenetv3-small", inputChannels: 1, numClasses: 10, seed: 0, inputSize: 28)
         #expect((mobile as? MobileNetV3)?.smallInput == true)
         let large = makeModel(.mobilenetv3Large, inputChannels: 3, numClasses: 10, seed: 0)

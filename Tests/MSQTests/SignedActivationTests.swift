@@ -96,3 +96,15 @@ struct SignedActivationTests {
         #expect(throws: PackedModelError.self) { try PackedModel.export(model: vit, name: "tiny-vit", data: data) }
     }
 }
+
+@Suite("Signed activation quantizer on Swin")
+struct SwinSignedActivationTests {
+    @Test("a Swin's linears (qkv, proj, MLP, merges, head) get signed quantizers; its stem convolution stays float")
+    func swinLayers() throws {
+        let swin = makeModel(.swinTiny, inputChannels: 1, numClasses: 10, seed: 0, inputSize: 28)
+        let attached = try quantizeActivations(swin, bits: 8, excluded: defaultActivationExclusions(swin))
+        let linears = quantizableLayers(of: swin).filter { $0.module is Linear }.map(\.path)
+        #expect(Set(attached.map(\.path)) == Set(linears))
+        #expect(attached.allSatisfy { $0.quantizer.signed })
+    }
+}

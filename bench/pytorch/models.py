@@ -1,11 +1,12 @@
-"""Models shared by the PyTorch peers of msq-bench: CIFAR ResNets (6n+2), ImageNet ResNet-18 and DeiT.
+"""Models shared by the PyTorch peers of msq-bench: CIFAR ResNets (6n+2), ImageNet ResNet-18, DeiT and Swin-T.
 
 Both match MSQ's (Sources/MSQ/Models): CIFAR ResNets with option-A (zero-padding) shortcuts, ResNet-18 in
 torchvision's layout, written out here so torchvision is not needed. Convolutions are bias-free and
 Kaiming-normal (fan-out) initialised, BN starts at gamma = 1, beta = 0, the classifier has a bias.
 `reference_model` builds every `msq --model` kind with the state_dict names MSQ's parameter paths map
 to (Sources/MSQ/Deployment/PyTorchNames.swift); only it needs torchvision (resnet18/resnet50).
-DeiT (VisionTransformer) is written out as timm builds it, with timm's names, so timm is not needed.
+DeiT (VisionTransformer) is written out as timm builds it, with timm's names, so timm is not needed;
+Swin-T is torchvision's own SwinTransformer class.
 """
 import torch
 import torch.nn as nn
@@ -193,7 +194,31 @@ CIFAR_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56}
 IMAGENET_MODELS = ("resnet18", "resnet50")
 MOBILENET_MODELS = {"mobilenetv3-large": "mobilenet_v3_large", "mobilenetv3-small": "mobilenet_v3_small"}
 DEIT_MODELS = {"deit-tiny": (192, 3), "deit-small": (384, 6)}
-MODEL_NAMES = tuple(CIFAR_DEPTHS) + IMAGENET_MODELS + tuple(MOBILENET_MODELS) + tuple(DEIT_MODELS)
+SWIN_MODELS = ("swin-t",)
+MODEL_NAMES = tuple(CIFAR_DEPTHS) + IMAGENET_MODELS + tuple(MOBILENET_MODELS) + tuple(DEIT_MODELS) + SWIN_MODELS
+
+
+def swin(name, cin=3, classes=10, image=224):
+    """torchvision's swin_t; below 64 pixels patch 2 and three stages of two blocks (heads 3, 6, 12),
+    MSQ's swinConfiguration, built by torchvision's own SwinTransformer class. For cin != 3 the stem
+    conv features[0][0] is replaced (same names). Both keep swin_t's stochastic depth 0.2 (MSQ trains
+    without it; in eval mode it is the identity, and its train-mode cost is one multiply per block)."""
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    if name != "swin-t":
+        raise ValueError(f"unknown Swin '{name}'")
+    if image < 64:
+        model = SwinTransformer(patch_size=[2, 2], embed_dim=96, depths=[2, 2, 2], num_heads=[3, 6, 12],
+                                window_size=[7, 7], stochastic_depth_prob=0.2, num_classes=classes)
+        patch = 2
+    else:
+        import torchvision
+
+        model = torchvision.models.swin_t(num_classes=classes)
+        patch = 4
+    if cin != 3:
+        model.features[0][0] = nn.Conv2d(cin, 96, kernel_size=patch, stride=patch)
+    return model
 
 
 def cifar_resnet(depth, cin=1, classes=10):
@@ -212,8 +237,10 @@ def reference_model(name, in_channels, classes, image=224):
     """
     if name in CIFAR_DEPTHS:
         return cifar_resnet(CIFAR_DEPTHS[name], in_channels, classes)
-    if name in DEIT_MODELS:  # the only kinds whose parameters depend on the image size
+    if name in DEIT_MODELS:  # the DeiTs and Swin are the kinds whose parameters depend on the image size
         return vision_transformer(name, in_channels, classes, image)
+    if name in SWIN_MODELS:
+        return swin(name, in_channels, classes, image)
     if name in MOBILENET_MODELS:
         import torchvision
 

@@ -1,10 +1,11 @@
 """Writes Tests/MSQTests/Fixtures/pytorch-state-dict-keys.txt: every state_dict key and shape of the
 PyTorch twin of each MSQ model kind, for PyTorchNamesTests (MSQ parameter path -> PyTorch name).
 
-Models (models.reference_model): resnet20/32/56 from models.py with 1 input channel, torchvision's
-resnet18/resnet50 and
-mobilenet_v3_large/small with 3; all with 10 classes. One line per key: `MODEL NAME [d0,d1,...]` (`[]` for
-a scalar such as num_batches_tracked), in state_dict order.
+Models (models.reference_model): resnet20/32/56 from models.py with 1 input channel; torchvision's
+resnet18/resnet50, mobilenet_v3_large/small and swin_t, and models.py's DeiTs, with 3 (224² where the
+shape depends on the size); all with 10 classes. One line per key: `MODEL NAME [d0,d1,...]` (`[]` for
+a scalar such as num_batches_tracked), in state_dict order (Swin's relative_position_index buffers
+included: MSQ computes them, PyTorchNamesTests lets them go unmapped).
 
     /work/venv/bin/python bench/pytorch/state_dict_keys.py [OUT]
 """

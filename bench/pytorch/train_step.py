@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.parametrize as parametrize
 
-from models import DEIT_MODELS, MOBILENET_MODELS, ResNet18, ResNet20, reference_model
+from models import DEIT_MODELS, SWIN_MODELS, MOBILENET_MODELS, ResNet18, ResNet20, reference_model
 
 BITS, LSB_K, LAMBDA = 8, 1, 5.0
 
@@ -92,7 +92,7 @@ def peak_rss_bytes():
 def parse_args():
     """The options of `msq-bench step` (without --act-bits), validated."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=["resnet20", "resnet18", *MOBILENET_MODELS, *DEIT_MODELS], default="resnet20")
+    p.add_argument("--model", choices=["resnet20", "resnet18", *MOBILENET_MODELS, *DEIT_MODELS, *SWIN_MODELS], default="resnet20")
     p.add_argument("--method", choices=["fp", "msq"], default="fp")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=10)
@@ -112,7 +112,7 @@ def main():
     torch.set_num_threads(a.threads if a.threads > 0 else (os.cpu_count() or 1))
     torch.manual_seed(0)
     side = 32 if a.model == "resnet20" else 224
-    if a.model in MOBILENET_MODELS or a.model in DEIT_MODELS:
+    if a.model in MOBILENET_MODELS or a.model in DEIT_MODELS or a.model in SWIN_MODELS:
         model = reference_model(a.model, 3, 10)
     else:
         model = ResNet20(cin=3, classes=10) if a.model == "resnet20" else ResNet18(cin=3, classes=10)

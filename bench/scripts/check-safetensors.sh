@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Safetensors in and out of MSQ against PyTorch (issue 15, deliverable 5). Two checks:
 #  (a) in:  torchvision ResNet-18 (3×64×64, batch 4), our ResNet-20 (1×32×32, batch 8) and
-#      torchvision's MobileNetV3-Large and -Small (3×96×96, batch 2, issue 17) with
+#      torchvision's MobileNetV3-Large and -Small (3×96×96, batch 2, issue 17), both DeiTs, and
+#      torchvision's Swin-T twice (issue 18): its swin_t at 3×224×224 (batch 1; the last stage is one
+#      unshifted window) and its SwinTransformer class in MSQ's small-input shape (patch 2, depths
+#      [2, 2, 2]) at 3×36×36 (batch 2: 18² tokens padded to 21², so shifted blocks mask across
+#      padding; an odd 9² merge; a 5² stage padded to one window) with
 #      random weights and random batch-norm statistics, saved by PyTorch (state_dict, with
 #      num_batches_tracked), loaded by `msq-bench logits` (loadSafeTensors, PyTorch names); the
 #      eval-mode logits must be within TOLERANCE (1e-4) of PyTorch's, relative to the largest
@@ -21,12 +25,13 @@
 #   THREADS      threads for both sides (default 2)
 #   DATA_DIR     Fashion-MNIST directory (default /usr/share/datasets/fashion-mnist)
 #   LIMIT_TRAIN  training images of the MSQ run (default 10000)   EPOCHS  its epochs (default 3)
-#   TARGET       its --target-compression (default 8)             ACT_BITS  (default "none 4")
+#   TARGET       its --target-compression (default 8)             ACT_BITS  (default "none 4"; "" skips (b))
 #   TRAIN_FLAGS  more `msq train` options (default "--batch-size 128"; MSQ's defaults otherwise).
 #                A barely trained model (3000 images, 1 epoch, --hessian off) has many near-ties,
 #                and with 4-bit activations float32 rounding flips enough of them to miss 0.1
 #                points (0.20 seen; results/check-safetensors/summary-short-run.txt)
 #   LIMIT_TEST   test images for the run and both evaluations (default "" = all 10000)
+#   MODELS       the (a) cases (default: all; e.g. "swin-t swin-t@224": a case is MODEL or MODEL@SIZE)
 #   OUT          work directory (default bench/results/check-safetensors; emptied first)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -36,7 +41,8 @@ DATA_DIR=${DATA_DIR:-/usr/share/datasets/fashion-mnist}
 LIMIT_TRAIN=${LIMIT_TRAIN:-10000}
 EPOCHS=${EPOCHS:-3}
 TARGET=${TARGET:-8}
-ACT_BITS=${ACT_BITS:-none 4}
+ACT_BITS=${ACT_BITS-none 4}
+MODELS=${MODELS:-resnet18 resnet20 mobilenetv3-large mobilenetv3-small deit-tiny deit-small swin-t swin-t@224}
 LIMIT_TEST=${LIMIT_TEST-}
 TRAIN_FLAGS=${TRAIN_FLAGS---batch-size 128}
 TOLERANCE=1e-4
@@ -71,20 +77,23 @@ say() { echo "$*" | tee -a "$OUT/summary.txt"; }
 say "# check-safetensors.sh $(date -u +%Y-%m-%dT%H:%MZ), torch $("$PYTHON" -c 'import torch; print(torch.__version__)'), $THREADS threads"
 
 say "## (a) PyTorch safetensors → MSQ, eval-mode logits (tolerance $TOLERANCE relative)"
-for model in resnet18 resnet20 mobilenetv3-large mobilenetv3-small deit-tiny deit-small; do
-    dir="$OUT/$model"
-    case $model in
+for case_ in $MODELS; do
+    model=${case_%@*}
+    dir="$OUT/$case_"
+    case $case_ in
         resnet18) shape=(--size 64 --batch 4) ;;
         resnet20) shape=(--size 32 --batch 8) ;;
         deit-tiny) shape=(--size 32 --batch 2) ;;   # < 64 pixels: patch 4, depth 6
         deit-small) shape=(--size 64 --batch 2) ;;  # ≥ 64 pixels: DeiT's patch 16, depth 12
+        swin-t) shape=(--size 36 --batch 2) ;;      # < 64 pixels: patch 2, depths [2, 2, 2]
+        *@*) shape=(--size "${case_#*@}" --batch 1) ;;
         *)        shape=(--size 96 --batch 2) ;;  # ≥ 64 pixels: torchvision's own strides
     esac
     "$PYTHON" "$HELPER" make-case "$model" "$dir" "${shape[@]}" >&2
     "$BENCH" logits --model "$model" --weights "$dir/weights.safetensors" --input "$dir/input.safetensors" \
         --out "$dir/msq-logits.safetensors" --threads "$THREADS" >&2
     if line=$("$PYTHON" "$HELPER" compare "$dir/expected.safetensors" "$dir/msq-logits.safetensors" --tolerance "$TOLERANCE"); then :; else status=1; fi
-    say "$model: $line"
+    say "$case_: $line"
 done
 
 say "## (b) msq export --format safetensors → PyTorch load_state_dict, test accuracy vs msq eval (tolerance 0.1 points)"

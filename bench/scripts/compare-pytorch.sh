@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# MSQ vs PyTorch on the same training step (issues 5, 17): ResNet-20 (3×32×32, batch 128), ResNet-18
-# and MobileNetV3-Large/-Small (3×224×224, batch 16) × fp, msq. Each configuration runs `msq-bench step` and
+# MSQ vs PyTorch on the same training step (issues 5, 17, 18): ResNet-20 (3×32×32, batch 128), ResNet-18,
+# MobileNetV3-Large/-Small, DeiT-Tiny/-Small and Swin-T (3×224×224, batch 16) × fp, msq. Each configuration runs `msq-bench step` and
 # bench/pytorch/train_step.py alternately (ours, PyTorch, ours, PyTorch, …; REPEATS of each, one
 # process per run, so a slow spell of a busy machine hits both sides), one JSON file per run, then
 # prints one markdown table (`msq-bench compare-table`) on standard output. Progress goes to
@@ -15,7 +15,7 @@
 #   REPEATS  runs of each side per configuration (default 2)
 #   STEPS20  timed steps on ResNet-20 (default 10)     STEPS18  on the 224² models (default 3)
 #   WARMUP   untimed steps per run (default 2)
-#   MODELS   which models (default "resnet20 resnet18"; also mobilenetv3-large, mobilenetv3-small, deit-tiny, deit-small)    METHODS  which methods (default "fp msq")
+#   MODELS   which models (default "resnet20 resnet18"; also mobilenetv3-large, mobilenetv3-small, deit-tiny, deit-small, swin-t)    METHODS  which methods (default "fp msq")
 #   OUT      directory for the JSON files (default bench/results/compare-pytorch; its *.json are
 #            deleted first)
 set -euo pipefail
@@ -31,8 +31,8 @@ MODELS=${MODELS:-resnet20 resnet18}
 METHODS=${METHODS:-fp msq}
 for m in $MODELS; do
     case "$m" in
-        resnet20|resnet18|mobilenetv3-large|mobilenetv3-small|deit-tiny|deit-small) ;;
-        *) echo "compare-pytorch: MODELS holds resnet20, resnet18, mobilenetv3-large, mobilenetv3-small, deit-tiny, deit-small (got '$m')" >&2; exit 1 ;;
+        resnet20|resnet18|mobilenetv3-large|mobilenetv3-small|deit-tiny|deit-small|swin-t) ;;
+        *) echo "compare-pytorch: MODELS holds resnet20, resnet18, mobilenetv3-large, mobilenetv3-small, deit-tiny, deit-small, swin-t (got '$m')" >&2; exit 1 ;;
     esac
 done
 for m in $METHODS; do

@@ -53,7 +53,9 @@ extension PackedModel {
     /// an `I64` scalar `num_batches_tracked` (0) is added per batch-norm layer. PACT clip levels
     /// have no PyTorch tensor: they go into the metadata (``SafeTensorsExportKeys``), with each
     /// quantized weight's bits and scales, the activation bits, the input normalisation and the run
-    /// description. All tensors are `F32` except those counters.
+    /// description. With ``TensorNameMap/writesRelativePositionIndices`` torchvision's `I64`
+    /// `relative_position_index` is added per Swin attention. All tensors are `F32` except those
+    /// counters and indices.
     /// - Throws: ``PackedModelError`` if a stored tensor cannot be decoded (the file was validated
     ///   when read, so only a model built by hand can fail).
     public func safeTensors(names: TensorNameMap = .pytorch) throws(PackedModelError) -> SafeTensors {
@@ -96,10 +98,30 @@ extension PackedModel {
                 let counter = String(name.dropLast("running_mean".count)) + "num_batches_tracked"
                 out.tensors[counter] = SafeTensor(unchecked: .int64, shape: [], bytes: [UInt8](repeating: 0, count: 8))
             }
+            if names.writesRelativePositionIndices, e.name.hasSuffix(".relative_position_bias_table"),
+               let index = relativePositionIndex(tableRows: e.shape.first ?? 0) {
+                let key = String(name.dropLast("relative_position_bias_table".count)) + "relative_position_index"
+                out.tensors[key] = try? SafeTensor(shape: [index.count], int64: index)
+            }
         }
         out.metadata = meta
         return out
     }
+}
+
+/// torchvision's Swin `relative_position_index` (flattened `[T·T]`, T = window²) for a bias table of
+/// `(2·window − 1)²` rows: `(ri − rj + w − 1)·(2w − 1) + (ci − cj + w − 1)` for tokens i, j of a
+/// window (as window_attention.c reads the table). Nil when the row count is not such a square.
+func relativePositionIndex(tableRows: Int) -> [Int64]? {
+    let side = Int(Double(tableRows).squareRoot().rounded())
+    guard side > 0, side * side == tableRows, side % 2 == 1 else { return nil }
+    let w = (side + 1) / 2, t = w * w
+    var index: [Int64] = []
+    index.reserveCapacity(t * t)
+    for i in 0..<t {
+        for j in 0..<t { index.append(Int64((i / w - j / w + w - 1) * side + (i % w - j % w + w - 1))) }
+    }
+    return index
 }
 
 /// `[a,b,c]` from already formatted JSON values.

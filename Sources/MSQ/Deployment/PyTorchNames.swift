@@ -18,11 +18,12 @@ public func pytorchName(forParameterPath path: String, model: ModelKind) -> Stri
 /// The MSQ parameter path of the PyTorch state_dict entry `name` in a model of kind `model`: the
 /// inverse of ``pytorchName(forParameterPath:model:)``.
 ///
-/// Nil for `….num_batches_tracked`, which MSQ does not keep (BN momentum is fixed): load such a
-/// state dict with `load_state_dict(strict=False)`, or skip those keys when importing one.
+/// Nil for `….num_batches_tracked`, which MSQ does not keep (BN momentum is fixed), and for Swin's
+/// `….relative_position_index`, a constant MSQ computes from the window size: load such a state
+/// dict with `load_state_dict(strict=False)`, or skip those keys when importing one.
 /// Does not check that `name` exists in the model.
 public func parameterPath(forPyTorchName name: String, model: ModelKind) -> String? {
-    lastComponent(of: name) == "num_batches_tracked" || isMSQOnly(name) ? nil : name
+    isPyTorchOnly(name) || isMSQOnly(name) ? nil : name
 }
 
 /// Every parameter and buffer of `model` (a model of kind `kind`) under its PyTorch state_dict
@@ -39,6 +40,13 @@ public func pytorchStateDict(of model: any Module, kind: ModelKind) -> [(name: S
 func isMSQOnly(_ path: String) -> Bool {
     let components = path.split(separator: ".")
     return components.last == "input_alpha" || components.contains("bsq") || components.contains("csq")
+}
+
+/// Whether `name` is a PyTorch buffer MSQ does not keep: BN's `num_batches_tracked`, Swin's
+/// `relative_position_index`.
+func isPyTorchOnly(_ name: String) -> Bool {
+    let last = lastComponent(of: name)
+    return last == "num_batches_tracked" || last == "relative_position_index"
 }
 
 func lastComponent(of path: String) -> Substring {

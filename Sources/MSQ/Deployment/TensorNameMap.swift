@@ -17,24 +17,31 @@ public struct TensorNameMap: Sendable {
     /// `torch.nn.BatchNorm2d` has. MSQ keeps no such counter (its BN momentum is fixed), and
     /// PyTorch reads it only when `momentum=None`.
     public var writesBatchNormCounters: Bool
+    /// Whether an export writes torchvision's `I64` buffer `<attn>.relative_position_index`
+    /// `[window⁴]` next to every Swin attention's `relative_position_bias_table`, so that
+    /// `load_state_dict` (strict) finds every key a torchvision `ShiftedWindowAttention` has. MSQ
+    /// computes the index from the window size instead of storing it.
+    public var writesRelativePositionIndices: Bool
 
     /// A map from its two directions; `fileName` and `parameterPath` should be inverse on the
     /// names both accept.
     public init(fileName: @escaping @Sendable (String) -> String?,
                 parameterPath: @escaping @Sendable (String) -> String?,
-                writesBatchNormCounters: Bool = false) {
+                writesBatchNormCounters: Bool = false, writesRelativePositionIndices: Bool = false) {
         self.fileName = fileName
         self.parameterPath = parameterPath
         self.writesBatchNormCounters = writesBatchNormCounters
+        self.writesRelativePositionIndices = writesRelativePositionIndices
     }
 
     /// PyTorch `state_dict` names: the identity, except that MSQ-only tensors (PACT clip levels
     /// `….input_alpha`, BSQ/CSQ quantizer parameters `….bsq.*`, `….csq.*`) have no file name and
-    /// PyTorch's `….num_batches_tracked` is skipped; exports write those counters.
+    /// PyTorch's buffers `….num_batches_tracked` and `….relative_position_index` are skipped;
+    /// exports write both.
     public static let pytorch = TensorNameMap(
         fileName: { isMSQOnly($0) ? nil : $0 },
-        parameterPath: { lastComponent(of: $0) == "num_batches_tracked" || isMSQOnly($0) ? nil : $0 },
-        writesBatchNormCounters: true)
+        parameterPath: { isPyTorchOnly($0) || isMSQOnly($0) ? nil : $0 },
+        writesBatchNormCounters: true, writesRelativePositionIndices: true)
 
     /// Every tensor under its parameter path, nothing skipped, no counters written.
     public static let identity = TensorNameMap(fileName: { $0 }, parameterPath: { $0 })
@@ -47,6 +54,7 @@ public struct TensorNameMap: Sendable {
         let base = self
         return TensorNameMap(fileName: { names[$0] ?? base.fileName($0) },
                              parameterPath: { inverse[$0] ?? base.parameterPath($0) },
-                             writesBatchNormCounters: writesBatchNormCounters)
+                             writesBatchNormCounters: writesBatchNormCounters,
+                             writesRelativePositionIndices: writesRelativePositionIndices)
     }
 }

@@ -19,6 +19,10 @@ public enum ModelKind: String, CaseIterable, Sendable {
     case deitTiny = "deit-tiny"
     /// DeiT-Small (dim 384, depth 12, 6 heads, patch 16); patch 4 and depth 6 below 64-pixel inputs.
     case deitSmall = "deit-small"
+    /// Swin-T (torchvision's swin_t, v1: embed 96, depths [2, 2, 6, 2], heads [3, 6, 12, 24],
+    /// window 7, patch 4); below 64-pixel inputs patch 2 and three stages of two blocks
+    /// (``SwinTransformer/Configuration/swinTinySmallInput``).
+    case swinTiny = "swin-t"
 
     /// The kind named `name` (e.g. `resnet20`).
     /// - Throws: ``ModelError/unknownModel(name:valid:)`` listing the valid names.
@@ -33,8 +37,13 @@ public enum ModelKind: String, CaseIterable, Sendable {
     public var isCIFARStyle: Bool {
         switch self {
         case .resnet20, .resnet32, .resnet56: return true
-        case .resnet18, .resnet50, .mobilenetv3Large, .mobilenetv3Small, .deitTiny, .deitSmall: return false
+        case .resnet18, .resnet50, .mobilenetv3Large, .mobilenetv3Small, .deitTiny, .deitSmall, .swinTiny: return false
         }
+    }
+
+    /// Whether this is a transformer (DeiT or Swin), which `msq train` trains with AdamW by default.
+    public var isTransformer: Bool {
+        visionTransformerConfiguration(self, inputSize: 224) != nil || swinConfiguration(self, inputSize: 224) != nil
     }
 }
 
@@ -82,11 +91,30 @@ public func visionTransformerConfiguration(_ kind: ModelKind, inputSize: Int) ->
     return c
 }
 
+/// The Swin shape of a Swin kind at `inputSize` (the images' height): torchvision's swin_t at
+/// ImageNet sizes; below ``mobileNetSmallInputLimit`` pixels ``SwinTransformer/Configuration/swinTinySmallInput``
+/// (patch 2 and three stages of two blocks: patch 4 would leave a 28×28 image 7 × 7 tokens, one
+/// window, so no block would shift, and the fourth stage would be a single padded token). Nil for
+/// other kinds.
+public func swinConfiguration(_ kind: ModelKind, inputSize: Int) -> SwinTransformer.Configuration? {
+    guard kind == .swinTiny else { return nil }
+    return inputSize < mobileNetSmallInputLimit ? .swinTinySmallInput : .swinTiny
+}
+
 /// Refuses an image size `kind` cannot be built for: a DeiT needs square images whose side is a
-/// multiple of its patch (``visionTransformerConfiguration(_:inputSize:)``). The convolutional
-/// kinds take any size from ``RunLimits/minimumImageSize`` up (the trainer checks that).
+/// multiple of its patch (``visionTransformerConfiguration(_:inputSize:)``); a Swin needs sides
+/// that are multiples of its patch (``swinConfiguration(_:inputSize:)``; it pads to its windows
+/// and merges itself). The convolutional kinds take any size from ``RunLimits/minimumImageSize``
+/// up (the trainer checks that).
 /// - Throws: ``ModelError/unsupportedImageSize(model:height:width:requirement:)``.
 public func checkImageSize(_ kind: ModelKind, height: Int, width: Int) throws(ModelError) {
+    if let c = swinConfiguration(kind, inputSize: height) {
+        guard height >= c.patch, width >= c.patch, height % c.patch == 0, width % c.patch == 0 else {
+            throw .unsupportedImageSize(model: kind.rawValue, height: height, width: width,
+                                        requirement: "its sides must be multiples of its patch size \(c.patch) at this size")
+        }
+        return
+    }
     guard let c = visionTransformerConfiguration(kind, inputSize: height) else { return }
     guard height == width, height >= c.patch, height % c.patch == 0 else {
         throw .unsupportedImageSize(model: kind.rawValue, height: height, width: width,
@@ -102,7 +130,8 @@ public func checkImageSize(_ kind: ModelKind, height: Int, width: Int) throws(Mo
 /// ImageNet-sized (torchvision's strides and batch-norm momentum). DeiT kinds are
 /// ``VisionTransformer``s for square `inputSize` images (nil: 224), shaped by
 /// ``visionTransformerConfiguration(_:inputSize:)`` (a size it cannot take is a programming error
-/// here; ``checkImageSize(_:height:width:)`` refuses it with a message). Input
+/// here; ``checkImageSize(_:height:width:)`` refuses it with a message). The Swin kind is a
+/// ``SwinTransformer`` shaped by ``swinConfiguration(_:inputSize:)``. Input
 /// `[N, inputChannels, H, W]`, output logits `[N, numClasses]`.
 public func makeModel(_ kind: ModelKind, inputChannels: Int, numClasses: Int, seed: UInt64,
                       inputSize: Int? = nil) -> any Module {
@@ -123,6 +152,10 @@ public func makeModel(_ kind: ModelKind, inputChannels: Int, numClasses: Int, se
                            smallInput: small,
                            batchNormMomentum: small ? MobileNetV3.shortRunBatchNormMomentum : MobileNetV3.torchvisionBatchNormMomentum,
                            rng: &rng)
+    case .swinTiny:
+        // swinConfiguration covers every Swin kind
+        let c = swinConfiguration(kind, inputSize: inputSize ?? 224) ?? .swinTiny
+        return SwinTransformer(c, inputChannels: inputChannels, numClasses: numClasses, rng: &rng)
     case .deitTiny, .deitSmall:
         let size = inputSize ?? 224
         // visionTransformerConfiguration covers every DeiT kind

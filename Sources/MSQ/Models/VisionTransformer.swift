@@ -316,7 +316,5 @@ extension VisionTransformer: CurvatureModule {
 extension VisionTransformer: SignedActivationInputs {
     /// Every linear: qkv and fc1 read layer-norm outputs, proj the attention's, fc2 GELU's, the head
     /// a layer norm's (the patch embedding reads the image and stays float by default).
-    public var signedActivationInputs: Set<String> {
-        Set(quantizableLayers(of: self).filter { $0.module is Linear }.map(\.path))
-    }
+    public var signedActivationInputs: Set<String> { linearLayerPaths(self) }
 }

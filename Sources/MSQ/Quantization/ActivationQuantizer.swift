@@ -218,3 +218,9 @@ public protocol SignedActivationInputs: Module {
 public func signedActivationInputs(of model: any Module) -> Set<String> {
     (model as? any SignedActivationInputs)?.signedActivationInputs ?? []
 }
+
+/// The paths of `model`'s Linear layers: a transformer's signed inputs (every linear reads a layer
+/// norm's, an attention's or GELU's output; its convolutions read images).
+func linearLayerPaths(_ model: any Module) -> Set<String> {
+    Set(quantizableLayers(of: model).filter { $0.module is Linear }.map(\.path))
+}

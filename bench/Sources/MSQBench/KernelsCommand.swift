@@ -46,9 +46,9 @@ struct ConvCase {
 struct KernelsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kernels",
-        abstract: "conv2d GFLOP/s on every distinct ResNet-20 and ResNet-18 layer shape vs cblas_sgemm; depthwise GB/s on MobileNetV3-Large's; layer norm and attention on DeiT-Tiny's.")
+        abstract: "conv2d GFLOP/s on every distinct ResNet-20 and ResNet-18 layer shape vs cblas_sgemm; depthwise GB/s on MobileNetV3-Large's; layer norm and attention on DeiT-Tiny's; window attention and linears on Swin-T's first stage.")
 
-    @Option(help: "Models whose layer shapes to run (comma-separated): resnet20, resnet18, mobilenetv3-large (its depthwise layers, at --batch18), deit-tiny (layer norm and attention, at --batch18).")
+    @Option(help: "Models whose layer shapes to run (comma-separated): resnet20, resnet18, mobilenetv3-large (its depthwise layers, at --batch18), deit-tiny (layer norm and attention, at --batch18), swin-t (stage 1's window attention and linears, at --batch18).")
     var models: String = "resnet20,resnet18"
     @Option(help: "Batch size for ResNet-20 shapes.")
     var batch20: Int = 128
@@ -65,8 +65,12 @@ struct KernelsCommand: ParsableCommand {
         writeLine("threads \(t)")
         var convHeader = false
         for model in models.split(separator: ",").map(String.init) {
-            guard ["resnet20", "resnet18", "mobilenetv3-large", "deit-tiny"].contains(model) else {
-                throw ValidationError("unknown model \(model) in --models (resnet20, resnet18, mobilenetv3-large, deit-tiny)")
+            guard ["resnet20", "resnet18", "mobilenetv3-large", "deit-tiny", "swin-t"].contains(model) else {
+                throw ValidationError("unknown model \(model) in --models (resnet20, resnet18, mobilenetv3-large, deit-tiny, swin-t)")
+            }
+            if model == "swin-t" {
+                try runSwin(batch: batch18, threads: t)
+                continue
             }
             if model == "mobilenetv3-large" {
                 try runDepthwise(batch: batch18, threads: t)

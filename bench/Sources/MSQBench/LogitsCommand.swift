@@ -61,7 +61,7 @@ struct LogitsCommand: ParsableCommand {
         var result = SafeTensors()
         result.add(logits, named: "logits")
         try result.write(to: out)
-        writeLine("msq-bench logits: \(model), \(loaded.tensorCount) tensors from \(weights) (skipped \(loaded.skipped.count) num_batches_tracked), "
+        writeLine("msq-bench logits: \(model), \(loaded.tensorCount) tensors from \(weights) (skipped \(loaded.skipped.count) PyTorch-only buffers: num_batches_tracked, relative_position_index), "
                   + (pact > 0 ? "\(pact) PACT input quantizers from the metadata, " : "")
                   + "input \(batch.shape) → logits \(logits.shape) in \(out)")
     }

@@ -6,13 +6,13 @@ import MSQ
 /// One model, its training method, optimizer and synthetic batch: the training step `cost` and `step` time.
 ///
 /// Synthetic data of the model's input shape (3×32×32 for ResNet-20, 3×224×224 for ResNet-18,
-/// MobileNetV3 and DeiT),
+/// MobileNetV3, DeiT and Swin-T),
 /// 10 classes; SGD momentum 0.9, Nesterov, weight decay 5e-4, lr 0.01. Set the kernel thread count
 /// (`msq_set_num_threads`) before building one.
 final class TrainingStepHarness {
     /// The model, with the method's quantizers and extra parameters attached.
     let net: any Module
-    /// Image side: 32 (ResNet-20) or 224 (ResNet-18, MobileNetV3, DeiT).
+    /// Image side: 32 (ResNet-20) or 224 (ResNet-18, MobileNetV3, DeiT, Swin-T).
     let side: Int
     /// Images per step.
     let batch: Int
@@ -114,7 +114,7 @@ func medianOf(_ values: [Double]) -> Double {
 /// The options every training-step benchmark takes (`cost`, `step`): which model, batch and
 /// thread count, how many steps.
 struct StepOptions: ParsableArguments {
-    @Option(help: "resnet20 (3×32×32), resnet18, mobilenetv3-large, mobilenetv3-small, deit-tiny or deit-small (3×224×224).")
+    @Option(help: "resnet20 (3×32×32), resnet18, mobilenetv3-large, mobilenetv3-small, deit-tiny, deit-small or swin-t (3×224×224).")
     var model: String = "resnet20"
     @Option(help: "Images per step.")
     var batch: Int = 128
@@ -128,7 +128,7 @@ struct StepOptions: ParsableArguments {
     var actBits: Int?
 
     /// The models the step benchmarks build (each has a PyTorch twin in bench/pytorch/models.py).
-    static let models: [ModelKind] = [.resnet20, .resnet18, .mobilenetv3Large, .mobilenetv3Small, .deitTiny, .deitSmall]
+    static let models: [ModelKind] = [.resnet20, .resnet18, .mobilenetv3Large, .mobilenetv3Small, .deitTiny, .deitSmall, .swinTiny]
 
     /// The model, if it is one the step benchmarks build.
     var kind: ModelKind? {

@@ -1,0 +1,324 @@
+import CKernels
+
+/// Shifted-window multi-head self-attention, as torchvision's `ShiftedWindowAttention` (Swin v1):
+/// pad the map to multiples of the window, roll it by the shift, attend within each window with a
+/// relative position bias (and torchvision's −100 mask between regions the roll brought together),
+/// then roll back and crop.
+///
+/// Shapes: input and output NHWC `[N, H, W, dim]` (already normalised; zero padding happens here,
+/// after the norm, as torchvision pads). Per window of `T = window²` tokens and head:
+/// `softmax(Q·Kᵀ/sqrt(d) + table[index] + mask)·V`. The shift along an axis is 0 when its padded
+/// size is at most the window (torchvision's rule). `qkv` (dim → 3·dim) and `proj` (dim → dim) are
+/// ordinary ``Linear``s, so every quantization method finds them; `relative_position_bias_table`
+/// `[(2·window − 1)², heads]` is a parameter that does not decay. Kernels: swin_layout.c,
+/// window_attention.c.
+public final class ShiftedWindowAttention: Module {
+    /// Token width.
+    public let dim: Int
+    /// Number of heads.
+    public let heads: Int
+    /// Side of a square window, in tokens.
+    public let window: Int
+    /// The roll applied before partitioning (torchvision's `shift_size`, 0 or window/2).
+    public let shift: Int
+    /// Dim → 3·dim: queries, keys and values of every head, read as `[T, 3, heads, d]`.
+    public let qkv: Linear
+    /// Dim → dim: the output projection.
+    public let proj: Linear
+    /// The relative position bias `[(2·window − 1)², heads]`, not decayed.
+    public let relativePositionBiasTable: Parameter
+
+    private var cache: (qkv: Tensor, probs: Tensor, shape: [Int], windows: Int, shiftH: Int, shiftW: Int)?
+
+    /// Width of one head, `dim / heads`.
+    public var headDim: Int { dim / heads }
+
+    /// A window attention with torchvision's initialisation: linear weights and the bias table
+    /// ~ N(0, 0.02²) (its truncation at ±2 never binds), biases 0.
+    public init(dim: Int, heads: Int, window: Int, shift: Int, rng: inout RandomSource) {
+        LayerKit.require(dim > 0 && heads > 0 && dim % heads == 0 && window > 0 && shift >= 0 && shift < window,
+                         "ShiftedWindowAttention: invalid dim \(dim), heads \(heads), window \(window), shift \(shift)")
+        self.dim = dim
+        self.heads = heads
+        self.window = window
+        self.shift = shift
+        qkv = Linear(inFeatures: dim, outFeatures: 3 * dim, rng: &rng)
+        proj = Linear(inFeatures: dim, outFeatures: dim, rng: &rng)
+        initTransformerLinear(qkv, rng: &rng)
+        initTransformerLinear(proj, rng: &rng)
+        let entries = (2 * window - 1) * (2 * window - 1)
+        relativePositionBiasTable = Parameter(Tensor.randomNormal([entries, heads], std: 0.02, using: &rng), decays: false)
+    }
+
+    /// The padded sizes and the shifts actually used for an `h × w` map.
+    func geometry(height h: Int, width w: Int) -> (padH: Int, padW: Int, shiftH: Int, shiftW: Int) {
+        let ph = (h + window - 1) / window * window, pw = (w + window - 1) / window * window
+        return (ph, pw, ph <= window ? 0 : shift, pw <= window ? 0 : shift)
+    }
+
+    /// Partition, qkv, window attention, proj, reverse; caches qkv's output and the attention matrix.
+    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
+        cache = nil
+        let s = input.shape
+        LayerKit.require(s.count == 4 && s[3] == dim, "ShiftedWindowAttention(\(dim)): expected input [N, H, W, \(dim)], got \(s)")
+        let (n, h, w) = (s[0], s[1], s[2])
+        let g = geometry(height: h, width: w)
+        let windows = n * (g.padH / window) * (g.padW / window), t = window * window
+        var tokens = Tensor(unfilledShape: [windows * t, dim])
+        input.withUnsafePointer { x in
+            tokens.withUnsafeMutablePointer { y in
+                msq_window_partition_forward(y, x, LayerKit.c(n), LayerKit.c(h), LayerKit.c(w), LayerKit.c(dim),
+                                             LayerKit.c(window), LayerKit.c(g.shiftH), LayerKit.c(g.shiftW))
+            }
+        }
+        let q = qkv.forward(tokens, mode: mode)
+        var out = Tensor(unfilledShape: [windows * t, dim])
+        var probs = Tensor(unfilledShape: [windows, heads, t, t])
+        q.withUnsafePointer { qp in
+            relativePositionBiasTable.value.withUnsafePointer { table in
+                out.withUnsafeMutablePointer { o in
+                    probs.withUnsafeMutablePointer { p in
+                        msq_window_attention_forward(o, p, qp, table, LayerKit.c(windows), LayerKit.c(window), LayerKit.c(heads),
+                                                     LayerKit.c(headDim), LayerKit.c(g.padH), LayerKit.c(g.padW),
+                                                     LayerKit.c(g.shiftH), LayerKit.c(g.shiftW), scale)
+                    }
+                }
+            }
+        }
+        cache = (q, probs, s, windows, g.shiftH, g.shiftW)
+        let projected = proj.forward(out, mode: mode)
+        var y = Tensor(unfilledShape: s)
+        projected.withUnsafePointer { src in
+            y.withUnsafeMutablePointer { dst in
+                msq_window_partition_backward(dst, src, LayerKit.c(n), LayerKit.c(h), LayerKit.c(w), LayerKit.c(dim),
+                                              LayerKit.c(window), LayerKit.c(g.shiftH), LayerKit.c(g.shiftW))
+            }
+        }
+        return y
+    }
+
+    private var scale: Float { 1 / Float(headDim).squareRoot() }
+
+    /// dx through the reverse, proj, the attention (the table's gradient accumulated), qkv and the partition.
+    public func backward(_ gradOutput: Tensor) -> Tensor {
+        guard let c = cache else { fatalError("ShiftedWindowAttention(\(dim)): backward called without a preceding forward") }
+        LayerKit.require(gradOutput.shape == c.shape,
+                         "ShiftedWindowAttention(\(dim)): gradient shape \(gradOutput.shape), expected \(c.shape)")
+        cache = nil
+        let (n, h, w, t) = (c.shape[0], c.shape[1], c.shape[2], window * window)
+        let dims = (LayerKit.c(n), LayerKit.c(h), LayerKit.c(w), LayerKit.c(dim), LayerKit.c(window))
+        var dProjected = Tensor(unfilledShape: [c.windows * t, dim])
+        gradOutput.withUnsafePointer { dy in
+            dProjected.withUnsafeMutablePointer { d in
+                msq_window_partition_forward(d, dy, dims.0, dims.1, dims.2, dims.3, dims.4, LayerKit.c(c.shiftH), LayerKit.c(c.shiftW))
+            }
+        }
+        let dOut = proj.backward(dProjected)
+        var dq = Tensor(shape: c.qkv.shape)
+        dOut.withUnsafePointer { go in
+            c.qkv.withUnsafePointer { q in
+                c.probs.withUnsafePointer { p in
+                    dq.withUnsafeMutablePointer { dqp in
+                        LayerKit.withGradPointer(relativePositionBiasTable) { dt in
+                            msq_window_attention_backward(dqp, dt, go, q, p, LayerKit.c(c.windows), LayerKit.c(window),
+                                                          LayerKit.c(heads), LayerKit.c(headDim), scale)
+                        }
+                    }
+                }
+            }
+        }
+        let dTokens = qkv.backward(dq)
+        var dx = Tensor(unfilledShape: c.shape)
+        dTokens.withUnsafePointer { src in
+            dx.withUnsafeMutablePointer { dst in
+                msq_window_partition_backward(dst, src, dims.0, dims.1, dims.2, dims.3, dims.4, LayerKit.c(c.shiftH), LayerKit.c(c.shiftW))
+            }
+        }
+        return dx
+    }
+
+    /// `relative_position_bias_table`, `qkv.*`, `proj.*` (torchvision's state_dict order; its
+    /// `relative_position_index` buffer is a constant MSQ computes instead of storing).
+    public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
+        body(joinPath(prefix, "relative_position_bias_table"), relativePositionBiasTable)
+        qkv.visitParameters(prefix: joinPath(prefix, "qkv"), body)
+        proj.visitParameters(prefix: joinPath(prefix, "proj"), body)
+    }
+
+    /// `qkv`, `proj`.
+    public func visitModules(prefix: String, _ body: (String, any Module) -> Void) {
+        LayerKit.visitChildren([("qkv", qkv), ("proj", proj)], prefix: prefix, body)
+    }
+}
+
+/// Swin's feed-forward network, as torchvision's `MLP` in a Swin block: `mlp.3(GELU(mlp.0(x)))`
+/// (indices 1 and 2, 4 are the GELU and dropouts, which have no parameters).
+///
+/// Shapes: input and output `[..., dim]` (NHWC tokens); hidden width `hidden`.
+public final class SwinMLP: Module {
+    /// Dim → hidden (`mlp.0`).
+    public let fc1: Linear
+    /// The exact (erf) GELU (`mlp.1`).
+    public let act = Activation(.gelu)
+    /// Hidden → dim (`mlp.3`).
+    public let fc2: Linear
+    private var tokenShape: [Int]?
+
+    /// A feed-forward network of width `dim` with `hidden` hidden units; torchvision's Swin
+    /// re-initialises its linears as N(0, 0.02²) weights and zero biases.
+    public init(dim: Int, hidden: Int, rng: inout RandomSource) {
+        fc1 = Linear(inFeatures: dim, outFeatures: hidden, rng: &rng)
+        fc2 = Linear(inFeatures: hidden, outFeatures: dim, rng: &rng)
+        initTransformerLinear(fc1, rng: &rng)
+        initTransformerLinear(fc2, rng: &rng)
+    }
+
+    /// `fc2(GELU(fc1(x)))` on every token.
+    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
+        let d = input.shape
+        LayerKit.require(d.last == fc1.inFeatures, "SwinMLP: expected input [..., \(fc1.inFeatures)], got \(d)")
+        tokenShape = d
+        let h = act.forward(fc1.forward(input.reshaped([input.count / fc1.inFeatures, fc1.inFeatures]), mode: mode), mode: mode)
+        return fc2.forward(h, mode: mode).reshaped(d)
+    }
+
+    /// dx, with the linears' parameter gradients accumulated.
+    public func backward(_ gradOutput: Tensor) -> Tensor {
+        guard let d = tokenShape else { fatalError("SwinMLP: backward called without a preceding forward") }
+        LayerKit.require(gradOutput.shape == d, "SwinMLP: gradient shape \(gradOutput.shape) does not match output \(d)")
+        tokenShape = nil
+        let g = act.backward(fc2.backward(gradOutput.reshaped([gradOutput.count / fc2.outFeatures, fc2.outFeatures])))
+        return fc1.backward(g).reshaped(d)
+    }
+
+    /// `0.*`, then `3.*` (torchvision's indices).
+    public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
+        fc1.visitParameters(prefix: joinPath(prefix, "0"), body)
+        fc2.visitParameters(prefix: joinPath(prefix, "3"), body)
+    }
+
+    /// `0`, `1` (GELU), `3`.
+    public func visitModules(prefix: String, _ body: (String, any Module) -> Void) {
+        LayerKit.visitChildren([("0", fc1), ("1", act), ("3", fc2)], prefix: prefix, body)
+    }
+}
+
+/// A Swin block, as torchvision's `SwinTransformerBlock` (v1):
+/// `h = x + attn(norm1(x))`, `y = h + mlp(norm2(h))`, layer norms with ε = 1e-5.
+///
+/// Shapes: input and output NHWC `[N, H, W, dim]`. Stochastic depth is not applied (torchvision's
+/// swin_t trains with drop-path rates up to 0.2): the layer has no random stream of its own, and one
+/// drawn per step would also have to be saved in checkpoints for a resumed run to repeat the same
+/// steps; in eval mode torchvision's drop path is the identity, so inference is unaffected.
+public final class SwinTransformerBlock: Module {
+    /// Normalises the attention's input.
+    public let norm1: LayerNorm
+    /// (Shifted) window attention.
+    public let attn: ShiftedWindowAttention
+    /// Normalises the MLP's input.
+    public let norm2: LayerNorm
+    /// Feed-forward network of width `mlpRatio · dim`.
+    public let mlp: SwinMLP
+
+    /// A block of width `dim` with `heads` heads, `window × window` windows rolled by `shift`.
+    public init(dim: Int, heads: Int, window: Int, shift: Int, mlpRatio: Int = 4, rng: inout RandomSource) {
+        norm1 = LayerNorm(dim: dim, epsilon: 1e-5)
+        attn = ShiftedWindowAttention(dim: dim, heads: heads, window: window, shift: shift, rng: &rng)
+        norm2 = LayerNorm(dim: dim, epsilon: 1e-5)
+        mlp = SwinMLP(dim: dim, hidden: mlpRatio * dim, rng: &rng)
+    }
+
+    /// `h = x + attn(norm1(x))`, `y = h + mlp(norm2(h))`.
+    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
+        let h = LayerKit.add(input, attn.forward(norm1.forward(input, mode: mode), mode: mode), context: "SwinTransformerBlock")
+        return LayerKit.add(h, mlp.forward(norm2.forward(h, mode: mode), mode: mode), context: "SwinTransformerBlock")
+    }
+
+    /// dx = dh + norm1ᵀ·attnᵀ·dh with dh = dy + norm2ᵀ·mlpᵀ·dy.
+    public func backward(_ gradOutput: Tensor) -> Tensor {
+        var dh = norm2.backward(mlp.backward(gradOutput))
+        LayerKit.accumulate(&dh, gradOutput)
+        var dx = norm1.backward(attn.backward(dh))
+        LayerKit.accumulate(&dx, dh)
+        return dx
+    }
+
+    /// `norm1.*`, `attn.*`, `norm2.*`, `mlp.*`.
+    public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
+        norm1.visitParameters(prefix: joinPath(prefix, "norm1"), body)
+        attn.visitParameters(prefix: joinPath(prefix, "attn"), body)
+        norm2.visitParameters(prefix: joinPath(prefix, "norm2"), body)
+        mlp.visitParameters(prefix: joinPath(prefix, "mlp"), body)
+    }
+
+    /// `norm1`, `attn`, `norm2`, `mlp`.
+    public func visitModules(prefix: String, _ body: (String, any Module) -> Void) {
+        LayerKit.visitChildren([("norm1", norm1), ("attn", attn), ("norm2", norm2), ("mlp", mlp)], prefix: prefix, body)
+    }
+}
+
+/// Swin's downsampling between stages, as torchvision's `PatchMerging` (v1): 2 × 2 neighbours
+/// concatenated on channels (x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2]; odd sides
+/// zero-padded), `norm` over the 4·dim channels (ε = 1e-5), `reduction` 4·dim → 2·dim without bias.
+///
+/// Shapes: input NHWC `[N, H, W, dim]`, output `[N, ⌈H/2⌉, ⌈W/2⌉, 2·dim]`. Kernel: swin_layout.c.
+public final class PatchMerging: Module {
+    /// Channels of the input.
+    public let dim: Int
+    /// Layer norm over the 4·dim merged channels.
+    public let norm: LayerNorm
+    /// 4·dim → 2·dim, no bias.
+    public let reduction: Linear
+    private var inputShape: [Int]?
+
+    /// A merge of `dim`-channel maps; the reduction ~ N(0, 0.02²) as torchvision initialises it.
+    public init(dim: Int, rng: inout RandomSource) {
+        self.dim = dim
+        norm = LayerNorm(dim: 4 * dim, epsilon: 1e-5)
+        reduction = Linear(inFeatures: 4 * dim, outFeatures: 2 * dim, bias: false, rng: &rng)
+        initTransformerLinear(reduction, rng: &rng)
+    }
+
+    /// `reduction(norm(merge(x)))`.
+    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
+        let s = input.shape
+        LayerKit.require(s.count == 4 && s[3] == dim, "PatchMerging(\(dim)): expected input [N, H, W, \(dim)], got \(s)")
+        inputShape = s
+        let (ho, wo) = ((s[1] + 1) / 2, (s[2] + 1) / 2)
+        var merged = Tensor(unfilledShape: [s[0] * ho * wo, 4 * dim])
+        input.withUnsafePointer { x in
+            merged.withUnsafeMutablePointer { y in
+                msq_patch_merge_forward(y, x, LayerKit.c(s[0]), LayerKit.c(s[1]), LayerKit.c(s[2]), LayerKit.c(dim))
+            }
+        }
+        return reduction.forward(norm.forward(merged, mode: mode), mode: mode).reshaped([s[0], ho, wo, 2 * dim])
+    }
+
+    /// dx through the reduction, the norm and the merge.
+    public func backward(_ gradOutput: Tensor) -> Tensor {
+        guard let s = inputShape else { fatalError("PatchMerging(\(dim)): backward called without a preceding forward") }
+        let (ho, wo) = ((s[1] + 1) / 2, (s[2] + 1) / 2)
+        LayerKit.require(gradOutput.shape == [s[0], ho, wo, 2 * dim],
+                         "PatchMerging(\(dim)): gradient shape \(gradOutput.shape), expected \([s[0], ho, wo, 2 * dim])")
+        inputShape = nil
+        let dMerged = norm.backward(reduction.backward(gradOutput.reshaped([s[0] * ho * wo, 2 * dim])))
+        var dx = Tensor(unfilledShape: s)
+        dMerged.withUnsafePointer { dy in
+            dx.withUnsafeMutablePointer { d in
+                msq_patch_merge_backward(d, dy, LayerKit.c(s[0]), LayerKit.c(s[1]), LayerKit.c(s[2]), LayerKit.c(dim))
+            }
+        }
+        return dx
+    }
+
+    /// `reduction.*`, `norm.*` (torchvision's order).
+    public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
+        reduction.visitParameters(prefix: joinPath(prefix, "reduction"), body)
+        norm.visitParameters(prefix: joinPath(prefix, "norm"), body)
+    }
+
+    /// `reduction`, `norm`.
+    public func visitModules(prefix: String, _ body: (String, any Module) -> Void) {
+        LayerKit.visitChildren([("reduction", reduction), ("norm", norm)], prefix: prefix, body)
+    }
+}
