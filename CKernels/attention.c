@@ -15,48 +15,17 @@
  * vector_math.h's (libm has no vector expf here). No -ffast-math. */
 #include "msq_kernels.h"
 #include "conv_internal.h"
+#include "softmax_rows.h"
 #include "vector_math.h"
 #include <cblas.h>
 #include <float.h>
 #include <omp.h>
 #include <stdlib.h>
 
-static inline float lanes_max(__m256 v) {
-    float l[8];
-    _mm256_storeu_ps(l, v);
-    float m = l[0];
-    for (int i = 1; i < 8; i++) m = l[i] > m ? l[i] : m;
-    return m;
-}
-
-/* p = softmax(s) over one row of n, in place allowed: e^(s − max) / Σ e^(s − max). */
-static void softmax_row(float *p, const float *s, int n) {
-    __m256 vm = _mm256_set1_ps(-FLT_MAX);
-    int j = 0;
-    for (; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + j));
-    float mx = lanes_max(vm);
-    for (int t = j; t < n; t++) mx = s[t] > mx ? s[t] : mx;
-    const __m256 m = _mm256_set1_ps(mx);
-    __m256 acc = _mm256_setzero_ps();
-    for (j = 0; j + 8 <= n; j += 8) {
-        const __m256 e = msq_exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), m));
-        _mm256_storeu_ps(p + j, e);
-        acc = _mm256_add_ps(acc, e);
-    }
-    float sum = msq_lanes_sum8(acc);
-    for (; j < n; j++) {
-        p[j] = msq_exp1(s[j] - mx);
-        sum += p[j];
-    }
-    const __m256 inv = _mm256_set1_ps(1.0f / sum);
-    for (j = 0; j + 8 <= n; j += 8) _mm256_storeu_ps(p + j, _mm256_mul_ps(_mm256_loadu_ps(p + j), inv));
-    for (; j < n; j++) p[j] *= 1.0f / sum;
-}
-
 /* x[rows, n] -> y[rows, n] = softmax of each row (y may be x). */
 void msq_softmax_forward(float *y, const float *x, int rows, int n) {
     #pragma omp parallel for schedule(static) if (rows > 16 && !omp_in_parallel())
-    for (int r = 0; r < rows; r++) softmax_row(y + (size_t)r * n, x + (size_t)r * n, n);
+    for (int r = 0; r < rows; r++) msq_softmax_row(y + (size_t)r * n, x + (size_t)r * n, n);
 }
 
 void msq_softmax_forward_ref(float *y, const float *x, int rows, int n) {
@@ -70,19 +39,6 @@ void msq_softmax_forward_ref(float *y, const float *x, int rows, int n) {
     }
 }
 
-/* dS = P ⊙ (dP − Σ_j P·dP) over one row, in place in dp. */
-static void softmax_backward_row(float *dp, const float *p, int n) {
-    __m256 acc = _mm256_setzero_ps();
-    int j = 0;
-    for (; j + 8 <= n; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(p + j), _mm256_loadu_ps(dp + j), acc);
-    float dot = msq_lanes_sum8(acc);
-    for (int t = j; t < n; t++) dot = fmaf(p[t], dp[t], dot);
-    const __m256 d = _mm256_set1_ps(dot);
-    for (j = 0; j + 8 <= n; j += 8)
-        _mm256_storeu_ps(dp + j, _mm256_mul_ps(_mm256_loadu_ps(p + j), _mm256_sub_ps(_mm256_loadu_ps(dp + j), d)));
-    for (; j < n; j++) dp[j] = p[j] * (dp[j] - dot);
-}
-
 /* Scratch per thread: one T × T matrix (dP, then dS). */
 void msq_attention_forward(float *out, float *probs, const float *qkv, int batch, int tokens, int heads,
                            int head_dim, float scale) {
@@ -94,7 +50,7 @@ void msq_attention_forward(float *out, float *probs, const float *qkv, int batch
         const float *q = qkv + (size_t)b * T * ld + (size_t)h * d, *k = q + D, *v = q + 2 * D;
         float *p = probs + (size_t)it * T * T;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, d, scale, q, ld, k, ld, 0.0f, p, T);
-        for (int r = 0; r < T; r++) softmax_row(p + (size_t)r * T, p + (size_t)r * T, T);
+        for (int r = 0; r < T; r++) msq_softmax_row(p + (size_t)r * T, p + (size_t)r * T, T);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d, T, 1.0f, p, T, v, ld, 0.0f,
                     out + (size_t)b * T * D + (size_t)h * d, D);
     }
@@ -146,7 +102,7 @@ void msq_attention_backward(float *dqkv, const float *dout, const float *qkv, co
             const float *p = probs + (size_t)it * T * T, *dout_bh = dout + (size_t)b * T * D + (size_t)h * d;
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, d, T, 1.0f, p, T, dout_bh, D, 1.0f, dv, ld);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, d, 1.0f, dout_bh, D, v, ld, 0.0f, ds, T);
-            for (int r = 0; r < T; r++) softmax_backward_row(ds + (size_t)r * T, p + (size_t)r * T, T);
+            for (int r = 0; r < T; r++) msq_softmax_backward_row(ds + (size_t)r * T, p + (size_t)r * T, T);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d, T, scale, ds, T, k, ld, 1.0f, dq, ld);
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, d, T, scale, ds, T, q, ld, 1.0f, dk, ld);
         }
@@ -220,7 +176,7 @@ void msq_attention_rforward(float *rout, float *rprobs, const float *qkv, const 
         float *rp = rprobs + (size_t)it * T * T, *ro = rout + (size_t)b * T * D + (size_t)h * d;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, d, scale, rq, ld, k, ld, 0.0f, rp, T);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, d, scale, q, ld, rk, ld, 1.0f, rp, T);
-        for (int r = 0; r < T; r++) softmax_backward_row(rp + (size_t)r * T, p + (size_t)r * T, T);
+        for (int r = 0; r < T; r++) msq_softmax_backward_row(rp + (size_t)r * T, p + (size_t)r * T, T);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d, T, 1.0f, rp, T, v, ld, 0.0f, ro, D);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d, T, 1.0f, p, T, rv, ld, 1.0f, ro, D);
     }

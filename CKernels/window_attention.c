@@ -19,10 +19,11 @@
  *
  * P is kept for the backward: probs[w, h, T, T]. Every (w, h) is one thread's work, its GEMMs
  * single-threaded OpenBLAS calls. The table gradient sums dS over fixed chunks of WINDOW_CHUNK
- * windows per head, then the chunks in order: the same bits at any thread count. The softmax is
- * attention.c's (a copy: that file's functions are static and belong to another change). */
+ * windows per head, then the chunks in order: the same bits at any thread count. The softmax rows
+ * are attention.c's (softmax_rows.h). */
 #include "msq_kernels.h"
 #include "conv_internal.h"
+#include "softmax_rows.h"
 #include "vector_math.h"
 #include <cblas.h>
 #include <float.h>
@@ -51,51 +52,6 @@ static void window_regions(int *ids, int ws, int pad_h, int pad_w, int shift_h, 
             const int r = (wi / nwc) * ws + t / ws, c = (wi % nwc) * ws + t % ws;
             ids[wi * T + t] = 3 * region(r, pad_h, ws, shift_h) + region(c, pad_w, ws, shift_w);
         }
-}
-
-static inline float lanes_max(__m256 v) {
-    float l[8];
-    _mm256_storeu_ps(l, v);
-    float m = l[0];
-    for (int i = 1; i < 8; i++) m = l[i] > m ? l[i] : m;
-    return m;
-}
-
-/* p = softmax(p) over one row of n, in place. */
-static void softmax_row(float *p, int n) {
-    __m256 vm = _mm256_set1_ps(-FLT_MAX);
-    int j = 0;
-    for (; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(p + j));
-    float mx = lanes_max(vm);
-    for (int t = j; t < n; t++) mx = p[t] > mx ? p[t] : mx;
-    const __m256 m = _mm256_set1_ps(mx);
-    __m256 acc = _mm256_setzero_ps();
-    for (j = 0; j + 8 <= n; j += 8) {
-        const __m256 e = msq_exp8(_mm256_sub_ps(_mm256_loadu_ps(p + j), m));
-        _mm256_storeu_ps(p + j, e);
-        acc = _mm256_add_ps(acc, e);
-    }
-    float sum = msq_lanes_sum8(acc);
-    for (; j < n; j++) {
-        p[j] = msq_exp1(p[j] - mx);
-        sum += p[j];
-    }
-    const __m256 inv = _mm256_set1_ps(1.0f / sum);
-    for (j = 0; j + 8 <= n; j += 8) _mm256_storeu_ps(p + j, _mm256_mul_ps(_mm256_loadu_ps(p + j), inv));
-    for (; j < n; j++) p[j] *= 1.0f / sum;
-}
-
-/* dS = P ⊙ (dP − Σ_j P·dP) over one row, in place in dp. */
-static void softmax_backward_row(float *dp, const float *p, int n) {
-    __m256 acc = _mm256_setzero_ps();
-    int j = 0;
-    for (; j + 8 <= n; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(p + j), _mm256_loadu_ps(dp + j), acc);
-    float dot = msq_lanes_sum8(acc);
-    for (int t = j; t < n; t++) dot = fmaf(p[t], dp[t], dot);
-    const __m256 d = _mm256_set1_ps(dot);
-    for (j = 0; j + 8 <= n; j += 8)
-        _mm256_storeu_ps(dp + j, _mm256_mul_ps(_mm256_loadu_ps(p + j), _mm256_sub_ps(_mm256_loadu_ps(dp + j), d)));
-    for (; j < n; j++) dp[j] = p[j] * (dp[j] - dot);
 }
 
 /* Shape: qkv[W, T, 3, H, d], table[(2ws−1)², H] -> out[W, T, H·d], probs[W, H, T, T] (overwritten). */
@@ -133,7 +89,7 @@ void msq_window_attention_forward(float *out, float *probs, const float *qkv, co
                 if (id[i] != id[j]) s += mask_value;
                 row[j] = s;
             }
-            softmax_row(row, T);
+            msq_softmax_row(row, row, T);
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d, T, 1.0f, p, T, v, ld, 0.0f,
                     out + (size_t)w * T * D + (size_t)h * d, D);
@@ -211,7 +167,7 @@ void msq_window_attention_backward(float *dqkv, float *dtable, const float *dout
                 const float *go = dout + (size_t)w * T * D + (size_t)h * d;
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, d, T, 1.0f, p, T, go, D, 1.0f, dv, ld);
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, d, 1.0f, go, D, v, ld, 0.0f, ds, T);
-                for (int r = 0; r < T; r++) softmax_backward_row(ds + (size_t)r * T, p + (size_t)r * T, T);
+                for (int r = 0; r < T; r++) msq_softmax_backward_row(ds + (size_t)r * T, p + (size_t)r * T, T);
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d, T, scale, ds, T, k, ld, 1.0f, dq, ld);
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, d, T, scale, ds, T, q, ld, 1.0f, dk, ld);
                 if (partial) {

@@ -151,58 +151,6 @@ public final class ShiftedWindowAttention: Module {
     }
 }
 
-/// Swin's feed-forward network, as torchvision's `MLP` in a Swin block: `mlp.3(GELU(mlp.0(x)))`
-/// (indices 1 and 2, 4 are the GELU and dropouts, which have no parameters).
-///
-/// Shapes: input and output `[..., dim]` (NHWC tokens); hidden width `hidden`.
-public final class SwinMLP: Module {
-    /// Dim → hidden (`mlp.0`).
-    public let fc1: Linear
-    /// The exact (erf) GELU (`mlp.1`).
-    public let act = Activation(.gelu)
-    /// Hidden → dim (`mlp.3`).
-    public let fc2: Linear
-    private var tokenShape: [Int]?
-
-    /// A feed-forward network of width `dim` with `hidden` hidden units; torchvision's Swin
-    /// re-initialises its linears as N(0, 0.02²) weights and zero biases.
-    public init(dim: Int, hidden: Int, rng: inout RandomSource) {
-        fc1 = Linear(inFeatures: dim, outFeatures: hidden, rng: &rng)
-        fc2 = Linear(inFeatures: hidden, outFeatures: dim, rng: &rng)
-        initTransformerLinear(fc1, rng: &rng)
-        initTransformerLinear(fc2, rng: &rng)
-    }
-
-    /// `fc2(GELU(fc1(x)))` on every token.
-    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
-        let d = input.shape
-        LayerKit.require(d.last == fc1.inFeatures, "SwinMLP: expected input [..., \(fc1.inFeatures)], got \(d)")
-        tokenShape = d
-        let h = act.forward(fc1.forward(input.reshaped([input.count / fc1.inFeatures, fc1.inFeatures]), mode: mode), mode: mode)
-        return fc2.forward(h, mode: mode).reshaped(d)
-    }
-
-    /// dx, with the linears' parameter gradients accumulated.
-    public func backward(_ gradOutput: Tensor) -> Tensor {
-        guard let d = tokenShape else { fatalError("SwinMLP: backward called without a preceding forward") }
-        LayerKit.require(gradOutput.shape == d, "SwinMLP: gradient shape \(gradOutput.shape) does not match output \(d)")
-        tokenShape = nil
-        let g = act.backward(fc2.backward(gradOutput.reshaped([gradOutput.count / fc2.outFeatures, fc2.outFeatures])))
-        return fc1.backward(g).reshaped(d)
-    }
-
-    /// `0.*`, then `3.*` (torchvision's indices).
-    public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
-        fc1.visitParameters(prefix: joinPath(prefix, "0"), body)
-        fc2.visitParameters(prefix: joinPath(prefix, "3"), body)
-    }
-
-    /// `0`, `1` (GELU), `3`.
-    public func visitModules(prefix: String, _ body: (String, any Module) -> Void) {
-        LayerKit.visitChildren([("0", fc1), ("1", act), ("3", fc2)], prefix: prefix, body)
-    }
-}
-
 /// A Swin block, as torchvision's `SwinTransformerBlock` (v1):
 /// `h = x + attn(norm1(x))`, `y = h + mlp(norm2(h))`, layer norms with ε = 1e-5.
 ///
@@ -218,14 +166,14 @@ public final class SwinTransformerBlock: Module {
     /// Normalises the MLP's input.
     public let norm2: LayerNorm
     /// Feed-forward network of width `mlpRatio · dim`.
-    public let mlp: SwinMLP
+    public let mlp: TokenMLP
 
     /// A block of width `dim` with `heads` heads, `window × window` windows rolled by `shift`.
     public init(dim: Int, heads: Int, window: Int, shift: Int, mlpRatio: Int = 4, rng: inout RandomSource) {
         norm1 = LayerNorm(dim: dim, epsilon: 1e-5)
         attn = ShiftedWindowAttention(dim: dim, heads: heads, window: window, shift: shift, rng: &rng)
         norm2 = LayerNorm(dim: dim, epsilon: 1e-5)
-        mlp = SwinMLP(dim: dim, hidden: mlpRatio * dim, rng: &rng)
+        mlp = TokenMLP(dim: dim, hidden: mlpRatio * dim, naming: .torchvision, rng: &rng)
     }
 
     /// `h = x + attn(norm1(x))`, `y = h + mlp(norm2(h))`.

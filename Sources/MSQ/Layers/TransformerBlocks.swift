@@ -1,18 +1,34 @@
-/// A transformer's feed-forward network on tokens, as timm's `Mlp`: `fc2(GELU(fc1(x)))`.
+/// A transformer's feed-forward network on tokens, as timm's `Mlp` and torchvision's Swin `MLP`:
+/// `fc2(GELU(fc1(x)))`.
 ///
-/// Shapes: input and output `[N, T, dim]`, hidden width `hidden`; fc1 dim → hidden, fc2 hidden →
-/// dim, initialised as timm's (weights ~ N(0, 0.02²), biases 0).
+/// Shapes: input and output `[..., dim]` (DeiT's `[N, T, dim]`, Swin's NHWC `[N, H, W, dim]`),
+/// hidden width `hidden`; fc1 dim → hidden, fc2 hidden → dim, initialised as timm and torchvision's
+/// Swin do (weights ~ N(0, 0.02²), biases 0). Children named by ``Naming``.
 public final class TokenMLP: Module {
+    /// The children's names: timm's (`fc1`, `act`, `fc2`) or torchvision's Swin (`0`, `1`, `3`;
+    /// its indices 2 and 4 are dropouts, which have no parameters).
+    public enum Naming: Sendable {
+        /// `fc1`, `act`, `fc2`.
+        case timm
+        /// `0`, `1`, `3`.
+        case torchvision
+
+        var names: (fc1: String, act: String, fc2: String) { self == .timm ? ("fc1", "act", "fc2") : ("0", "1", "3") }
+    }
+
     /// Dim → hidden.
     public let fc1: Linear
     /// The exact (erf) GELU.
     public let act = Activation(.gelu)
     /// Hidden → dim.
     public let fc2: Linear
+    /// How the children are named.
+    public let naming: Naming
     private var tokenShape: [Int]?
 
     /// A feed-forward network of width `dim` with `hidden` hidden units.
-    public init(dim: Int, hidden: Int, rng: inout RandomSource) {
+    public init(dim: Int, hidden: Int, naming: Naming = .timm, rng: inout RandomSource) {
+        self.naming = naming
         fc1 = Linear(inFeatures: dim, outFeatures: hidden, rng: &rng)
         fc2 = Linear(inFeatures: hidden, outFeatures: dim, rng: &rng)
         initTransformerLinear(fc1, rng: &rng)
@@ -21,11 +37,10 @@ public final class TokenMLP: Module {
 
     /// `fc2(GELU(fc1(x)))` on every token.
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
-        let d = input.shape
-        LayerKit.require(d.count == 3 && d[2] == fc1.inFeatures, "TokenMLP: expected input [N, T, \(fc1.inFeatures)], got \(d)")
-        tokenShape = d
-        let h = act.forward(fc1.forward(input.reshaped([d[0] * d[1], d[2]]), mode: mode), mode: mode)
-        return fc2.forward(h, mode: mode).reshaped(d)
+        let rows = tokenRows(input.shape, width: fc1.inFeatures)
+        tokenShape = input.shape
+        let h = act.forward(fc1.forward(input.reshaped(rows), mode: mode), mode: mode)
+        return fc2.forward(h, mode: mode).reshaped(input.shape)
     }
 
     /// dx, with the linears' parameter gradients accumulated.
@@ -33,19 +48,26 @@ public final class TokenMLP: Module {
         guard let d = tokenShape else { fatalError("TokenMLP: backward called without a preceding forward") }
         LayerKit.require(gradOutput.shape == d, "TokenMLP: gradient shape \(gradOutput.shape) does not match output \(d)")
         tokenShape = nil
-        let g = act.backward(fc2.backward(gradOutput.reshaped([d[0] * d[1], d[2]])))
+        let g = act.backward(fc2.backward(gradOutput.reshaped(tokenRows(d, width: fc2.outFeatures))))
         return fc1.backward(g).reshaped(d)
     }
 
-    /// `fc1.*`, then `fc2.*`.
+    /// `fc1.*`, then `fc2.*` (under ``naming``'s names).
     public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
-        fc1.visitParameters(prefix: joinPath(prefix, "fc1"), body)
-        fc2.visitParameters(prefix: joinPath(prefix, "fc2"), body)
+        fc1.visitParameters(prefix: joinPath(prefix, naming.names.fc1), body)
+        fc2.visitParameters(prefix: joinPath(prefix, naming.names.fc2), body)
     }
 
-    /// `fc1`, `act`, `fc2`.
+    /// `fc1`, `act`, `fc2` (under ``naming``'s names).
     public func visitModules(prefix: String, _ body: (String, any Module) -> Void) {
-        LayerKit.visitChildren([("fc1", fc1), ("act", act), ("fc2", fc2)], prefix: prefix, body)
+        let n = naming.names
+        LayerKit.visitChildren([(n.fc1, fc1), (n.act, act), (n.fc2, fc2)], prefix: prefix, body)
+    }
+
+    /// `[tokens, width]` for a `[..., width]` shape.
+    fileprivate func tokenRows(_ d: [Int], width: Int) -> [Int] {
+        LayerKit.require(d.count >= 2 && d.last == width, "TokenMLP: expected [..., \(width)], got \(d)")
+        return [d.dropLast().reduce(1, *), width]
     }
 }
 
@@ -103,24 +125,21 @@ public final class TransformerBlock: Module {
 extension TokenMLP: CurvatureModule {
     /// `y` and its tangent through fc1, GELU and fc2, token by token.
     public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
-        let d = input.shape
-        LayerKit.require(d.count == 3 && d[2] == fc1.inFeatures, "TokenMLP: expected input [N, T, \(fc1.inFeatures)], got \(d)")
-        let rows = [d[0] * d[1], d[2]]
+        let rows = tokenRows(input.shape, width: fc1.inFeatures)
         var x = fc1.rForward(input.reshaped(rows), tangent: tangent?.reshaped(rows))
         x = act.rForward(x.output, tangent: x.tangent)
         x = fc2.rForward(x.output, tangent: x.tangent)
-        return (x.output.reshaped(d), x.tangent?.reshaped(d))
+        return (x.output.reshaped(input.shape), x.tangent?.reshaped(input.shape))
     }
 
     /// `(g_x, R g_x)` back through fc2, GELU (with its second derivative) and fc1.
     public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
         let d = tangent.shape
-        LayerKit.require(d.count == 3 && d[2] == fc2.outFeatures, "TokenMLP: gradient shape \(d), expected [N, T, \(fc2.outFeatures)]")
-        let rows = [d[0] * d[1], d[2]]
+        let rows = tokenRows(d, width: fc2.outFeatures)
         var g = fc2.rBackward(gradient?.reshaped(rows), tangent: tangent.reshaped(rows), inputGradients: true)
         g = rBackwardChained(act, g)
         g = rBackwardChained(fc1, g, inputGradients: inputGradients)
-        let inputShape = [d[0], d[1], fc1.inFeatures]
+        let inputShape = Array(d.dropLast()) + [fc1.inFeatures]
         return (g.gradient?.reshaped(inputShape), g.tangent?.reshaped(inputShape))
     }
 

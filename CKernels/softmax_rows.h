@@ -1,0 +1,57 @@
+/* softmax_rows.h — one row of softmax and of its backward, shared by attention.c and
+ * window_attention.c (8 lanes, reduced in a fixed order, vector_math.h's exponential; no
+ * -ffast-math). Internal to CKernels. */
+#ifndef MSQ_SOFTMAX_ROWS_H
+#define MSQ_SOFTMAX_ROWS_H
+
+#include "vector_math.h"
+#include <float.h>
+#include <immintrin.h>
+#include <math.h>
+
+static inline float msq_lanes_max(__m256 v) {
+    float l[8];
+    _mm256_storeu_ps(l, v);
+    float m = l[0];
+    for (int i = 1; i < 8; i++) m = l[i] > m ? l[i] : m;
+    return m;
+}
+
+/* p = softmax(s) over one row of n, in place allowed: e^(s − max) / Σ e^(s − max). */
+static inline void msq_softmax_row(float *p, const float *s, int n) {
+    __m256 vm = _mm256_set1_ps(-FLT_MAX);
+    int j = 0;
+    for (; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + j));
+    float mx = msq_lanes_max(vm);
+    for (int t = j; t < n; t++) mx = s[t] > mx ? s[t] : mx;
+    const __m256 m = _mm256_set1_ps(mx);
+    __m256 acc = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= n; j += 8) {
+        const __m256 e = msq_exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), m));
+        _mm256_storeu_ps(p + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = msq_lanes_sum8(acc);
+    for (; j < n; j++) {
+        p[j] = msq_exp1(s[j] - mx);
+        sum += p[j];
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / sum);
+    for (j = 0; j + 8 <= n; j += 8) _mm256_storeu_ps(p + j, _mm256_mul_ps(_mm256_loadu_ps(p + j), inv));
+    for (; j < n; j++) p[j] *= 1.0f / sum;
+}
+
+/* dS = P ⊙ (dP − Σ_j P·dP) over one row, in place in dp. */
+static inline void msq_softmax_backward_row(float *dp, const float *p, int n) {
+    __m256 acc = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(p + j), _mm256_loadu_ps(dp + j), acc);
+    float dot = msq_lanes_sum8(acc);
+    for (int t = j; t < n; t++) dot = fmaf(p[t], dp[t], dot);
+    const __m256 d = _mm256_set1_ps(dot);
+    for (j = 0; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(dp + j, _mm256_mul_ps(_mm256_loadu_ps(p + j), _mm256_sub_ps(_mm256_loadu_ps(dp + j), d)));
+    for (; j < n; j++) dp[j] = p[j] * (dp[j] - dot);
+}
+
+#endif /* MSQ_SOFTMAX_ROWS_H */
