@@ -15,7 +15,7 @@
  * vector_math.h's (libm has no vector expf here). No -ffast-math. */
 #include "msq_kernels.h"
 #include "conv_internal.h"
-#include "softmax_rows.h"
+#include "attention_rows.h"
 #include "vector_math.h"
 #include <cblas.h>
 #include <float.h>
@@ -100,11 +100,7 @@ void msq_attention_backward(float *dqkv, const float *dout, const float *qkv, co
             const float *q = qkv + base, *k = q + D, *v = q + 2 * D;
             float *dq = dqkv + base, *dk = dq + D, *dv = dq + 2 * D;
             const float *p = probs + (size_t)it * T * T, *dout_bh = dout + (size_t)b * T * D + (size_t)h * d;
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, d, T, 1.0f, p, T, dout_bh, D, 1.0f, dv, ld);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, d, 1.0f, dout_bh, D, v, ld, 0.0f, ds, T);
-            for (int r = 0; r < T; r++) msq_softmax_backward_row(ds + (size_t)r * T, p + (size_t)r * T, T);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d, T, scale, ds, T, k, ld, 1.0f, dq, ld);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, d, T, scale, ds, T, q, ld, 1.0f, dk, ld);
+            msq_attention_head_backward(dq, dk, dv, ds, dout_bh, q, k, v, p, T, d, D, ld, scale);
         }
     }
     free(scratch);

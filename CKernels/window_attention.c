@@ -20,10 +20,10 @@
  * P is kept for the backward: probs[w, h, T, T]. Every (w, h) is one thread's work, its GEMMs
  * single-threaded OpenBLAS calls. The table gradient sums dS over fixed chunks of WINDOW_CHUNK
  * windows per head, then the chunks in order: the same bits at any thread count. The softmax rows
- * are attention.c's (softmax_rows.h). */
+ * and each head's backward are attention.c's (attention_rows.h). */
 #include "msq_kernels.h"
 #include "conv_internal.h"
-#include "softmax_rows.h"
+#include "attention_rows.h"
 #include "vector_math.h"
 #include <cblas.h>
 #include <float.h>
@@ -165,11 +165,7 @@ void msq_window_attention_backward(float *dqkv, float *dtable, const float *dout
                 float *dq = dqkv + base, *dk = dq + D, *dv = dq + 2 * D;
                 const float *p = probs + ((size_t)w * heads + h) * T * T;
                 const float *go = dout + (size_t)w * T * D + (size_t)h * d;
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, d, T, 1.0f, p, T, go, D, 1.0f, dv, ld);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, d, 1.0f, go, D, v, ld, 0.0f, ds, T);
-                for (int r = 0; r < T; r++) msq_softmax_backward_row(ds + (size_t)r * T, p + (size_t)r * T, T);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d, T, scale, ds, T, k, ld, 1.0f, dq, ld);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, d, T, scale, ds, T, q, ld, 1.0f, dk, ld);
+                msq_attention_head_backward(dq, dk, dv, ds, go, q, k, v, p, T, d, D, ld, scale);
                 if (partial) {
                     float *acc = partial + (size_t)task * T * T;
                     for (size_t e = 0; e < (size_t)T * T; e++) acc[e] += ds[e];

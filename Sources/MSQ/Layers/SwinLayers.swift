@@ -151,57 +151,22 @@ public final class ShiftedWindowAttention: Module {
     }
 }
 
-/// A Swin block, as torchvision's `SwinTransformerBlock` (v1):
-/// `h = x + attn(norm1(x))`, `y = h + mlp(norm2(h))`, layer norms with ε = 1e-5.
+/// A Swin block, as torchvision's `SwinTransformerBlock` (v1): a ``PreNormBlock`` with (shifted)
+/// window attention, an MLP under torchvision's names (`mlp.0`, `mlp.3`) and layer norms with
+/// ε = 1e-5. Input and output NHWC `[N, H, W, dim]`.
 ///
-/// Shapes: input and output NHWC `[N, H, W, dim]`. Stochastic depth is not applied (torchvision's
-/// swin_t trains with drop-path rates up to 0.2): the layer has no random stream of its own, and one
-/// drawn per step would also have to be saved in checkpoints for a resumed run to repeat the same
-/// steps; in eval mode torchvision's drop path is the identity, so inference is unaffected.
-public final class SwinTransformerBlock: Module {
-    /// Normalises the attention's input.
-    public let norm1: LayerNorm
-    /// (Shifted) window attention.
-    public let attn: ShiftedWindowAttention
-    /// Normalises the MLP's input.
-    public let norm2: LayerNorm
-    /// Feed-forward network of width `mlpRatio · dim`.
-    public let mlp: TokenMLP
+/// Stochastic depth is not applied (torchvision's swin_t trains with drop-path rates up to 0.2): the
+/// layer has no random stream of its own, and one drawn per step would also have to be saved in
+/// checkpoints for a resumed run to repeat the same steps; in eval mode torchvision's drop path is
+/// the identity, so inference is unaffected.
+public typealias SwinTransformerBlock = PreNormBlock<ShiftedWindowAttention>
 
+extension PreNormBlock where Attention == ShiftedWindowAttention {
     /// A block of width `dim` with `heads` heads, `window × window` windows rolled by `shift`.
-    public init(dim: Int, heads: Int, window: Int, shift: Int, mlpRatio: Int = 4, rng: inout RandomSource) {
-        norm1 = LayerNorm(dim: dim, epsilon: 1e-5)
-        attn = ShiftedWindowAttention(dim: dim, heads: heads, window: window, shift: shift, rng: &rng)
-        norm2 = LayerNorm(dim: dim, epsilon: 1e-5)
-        mlp = TokenMLP(dim: dim, hidden: mlpRatio * dim, naming: .torchvision, rng: &rng)
-    }
-
-    /// `h = x + attn(norm1(x))`, `y = h + mlp(norm2(h))`.
-    public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
-        let h = LayerKit.add(input, attn.forward(norm1.forward(input, mode: mode), mode: mode), context: "SwinTransformerBlock")
-        return LayerKit.add(h, mlp.forward(norm2.forward(h, mode: mode), mode: mode), context: "SwinTransformerBlock")
-    }
-
-    /// dx = dh + norm1ᵀ·attnᵀ·dh with dh = dy + norm2ᵀ·mlpᵀ·dy.
-    public func backward(_ gradOutput: Tensor) -> Tensor {
-        var dh = norm2.backward(mlp.backward(gradOutput))
-        LayerKit.accumulate(&dh, gradOutput)
-        var dx = norm1.backward(attn.backward(dh))
-        LayerKit.accumulate(&dx, dh)
-        return dx
-    }
-
-    /// `norm1.*`, `attn.*`, `norm2.*`, `mlp.*`.
-    public func visitParameters(prefix: String, _ body: (String, Parameter) -> Void) {
-        norm1.visitParameters(prefix: joinPath(prefix, "norm1"), body)
-        attn.visitParameters(prefix: joinPath(prefix, "attn"), body)
-        norm2.visitParameters(prefix: joinPath(prefix, "norm2"), body)
-        mlp.visitParameters(prefix: joinPath(prefix, "mlp"), body)
-    }
-
-    /// `norm1`, `attn`, `norm2`, `mlp`.
-    public func visitModules(prefix: String, _ body: (String, any Module) -> Void) {
-        LayerKit.visitChildren([("norm1", norm1), ("attn", attn), ("norm2", norm2), ("mlp", mlp)], prefix: prefix, body)
+    public convenience init(dim: Int, heads: Int, window: Int, shift: Int, mlpRatio: Int = 4, rng: inout RandomSource) {
+        let attn = ShiftedWindowAttention(dim: dim, heads: heads, window: window, shift: shift, rng: &rng)
+        let mlp = TokenMLP(dim: dim, hidden: mlpRatio * dim, naming: .torchvision, rng: &rng)
+        self.init(dim: dim, epsilon: 1e-5, attn: attn, mlp: mlp)
     }
 }
 

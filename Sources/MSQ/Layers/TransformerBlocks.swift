@@ -71,32 +71,33 @@ public final class TokenMLP: Module {
     }
 }
 
-/// A pre-norm transformer block, as timm's `Block`:
-/// `h = x + attn(norm1(x))`, `y = h + mlp(norm2(h))`.
+/// A pre-norm transformer block: `h = x + attn(norm1(x))`, `y = h + mlp(norm2(h))`, as timm's
+/// `Block` (``TransformerBlock``) and torchvision's Swin `SwinTransformerBlock`
+/// (``SwinTransformerBlock``); `Attention` is the token mixer.
 ///
-/// Shapes: input and output `[N, T, dim]`.
-public final class TransformerBlock: Module {
+/// Shapes: input and output `[..., dim]` (DeiT's `[N, T, dim]`, Swin's NHWC `[N, H, W, dim]`).
+public final class PreNormBlock<Attention: Module>: Module {
     /// Normalises the attention's input.
     public let norm1: LayerNorm
-    /// Multi-head self-attention.
-    public let attn: MultiHeadSelfAttention
+    /// The token mixer.
+    public let attn: Attention
     /// Normalises the MLP's input.
     public let norm2: LayerNorm
-    /// Feed-forward network of width `mlpRatio · dim`.
+    /// Feed-forward network.
     public let mlp: TokenMLP
 
-    /// A block of width `dim` with `heads` heads and an MLP `mlpRatio` times as wide.
-    public init(dim: Int, heads: Int, mlpRatio: Int = 4, epsilon: Float = 1e-6, rng: inout RandomSource) {
+    /// A block of the given parts; both layer norms over `dim` with `epsilon`.
+    init(dim: Int, epsilon: Float, attn: Attention, mlp: TokenMLP) {
         norm1 = LayerNorm(dim: dim, epsilon: epsilon)
-        attn = MultiHeadSelfAttention(dim: dim, heads: heads, rng: &rng)
+        self.attn = attn
         norm2 = LayerNorm(dim: dim, epsilon: epsilon)
-        mlp = TokenMLP(dim: dim, hidden: mlpRatio * dim, rng: &rng)
+        self.mlp = mlp
     }
 
     /// `h = x + attn(norm1(x))`, `y = h + mlp(norm2(h))`.
     public func forward(_ input: Tensor, mode: ForwardMode) -> Tensor {
-        let h = LayerKit.add(input, attn.forward(norm1.forward(input, mode: mode), mode: mode), context: "TransformerBlock")
-        return LayerKit.add(h, mlp.forward(norm2.forward(h, mode: mode), mode: mode), context: "TransformerBlock")
+        let h = LayerKit.add(input, attn.forward(norm1.forward(input, mode: mode), mode: mode), context: "transformer block")
+        return LayerKit.add(h, mlp.forward(norm2.forward(h, mode: mode), mode: mode), context: "transformer block")
     }
 
     /// dx = dh + norm1ᵀ·attnᵀ·dh with dh = dy + norm2ᵀ·mlpᵀ·dy.
@@ -119,6 +120,18 @@ public final class TransformerBlock: Module {
     /// `norm1`, `attn`, `norm2`, `mlp`.
     public func visitModules(prefix: String, _ body: (String, any Module) -> Void) {
         LayerKit.visitChildren([("norm1", norm1), ("attn", attn), ("norm2", norm2), ("mlp", mlp)], prefix: prefix, body)
+    }
+}
+
+/// timm's pre-norm transformer block (DeiT): multi-head self-attention and a `fc1`/`fc2` MLP.
+public typealias TransformerBlock = PreNormBlock<MultiHeadSelfAttention>
+
+extension PreNormBlock where Attention == MultiHeadSelfAttention {
+    /// A block of width `dim` with `heads` heads and an MLP `mlpRatio` times as wide.
+    public convenience init(dim: Int, heads: Int, mlpRatio: Int = 4, epsilon: Float = 1e-6, rng: inout RandomSource) {
+        let attn = MultiHeadSelfAttention(dim: dim, heads: heads, rng: &rng)
+        let mlp = TokenMLP(dim: dim, hidden: mlpRatio * dim, rng: &rng)
+        self.init(dim: dim, epsilon: epsilon, attn: attn, mlp: mlp)
     }
 }
 
@@ -147,16 +160,16 @@ extension TokenMLP: CurvatureModule {
     public var isPiecewiseLinear: Bool { false }
 }
 
-extension TransformerBlock: CurvatureModule {
+extension PreNormBlock: CurvatureModule where Attention: CurvatureModule {
     /// `h = x + attn(norm1(x))`, `y = h + mlp(norm2(h))` and their tangents.
     public func rForward(_ input: Tensor, tangent: Tensor?) -> (output: Tensor, tangent: Tensor?) {
         let n1 = norm1.rForward(input, tangent: tangent)
         let a = attn.rForward(n1.output, tangent: n1.tangent)
-        let h = LayerKit.add(input, a.output, context: "TransformerBlock")
-        let rh = addTangents(tangent, a.tangent, context: "TransformerBlock tangent")
+        let h = LayerKit.add(input, a.output, context: "transformer block")
+        let rh = addTangents(tangent, a.tangent, context: "transformer block tangent")
         let n2 = norm2.rForward(h, tangent: rh)
         let m = mlp.rForward(n2.output, tangent: n2.tangent)
-        return (LayerKit.add(h, m.output, context: "TransformerBlock"), addTangents(rh, m.tangent, context: "TransformerBlock tangent"))
+        return (LayerKit.add(h, m.output, context: "transformer block"), addTangents(rh, m.tangent, context: "transformer block tangent"))
     }
 
     /// `(g_h, R g_h) = (g_y, R g_y) + norm2ᵀ·mlpᵀ·(g_y, R g_y)`, then the same through attn and
@@ -164,15 +177,15 @@ extension TransformerBlock: CurvatureModule {
     /// accumulate H·v).
     public func rBackward(_ gradient: Tensor?, tangent: Tensor, inputGradients: Bool) -> (gradient: Tensor?, tangent: Tensor?) {
         let m = rBackwardChained(norm2, mlp.rBackward(gradient, tangent: tangent, inputGradients: true))
-        let dh = addTangents(gradient, m.gradient, context: "TransformerBlock gradient")
-        guard let rdh = addTangents(tangent, m.tangent, context: "TransformerBlock tangent") else {
-            preconditionFailure("TransformerBlock: no tangent")
+        let dh = addTangents(gradient, m.gradient, context: "transformer block gradient")
+        guard let rdh = addTangents(tangent, m.tangent, context: "transformer block tangent") else {
+            preconditionFailure("transformer block: no tangent")
         }
         let a = attn.rBackward(dh, tangent: rdh, inputGradients: inputGradients)
         guard inputGradients else { return (nil, nil) }
         let n = rBackwardChained(norm1, a)
-        return (addTangents(dh, n.gradient, context: "TransformerBlock gradient"),
-                addTangents(rdh, n.tangent, context: "TransformerBlock tangent"))
+        return (addTangents(dh, n.gradient, context: "transformer block gradient"),
+                addTangents(rdh, n.tangent, context: "transformer block tangent"))
     }
 
     /// Attention, layer norm and GELU: not piecewise linear.

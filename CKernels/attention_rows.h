@@ -1,9 +1,10 @@
-/* softmax_rows.h — one row of softmax and of its backward, shared by attention.c and
- * window_attention.c (8 lanes, reduced in a fixed order, vector_math.h's exponential; no
- * -ffast-math). Internal to CKernels. */
-#ifndef MSQ_SOFTMAX_ROWS_H
-#define MSQ_SOFTMAX_ROWS_H
+/* attention_rows.h — what attention.c and window_attention.c share: one row of softmax and of its
+ * backward (8 lanes, reduced in a fixed order, vector_math.h's exponential; no -ffast-math) and one
+ * (image or window, head)'s attention backward. Internal to CKernels. */
+#ifndef MSQ_ATTENTION_ROWS_H
+#define MSQ_ATTENTION_ROWS_H
 
+#include <cblas.h>
 #include "vector_math.h"
 #include <float.h>
 #include <immintrin.h>
@@ -54,4 +55,17 @@ static inline void msq_softmax_backward_row(float *dp, const float *p, int n) {
     for (; j < n; j++) dp[j] = p[j] * (dp[j] - dot);
 }
 
-#endif /* MSQ_SOFTMAX_ROWS_H */
+/* One head's attention backward, single-threaded GEMMs: dV += Pᵀ·dO, dS = P ⊙ (dO·Vᵀ − rowsum),
+ * dQ += scale·dS·K, dK += scale·dSᵀ·Q. q, k, v, dq, dk, dv are T × d with row stride ld (qkv's
+ * layout), go T × d with stride D, p T × T; ds is T × T scratch and is left holding dS. */
+static inline void msq_attention_head_backward(float *dq, float *dk, float *dv, float *ds, const float *go,
+                                               const float *q, const float *k, const float *v, const float *p,
+                                               int T, int d, int D, int ld, float scale) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, d, T, 1.0f, p, T, go, D, 1.0f, dv, ld);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, d, 1.0f, go, D, v, ld, 0.0f, ds, T);
+    for (int r = 0; r < T; r++) msq_softmax_backward_row(ds + (size_t)r * T, p + (size_t)r * T, T);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d, T, scale, ds, T, k, ld, 1.0f, dq, ld);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, d, T, scale, ds, T, q, ld, 1.0f, dk, ld);
+}
+
+#endif /* MSQ_ATTENTION_ROWS_H */
