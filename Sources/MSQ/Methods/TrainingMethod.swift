@@ -37,12 +37,18 @@ public struct TrainingPlan {
     public var epochs: Int
     /// Where progress lines go.
     public var log: (String) -> Void
+    /// The run's processes: a method that estimates something from data (Hessian probes, Shapley
+    /// samples) may split that work over the ranks and sum it here; whatever it decides must be the
+    /// same on every rank.
+    public var collective: any Collective
 
-    /// Bundles a run's shape and its log.
-    public init(stepsPerEpoch: Int, epochs: Int, log: @escaping (String) -> Void) {
+    /// Bundles a run's shape, its log and its processes.
+    public init(stepsPerEpoch: Int, epochs: Int, log: @escaping (String) -> Void,
+                collective: any Collective = SingleProcess()) {
         self.stepsPerEpoch = stepsPerEpoch
         self.epochs = epochs
         self.log = log
+        self.collective = collective
     }
 
     /// Total optimizer steps of the run.
