@@ -40,10 +40,25 @@ let package = Package(
             path: "Sources/CGzip",
             linkerSettings: [.linkedLibrary("z")]
         ),
+        // MSQ's dependencies stay MPI-free: linking the MSQ library needs no MPI. Data-parallel
+        // training over Open MPI is MSQDistributed's, which only the `msq` executable links.
         .target(name: "MSQ", dependencies: ["CKernels", "CGzip"]),
+        // Open MPI's headers and library, found by `pkg-config ompi-c` (Debian's libopenmpi-dev).
+        .systemLibrary(
+            name: "CMPI",
+            path: "Sources/CMPI",
+            pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev"])]
+        ),
+        // Swift cannot import Open MPI's handles (MPI_COMM_WORLD, MPI_FLOAT, MPI_SUM are casts of
+        // global symbols' addresses), so C calls MPI; depending on CMPI gives it pkg-config's flags.
+        .target(name: "CMPIShim", dependencies: ["CMPI"], path: "Sources/CMPIShim"),
+        .target(name: "MSQDistributed", dependencies: ["MSQ", "CMPIShim"]),
         .executableTarget(
             name: "MSQCLI",
-            dependencies: ["MSQ", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "MSQ", "MSQDistributed", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         .testTarget(name: "CKernelsTests", dependencies: ["CKernels"]),
         // Fixtures are read from the source tree (`#filePath`), not bundled as resources.
