@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages MSQ needs, if any is missing: OpenBLAS, LLVM's OpenMP runtime,
-# zlib headers and the Fashion-MNIST dataset (/usr/share/datasets/fashion-mnist).
+# zlib headers, Open MPI (headers for `msq`'s MSQDistributed target, `mpirun` to launch ranks) and the
+# Fashion-MNIST dataset (/usr/share/datasets/fashion-mnist).
 set -euo pipefail
-packages=(libopenblas-dev libomp-dev zlib1g-dev dataset-fashion-mnist)
+packages=(libopenblas-dev libomp-dev zlib1g-dev libopenmpi-dev openmpi-bin dataset-fashion-mnist)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
