@@ -268,6 +268,72 @@ void msq_batchnorm_hardswish_backward_ref(float *dx, float *dgamma, float *dbeta
                                           const float *save_mean, const float *save_invstd,
                                           int n, int c, int hw);
 
+/* Split training kernels, for a batch norm whose batch is spread over processes (synchronised
+ * batch norm): the caller sums each kernel's per-channel double outputs over the processes
+ * between the steps. Run on one process's whole batch, stats → apply_train gives
+ * msq_batchnorm_*forward_train's values bit for bit (mean = sum/m, m2 as returned), and
+ * backward_reduce → backward_apply gives msq_batchnorm_*backward's (count = m). */
+
+/** The activation a split batch-norm kernel fuses after the normalisation (as the
+ *  msq_batchnorm_relu_… and msq_batchnorm_hardswish_… kernels do). */
+typedef enum msq_batchnorm_fusion {
+    MSQ_BN_FUSE_NONE = 0,
+    MSQ_BN_FUSE_RELU = 1,      /* v < 0 ? 0 : v, msq_activation_forward's ReLU */
+    MSQ_BN_FUSE_HARDSWISH = 2, /* msq_activation_forward's hard-swish */
+} msq_batchnorm_fusion;
+
+/** Per-channel partial statistics of x[n, c, hw], accumulated in double:
+ *  sum[c] = Σ x and m2[c] = Σ (x − sum/m)² (m = n·hw values per channel; two-pass about the
+ *  local mean, as msq_batchnorm_forward_train computes them; 0 and 0 when m = 0). Shards r combine
+ *  into the whole batch's (Chan et al.): S = Σ_r sum_r, M = Σ_r m_r, mean = S/M and
+ *  M2 = Σ_r m2_r + (Σ_r sum_r²/m_r − S²/M), where only the bracket (between-shard spread) cancels. */
+void msq_batchnorm_stats(double *sum, double *m2, const float *x, int n, int c, int hw);
+void msq_batchnorm_stats_ref(double *sum, double *m2, const float *x, int n, int c, int hw);
+
+/** Training-mode normalisation of x[n, c, hw] with given batch statistics: mean[c] and
+ *  m2[c] = Σ (x − mean)² over the `count` values per channel of the whole (possibly distributed)
+ *  batch. invstd = 1/sqrt(m2/count + eps); y = act(γ·(x − mean)·invstd + β) for act = fusion;
+ *  writes save_mean[c], save_invstd[c] and updates the running averages (running_var with the
+ *  unbiased m2/(count − 1)) exactly as msq_batchnorm_forward_train. running_* may be NULL. */
+void msq_batchnorm_apply_train(float *y, float *save_mean, float *save_invstd,
+                               float *running_mean, float *running_var,
+                               const float *x, const float *gamma, const float *beta,
+                               const double *mean, const double *m2, long count,
+                               int n, int c, int hw, float momentum, float eps,
+                               msq_batchnorm_fusion fusion);
+void msq_batchnorm_apply_train_ref(float *y, float *save_mean, float *save_invstd,
+                                   float *running_mean, float *running_var,
+                                   const float *x, const float *gamma, const float *beta,
+                                   const double *mean, const double *m2, long count,
+                                   int n, int c, int hw, float momentum, float eps,
+                                   msq_batchnorm_fusion fusion);
+
+/** The per-channel sums of a training backward over dy, x: [n, c, hw], in double:
+ *  sum_dy[c] = Σ g and sum_dy_xhat[c] = Σ g·x̂ with x̂ = (x − save_mean)·save_invstd and g = dy,
+ *  or relu'(y)·dy given the fused ReLU's output y (non-NULL), or hardswish'(v)·dy given the fused
+ *  hard-swish's beta (non-NULL; v = BN(x) recomputed as the forward did); at most one of y, beta.
+ *  Also accumulates this shard's dgamma += sum_dy_xhat and dbeta += sum_dy (either may be NULL). */
+void msq_batchnorm_backward_reduce(double *sum_dy, double *sum_dy_xhat, float *dgamma, float *dbeta,
+                                   const float *dy, const float *y, const float *x, const float *gamma,
+                                   const float *beta, const float *save_mean, const float *save_invstd,
+                                   int n, int c, int hw);
+void msq_batchnorm_backward_reduce_ref(double *sum_dy, double *sum_dy_xhat, float *dgamma, float *dbeta,
+                                       const float *dy, const float *y, const float *x, const float *gamma,
+                                       const float *beta, const float *save_mean, const float *save_invstd,
+                                       int n, int c, int hw);
+
+/** The training input gradient from given per-channel sums: dx[n, c, hw] +=
+ *  γ·invstd·(g − sum_dy/count − x̂·sum_dy_xhat/count), g and x̂ as msq_batchnorm_backward_reduce
+ *  (same y, beta). With the sums of this batch and count = n·hw it is msq_batchnorm_backward's dx. */
+void msq_batchnorm_backward_apply(float *dx, const float *dy, const float *y, const float *x,
+                                  const float *gamma, const float *beta, const float *save_mean,
+                                  const float *save_invstd, const double *sum_dy,
+                                  const double *sum_dy_xhat, long count, int n, int c, int hw);
+void msq_batchnorm_backward_apply_ref(float *dx, const float *dy, const float *y, const float *x,
+                                      const float *gamma, const float *beta, const float *save_mean,
+                                      const float *save_invstd, const double *sum_dy,
+                                      const double *sum_dy_xhat, long count, int n, int c, int hw);
+
 /* ---------------------------------------------------------------- activations (activation.c) */
 
 typedef enum msq_activation {

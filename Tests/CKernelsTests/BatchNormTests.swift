@@ -353,3 +353,227 @@ struct BatchNormTests {
         }
     }
 }
+
+// MARK: - split kernels (synchronised batch norm)
+
+/// Partial sums in double: fast and reference differ only in the order of the additions.
+private let bnSplitSumRelTol = 1e-10
+
+private let bnFusions: [msq_batchnorm_fusion] = [MSQ_BN_FUSE_NONE, MSQ_BN_FUSE_RELU, MSQ_BN_FUSE_HARDSWISH]
+
+/// msq_batchnorm_stats(_ref) of `x`.
+private func splitStats(_ x: [Float], _ s: Kit.Shape4, fast: Bool) -> (sum: [Double], m2: [Double]) {
+    var sum = [Double](repeating: .nan, count: s.c), m2 = [Double](repeating: .nan, count: s.c)
+    (fast ? msq_batchnorm_stats : msq_batchnorm_stats_ref)(&sum, &m2, x, Int32(s.n), Int32(s.c), Int32(s.hw))
+    return (sum, m2)
+}
+
+/// msq_batchnorm_apply_train(_ref) of the case with the given statistics over `count` values.
+private func splitApply(_ t: BNCase, mean: [Double], m2: [Double], count: Int, fusion: msq_batchnorm_fusion,
+                        fast: Bool) -> TrainOut {
+    let s = t.shape
+    var o = TrainOut(y: [Float](repeating: 0, count: s.count), mean: [Float](repeating: 0, count: s.c),
+                     invstd: [Float](repeating: 0, count: s.c), runningMean: t.runningMean, runningVar: t.runningVar)
+    (fast ? msq_batchnorm_apply_train : msq_batchnorm_apply_train_ref)(
+        &o.y, &o.mean, &o.invstd, &o.runningMean, &o.runningVar, t.x, t.gamma, t.beta, mean, m2, count,
+        Int32(s.n), Int32(s.c), Int32(s.hw), bnMomentum, bnEps, fusion)
+    return o
+}
+
+/// The one-process training forward of the case fused with `fusion`.
+private func fusedTrainForward(_ t: BNCase, fusion: msq_batchnorm_fusion, fast: Bool) -> TrainOut {
+    let s = t.shape
+    var o = TrainOut(y: [Float](repeating: 0, count: s.count), mean: [Float](repeating: 0, count: s.c),
+                     invstd: [Float](repeating: 0, count: s.c), runningMean: t.runningMean, runningVar: t.runningVar)
+    let f = switch (fusion, fast) {
+    case (MSQ_BN_FUSE_RELU, true): msq_batchnorm_relu_forward_train
+    case (MSQ_BN_FUSE_RELU, false): msq_batchnorm_relu_forward_train_ref
+    case (MSQ_BN_FUSE_HARDSWISH, true): msq_batchnorm_hardswish_forward_train
+    case (MSQ_BN_FUSE_HARDSWISH, false): msq_batchnorm_hardswish_forward_train_ref
+    case (_, true): msq_batchnorm_forward_train
+    case (_, false): msq_batchnorm_forward_train_ref
+    }
+    f(&o.y, &o.mean, &o.invstd, &o.runningMean, &o.runningVar, t.x, t.gamma, t.beta,
+      Int32(s.n), Int32(s.c), Int32(s.hw), bnMomentum, bnEps)
+    return o
+}
+
+/// The one-process training backward of the case's dy after `fwd`, fused with `fusion`.
+private func fusedTrainBackward(_ t: BNCase, _ fwd: TrainOut, fusion: msq_batchnorm_fusion,
+                                fast: Bool) -> (dx: [Float], dgamma: [Float], dbeta: [Float]) {
+    let s = t.shape
+    var (dx, dg, db) = (t.dx0, t.dgamma0, t.dbeta0)
+    let (n, c, hw) = (Int32(s.n), Int32(s.c), Int32(s.hw))
+    switch fusion {
+    case MSQ_BN_FUSE_RELU:
+        (fast ? msq_batchnorm_relu_backward : msq_batchnorm_relu_backward_ref)(
+            &dx, &dg, &db, t.dy, fwd.y, t.x, t.gamma, fwd.mean, fwd.invstd, n, c, hw)
+    case MSQ_BN_FUSE_HARDSWISH:
+        (fast ? msq_batchnorm_hardswish_backward : msq_batchnorm_hardswish_backward_ref)(
+            &dx, &dg, &db, t.dy, t.x, t.gamma, t.beta, fwd.mean, fwd.invstd, n, c, hw)
+    default:
+        (fast ? msq_batchnorm_backward : msq_batchnorm_backward_ref)(
+            &dx, &dg, &db, t.dy, t.x, t.gamma, fwd.mean, fwd.invstd, n, c, hw)
+    }
+    return (dx, dg, db)
+}
+
+/// msq_batchnorm_backward_reduce(_ref) of the case's dy after `fwd`; the fused ReLU's output or
+/// hard-swish's β by `fusion`. dgamma, dbeta accumulate into the case's.
+private func splitReduce(_ t: BNCase, _ fwd: TrainOut, fusion: msq_batchnorm_fusion, fast: Bool)
+    -> (sumDy: [Double], sumDyXhat: [Double], dgamma: [Float], dbeta: [Float]) {
+    let s = t.shape
+    var sdy = [Double](repeating: .nan, count: s.c), sdx = [Double](repeating: .nan, count: s.c)
+    var (dg, db) = (t.dgamma0, t.dbeta0)
+    let y: [Float]? = fusion == MSQ_BN_FUSE_RELU ? fwd.y : nil
+    let beta: [Float]? = fusion == MSQ_BN_FUSE_HARDSWISH ? t.beta : nil
+    (fast ? msq_batchnorm_backward_reduce : msq_batchnorm_backward_reduce_ref)(
+        &sdy, &sdx, &dg, &db, t.dy, y, t.x, t.gamma, beta, fwd.mean, fwd.invstd, Int32(s.n), Int32(s.c), Int32(s.hw))
+    return (sdy, sdx, dg, db)
+}
+
+/// msq_batchnorm_backward_apply(_ref) into the case's dx0.
+private func splitApplyBackward(_ t: BNCase, _ fwd: TrainOut, fusion: msq_batchnorm_fusion, sumDy: [Double],
+                                sumDyXhat: [Double], count: Int, fast: Bool) -> [Float] {
+    let s = t.shape
+    var dx = t.dx0
+    let y: [Float]? = fusion == MSQ_BN_FUSE_RELU ? fwd.y : nil
+    let beta: [Float]? = fusion == MSQ_BN_FUSE_HARDSWISH ? t.beta : nil
+    (fast ? msq_batchnorm_backward_apply : msq_batchnorm_backward_apply_ref)(
+        &dx, t.dy, y, t.x, t.gamma, beta, fwd.mean, fwd.invstd, sumDy, sumDyXhat, count,
+        Int32(s.n), Int32(s.c), Int32(s.hw))
+    return dx
+}
+
+/// |a − b| <= tol·max(1, |b|) everywhere, reporting the worst element.
+private func expectSumsClose(_ a: [Double], _ b: [Double], tol: Double, _ what: String,
+                             sourceLocation: SourceLocation = #_sourceLocation) {
+    let worst = zip(a, b).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? 0
+    #expect(a.count == b.count && worst <= tol, "\(what): worst relative difference \(worst)",
+            sourceLocation: sourceLocation)
+}
+
+@Suite("BatchNorm split kernels (synchronised batch norm)")
+struct BatchNormSplitTests {
+    @Test("fast split kernels match the reference at 1 and 2 threads", arguments: bnShapes)
+    func splitFastMatchesReference(shape: KernelTestKit.Shape4) {
+        let t = BNCase(shape, seed: 31)
+        let m = shape.n * shape.hw
+        let refStats = splitStats(t.x, shape, fast: false)
+        // Statistics of a larger batch than this shard: another mean, more spread, more values.
+        let count = m + 7
+        let mean = refStats.sum.map { $0 / Double(m) + 0.1 }
+        let m2 = refStats.m2.map { $0 * 1.3 + 0.5 }
+        for threads in Kit.threadCounts {
+            msq_set_num_threads(threads)
+            let tag = "\(shape) threads=\(threads)"
+            let stats = splitStats(t.x, shape, fast: true)
+            expectSumsClose(stats.sum, refStats.sum, tol: bnSplitSumRelTol, "sum \(tag)")
+            expectSumsClose(stats.m2, refStats.m2, tol: bnSplitSumRelTol, "m2 \(tag)")
+            let again = splitStats(t.x, shape, fast: true)
+            #expect(again.sum == stats.sum && again.m2 == stats.m2, "statistics not deterministic: \(tag)")
+            for fusion in bnFusions {
+                let ftag = "\(tag) fusion=\(fusion.rawValue)"
+                // Per-element float arithmetic identical in both: the same bits.
+                let ref = splitApply(t, mean: mean, m2: m2, count: count, fusion: fusion, fast: false)
+                let fast = splitApply(t, mean: mean, m2: m2, count: count, fusion: fusion, fast: true)
+                #expect(Kit.bits(fast.y) == Kit.bits(ref.y), "apply y \(ftag)")
+                #expect(Kit.bits(fast.mean) == Kit.bits(ref.mean) && Kit.bits(fast.invstd) == Kit.bits(ref.invstd)
+                        && Kit.bits(fast.runningMean) == Kit.bits(ref.runningMean)
+                        && Kit.bits(fast.runningVar) == Kit.bits(ref.runningVar), "apply statistics \(ftag)")
+                let refR = splitReduce(t, ref, fusion: fusion, fast: false)
+                let r = splitReduce(t, ref, fusion: fusion, fast: true)
+                expectSumsClose(r.sumDy, refR.sumDy, tol: bnSplitSumRelTol, "sum_dy \(ftag)")
+                expectSumsClose(r.sumDyXhat, refR.sumDyXhat, tol: bnSplitSumRelTol, "sum_dy_xhat \(ftag)")
+                Kit.expectClose(r.dgamma, refR.dgamma, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol, "dgamma \(ftag)")
+                Kit.expectClose(r.dbeta, refR.dbeta, atol: bnFastVsRefAbsTol, rtol: bnFastVsRefRelTol, "dbeta \(ftag)")
+                // Sums as if reduced over more ranks, and a larger local count than n·hw.
+                let sdy = refR.sumDy.map { $0 * 0.7 - 0.2 }, sdx = refR.sumDyXhat.map { $0 * 0.7 + 0.3 }
+                let dxRef = splitApplyBackward(t, ref, fusion: fusion, sumDy: sdy, sumDyXhat: sdx, count: count, fast: false)
+                let dx = splitApplyBackward(t, ref, fusion: fusion, sumDy: sdy, sumDyXhat: sdx, count: count, fast: true)
+                #expect(Kit.bits(dx) == Kit.bits(dxRef), "backward_apply dx \(ftag)")
+                #expect(dx != t.dx0 || shape.count == 0, "backward_apply must accumulate something \(ftag)")
+            }
+        }
+    }
+
+    @Test("split kernels back to back on one whole batch are the one-process kernels, bit for bit",
+          arguments: bnShapes)
+    func splitComposesToOneProcessKernels(shape: KernelTestKit.Shape4) {
+        var t = BNCase(shape, seed: 37)
+        for i in stride(from: 0, to: t.dy.count, by: 5) { t.dy[i] = 0 }
+        let m = shape.n * shape.hw
+        for threads in Kit.threadCounts {
+            msq_set_num_threads(threads)
+            for fast in [false, true] {
+                let stats = splitStats(t.x, shape, fast: fast)
+                let mean = stats.sum.map { $0 / Double(m) }
+                for fusion in bnFusions {
+                    let tag = "\(shape) threads=\(threads) fast=\(fast) fusion=\(fusion.rawValue)"
+                    let whole = fusedTrainForward(t, fusion: fusion, fast: fast)
+                    let split = splitApply(t, mean: mean, m2: stats.m2, count: m, fusion: fusion, fast: fast)
+                    #expect(Kit.bits(split.y) == Kit.bits(whole.y), "y \(tag)")
+                    #expect(Kit.bits(split.mean) == Kit.bits(whole.mean) && Kit.bits(split.invstd) == Kit.bits(whole.invstd)
+                            && Kit.bits(split.runningMean) == Kit.bits(whole.runningMean)
+                            && Kit.bits(split.runningVar) == Kit.bits(whole.runningVar), "statistics \(tag)")
+                    let want = fusedTrainBackward(t, whole, fusion: fusion, fast: fast)
+                    let r = splitReduce(t, split, fusion: fusion, fast: fast)
+                    let dx = splitApplyBackward(t, split, fusion: fusion, sumDy: r.sumDy, sumDyXhat: r.sumDyXhat,
+                                                count: m, fast: fast)
+                    #expect(Kit.bits(dx) == Kit.bits(want.dx), "dx \(tag)")
+                    #expect(Kit.bits(r.dgamma) == Kit.bits(want.dgamma) && Kit.bits(r.dbeta) == Kit.bits(want.dbeta),
+                            "dgamma, dbeta \(tag)")
+                }
+            }
+        }
+    }
+
+    @Test("shard statistics combine into the whole batch's (Chan et al.), accurate with channel means 1000σ off zero",
+          arguments: [[5, 3], [1, 7], [8, 0], [3, 3, 2]])
+    func shardStatisticsCombine(split: [Int]) {
+        let n = split.reduce(0, +)
+        let shape = Kit.Shape4(n, 5, 7, 3)
+        var rng = Kit.SplitMix64(seed: 41)
+        let offsets = rng.floats(shape.c, 500, 1500)
+        let x = (0..<shape.count).map { i in rng.uniform(-1, 1) * 1.7 + offsets[(i / shape.hw) % shape.c] }
+        let whole = splitStats(x, shape, fast: true)
+        // The whole batch's mean and squared deviations, two-pass in double over the exact float inputs.
+        var exactMean = [Double](repeating: 0, count: shape.c), exactM2 = [Double](repeating: 0, count: shape.c)
+        for ch in 0..<shape.c {
+            var v: [Double] = []
+            for i in 0..<n { for j in 0..<shape.hw { v.append(Double(x[(i * shape.c + ch) * shape.hw + j])) } }
+            exactMean[ch] = v.reduce(0, +) / Double(v.count)
+            exactM2[ch] = v.reduce(0) { $0 + ($1 - exactMean[ch]) * ($1 - exactMean[ch]) }
+        }
+        // The shards' partial statistics, summed as an all-reduce would, then combined as BatchNorm2d does.
+        var s = [Double](repeating: 0, count: shape.c), m2 = s, q = s
+        var total = 0.0, start = 0
+        for nr in split {
+            let sh = Kit.Shape4(nr, shape.c, shape.h, shape.w)
+            let part = Array(x[(start * shape.c * shape.hw)..<((start + nr) * shape.c * shape.hw)])
+            start += nr
+            for fast in [false, true] {
+                let st = splitStats(part, sh, fast: fast)
+                if nr == 0 {
+                    #expect(st.sum.allSatisfy { $0 == 0 } && st.m2.allSatisfy { $0 == 0 }, "an empty shard has zero sums")
+                }
+                guard fast else { continue }
+                let mr = Double(nr * shape.hw)
+                for ch in 0..<shape.c {
+                    s[ch] += st.sum[ch]
+                    m2[ch] += st.m2[ch]
+                    if mr > 0 { q[ch] += st.sum[ch] * st.sum[ch] / mr }
+                }
+                total += mr
+            }
+        }
+        for ch in 0..<shape.c {
+            let mean = s[ch] / total, combined = m2[ch] + (q[ch] - s[ch] * s[ch] / total)
+            #expect(abs(mean - exactMean[ch]) <= 1e-14 * abs(exactMean[ch]), "mean, channel \(ch)")
+            // σ ≈ 1, |μ| ≈ 1000: the between-shard bracket cancels values ~10⁶ times M2, so expect
+            // a few ε_double·(μ/σ)² ≈ 10⁻⁹ (measured ≤ 3.2·10⁻¹⁰), far below float resolution (6·10⁻⁸).
+            #expect(abs(combined - exactM2[ch]) <= 1e-8 * exactM2[ch],
+                    "M2, channel \(ch): \(combined) vs \(exactM2[ch]) (whole-batch kernel \(whole.m2[ch]))")
+        }
+    }
+}

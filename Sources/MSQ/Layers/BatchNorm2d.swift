@@ -9,6 +9,9 @@ import CKernels
 /// Backward follows whichever forward ran last (in eval mode the statistics are constants).
 /// γ (`weight`) starts at 1 and β (`bias`) at 0; neither decays. `running_mean` (0) and
 /// `running_var` (1) are non-trainable parameters, so checkpoints carry them.
+///
+/// With a ``collective`` of more than one process, training statistics are those of the batch all
+/// processes hold together (synchronised batch norm).
 public final class BatchNorm2d: Module {
     /// Number of channels C.
     public let channels: Int
@@ -24,6 +27,25 @@ public final class BatchNorm2d: Module {
     public let runningMean: Parameter
     /// Running (unbiased) variance `[C]` (not trainable).
     public let runningVar: Parameter
+    /// The processes whose shards of a batch share one set of training statistics (synchronised
+    /// batch norm, `--sync-bn`); nil: each process uses its own shard's.
+    ///
+    /// With more than one process, a training forward normalises every rank's shard with the
+    /// statistics of the global batch, `M = Σ_r m_r` values per channel (`m_r = n_r·H·W` on rank r),
+    /// combined from each shard's sum `S_r` and squared deviations `M2_r` about its own mean:
+    ///
+    ///     μ = Σ_r S_r / M,    σ² = (Σ_r M2_r + Σ_r S_r²/m_r − (Σ_r S_r)²/M) / M
+    ///
+    /// The running averages take μ and the unbiased `σ²·M/(M − 1)`, the same on every rank. The
+    /// backward all-reduces `Σ dy` and `Σ dy·x̂`, each rank's weighted by m_r/M, for dx, and leaves dγ
+    /// and dβ as this shard's sums for the trainer's n_r/N-weighted gradient sum: together the ranks
+    /// compute what one process computes on the whole batch (up to rounding).
+    ///
+    /// Why: with a few images per process, per-shard statistics are noisy and differ from rank to
+    /// rank; synchronised ones do not depend on how the batch is split. Every rank must set it alike
+    /// (its all-reduces pair up across ranks). With a one-process collective the layer computes
+    /// exactly what it computes without one; eval mode never communicates.
+    public var collective: (any Collective)?
     // rForward's snapshot for rBackward: γ, running variance, the fused ReLU's output (nil if unfused).
     private var curvatureCache: (gamma: Tensor, runningVar: Tensor, reluOutput: Tensor?, shape: [Int])?
 
@@ -39,6 +61,9 @@ public final class BatchNorm2d: Module {
     private var saveInvstd = Tensor(shape: [0])
     private var cachedRunningMean = Tensor(shape: [0])
     private var cachedRunningVar = Tensor(shape: [0])
+    /// Set by a synchronised training forward: its collective, this shard's and the global batch's
+    /// values per channel (m_r and M), for the backward's all-reduce.
+    private var syncState: (collective: any Collective, localCount: Int, globalCount: Int)?
 
     /// A batch-norm layer over `channels` channels.
     public init(channels: Int, momentum: Float = 0.1, eps: Float = 1e-5) {
@@ -86,11 +111,16 @@ public final class BatchNorm2d: Module {
         cachedInput = nil
         cachedOutput = nil
         cachedFused = activation
+        syncState = nil
         let (n, hw) = geometry(input.shape)
         let (cn, cc, chw) = (LayerKit.c(n), LayerKit.c(channels), LayerKit.c(hw))
         var y = Tensor(unfilledShape: input.shape)
         switch mode {
         case .train:
+            if let collective, collective.size > 1 {
+                synchronizedForward(input, into: &y, n: n, hw: hw, activation: activation, collective: collective)
+                break
+            }
             LayerKit.require(n * hw > 1,
                              "\(layerDescription): training needs more than one value per channel (input \(input.shape))")
             var mean = Tensor(shape: [channels])
@@ -186,6 +216,14 @@ public final class BatchNorm2d: Module {
         var dx = Tensor(shape: x.shape)
         let gamma = cachedGamma
         cachedGamma = Tensor(shape: [0])
+        if let sync = syncState {
+            syncState = nil
+            let beta = cachedBeta
+            cachedBeta = Tensor(shape: [0])
+            synchronizedBackward(gradOutput, x: x, gamma: gamma, beta: hardswish ? beta : nil, reluOutput: reluOutput,
+                                 into: &dx, n: n, hw: hw, sync: sync)
+            return dx
+        }
         // In eval mode the ReLU's mask goes first, into a gradient of its own.
         var gradOutput = gradOutput
         if let y = reluOutput, cachedMode == .eval {
@@ -259,6 +297,162 @@ public final class BatchNorm2d: Module {
         body(joinPath(prefix, "bias"), bias)
         body(joinPath(prefix, "running_mean"), runningMean)
         body(joinPath(prefix, "running_var"), runningVar)
+    }
+}
+
+// Synchronised batch norm (``BatchNorm2d/collective``).
+//
+// Forward. Rank r holds m_r = n_r·H·W values of each channel; msq_batchnorm_stats gives its shard's
+// sum S_r and squared deviations M2_r about the shard's own mean, both in double, both two-pass
+// exact. One all-reduce sums [S_r | M2_r | S_r²/m_r | m_r]; Chan et al.'s combination
+//   M = Σ m_r,  μ = Σ S_r / M,  M2 = Σ M2_r + Σ m_r·(S_r/m_r − μ)² = Σ M2_r + (Σ S_r²/m_r − (Σ S_r)²/M)
+// then gives the global batch's mean and squared deviations. Why not Σx and Σx² (one pass): the
+// variance is then Σx²/M − μ², which multiplies the rounding error of a sum of M squares (up to
+// M·ε_double relative, ~√M·ε_double typically) by (μ/σ)²: with M = 10⁶ values per channel that
+// reaches float resolution at |μ|/σ ≈ 25 (worst case) to 700 (typical). Here each shard's M2_r is
+// as accurate as the one-process two-pass sum and only the between-shard term cancels, R + 4
+// roundings of values of size M·μ²: a few ε_double·(μ/σ)² relative, independent of M, below float
+// resolution up to |μ|/σ ≈ 10⁴. With one shard holding everything the bracket is exactly 0 and
+// μ = S/M is the one-process mean, so the result is the one-process kernel's, bit for bit.
+//
+// Backward. The trainer scales rank r's gradients by w_r = n_r/N = m_r/M and sums them; rank r's
+// loss is the mean over its own n_r images, L_r = (1/n_r)·Σ_{i∈r} ℓ_i, so the loss of the global
+// batch is L = (1/N)·Σ_i ℓ_i = Σ_r w_r·L_r, and every gradient rank r holds is 1/w_r times L's
+// gradient on its slice: dy_r = (1/w_r)·g with g = ∂L/∂y. One process on the whole batch computes
+//   dx = γ·invstd·(g − (1/M)·Σ g − x̂·(1/M)·Σ g·x̂),   dγ = Σ g·x̂,   dβ = Σ g   (sums over all M values).
+// Rank r's local sums s1_r = Σ_{i∈r} dy_r and s2_r = Σ_{i∈r} dy_r·x̂ (msq_batchnorm_backward_reduce)
+// are 1/w_r times its part of those sums, so the all-reduce of w_r·s1_r and w_r·s2_r gives
+//   S1 = Σ_r w_r·s1_r = Σ g   and   S2 = Σ_r w_r·s2_r = Σ g·x̂.
+// Rank r's dx must again be 1/w_r times the one-process dx (the layers below scale the same way):
+//   dx_r = (1/w_r)·γ·invstd·(w_r·dy_r − S1/M − x̂·S2/M) = γ·invstd·(dy_r − S1/m_r − x̂·S2/m_r),
+// since w_r·M = m_r: msq_batchnorm_backward_apply with the reduced sums and count m_r.
+// dγ and dβ stay s2_r and s1_r, so the trainer's Σ_r w_r·s2_r = S2 and Σ_r w_r·s1_r = S1 are the
+// one process's dγ and dβ. With equal shards (w_r = 1/R) this is PyTorch's SyncBatchNorm: the
+// unweighted sums over the global count. A fused ReLU or hard-swish only changes g (masked or
+// scaled per element by the reduce and apply kernels alike), which is linear in dy.
+extension BatchNorm2d {
+    private func sum(_ values: UnsafeMutableBufferPointer<Double>, over collective: any Collective) {
+        do throws(CollectiveError) {
+            try collective.allReduceSum(values)
+        } catch {
+            collective.abort("\(layerDescription): synchronised batch norm: \(error)", code: 1)
+        }
+    }
+
+    private func synchronizedForward(_ input: Tensor, into y: inout Tensor, n: Int, hw: Int,
+                                     activation: ActivationKind?, collective: any Collective) {
+        let c = channels, m = n * hw
+        let (cn, cc, chw) = (LayerKit.c(n), LayerKit.c(c), LayerKit.c(hw))
+        // [S_r | M2_r | S_r²/m_r | m_r], summed over the ranks.
+        var stats = [Double](repeating: 0, count: 3 * c + 1)
+        stats.withUnsafeMutableBufferPointer { p in
+            let base = p.baseAddress!
+            input.withUnsafePointer { x in msq_batchnorm_stats(base, base + c, x, cn, cc, chw) }
+            if m > 0 { for ch in 0..<c { p[2 * c + ch] = p[ch] * p[ch] / Double(m) } }
+            p[3 * c] = Double(m)
+            sum(p, over: collective)
+        }
+        let total = stats[3 * c], globalCount = Int(total)
+        LayerKit.require(globalCount > 1, "\(layerDescription): training needs more than one value per channel "
+                         + "over all \(collective.size) ranks (input \(input.shape) on rank \(collective.rank))")
+        var mean = [Double](repeating: 0, count: c), m2 = [Double](repeating: 0, count: c)
+        for ch in 0..<c {
+            let s = stats[ch]
+            mean[ch] = s / total
+            m2[ch] = max(0, stats[c + ch] + (stats[2 * c + ch] - s * s / total))
+        }
+        let fusion = switch activation {
+        case .relu: MSQ_BN_FUSE_RELU
+        case .hardswish: MSQ_BN_FUSE_HARDSWISH
+        default: MSQ_BN_FUSE_NONE
+        }
+        var saveM = Tensor(shape: [c]), saveS = Tensor(shape: [c])
+        input.withUnsafePointer { x in
+            weight.value.withUnsafePointer { g in
+                bias.value.withUnsafePointer { b in
+                    y.withUnsafeMutablePointer { yp in
+                        saveM.withUnsafeMutablePointer { sm in
+                            saveS.withUnsafeMutablePointer { ss in
+                                runningMean.value.withUnsafeMutablePointer { rm in
+                                    runningVar.value.withUnsafeMutablePointer { rv in
+                                        msq_batchnorm_apply_train(yp, sm, ss, rm, rv, x, g, b, mean, m2, globalCount,
+                                                                  cn, cc, chw, momentum, eps, fusion)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        saveMean = saveM
+        saveInvstd = saveS
+        syncState = (collective, m, globalCount)
+    }
+
+    private func synchronizedBackward(_ gradOutput: Tensor, x: Tensor, gamma: Tensor, beta: Tensor?, reluOutput: Tensor?,
+                                      into dx: inout Tensor, n: Int, hw: Int,
+                                      sync: (collective: any Collective, localCount: Int, globalCount: Int)) {
+        let c = channels
+        let (cn, cc, chw) = (LayerKit.c(n), LayerKit.c(c), LayerKit.c(hw))
+        // [Σ dy | Σ dy·x̂] of this shard, then w_r times that summed over the ranks.
+        var sums = [Double](repeating: 0, count: 2 * c)
+        let share = Double(sync.localCount) / Double(sync.globalCount)
+        sums.withUnsafeMutableBufferPointer { p in
+            let base = p.baseAddress!
+            gradOutput.withUnsafePointer { dy in
+                LayerKit.withOptionalPointer(reluOutput) { yp in
+                    LayerKit.withOptionalPointer(beta) { b in
+                        x.withUnsafePointer { xp in
+                            gamma.withUnsafePointer { g in
+                                saveMean.withUnsafePointer { sm in
+                                    saveInvstd.withUnsafePointer { ss in
+                                        LayerKit.withGradPointer(weight) { dg in
+                                            LayerKit.withGradPointer(bias) { db in
+                                                msq_batchnorm_backward_reduce(base, base + c, dg, db, dy, yp, xp, g, b, sm, ss,
+                                                                              cn, cc, chw)
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for i in 0..<(2 * c) { p[i] *= share }
+            sum(p, over: sync.collective)
+        }
+        guard sync.localCount > 0 else { return }
+        gradOutput.withUnsafePointer { dy in
+            LayerKit.withOptionalPointer(reluOutput) { yp in
+                LayerKit.withOptionalPointer(beta) { b in
+                    x.withUnsafePointer { xp in
+                        gamma.withUnsafePointer { g in
+                            saveMean.withUnsafePointer { sm in
+                                saveInvstd.withUnsafePointer { ss in
+                                    sums.withUnsafeBufferPointer { p in
+                                        dx.withUnsafeMutablePointer { dxp in
+                                            msq_batchnorm_backward_apply(dxp, dy, yp, xp, g, b, sm, ss, p.baseAddress!,
+                                                                         p.baseAddress! + c, sync.localCount, cn, cc, chw)
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+extension Module {
+    /// Sets ``BatchNorm2d/collective`` on this module, if it is a batch norm, and on every batch
+    /// norm inside it: `collective` to synchronise their training statistics, nil to stop.
+    public func synchronizeBatchNorm(over collective: (any Collective)?) {
+        (self as? BatchNorm2d)?.collective = collective
+        visitModules(prefix: "") { _, module in (module as? BatchNorm2d)?.collective = collective }
     }
 }
 
