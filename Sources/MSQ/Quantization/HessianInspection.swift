@@ -121,20 +121,33 @@ public struct LayerHessianReport: Codable, Sendable, Equatable {
 /// taken at the quantized weights with the quantizers bypassed (``atQuantizedWeights(model:layers:_:)``,
 /// as MSQ does) and Ω at the latent weights; without it (a float run) at the weights as they are,
 /// and Ω is nil. The model is as it was afterwards.
+///
+/// With a `collective` of several ranks (each holding the same model and batch) the work is split
+/// and every rank gets the one-process report: the Hutchinson probes as
+/// ``HutchinsonTrace/estimate(collective:)`` splits them, and layer l's power iteration on rank
+/// l mod P, its eigenvalue and iteration count shared by one all-reduce (each rank writes only its
+/// layers' entries, the others are zero, so the sums are exact).
 public func inspectHessian(model: any Module, layers: [QuantizedLayer], images: Tensor, labels: [Int32],
                            mode: HessianMode? = nil, probes: Int, seed: UInt64, maxIterations: Int = 20,
-                           tolerance: Double = 1e-3, quantized: Bool = true) throws -> (mode: HessianMode, layers: [LayerHessianReport]) {
+                           tolerance: Double = 1e-3, quantized: Bool = true,
+                           collective: any Collective = SingleProcess()) throws -> (mode: HessianMode, layers: [LayerHessianReport]) {
     precondition(probes >= 1 && maxIterations >= 1, "inspectHessian: probes and maxIterations must be positive")
     let estimator = HutchinsonTrace(model: model, layers: layers, images: images, labels: labels, seed: seed,
                                     maxProbes: probes, minProbes: probes, relativeTolerance: 0, mode: mode)
     let hvp = estimator.hvp
     let counts = hvp.layerCounts
     func measure() throws -> (HessianTraceEstimate, [(Double, Int)]) {
-        let estimate = try estimator.estimate()
-        let eigen = try layers.indices.map { l in
-            try topEigenvalue(hvp: hvp, layer: l, counts: counts, seed: seed, maxIterations: maxIterations, tolerance: tolerance)
+        let estimate = try estimator.estimate(collective: collective)
+        // [λ_l, iterations_l] per layer, filled on the layer's rank only.
+        var eigen = [Double](repeating: 0, count: 2 * layers.count)
+        for l in layers.indices where l % collective.size == collective.rank {
+            let (lambda, iterations) = try topEigenvalue(hvp: hvp, layer: l, counts: counts, seed: seed,
+                                                         maxIterations: maxIterations, tolerance: tolerance)
+            eigen[2 * l] = lambda
+            eigen[2 * l + 1] = Double(iterations)
         }
-        return (estimate, eigen)
+        eigen = try collective.allReduceSum(eigen)
+        return (estimate, layers.indices.map { (eigen[2 * $0], Int(eigen[2 * $0 + 1])) })
     }
     let (estimate, eigen) = quantized ? try atQuantizedWeights(model: model, layers: layers, measure) : try measure()
     let omega = quantized ? sensitivity(traces: estimate.traces, layers: layers) : nil

@@ -238,6 +238,13 @@ public struct HessianTraceEstimate: Sendable, Equatable {
 /// `maxProbes`, or earlier once at least `minProbes` probes were taken and the running mean of the
 /// total trace changed by less than `relativeTolerance · |running mean|` with the last probe
 /// (tolerance 0 never stops early). The result depends only on the model, batch and seed.
+///
+/// Over several processes (``estimate(collective:)``) the ranks share the probes: rank r evaluates
+/// probes r, r + P, r + 2P, … of the sequence above, in rounds of P probes with one all-reduce of
+/// the round's per-layer terms each. Every rank then adds the probes in probe order and applies the
+/// stopping rule after each, as one process does, so all ranks stop after the one-process probe
+/// count (not necessarily a multiple of P: the later probes of the last round are evaluated and
+/// dropped) and hold the one-process estimate, bit for bit given the same per-probe terms.
 public final class HutchinsonTrace {
     /// The Hessian-vector product used for every probe.
     public let hvp: HessianVectorProduct
@@ -283,18 +290,20 @@ public final class HutchinsonTrace {
         }
     }
 
-    /// Runs the probes (see the type's documentation). Weights and gradients are unchanged afterwards.
-    /// - Throws: ``LossError`` if a label is outside the model's classes.
-    public func estimate() throws -> HessianTraceEstimate {
+    /// Runs the probes (see the type's documentation), split over `collective`'s ranks: every rank
+    /// must call it with the same model, batch and options, and every rank gets the same estimate,
+    /// which is the one-process estimate (the default, ``SingleProcess``). Weights and gradients are
+    /// unchanged afterwards.
+    /// - Throws: ``LossError`` if a label is outside the model's classes; ``CollectiveError`` if the
+    ///   ranks' sum fails.
+    public func estimate(collective: any Collective = SingleProcess()) throws -> HessianTraceEstimate {
         let counts = hvp.layerCounts
-        var probes = ProbeAccumulator(layers: counts.count, maxProbes: maxProbes, minProbes: minProbes,
-                                      relativeTolerance: relativeTolerance)
-        repeat {
-            let v = Self.probeTensors(seed: seed, probe: probes.count, counts: counts)
+        return try ProbeAccumulator.collect(layers: counts.count, maxProbes: maxProbes, minProbes: minProbes,
+                                            relativeTolerance: relativeTolerance, collective: collective) { j in
+            let v = Self.probeTensors(seed: seed, probe: j, counts: counts)
             let hv = try hvp.apply(tensors: v)
-            probes.add(counts.indices.map { v[$0].dot(hv[$0]) })
-        } while !probes.isDone
-        return probes.estimate
+            return counts.indices.map { v[$0].dot(hv[$0]) }
+        }
     }
 }
 
@@ -332,6 +341,47 @@ struct ProbeAccumulator {
             isDone = true
         }
         previousMean = mean
+    }
+
+    /// Probes `0..<maxProbes` split over `collective`'s ranks, summed into one accumulator on every
+    /// rank. `probe(j)` gives probe j's per-layer terms (`layers` of them) and depends on j alone.
+    ///
+    /// The probes go in rounds of P = `collective.size`: in round t, rank r evaluates probe tP + r
+    /// (none once that is past `maxProbes`) and writes its terms into row r of a P × `layers` block
+    /// of zeros; one all-reduce of the block gives every rank every probe of the round, each element
+    /// the sum of one rank's value and zeros, so exactly that value. Every rank then adds the round's
+    /// probes to its accumulator in probe order, one at a time, with the stopping rule after each, as
+    /// one process does. So the ranks stop together after the same probe count as one process,
+    /// which need not be a multiple of P: probes of the last round past the stopping point are
+    /// evaluated and discarded (at most P − 1 wasted probes per estimate, the price of a stopping
+    /// rule that does not depend on P). Sums, sums of squares and the stopping test run on every
+    /// rank from the same numbers in the same order, so the estimate is bit-identical on every rank
+    /// and to the one-process estimate (given the same per-probe terms). One all-reduce of P ×
+    /// `layers` doubles per round: small next to a probe's forward and backward.
+    ///
+    /// Every rank must call it with the same arguments: a rank whose `probe` throws leaves the others
+    /// waiting in the all-reduce (the probes of identical replicas on the same batch throw together).
+    static func collect(layers: Int, maxProbes: Int, minProbes: Int, relativeTolerance: Double,
+                        collective: any Collective, probe: (Int) throws -> [Double]) throws -> HessianTraceEstimate {
+        var accumulator = ProbeAccumulator(layers: layers, maxProbes: maxProbes, minProbes: minProbes,
+                                           relativeTolerance: relativeTolerance)
+        let ranks = collective.size, rank = collective.rank
+        precondition(ranks >= 1 && (0..<ranks).contains(rank), "ProbeAccumulator: rank \(rank) of \(ranks)")
+        var first = 0
+        repeat {
+            var block = [Double](repeating: 0, count: ranks * layers)
+            if first + rank < maxProbes {
+                let terms = try probe(first + rank)
+                precondition(terms.count == layers, "ProbeAccumulator: \(terms.count) terms for \(layers) layers")
+                block.replaceSubrange((rank * layers)..<((rank + 1) * layers), with: terms)
+            }
+            block = try collective.allReduceSum(block)
+            for k in 0..<ranks where first + k < maxProbes && !accumulator.isDone {
+                accumulator.add(Array(block[(k * layers)..<((k + 1) * layers)]))
+            }
+            first += ranks
+        } while !accumulator.isDone
+        return accumulator.estimate
     }
 
     /// The means and their squared standard errors (sample variance with m − 1, divided by m).

@@ -10,22 +10,23 @@ public enum TraceEstimator: String, CaseIterable, Codable, Sendable {
 
     /// Per-layer traces of `model`'s loss on `calibration` by this estimator (Hutchinson's HVPs in
     /// `mode`, nil = ``HessianMode/automatic(for:)``), probing as ``HutchinsonTrace`` describes
-    /// (at least min(4, `maxProbes`) probes); also a name for logs. The model is used as it is:
-    /// the caller bypasses or bakes in the quantizers first.
+    /// (at least min(4, `maxProbes`) probes), the probes split over `collective`'s ranks (every rank
+    /// gets the one-process estimate); also a name for logs. The model is used as it is: the caller
+    /// bypasses or bakes in the quantizers first.
     func estimate(model: any Module, layers: [QuantizedLayer], calibration: (images: Tensor, labels: [Int32]),
-                  seed: UInt64, maxProbes: Int, relativeTolerance: Double,
-                  mode: HessianMode? = nil) throws -> (estimate: HessianTraceEstimate, name: String) {
+                  seed: UInt64, maxProbes: Int, relativeTolerance: Double, mode: HessianMode? = nil,
+                  collective: any Collective = SingleProcess()) throws -> (estimate: HessianTraceEstimate, name: String) {
         switch self {
         case .hutchinson:
             let estimator = HutchinsonTrace(model: model, layers: layers, images: calibration.images,
                                             labels: calibration.labels, seed: seed, maxProbes: maxProbes,
                                             minProbes: min(4, maxProbes), relativeTolerance: relativeTolerance, mode: mode)
-            return (try estimator.estimate(), "Hutchinson, " + estimator.hvp.mode.rawValue)
+            return (try estimator.estimate(collective: collective), "Hutchinson, " + estimator.hvp.mode.rawValue)
         case .sampledGaussNewton:
             let estimator = SampledGaussNewtonTrace(model: model, layers: layers, images: calibration.images,
                                                     seed: seed, maxProbes: maxProbes, minProbes: min(4, maxProbes),
                                                     relativeTolerance: relativeTolerance)
-            return (try estimator.estimate(), "sampled Gauss-Newton")
+            return (try estimator.estimate(collective: collective), "sampled Gauss-Newton")
         }
     }
 }
@@ -60,6 +61,9 @@ func validateHessianSampling(batch: Int, probes: Int, options: String) throws(Tr
 /// the total trace moved by less than `relativeTolerance` of itself. The labels come from a
 /// ``RandomSource`` seeded by (`seed`, probe): the result depends only on the model, batch and seed.
 /// Weights and gradients are as they were afterwards.
+///
+/// Over several processes (``estimate(collective:)``) rank r evaluates probes r, r + P, … and every
+/// rank gets the one-process estimate, as for ``HutchinsonTrace``.
 public final class SampledGaussNewtonTrace {
     /// The model whose loss is differentiated.
     public let model: any Module
@@ -90,16 +94,19 @@ public final class SampledGaussNewtonTrace {
         self.relativeTolerance = relativeTolerance
     }
 
-    /// Runs the probes; ``HessianTraceEstimate/variances`` are the squared standard errors.
-    public func estimate() throws -> HessianTraceEstimate {
+    /// Runs the probes, split over `collective`'s ranks (every rank calls it with the same model,
+    /// batch and options, and gets the same estimate, the one-process one; see
+    /// ``HutchinsonTrace/estimate(collective:)``). ``HessianTraceEstimate/variances`` are the
+    /// squared standard errors.
+    /// - Throws: ``CollectiveError`` if the ranks' sum fails.
+    public func estimate(collective: any Collective = SingleProcess()) throws -> HessianTraceEstimate {
         let savedGrads = model.trainableParameters().map { ($0, $0.grad) }
         defer { for (p, g) in savedGrads { p.grad = g } }
         let n = images.shape[0]
-        var probes = ProbeAccumulator(layers: layers.count, maxProbes: maxProbes, minProbes: minProbes,
-                                      relativeTolerance: relativeTolerance)
         var probabilities: [Float] = []
         var classes = 0
-        repeat {
+        return try ProbeAccumulator.collect(layers: layers.count, maxProbes: maxProbes, minProbes: minProbes,
+                                            relativeTolerance: relativeTolerance, collective: collective) { j in
             model.zeroGradients()
             let logits = model.forward(images, mode: .eval)
             let loss = SoftmaxCrossEntropy()
@@ -108,7 +115,9 @@ public final class SampledGaussNewtonTrace {
                 probabilities = loss.probabilities?.scalars ?? []
                 classes = logits.shape[1]
             }
-            var rng = RandomSource(seed: seed &+ 0x5347_4E54 &* UInt64(probes.count + 1))
+            // Seeded by the probe's index, not by how many this rank has taken: probe j draws the
+            // same labels on whichever rank evaluates it.
+            var rng = RandomSource(seed: seed &+ 0x5347_4E54 &* UInt64(j + 1))
             let sampled = (0..<n).map { i -> Int32 in
                 let u = rng.nextUnitFloat()
                 var acc: Float = 0
@@ -120,8 +129,7 @@ public final class SampledGaussNewtonTrace {
             }
             _ = try loss.forward(logits: logits, labels: sampled)
             model.backwardParameters(loss.backward())
-            probes.add(layers.map { Double(n) * $0.parameter.grad.squaredNorm() })
-        } while !probes.isDone
-        return probes.estimate
+            return layers.map { Double(n) * $0.parameter.grad.squaredNorm() }
+        }
     }
 }

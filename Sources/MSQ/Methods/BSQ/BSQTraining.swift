@@ -61,6 +61,14 @@ public struct BSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
 /// `<layer>.bsq.scale`) and, in the method state, the precisions (key `precisions`), each layer's
 /// lowest active plane, phase, events and interval count, so `--resume` continues bit-identically.
 /// Not `scheme`: `msq export` would read that as RoundClamp codes; it refuses BSQ checkpoints.
+///
+/// **Several processes** (``TrainingPlan/collective``): BSQ estimates nothing from data beyond the
+/// gradients the Trainer already sums. Its requantization, plane removals and forced removals are
+/// functions of the bit planes alone, so every rank computes them itself from its replica (identical
+/// replicas, identical decisions, no communication; a broadcast from rank 0 would hide a drifted
+/// replica instead of reporting it). Each interval ends with
+/// ``Collective/checkSameBitScheme(paths:bits:step:)``, which throws
+/// ``CollectiveError/replicasDiffer(_:)`` if the ranks' precisions differ.
 public final class BSQTraining: TrainingMethod, BitPlaneMethod {
     /// The run's options.
     public let options: BSQOptions
@@ -157,6 +165,7 @@ public final class BSQTraining: TrainingMethod, BitPlaneMethod {
         let done = step + 1
         if done % pace.intervalSteps == 0 {
             interval(stepsDone: done)
+            try plan.collective.checkSameBitScheme(paths: paths, bits: bits, step: done)
         }
         return regularizer.lambda * r
     }

@@ -71,6 +71,15 @@ public struct CSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
 /// The checkpoint carries the logits and scales as parameters (`<layer>.csq.*`) and, in the method
 /// state, the step count (β is a function of it), phase, hard masks, precisions (`precisions`, not
 /// `scheme`: `msq export` refuses CSQ checkpoints) and events.
+///
+/// **Several processes** (``TrainingPlan/collective``): CSQ estimates nothing from data beyond the
+/// gradients the Trainer already sums. The budget regulariser and the hardening at t_s are functions
+/// of the mask logits alone, so every rank computes them itself from its replica (identical
+/// replicas, identical masks, no communication; a broadcast from rank 0 would hide a drifted replica
+/// instead of reporting it). The hardening ends with ``Collective/checkSameBitScheme(paths:bits:step:)``,
+/// which throws ``CollectiveError/replicasDiffer(_:)`` if the ranks' precisions differ. (Equal
+/// precisions with different active planes would pass: the check compares bit-widths, as for the
+/// other methods.)
 public final class CSQTraining: TrainingMethod, BitPlaneMethod {
     /// The run's options.
     public let options: CSQOptions
@@ -196,6 +205,7 @@ public final class CSQTraining: TrainingMethod, BitPlaneMethod {
             extra = options.lambda * r
             if done >= deadlineStep {
                 harden(stepsDone: done)
+                try plan.collective.checkSameBitScheme(paths: paths, bits: bits, step: done)
             } else if done % intervalSteps == 0 {
                 state.intervals += 1
                 printStatus(title: String(format: "csq interval %d (step %d, epoch %.2f)", state.intervals, done,

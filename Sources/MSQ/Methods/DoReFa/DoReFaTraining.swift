@@ -41,6 +41,11 @@ public struct DoReFaOptions: Codable, Sendable, Equatable {
 /// per-layer precision table under the key `precisions` (deliberately not `scheme`: `msq export`
 /// reads `scheme` as RoundClamp codes, and DoReFa's levels are not RoundClamp's, so export refuses
 /// DoReFa checkpoints as "not from an MSQ run").
+///
+/// **Several processes** (``TrainingPlan/collective``): DoReFa decides nothing during training.
+/// Its precisions are its options (or `--bit-scheme`), fixed at construction, and its quantizers are
+/// functions of the weights, computed on every rank from its replica; so it neither splits work
+/// nor checks the scheme between ranks (there is no decision point to check after).
 public final class DoReFaTraining: TrainingMethod {
     /// The run's options.
     public let options: DoReFaOptions

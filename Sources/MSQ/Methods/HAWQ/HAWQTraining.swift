@@ -62,6 +62,15 @@ public struct HAWQOptions: Codable, Sendable, Equatable {
 /// 4. Quantization-aware training at that fixed scheme (RoundClamp, as MSQ's finetuning phase) for
 ///    the rest of the run. The checkpointed state carries the scheme under `scheme`, so
 ///    `msq export` and `msq eval` work as for MSQ.
+///
+/// **Several processes** (``TrainingPlan/collective``): the traces' probes are split over the ranks
+/// (each evaluates every P-th probe, see ``HutchinsonTrace/estimate(collective:)`` and
+/// ``SampledGaussNewtonTrace/estimate(collective:)``) and every rank gets the same traces, the ones
+/// one process would estimate. The sensitivities and the allocation are computed on every rank from
+/// its replica's weights and those traces (identical replicas, identical scheme, no communication;
+/// a broadcast from rank 0 would hide a drifted replica instead of reporting it), and
+/// ``Collective/checkSameBitScheme(paths:bits:step:)`` then checks that the ranks hold the same
+/// scheme, throwing ``CollectiveError/replicasDiffer(_:)`` if not.
 public final class HAWQTraining: TrainingMethod {
     /// The run's options.
     public let options: HAWQOptions
@@ -131,7 +140,8 @@ public final class HAWQTraining: TrainingMethod {
         for layer in layers { layer.quantizer.isBypassed = true }
         let (estimate, _) = try options.hessianTrace.estimate(model: model, layers: layers, calibration: calibration,
                                                               seed: seed &+ 0x4841_5751, maxProbes: options.hessianProbes,
-                                                              relativeTolerance: options.hessianTolerance)
+                                                              relativeTolerance: options.hessianTolerance,
+                                                              collective: plan.collective)
         let counts = layers.map(\.count)
         let traces = flooredTraces(estimate.traces, counts: counts)
         let precisions = Array(options.minBits...options.maxBits)
@@ -153,6 +163,7 @@ public final class HAWQTraining: TrainingMethod {
         state.allocationStep = stepsDone
         state.hessianProbes = estimate.probes
         state.hessianSeconds = Date().timeIntervalSince(start)
+        try plan.collective.checkSameBitScheme(paths: layers.map(\.path), bits: layers.map(\.bits), step: stepsDone)
         plan.log(String(format: "hawq: at step %d, traces from %d probes in %.1f s; scheme for C %.2fx (paper %.2fx), %.3f bits average: %@",
                         stepsDone, estimate.probes, state.hessianSeconds, compressionRatio(layers),
                         compressionRatioPaper(layers), averageWeightBits(layers),

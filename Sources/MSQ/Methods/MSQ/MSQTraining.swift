@@ -18,6 +18,16 @@ public struct PruningEvent: Codable, Sendable, Equatable {
 /// The model must already carry its quantizers (``QuantizationScheme/apply(to:)`` or
 /// ``quantizeForMSQ(_:initialBits:overrides:excluded:scaleGranularity:)``) before the ``Trainer`` builds its
 /// optimizer, so PACT clip levels are optimized; this method only changes precisions.
+///
+/// **Several processes** (``TrainingPlan/collective``): the Hessian traces of a pruning interval
+/// are split over the ranks (each evaluates every P-th probe, see
+/// ``HutchinsonTrace/estimate(collective:)``), and every rank gets the same traces, the ones one
+/// process would estimate. Everything else at an interval (the LSB nonzero rates, the drop losses,
+/// the scheduler's decisions, k and λ) is computed on every rank from its replica's weights and
+/// those traces: the replicas are identical, so the decisions are, with no communication (rank 0
+/// deciding and broadcasting would cost a round of serialisation and hide a drifted replica instead
+/// of reporting it). Each interval ends with ``Collective/checkSameBitScheme(paths:bits:step:)``,
+/// which throws ``CollectiveError/replicasDiffer(_:)`` if the ranks' schemes differ.
 public final class MSQTraining: TrainingMethod {
     /// The run's options.
     public let options: MSQOptions
@@ -174,6 +184,7 @@ public final class MSQTraining: TrainingMethod {
         state.lambda = regularizer.lambda
         state.scheme = QuantizationScheme(quantizedLayers: layers, activationBits: activationBits,
                                           activationExcluded: activationExcluded)
+        try plan.collective.checkSameBitScheme(paths: layers.map(\.path), bits: layers.map(\.bits), step: stepsDone)
         printTable(stepsDone: stepsDone, status: status, traces: hessian?.raw, standardErrors: hessian?.standardErrors,
                    omega: omega, before: before,
                    decisions: decisions, deadline: deadline, budget: budget)
@@ -190,7 +201,8 @@ public final class MSQTraining: TrainingMethod {
     /// Per-layer traces of this interval (nil with the Hessian off): `raw` as estimated, `traces`
     /// floored at 1 % of the mean positive per-weight trace, since a Hutchinson estimate of a
     /// Gauss-Newton block (positive semidefinite) can come out negative from cross-layer probe
-    /// noise, and a negative trace would rank a layer as the safest to cut.
+    /// noise, and a negative trace would rank a layer as the safest to cut. The probes are split over
+    /// the plan's ranks; every rank gets the same traces.
     func estimateTraces(model: Module) throws -> (raw: [Double], traces: [Double], standardErrors: [Double])? {
         guard options.hessian, let calibration else { return nil }
         let start = Date()
@@ -198,7 +210,8 @@ public final class MSQTraining: TrainingMethod {
         let (estimate, how) = try atQuantizedWeights(model: model) {
             try options.hessianTrace.estimate(model: model, layers: layers, calibration: calibration, seed: traceSeed,
                                               maxProbes: options.hessianProbes,
-                                              relativeTolerance: options.hessianTolerance, mode: options.hessianMode)
+                                              relativeTolerance: options.hessianTolerance, mode: options.hessianMode,
+                                              collective: plan.collective)
         }
         state.hessianEstimates += 1
         state.hessianProbesUsed += estimate.probes

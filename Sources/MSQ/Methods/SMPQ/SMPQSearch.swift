@@ -48,13 +48,14 @@ extension SMPQTraining {
     }
 
     /// One truncated Monte Carlo Shapley estimate of every player on the fixed validation batch,
-    /// smoothed into φ (SMPQ-SPEC §3).
+    /// smoothed into φ (SMPQ-SPEC §3). The permutations are split over the plan's ranks; every rank
+    /// gets the same φ.
     func estimateShapley(model: Module, stepsDone: Int) throws {
         let start = Date()
         let game = SupernetGame(model: model, layers: supernets, images: shapleyBatch.images, labels: shapleyBatch.labels)
         let estimator = MonteCarloShapley(permutations: options.shapleyPermutations, truncation: options.shapleyTruncation,
                                           seed: seed &+ 0x5348_4150)
-        let estimate = game.shapley(estimator, estimate: state.shapleyEstimates)
+        let estimate = try game.shapley(estimator, estimate: state.shapleyEstimates, collective: plan.collective)
         let flat = MonteCarloShapley.smoothed(previous: state.phi.map { $0.flatMap { $0 } }, new: estimate.phi.flatMap { $0 },
                                               weight: options.shapleySmoothing)
         var at = 0
@@ -95,6 +96,7 @@ extension SMPQTraining {
         state.phase = .qat
         state.selectionStep = stepsDone
         installPhaseTransforms()
+        try plan.collective.checkSameBitScheme(paths: layers.map(\.path), bits: layers.map(\.bits), step: stepsDone)
         plan.log(String(format: "smpq: at step %d, selected by %@ (%d Shapley estimates, %d evaluations, %.1f s; search %.1f s): C %.2fx (paper %.2fx), %.3f bits average: %@",
                         stepsDone, options.selection.rawValue, state.shapleyEstimates, state.shapleyEvaluations,
                         state.shapleySeconds, state.searchSeconds, compressionRatio(layers), compressionRatioPaper(layers),

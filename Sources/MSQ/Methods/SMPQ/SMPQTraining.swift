@@ -17,6 +17,15 @@ import Foundation
 ///
 /// Both selections run the same search (the Shapley values are measured, never trained on), so with
 /// one seed SMPQ and DMPQ differ only in the selection.
+///
+/// **Several processes** (``TrainingPlan/collective``): each Shapley estimate's permutations are
+/// split over the ranks (rank r walks permutations r, r + P, …, see
+/// ``MonteCarloShapley/walk(orders:playerCount:collective:value:)``), and every rank gets the same
+/// φ, the one one process would estimate. The α steps run on every rank on the same validation
+/// batch (identical replicas, so identical α), and the selection is computed on every rank from φ
+/// or α (no communication; a broadcast from rank 0 would hide a drifted replica instead of
+/// reporting it); ``Collective/checkSameBitScheme(paths:bits:step:)`` then checks that the ranks
+/// selected the same scheme, throwing ``CollectiveError/replicasDiffer(_:)`` if not.
 public final class SMPQTraining: TrainingMethod {
     /// The run's options.
     public let options: SMPQOptions

@@ -52,7 +52,20 @@ public struct SupernetGame {
     /// φ per player by `estimator` (its `estimate`-th draw), reshaped per layer: `[l][j]` is
     /// candidate j of layer l.
     public func shapley(_ estimator: MonteCarloShapley, estimate: Int) -> (phi: [[Double]], standardErrors: [[Double]], evaluations: Int) {
-        let e = estimator.estimate(playerCount: playerCount, estimate: estimate, value: value)
+        perLayer(estimator.estimate(playerCount: playerCount, estimate: estimate, value: value))
+    }
+
+    /// ``shapley(_:estimate:)`` with the permutations split over `collective`'s ranks
+    /// (``MonteCarloShapley/estimate(playerCount:estimate:collective:value:)``): every rank plays the
+    /// same game (identical replicas, the same batch) and gets the one-process values.
+    /// - Throws: ``CollectiveError`` if the ranks' sum fails.
+    public func shapley(_ estimator: MonteCarloShapley, estimate: Int,
+                        collective: any Collective) throws -> (phi: [[Double]], standardErrors: [[Double]], evaluations: Int) {
+        perLayer(try estimator.estimate(playerCount: playerCount, estimate: estimate, collective: collective, value: value))
+    }
+
+    /// A flat estimate as `[l][j]`.
+    private func perLayer(_ e: ShapleyEstimate) -> (phi: [[Double]], standardErrors: [[Double]], evaluations: Int) {
         var phi: [[Double]] = [], se: [[Double]] = [], at = 0
         for layer in layers {
             phi.append(Array(e.values[at..<(at + layer.candidates.count)]))
