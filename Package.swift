@@ -63,5 +63,7 @@ let package = Package(
         .testTarget(name: "CKernelsTests", dependencies: ["CKernels"]),
         // Fixtures are read from the source tree (`#filePath`), not bundled as resources.
         .testTarget(name: "MSQTests", dependencies: ["MSQ", "CKernels"], exclude: ["Fixtures"]),
+        // Starts the `msq` executable under `mpirun` (`swift test` builds every product first).
+        .testTarget(name: "MSQDistributedTests", dependencies: ["MSQ"]),
     ]
 )

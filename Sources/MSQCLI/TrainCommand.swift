@@ -53,12 +53,14 @@ struct TrainCommand: ParsableCommand {
     var limitTest: Int?
     @Option(help: "Random seed for initialisation, shuffling and augmentation.")
     var seed: UInt64 = 0
-    @Option(help: "Kernel threads (0 = all cores). A count above the cores this process may use is capped at them, with a warning.")
+    @Option(help: "Kernel threads (0 = all cores; under mpirun, the cores of this rank: those it is bound to, or the node's cores shared among its ranks). A count above the cores this process may use is capped at them, with a warning.")
     var threads: Int = 0
     @Option(help: "Output directory (default: runs/<model>-<dataset>-<time>).")
     var out: String?
-    @Flag(help: "Continue the run whose checkpoint is in --out.")
+    @Flag(help: "Continue the run whose checkpoint is in --out (at any number of mpirun processes).")
     var resume = false
+    @Flag(help: "Under mpirun: batch norm uses the statistics of the whole global batch, all-reduced every step, instead of each process's shard.")
+    var syncBn = false
     @Option(help: ArgumentHelp("Start from the weights and batch-norm statistics of an earlier run's checkpoint (e.g. a float run's checkpoint.msqckpt) or of a .safetensors file with PyTorch state_dict names (num_batches_tracked ignored), any --method; a checkpoint's optimizer state, step and method state are not taken (the run starts at step 0). Same model and shapes required. Part of the run fingerprint (content hash); with --resume the run's own checkpoint wins, but the file must still be there and unchanged.", valueName: "checkpoint|file.safetensors"))
     var initFrom: String?
 
@@ -66,15 +68,22 @@ struct TrainCommand: ParsableCommand {
     var msq: MSQArguments
 
     func run() throws {
-        do {
-            try train()
-        } catch let error as TrainingError {
-            // The library names Swift properties and calls; the user typed flags.
-            throw cliError(for: error)
+        let collective = try startProcesses()
+        try runOrAbort(collective) {
+            do {
+                try train(collective)
+            } catch let error as TrainingError {
+                // The library names Swift properties and calls; the user typed flags.
+                throw cliError(for: error)
+            }
         }
+        finishProcesses(collective)
     }
 
-    func train() throws {
+    func train(_ collective: any Collective) throws {
+        // Rank 0 speaks for the run; the others' errors still surface through runOrAbort.
+        let root = collective.isRoot
+        let writeLine: (String) -> Void = { line in if root { MSQ.writeLine(line) } }
         guard let kind = ModelKind(rawValue: model) else {
             throw ValidationError("unknown --model \(model); choose one of \(ModelKind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -118,7 +127,7 @@ struct TrainCommand: ParsableCommand {
         config.limitTest = limitTest
         config.seed = seed
         // Capped here, not only in the Trainer, so the fingerprint records the count the kernels use.
-        config.threads = threads < 0 ? threads : cappedThreads(threads)
+        config.threads = threads < 0 ? threads : cappedThreads(threads == 0 ? defaultThreads(processes: collective.size) : threads)
         // Parsed (and refused) before any data is read; the method is built once the model is.
         let schemeSpec = try msq.bitSchemeSpec()
         let choice = try msq.methodChoice(method: method, fixedScheme: schemeSpec != nil, batchSize: batchSize)
@@ -133,19 +142,20 @@ struct TrainCommand: ParsableCommand {
         }
         let network = makeModel(kind, inputChannels: data.train.sampleShape[0], numClasses: data.train.numClasses, seed: seed,
                                 inputSize: data.train.sampleShape[1])
-        let outDir = out ?? defaultOutputDirectory()
+        // Rank 0's clock names the directory: the ranks may start in different seconds.
+        let outDir = try out ?? collective.broadcast(defaultOutputDirectory(), root: 0)
         if let initFrom {
             // Before any quantizer is attached: BSQ and CSQ build their bit variables from these weights.
             let loaded = try loadInitialWeights(from: initFrom, into: network, expectedModel: model)
             config.initFrom = loaded
-            reportInitFrom(loaded)
+            reportInitFrom(loaded, writeLine)
         }
         var fixedScheme: [QuantizationScheme.LayerBits]? = nil
         if let schemeSpec {
             let resolved = try schemeSpec.resolve(layerPaths: quantizableLayers(of: network).map(\.path))
             fixedScheme = resolved
             config.bitScheme = bitSchemeLine(resolved)
-            reportFixedScheme(resolved, of: network)
+            reportFixedScheme(resolved, of: network, writeLine)
         }
         // SMPQ fits α and its Shapley values on held-out images: the weights train on the rest.
         var trainSet: any Dataset = data.train
@@ -161,9 +171,12 @@ struct TrainCommand: ParsableCommand {
         config.methodOptions = trainingMethod.runIdentity
         writeLine("msq train: \(model) on \(dataset) (\(trainSet.count) train" + (validationData.map { " + \($0.dataset.count) validation" } ?? "")
                   + " / \(data.test.count) test images, " +
-              "\(network.trainableParameterCount) parameters), \(epochs) epochs, batch \(batchSize), lr \(lr) → \(outDir)")
+              "\(network.trainableParameterCount) parameters), \(epochs) epochs, batch \(batchSize), lr \(lr) → \(outDir)"
+                  + (collective.size > 1 ? "; \(collective.size) processes × \(config.threads) threads, \(batchSize / collective.size)–\((batchSize + collective.size - 1) / collective.size) images each per step, batch norm \(syncBn ? "synchronised" : "per process")" : ""))
         let trainer = Trainer(config: config, model: network, method: trainingMethod, train: trainSet, test: data.test,
-                              normalization: data.normalization, outDirectory: outDir)
+                              normalization: data.normalization, outDirectory: outDir, log: writeLine)
+        trainer.collective = collective
+        trainer.synchronizeBatchNorm = syncBn
         // The trainer leaves the kernels' thread count to its caller; set here, just before the
         // first step as the trainer once did, so everything before it runs as it always has.
         setKernelThreads(config.threads)
@@ -178,7 +191,7 @@ struct TrainCommand: ParsableCommand {
     }
 
     /// The --init-from line: what was loaded and its content hash.
-    func reportInitFrom(_ loaded: LoadedWeights) {
+    func reportInitFrom(_ loaded: LoadedWeights, _ writeLine: (String) -> Void) {
         guard let initFrom else { return }
         if SafeTensors.isSafeTensorsFile(atPath: initFrom) {
             writeLine("init-from \(initFrom) (safetensors, PyTorch names): \(loaded.tensorCount) tensors (weights and batch-norm statistics)"
@@ -192,7 +205,7 @@ struct TrainCommand: ParsableCommand {
     }
 
     /// The --bit-scheme lines: average bits and C both ways, then the scheme, before training.
-    func reportFixedScheme(_ resolved: [QuantizationScheme.LayerBits], of network: any Module) {
+    func reportFixedScheme(_ resolved: [QuantizationScheme.LayerBits], of network: any Module, _ writeLine: (String) -> Void) {
         let counts = quantizableLayers(of: network).compactMap { _, m in ((m as? Conv2d)?.weight ?? (m as? Linear)?.weight)?.value.count }
         let bits = resolved.map(\.bits)
         let total = Double(counts.reduce(0, +))

@@ -10,6 +10,8 @@ public struct Batch: Sendable {
     public var index: Int
     /// The data set index of each image, `B` values.
     public var sampleIndices: [Int]
+    /// Number of images in the whole global batch this one is a shard of (= ``count`` unsharded).
+    public var globalCount: Int
 
     /// Number of images, `B`.
     public var count: Int { labels.count }
@@ -45,6 +47,31 @@ public struct BatchLoader: Sequence, Sendable {
     public let prefetch: Bool
     /// Data set indices in this epoch's visiting order.
     public let order: [Int]
+    /// The part of every batch this loader yields: shard `index` of `count` equal slices of each
+    /// global batch (the first images go to shard 0), so P loaders together see what one sees.
+    public let shard: Shard
+
+    /// Slice `index` of `count` of every batch: positions `b·index/count ..< b·(index+1)/count` of
+    /// a batch of `b` images. Shard sizes differ by at most one image.
+    public struct Shard: Sendable, Equatable {
+        /// This slice, `0..<count`.
+        public var index: Int
+        /// The number of slices.
+        public var count: Int
+        /// The whole batch.
+        public static let whole = Shard(index: 0, count: 1)
+
+        /// Slice `index` of `count`.
+        public init(index: Int, count: Int) {
+            self.index = index
+            self.count = count
+        }
+
+        /// The positions of this slice in a batch of `batchCount` images.
+        public func range(in batchCount: Int) -> Range<Int> {
+            (batchCount * index / count)..<(batchCount * (index + 1) / count)
+        }
+    }
 
     /// A loader over `dataset` for one epoch; iteration starts at batch `startBatch`.
     ///
@@ -53,7 +80,10 @@ public struct BatchLoader: Sequence, Sendable {
     /// samples', a negative crop padding, or `dropLast` with fewer samples than one batch.
     public init(dataset: any Dataset, batchSize: Int, shuffle: Bool, augmentation: Augmentation = .none,
                 normalization: Normalization? = nil, seed: UInt64, epoch: Int = 0, dropLast: Bool = false,
-                startBatch: Int = 0, prefetch: Bool = true) throws(DataError) {
+                startBatch: Int = 0, prefetch: Bool = true, shard: Shard = .whole) throws(DataError) {
+        guard shard.count >= 1, (0..<shard.count).contains(shard.index) else {
+            throw .invalidArgument("shard \(shard.index) of \(shard.count) does not exist")
+        }
         let n = dataset.count
         guard batchSize >= 1 else { throw .invalidArgument("batch size must be at least 1 (got \(batchSize))") }
         guard epoch >= 0 else { throw .invalidArgument("epoch must be ≥ 0 (got \(epoch))") }
@@ -94,6 +124,7 @@ public struct BatchLoader: Sequence, Sendable {
         self.dropLast = dropLast
         self.startBatch = startBatch
         self.prefetch = prefetch
+        self.shard = shard
         self.order = shuffle ? BatchLoader.permutation(count: n, seed: seed, epoch: epoch) : Array(0..<n)
     }
 
@@ -119,8 +150,10 @@ public struct BatchLoader: Sequence, Sendable {
         let (c, h, w) = (shape[0], shape[1], shape[2])
         let size = c * h * w
         let first = index * batchSize
-        let b = Swift.min(batchSize, dataset.count - first)
-        let indices = Array(order[first..<(first + b)])
+        let globalCount = Swift.min(batchSize, dataset.count - first)
+        let slice = shard.range(in: globalCount)
+        let b = slice.count
+        let indices = Array(order[(first + slice.lowerBound)..<(first + slice.upperBound)])
         var images = Tensor(shape: [b, c, h, w])
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: augmentation.isIdentity ? 1 : size)
         defer { scratch.deallocate() }
@@ -131,14 +164,15 @@ public struct BatchLoader: Sequence, Sendable {
                     dataset.copySample(sample, into: slot)
                 } else {
                     dataset.copySample(sample, into: scratch)
-                    var rng = RandomSource(seed: seed, stream: [UInt64(epoch), UInt64(first + j)])
+                    var rng = RandomSource(seed: seed, stream: [UInt64(epoch), UInt64(first + slice.lowerBound + j)])
                     Augmentation.apply(augmentation.draw(using: &rng), source: scratch, destination: slot,
                                        channels: c, height: h, width: w)
                 }
                 normalization?.apply(to: slot, plane: h * w)
             }
         }
-        return Batch(images: images, labels: indices.map { dataset.label($0) }, index: index, sampleIndices: indices)
+        return Batch(images: images, labels: indices.map { dataset.label($0) }, index: index, sampleIndices: indices,
+                     globalCount: globalCount)
     }
 
     /// Number of batches iteration will yield: `batchCount − startBatch`.

@@ -6,6 +6,11 @@ public final class Sequential: Module {
     /// The children with their names, in execution order.
     public private(set) var children: [(name: String, module: any Module)]
 
+    /// Called as each child's backward returns, with that child: its parameter gradients are then
+    /// final for the step, so a data-parallel trainer can start reducing them while the earlier
+    /// children's backward still runs.
+    public var onChildBackward: ((any Module) -> Void)?
+
     /// Children named by position: `"0"`, `"1"`, ….
     public init(_ modules: [any Module]) {
         children = modules.enumerated().map { (String($0.offset), $0.element) }
@@ -80,15 +85,25 @@ public final class Sequential: Module {
         var g = gradOutput
         for step in all.dropFirst().reversed() { g = backward(step, g) }
         switch first {
-        case let .child(i): children[i].module.backwardParameters(g)
-        case let .batchNormActivation(bn, _): _ = bn.backwardActivation(g)
+        case let .child(i):
+            children[i].module.backwardParameters(g)
+            onChildBackward?(children[i].module)
+        case let .batchNormActivation(bn, _):
+            _ = bn.backwardActivation(g)
+            onChildBackward?(bn)
         }
     }
 
     private func backward(_ step: Step, _ g: Tensor) -> Tensor {
         switch step {
-        case let .child(i): return children[i].module.backward(g)
-        case let .batchNormActivation(bn, _): return bn.backwardActivation(g)
+        case let .child(i):
+            let dx = children[i].module.backward(g)
+            onChildBackward?(children[i].module)
+            return dx
+        case let .batchNormActivation(bn, _):
+            let dx = bn.backwardActivation(g)
+            onChildBackward?(bn)
+            return dx
         }
     }
 

@@ -34,13 +34,26 @@ public final class Trainer {
     /// Called after every epoch's evaluation (and its metrics line and checkpoint, when there is a
     /// directory); a throw stops the run after that epoch.
     public var onEpoch: ((EpochReport) throws -> Void)?
+    /// The processes training this model together (``SingleProcess`` by default). Under P > 1
+    /// every rank builds the same model from the same seed and runs this trainer with the same
+    /// configuration: each takes its shard of every global batch (``TrainingConfig/batchSize`` stays
+    /// the global batch, so the data order and schedule do not depend on P), the gradients are
+    /// summed over the ranks before the method and the optimizer see them, evaluation is sharded
+    /// and reduced, and only rank 0 logs and writes files. Set before ``run(resume:)``.
+    public var collective: any Collective = SingleProcess()
+    /// Whether batch norms normalise with the global batch's statistics (all-reduced every step)
+    /// instead of their own shard's; with per-shard statistics (the default) the running averages
+    /// are averaged over the ranks every step so the replicas stay identical. No effect at P = 1.
+    public var synchronizeBatchNorm = false
+    /// The gradient buckets of the last run (nil at P = 1): their counters tell how much of the
+    /// all-reduce the backward pass hid.
+    public internal(set) var gradientBuckets: GradientBuckets?
     let train: any Dataset
     let test: any Dataset
     let normalization: Normalization
     let givenOptimizer: (any Optimizer)?
     let givenSchedule: (any LearningRateScheduling)?
     let files: RunDirectory?
-    let log: (String) -> Void
 
     /// Checkpoint file name inside the output directory.
     public static let checkpointName = "checkpoint.msqckpt"
@@ -74,8 +87,14 @@ public final class Trainer {
         self.givenOptimizer = optimizer
         self.givenSchedule = schedule
         self.files = outDirectory.map { RunDirectory(path: $0, log: log) }
-        self.log = log
+        self.givenLog = log
     }
+
+    let givenLog: (String) -> Void
+    /// Rank 0's lines; the other ranks' are dropped (their errors still reach the caller).
+    var log: (String) -> Void { collective.isRoot ? givenLog : { _ in } }
+    /// Where this rank writes: the directory on rank 0, nowhere on the others.
+    var writer: RunDirectory? { collective.isRoot ? files : nil }
 
     /// Trains to the last epoch and returns the summary (also written as `summary.json` when
     /// there is an output directory).
@@ -90,6 +109,7 @@ public final class Trainer {
         try config.validate()
         try checkData()
         let runPlan = try makePlan()
+        try checkShards()
         let optimizer = givenOptimizer ?? config.makeOptimizer(for: model)
         try checkOptimizer(optimizer)
         if config.threads > 0, config.threads != kernelThreads {
@@ -97,7 +117,9 @@ public final class Trainer {
                 + "(setKernelThreads); the fingerprint records \(config.threads)")
         }
         if resume, files == nil { throw TrainingError.resumeWithoutDirectory }
-        try files?.prepare(resume: resume)
+        try writer?.prepare(resume: resume)
+        // Rank 0 may have refused the directory; the others must not train alone.
+        try collective.barrier()
 
         let stepsPerEpoch = runPlan.stepsPerEpoch
         let schedule = givenSchedule ?? LearningRateSchedule(base: config.learningRate, warmupSteps: runPlan.warmupSteps,
@@ -105,19 +127,22 @@ public final class Trainer {
         var progress = Progress()
         var rng = RandomSource(seed: config.seed, stream: [0x7472_6169_6E])
 
-        if resume, let files, FileManager.default.fileExists(atPath: files.checkpointPath) {
-            progress = try restore(from: files.checkpointPath, into: optimizer, rng: &rng, plan: runPlan)
+        // Rank 0 reads the checkpoint and sends its bytes: the other ranks need not see its disk.
+        let checkpoint = resume ? try files.flatMap { try sharedCheckpoint(at: $0.checkpointPath) } : nil
+        if let files, let checkpoint {
+            progress = try restore(checkpoint, path: files.checkpointPath, into: optimizer, rng: &rng, plan: runPlan)
             log("resumed from \(files.checkpointPath) after epoch \(progress.epochsCompleted) (step \(progress.globalStep))"
                 + (config.initFrom.map { "; the weights are this run's own, \($0.path) only had to match the fingerprint" } ?? ""))
-            try files.truncateMetrics(toEpochs: progress.epochsCompleted)
+            try writer?.truncateMetrics(toEpochs: progress.epochsCompleted)
         } else if resume, let files {
             log("no checkpoint in \(files.path): starting from scratch")
             // A run killed before its first checkpoint may have left an epoch's metrics line,
             // which that epoch, trained again, would otherwise duplicate.
-            try files.truncateMetrics(toEpochs: 0)
+            try writer?.truncateMetrics(toEpochs: 0)
         }
         do {
-            try method.prepare(model: model, plan: TrainingPlan(stepsPerEpoch: stepsPerEpoch, epochs: config.epochs, log: log))
+            try method.prepare(model: model, plan: TrainingPlan(stepsPerEpoch: stepsPerEpoch, epochs: config.epochs, log: log,
+                                                                collective: collective))
         } catch let error as CheckpointError {
             // Only restored state fails this way; the user needs the file it came from.
             throw files.map { error.naming($0.checkpointPath) } ?? error
@@ -126,34 +151,42 @@ public final class Trainer {
         let lossFunction = SoftmaxCrossEntropy(labelSmoothing: Float(config.labelSmoothing))
         var lastEval = Evaluation(loss: .nan, accuracy: .nan, count: 0)
         if progress.epochsCompleted >= config.epochs {
-            lastEval = evaluate(model, on: test, normalization: normalization, batchSize: max(config.batchSize, 256))
+            lastEval = try evaluateSharded()
         }
+        let parallel = try prepareDataParallel()
         for epoch in stride(from: progress.epochsCompleted + 1, through: config.epochs, by: 1) {
             let epochStart = Date()
             var lossSum = 0.0, correct = 0, seen = 0
             let loader = try BatchLoader(dataset: train, batchSize: config.batchSize, shuffle: true,
                                          augmentation: augmentation, normalization: normalization,
-                                         seed: config.seed, epoch: epoch, dropLast: false)
+                                         seed: config.seed, epoch: epoch, dropLast: false, shard: shard)
             var lastReport = Date()
             var stepInEpoch = 0
             for batch in loader {
                 let lr = schedule.learningRate(at: progress.globalStep)
                 model.zeroGradients()
                 let logits = model.forward(batch.images, mode: .train)
-                let loss = try lossFunction.forward(logits: logits, labels: batch.labels)
+                var loss = try lossFunction.forward(logits: logits, labels: batch.labels)
                 guard loss.isFinite else {
                     // Nothing of this step is saved: the checkpoint of the last completed epoch stays.
                     // Steps counted from 1, as in the progress lines.
                     throw TrainingError.nonFinite(epoch: epoch, step: stepInEpoch + 1, globalStep: progress.globalStep + 1,
                                                   loss: loss, culprit: nonFiniteCulprit(lossFunction: lossFunction))
                 }
+                let buckets = parallel.map(currentBuckets)
+                buckets?.beginStep(share: Double(batch.count) / Double(batch.globalCount))
                 model.backwardParameters(lossFunction.backward())
+                var n = batch.labels.count
+                var batchCorrect = correctPredictions(logits: logits, labels: batch.labels)
+                if let parallel, let buckets {
+                    try buckets.finish()
+                    (loss, batchCorrect, n) = try reduceStep(parallel, loss: loss, correct: batchCorrect, count: n)
+                }
                 let methodLoss = try method.afterBackward(model: model, epoch: epoch, step: progress.globalStep)
                 optimizer.step(learningRate: lr)
 
-                let n = batch.labels.count
                 lossSum += Double(loss) * Double(n)
-                correct += correctPredictions(logits: logits, labels: batch.labels)
+                correct += batchCorrect
                 seen += n
                 stepInEpoch += 1
                 progress.globalStep += 1
@@ -175,7 +208,7 @@ public final class Trainer {
             progress.trainSeconds += trainSeconds
             progress.trainImagesSeen += seen
 
-            lastEval = evaluate(model, on: test, normalization: normalization, batchSize: max(config.batchSize, 256))
+            lastEval = try evaluateSharded()
             log(String(format: "epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  (%.1f s, %.1f img/s)",
                        epoch, config.epochs, lossSum / Double(max(seen, 1)), Double(correct) / Double(max(seen, 1)),
                        lastEval.loss, lastEval.accuracy, trainSeconds, Double(seen) / max(trainSeconds, 1e-9)))
@@ -187,15 +220,16 @@ public final class Trainer {
                 trainSeconds: trainSeconds, imagesPerSecond: Double(seen) / max(trainSeconds, 1e-9),
                 globalStep: progress.globalStep)
             progress.epochsCompleted = epoch
-            if let files {
-                try files.appendMetrics(report.metricsObject)
-                try saveCheckpoint(to: files.checkpointPath, progress: progress, optimizer: optimizer, rng: rng)
+            if collective.size > 1 { try checkReplicasAgree(after: "epoch \(epoch)") }
+            if let writer {
+                try writer.appendMetrics(report.metricsObject)
+                try saveCheckpoint(to: writer.checkpointPath, progress: progress, optimizer: optimizer, rng: rng)
             }
             try onEpoch?(report)
         }
 
         let summary = try makeSummary(evaluation: lastEval, progress: progress, optimizer: optimizer)
-        if let files {
+        if let files = writer {
             try summary.write(to: files.summaryPath)
             log(String(format: "done: test accuracy %.4f after %d epochs; summary in %@", lastEval.accuracy,
                        config.epochs, files.summaryPath))
@@ -215,7 +249,7 @@ public final class Trainer {
             methodFields[key] = converted
         }
         let adamW = optimizer as? AdamW
-        return TrainingSummary(
+        var summary = TrainingSummary(
             model: config.model, dataset: config.dataset, method: method.name, epochs: config.epochs,
             batchSize: config.batchSize, learningRate: config.learningRate, trainImages: train.count,
             testImages: test.count, testAccuracy: evaluation.accuracy, testLoss: evaluation.loss,
@@ -232,6 +266,9 @@ public final class Trainer {
             optimizer: optimizer.name == OptimizerKind.sgd.rawValue ? nil : optimizer.name,
             adamW: adamW.map { TrainingSummary.AdamWSettings(beta1: $0.beta1, beta2: $0.beta2, epsilon: $0.epsilon) },
             methodFields: methodFields)
+        summary.processes = collective.size
+        summary.dataParallel = dataParallelSummary()
+        return summary
     }
 
     /// Refuses an optimizer that does not update exactly this model's trainable parameters.

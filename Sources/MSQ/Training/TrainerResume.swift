@@ -6,9 +6,8 @@ extension Trainer {
     /// (every completed epoch is `plan.stepsPerEpoch` steps over every training image). A
     /// `globalStep` of 4.6e18 once resumed, skipped the schedule and ended at accuracy 0.10; an
     /// `epochsCompleted` beyond the run's epochs exited 0 without training.
-    func restore(from checkpointPath: String, into optimizer: any Optimizer, rng: inout RandomSource,
+    func restore(_ ckpt: Checkpoint, path checkpointPath: String, into optimizer: any Optimizer, rng: inout RandomSource,
                  plan: RunPlan) throws -> Progress {
-        let ckpt = try Checkpoint.read(from: checkpointPath)
         let h = ckpt.header
         if h.runFingerprint != config.fingerprint {
             // Keys on either side: an option given only now, or only then (--init-from, or
@@ -19,7 +18,13 @@ extension Trainer {
                 let new = config.identity[key] ?? "(not set)"
                 return old == new ? nil : "\(key): checkpoint \(old), now \(new)"
             }
-            throw CheckpointError.mismatch(path: checkpointPath, reason: diffs.joined(separator: "; "))
+            // A data-parallel run resumed at another process count runs another thread count per
+            // process: the same run, its last bits summed in another order.
+            if diffs.count == 1, let old = h.runDescription["threads"], old != config.identity["threads"] {
+                log("warning: the checkpoint was written at \(old) kernel threads per process, this run uses \(config.threads); resuming (the last bits of the sums may differ from an uninterrupted run)")
+            } else {
+                throw CheckpointError.mismatch(path: checkpointPath, reason: diffs.joined(separator: "; "))
+            }
         }
         try checkProgress(h, plan: plan, path: checkpointPath)
         // The method state first: a method whose model changes shape between phases (SMPQ swaps its

@@ -50,6 +50,11 @@ public struct TrainingSummary: Codable, Sendable, Equatable {
     public var adamW: AdamWSettings?
     /// The method's own fields.
     public var methodFields: [String: JSONValue]
+    /// Processes that trained the model together (``Trainer/collective``'s size); 1 = one process.
+    public var processes: Int = 1
+    /// With several processes: whether batch norm was synchronised, the gradient buckets and how
+    /// much of their all-reduce the backward pass hid (`data_parallel` in `summary.json`).
+    public var dataParallel: JSONValue?
 
     /// AdamW's hyper-parameters as the summary records them.
     public struct AdamWSettings: Codable, Sendable, Equatable {
@@ -81,6 +86,8 @@ public struct TrainingSummary: Codable, Sendable, Equatable {
             "seed": Int(exactly: seed).map(JSONValue.int) ?? .double(Double(seed)),
             "threads": .int(threads),
         ]
+        if processes != 1 { o["processes"] = .int(processes) }
+        if let dataParallel { o["data_parallel"] = dataParallel }
         if let initFrom { o["init_from"] = initFrom }
         if let givenBitScheme { o["given_bit_scheme"] = .string(givenBitScheme) }
         if let scaleGranularity { o["scale_granularity"] = .string(scaleGranularity) }
@@ -103,7 +110,7 @@ public struct TrainingSummary: Codable, Sendable, Equatable {
         "model", "dataset", "method", "epochs", "batch_size", "lr", "train_images", "test_images",
         "test_accuracy", "test_loss", "trainable_params", "train_seconds", "images_per_second",
         "peak_rss_bytes", "seed", "threads", "init_from", "given_bit_scheme", "scale_granularity",
-        "optimizer", "beta1", "beta2", "eps",
+        "optimizer", "beta1", "beta2", "eps", "processes", "data_parallel",
     ]
 
     /// Encodes ``jsonObject``: one flat object with `summary.json`'s keys.
@@ -141,6 +148,8 @@ public struct TrainingSummary: Codable, Sendable, Equatable {
         peakRSSBytes = try field("peak_rss_bytes", int)
         seed = try field("seed") { v in int(v).flatMap(UInt64.init(exactly:)) ?? v.doubleValue.flatMap(UInt64.init(exactly:)) }
         threads = try field("threads", int)
+        processes = o["processes"].flatMap(int) ?? 1
+        dataParallel = o["data_parallel"]
         initFrom = o["init_from"]
         givenBitScheme = o["given_bit_scheme"]?.stringValue
         scaleGranularity = o["scale_granularity"]?.stringValue
