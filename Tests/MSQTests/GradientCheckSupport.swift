@@ -27,6 +27,55 @@ struct GradCheckSettings {
     /// Richardson extrapolation `(4·D(h/2) − D(h)) / 3` instead of `D(h)`: cancels the h² term of
     /// the central difference, for smooth but strongly curved functions (deep nets with BN).
     var richardson: Bool = false
+    /// When > 0, the floor is at least this many standard deviations of the difference quotient's
+    /// Float rounding noise, measured per tensor (``roundingNoise``): in a deep Float network the
+    /// objective jitters by ~1e-7 of its size from one point to the next, the quotient by that
+    /// over h (Richardson: 1.9·σ/h), which can exceed ``gradAbsoluteFloor`` for a small gradient.
+    var noiseSigmas: Double = 0
+}
+
+/// The standard deviation of the Float rounding jitter of `evaluate` along element `i`: L at 33
+/// points 1e-4 apart (realised positions), less its least-squares quadratic (the smooth part, whose
+/// cubic term is ~1e-10 over ±1.6e-3): the residuals' sum of squares over n − 3. Restores the element.
+func roundingNoise(at i: Int, value: (Int) -> Float, set: (Int, Float) -> Void, evaluate: () -> Double) -> Double {
+    let x0 = value(i)
+    var xs: [Double] = [], ls: [Double] = []
+    for k in -16...16 {
+        let v = x0 + Float(k) * 1e-4
+        set(i, v)
+        xs.append(Double(v) - Double(x0))
+        ls.append(evaluate())
+    }
+    set(i, x0)
+    // Normal equations of l ≈ c0 + c1·x + c2·x² (x scaled to about ±1 for conditioning).
+    let scale = 1.6e-3
+    var m = [[Double]](repeating: [0, 0, 0], count: 3), b = [0.0, 0, 0]
+    for (x, l) in zip(xs, ls) {
+        let u = x / scale, f = [1, u, u * u]
+        for r in 0..<3 {
+            b[r] += f[r] * l
+            for c in 0..<3 { m[r][c] += f[r] * f[c] }
+        }
+    }
+    for col in 0..<3 {  // Gaussian elimination (m is symmetric positive definite)
+        for r in (col + 1)..<3 {
+            let q = m[r][col] / m[col][col]
+            for c in col..<3 { m[r][c] -= q * m[col][c] }
+            b[r] -= q * b[col]
+        }
+    }
+    var c = [0.0, 0, 0]
+    for r in stride(from: 2, through: 0, by: -1) {
+        var t = b[r]
+        for k in (r + 1)..<3 { t -= m[r][k] * c[k] }
+        c[r] = t / m[r][r]
+    }
+    var ss = 0.0
+    for (x, l) in zip(xs, ls) {
+        let u = x / scale, e = l - (c[0] + c[1] * u + c[2] * u * u)
+        ss += e * e
+    }
+    return (ss / Double(xs.count - 3)).squareRoot()
 }
 
 /// `L = Σ r_i · y_i`, accumulated in Double.
@@ -85,13 +134,22 @@ func checkTensor(name: String, analytic: Tensor, settings: GradCheckSettings, rn
     var result = TensorCheck(name: name)
     var maxAbs = 0.0
     for i in 0..<analytic.count { maxAbs = max(maxAbs, Double(abs(analytic[flat: i]))) }
-    let floor = max(settings.floorFraction * maxAbs, settings.absoluteFloor)
+    var floor = max(settings.floorFraction * maxAbs, settings.absoluteFloor)
+    let indices = sampleIndices(count: analytic.count, limit: settings.maxChecked, rng: &rng)
+    if settings.noiseSigmas > 0, let first = indices.first {
+        // σ of (L(x+h) − L(x−h))/2h is √2·σ_L/2h; Richardson's (4·D(h/2) − D(h))/3 is
+        // √2·σ_L·√((4/3)²/h² + (1/3)²/(2h)²) ≈ 1.9·σ_L/h.
+        let h = Double(settings.step), sigmaL = roundingNoise(at: first, value: value, set: set, evaluate: evaluate)
+        let sigmaD = settings.richardson ? 2.0.squareRoot() * sigmaL * ((16.0 / 9) / (h * h) + (1.0 / 9) / (4 * h * h)).squareRoot()
+                                         : 2.0.squareRoot() * sigmaL / (2 * h)
+        floor = max(floor, settings.noiseSigmas * sigmaD)
+    }
     func close(_ a: Double, _ b: Double, scale: Double? = nil) -> Bool {
         abs(a - b) <= (scale ?? settings.tolerance) * max(abs(a), abs(b)) + floor
     }
     let h = settings.step
     let l0 = settings.skipKinks ? evaluate() : 0
-    for i in sampleIndices(count: analytic.count, limit: settings.maxChecked, rng: &rng) {
+    for i in indices {
         let x0 = value(i)
         let xp = x0 + h, xm = x0 - h
         set(i, xp); let lp = evaluate()
