@@ -2,6 +2,7 @@
 # Issue 19: data-parallel training against one process on the 10k recipe (ResNet-20,
 # Fashion-MNIST, first 10k training images, 6 epochs, global batch 128, lr 0.1).
 #   P1        one process, 2 threads
+#   P1x1      one process, 1 thread: P1 with its sums in another order, the float-noise floor
 #   P2-sync   mpirun -np 2, 1 thread each, --sync-bn
 #   P2        mpirun -np 2, 1 thread each, per-process batch-norm statistics
 #   P2to1     P2-sync killed after epoch 1, resumed at P = 1 (2 threads)
@@ -47,6 +48,7 @@ for spec in $1; do
         echo "$out: $row $method seed $seed ($(date +%T))"
         case $row in
             P1) $MSQ train $args --threads 2 > "$out.log" 2>&1 ;;
+            P1x1) $MSQ train $args --threads 1 > "$out.log" 2>&1 ;;
             P2-sync) $MPI $MSQ train $args --threads 1 --sync-bn > "$out.log" 2>&1 ;;
             P2) $MPI $MSQ train $args --threads 1 > "$out.log" 2>&1 ;;
             P2to1)

@@ -100,8 +100,14 @@ public final class GradientBuckets {
     }
 
     deinit {
-        for s in hooked { s.onChildBackward = nil }
+        unhook()
         buffer.deallocate()
+    }
+
+    /// Stops listening to the model's `Sequential`s (before buckets for a changed model hook them).
+    func unhook() {
+        for s in hooked { s.onChildBackward = nil }
+        hooked = []
     }
 
     /// Whether these buckets hold exactly `model`'s trainable parameters, in its order.

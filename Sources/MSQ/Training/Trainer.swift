@@ -39,7 +39,9 @@ public final class Trainer {
     /// configuration: each takes its shard of every global batch (``TrainingConfig/batchSize`` stays
     /// the global batch, so the data order and schedule do not depend on P), the gradients are
     /// summed over the ranks before the method and the optimizer see them, evaluation is sharded
-    /// and reduced, and only rank 0 logs and writes files. Set before ``run(resume:)``.
+    /// and reduced, and only rank 0 logs and writes files. Set before ``run(resume:)``. A throw on
+    /// one rank only (a callback, a non-finite loss in one shard) leaves the others waiting in the
+    /// next collective operation: end them all (`msq` calls ``Collective/abort(_:code:)``).
     public var collective: any Collective = SingleProcess()
     /// Whether batch norms normalise with the global batch's statistics (all-reduced every step)
     /// instead of their own shard's; with per-shard statistics (the default) the running averages

@@ -36,6 +36,7 @@ extension Trainer {
         var norms: [BatchNorm2d] = []
         model.visitModules(prefix: "") { _, m in if let bn = m as? BatchNorm2d { norms.append(bn) } }
         for bn in norms { bn.collective = synchronizeBatchNorm ? collective : nil }
+        gradientBuckets?.unhook()
         let buckets = GradientBuckets(model: model, collective: collective)
         gradientBuckets = buckets
         try checkReplicasAgree(after: "building the model (same seed, same initial weights file)")
@@ -47,6 +48,7 @@ extension Trainer {
     /// SMPQ does when its search ends).
     func currentBuckets(_ step: DataParallelStep) -> GradientBuckets {
         if !step.buckets.covers(model) {
+            step.buckets.unhook()
             step.buckets = GradientBuckets(model: model, collective: collective)
             gradientBuckets = step.buckets
         }
