@@ -17,9 +17,9 @@ import argparse
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 # Per-rank step time at batch 16, 224², 1 thread (ms); see the README for where each comes from.
-p.add_argument("--r18-ms", type=float, default=1600.0)
-p.add_argument("--r50-ms", type=float, default=3600.0)
-p.add_argument("--deit-ms", type=float, default=4700.0)
+p.add_argument("--r18-ms", type=float, default=5022.0)
+p.add_argument("--r50-ms", type=float, default=15859.0)
+p.add_argument("--deit-ms", type=float, default=19479.0)
 p.add_argument("--per-rank-batch", type=int, default=16, help="the batch the step times above are for")
 p.add_argument("--global-batch", type=int, default=256, help="strong scaling's fixed global batch (ImageNet ResNet's 256)")
 p.add_argument("--alpha-us", type=float, default=10.0, help="per-message latency, µs")
@@ -30,7 +30,7 @@ a = p.parse_args()
 
 # Float32 gradient bytes per step = 4 × trainable parameters (msq-bench dp-step --bytes-only,
 # 1000 classes); MSQ's quantizers add only their scales, and the gradients stay float32.
-MODELS = {"resnet18": (46_759_136, a.r18_ms), "resnet50": (102_228_128, a.r50_ms), "deit-small": (88_228_384, a.deit_ms)}
+MODELS = {"resnet18": (46_758_048, a.r18_ms), "resnet50": (102_228_128, a.r50_ms), "deit-small": (88_202_656, a.deit_ms)}
 
 
 def comm_s(nbytes, ranks, gbits):
