@@ -13,6 +13,8 @@ let package = Package(
     products: [
         .library(name: "MSQ", targets: ["MSQ"]),
         .library(name: "CKernels", targets: ["CKernels"]),
+        // Open MPI's Collective, a product of its own so that `MSQ` stays MPI-free for its users.
+        .library(name: "MSQDistributed", targets: ["MSQDistributed"]),
         .executable(name: "msq", targets: ["MSQCLI"]),
     ],
     dependencies: [
@@ -41,7 +43,7 @@ let package = Package(
             linkerSettings: [.linkedLibrary("z")]
         ),
         // MSQ's dependencies stay MPI-free: linking the MSQ library needs no MPI. Data-parallel
-        // training over Open MPI is MSQDistributed's, which only the `msq` executable links.
+        // training over Open MPI is MSQDistributed's, which `msq` and msq-bench link.
         .target(name: "MSQ", dependencies: ["CKernels", "CGzip"]),
         // Open MPI's headers and library, found by `pkg-config ompi-c` (Debian's libopenmpi-dev).
         .systemLibrary(

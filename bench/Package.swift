@@ -21,6 +21,8 @@ let package = Package(
             dependencies: [
                 .product(name: "MSQ", package: "MSQ"),
                 .product(name: "CKernels", package: "MSQ"),
+                // Open MPI, for `dp-step` under mpirun (libopenmpi-dev, as for `msq`).
+                .product(name: "MSQDistributed", package: "MSQ"),
                 "CBLASBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]

@@ -5,17 +5,19 @@ import MSQ
 
 /// One model, its training method, optimizer and synthetic batch: the training step `cost` and `step` time.
 ///
-/// Synthetic data of the model's input shape (3×32×32 for ResNet-20, 3×224×224 for ResNet-18,
+/// Synthetic data of the model's input shape (3×32×32 for ResNet-20, 3×224×224 for ResNet-18/50,
 /// MobileNetV3, DeiT and Swin-T),
 /// 10 classes; SGD momentum 0.9, Nesterov, weight decay 5e-4, lr 0.01. Set the kernel thread count
 /// (`msq_set_num_threads`) before building one.
 final class TrainingStepHarness {
     /// The model, with the method's quantizers and extra parameters attached.
     let net: any Module
-    /// Image side: 32 (ResNet-20) or 224 (ResNet-18, MobileNetV3, DeiT, Swin-T).
+    /// Image side: 32 (ResNet-20) or 224 (ResNet-18/50, MobileNetV3, DeiT, Swin-T).
     let side: Int
-    /// Images per step.
+    /// Images per step on this process (its shard of the global batch).
     let batch: Int
+    /// This process's fraction of the global batch, `n_r/N`: the weight of its gradient in the sum.
+    let share: Double
     /// The quantized layers (msq only; empty otherwise), for the Hessian estimate of `cost`.
     let layers: [QuantizedLayer]
     /// The library's method (dorefa, bsq, csq), nil for fp and msq.
@@ -28,11 +30,15 @@ final class TrainingStepHarness {
     private var stepIndex = 0
 
     /// Builds `model` with `method` (one of ``BenchMethods/all``) and draws the batch from `rng`.
-    /// `plannedSteps` sizes the library method's training plan (warm-up + timed steps).
+    /// `plannedSteps` sizes the library method's training plan (warm-up + timed steps). `batch` is
+    /// the global batch; every process draws all of it (the same images whatever the process
+    /// count) and keeps its `shard`, as `BatchLoader` does in a data-parallel run.
     init(model kind: ModelKind, method: String, batch: Int, actBits: Int?, targetCompression: Double,
-         plannedSteps: Int, rng: inout RandomSource) throws {
+         plannedSteps: Int, rng: inout RandomSource, shard: BatchLoader.Shard = .whole) throws {
         side = kind == .resnet20 ? 32 : 224
-        self.batch = batch
+        let range = shard.range(in: batch)
+        self.batch = range.count
+        share = Double(range.count) / Double(batch)
         net = makeModel(kind, inputChannels: 3, numClasses: 10, seed: 0, inputSize: side)
         // The method changes the model (quantizers, extra parameters) before the optimizer collects
         // its parameters, as in `msq train`.
@@ -57,8 +63,12 @@ final class TrainingStepHarness {
         self.regularizer = regularizer
         self.layers = layers
         self.libraryMethod = libraryMethod
-        images = Tensor.randomNormal([batch, 3, side, side], std: 1, using: &rng)
-        labels = (0..<batch).map { _ in Int32(rng.nextInt(below: 10)) }
+        let all = Tensor.randomNormal([batch, 3, side, side], std: 1, using: &rng)
+        let allLabels = (0..<batch).map { _ in Int32(rng.nextInt(below: 10)) }
+        let image = 3 * side * side
+        images = range.count == batch ? all
+            : Tensor(shape: [range.count, 3, side, side], scalars: Array(all.scalars[(range.lowerBound * image)..<(range.upperBound * image)]))
+        labels = Array(allLabels[range])
         sgd = SGD(model: net, momentum: 0.9, weightDecay: 5e-4, nesterov: true)
     }
 
@@ -66,15 +76,26 @@ final class TrainingStepHarness {
     var input: String { "3x\(side)x\(side)" }
 
     /// One training step: forward, loss, backward, the method's extra gradient pass, SGD step.
-    func step() throws {
+    ///
+    /// With `buckets`, the data-parallel step in `Trainer`'s order: the buckets start as the
+    /// backward finishes their parameters and are waited for before the method and the optimizer,
+    /// which then see the gradient summed over the processes. Returns the seconds of forward and
+    /// backward (the compute the all-reduce can hide behind).
+    @discardableResult
+    func step(buckets: GradientBuckets? = nil) throws -> Double {
+        let t0 = DispatchTime.now().uptimeNanoseconds
         net.zeroGradients()
         let logits = net.forward(images, mode: .train)
         _ = try loss.forward(logits: logits, labels: labels)
+        buckets?.beginStep(share: share)
         net.backwardParameters(loss.backward())
+        let compute = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        try buckets?.finish()
         regularizer?.apply()
         if let libraryMethod { _ = try libraryMethod.afterBackward(model: net, epoch: 1, step: stepIndex) }
         sgd.step(learningRate: 0.01)
         stepIndex += 1
+        return compute
     }
 
     /// Runs `warmup` untimed steps, then `steps` timed ones, each timed on its own.
@@ -114,7 +135,7 @@ func medianOf(_ values: [Double]) -> Double {
 /// The options every training-step benchmark takes (`cost`, `step`): which model, batch and
 /// thread count, how many steps.
 struct StepOptions: ParsableArguments {
-    @Option(help: "resnet20 (3×32×32), resnet18, mobilenetv3-large, mobilenetv3-small, deit-tiny, deit-small or swin-t (3×224×224).")
+    @Option(help: "resnet20 (3×32×32), resnet18, resnet50, mobilenetv3-large, mobilenetv3-small, deit-tiny, deit-small or swin-t (3×224×224).")
     var model: String = "resnet20"
     @Option(help: "Images per step.")
     var batch: Int = 128
@@ -128,7 +149,7 @@ struct StepOptions: ParsableArguments {
     var actBits: Int?
 
     /// The models the step benchmarks build (each has a PyTorch twin in bench/pytorch/models.py).
-    static let models: [ModelKind] = [.resnet20, .resnet18, .mobilenetv3Large, .mobilenetv3Small, .deitTiny, .deitSmall, .swinTiny]
+    static let models: [ModelKind] = [.resnet20, .resnet18, .resnet50, .mobilenetv3Large, .mobilenetv3Small, .deitTiny, .deitSmall, .swinTiny]
 
     /// The model, if it is one the step benchmarks build.
     var kind: ModelKind? {
