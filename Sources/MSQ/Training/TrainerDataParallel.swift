@@ -35,7 +35,7 @@ extension Trainer {
         guard collective.size > 1 else { return nil }
         var norms: [BatchNorm2d] = []
         model.visitModules(prefix: "") { _, m in if let bn = m as? BatchNorm2d { norms.append(bn) } }
-        for bn in norms { bn.collective = synchronizeBatchNorm ? collective : nil }
+        model.synchronizeBatchNorm(over: synchronizeBatchNorm ? collective : nil)
         gradientBuckets?.unhook()
         let buckets = GradientBuckets(model: model, collective: collective)
         gradientBuckets = buckets
@@ -99,15 +99,10 @@ extension Trainer {
     /// replicas stay identical by construction (same seed, summed gradients identical on every rank,
     /// same optimizer); a difference means a rank read other data or a method decided differently.
     func checkReplicasAgree(after moment: String) throws {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        var hash = fnv1a64Offset
         for (_, p) in model.namedParameters() {
-            p.value.withUnsafePointer { v in
-                let bytes = UnsafeRawBufferPointer(start: v, count: p.value.count * MemoryLayout<Float>.stride)
-                for byte in bytes {
-                    hash ^= UInt64(byte)
-                    hash = hash &* 0x100_0000_01b3
-                }
-            }
+            let t = p.value
+            hash = t.withUnsafePointer { fnv1a64(UnsafeRawBufferPointer(start: $0, count: 4 * t.count), continuing: hash) }
         }
         // Three 22-bit pieces: exact as doubles even when summed over 2^30 ranks.
         let pieces = [Double(hash & 0x3f_ffff), Double((hash >> 22) & 0x3f_ffff), Double(hash >> 44)]
