@@ -117,32 +117,7 @@ void msq_attention_backward_ref(float *dqkv, const float *dout, const float *qkv
             const float *q = qkv + base, *k = q + D, *v = q + 2 * D;
             float *dq = dqkv + base, *dk = dq + D, *dv = dq + 2 * D;
             const float *p = probs + ((size_t)b * heads + h) * T * T, *go = dout + (size_t)b * T * D + (size_t)h * d;
-            for (int j = 0; j < T; j++)
-                for (int c = 0; c < d; c++) {
-                    double s = 0;
-                    for (int i = 0; i < T; i++) s += (double)p[(size_t)i * T + j] * go[(size_t)i * D + c];
-                    dv[(size_t)j * ld + c] += (float)s;
-                }
-            for (int i = 0; i < T; i++) {
-                double dot = 0;
-                for (int j = 0; j < T; j++) {
-                    double s = 0;
-                    for (int c = 0; c < d; c++) s += (double)go[(size_t)i * D + c] * v[(size_t)j * ld + c];
-                    ds[(size_t)i * T + j] = s;
-                    dot += s * p[(size_t)i * T + j];
-                }
-                for (int j = 0; j < T; j++) ds[(size_t)i * T + j] = p[(size_t)i * T + j] * (ds[(size_t)i * T + j] - dot);
-            }
-            for (int i = 0; i < T; i++)
-                for (int c = 0; c < d; c++) {
-                    double sq = 0, sk = 0;
-                    for (int j = 0; j < T; j++) {
-                        sq += ds[(size_t)i * T + j] * k[(size_t)j * ld + c];
-                        sk += ds[(size_t)j * T + i] * q[(size_t)j * ld + c];
-                    }
-                    dq[(size_t)i * ld + c] += (float)(scale * sq);
-                    dk[(size_t)i * ld + c] += (float)(scale * sk);
-                }
+            msq_attention_head_backward_ref(dq, dk, dv, ds, go, q, k, v, p, T, d, D, ld, scale);
         }
     free(ds);
 }

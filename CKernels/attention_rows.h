@@ -68,4 +68,39 @@ static inline void msq_attention_head_backward(float *dq, float *dk, float *dv, 
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, d, T, scale, ds, T, q, ld, 1.0f, dk, ld);
 }
 
+/* The `_ref` twins' backward of one (image or window, head), in double: dV += Pᵀ·dO,
+ * ds = dS = P ⊙ (dO·Vᵀ − rowsum(P ⊙ dO·Vᵀ)) (left in ds, T × T, for a caller that needs it),
+ * dQ += scale·dS·K, dK += scale·dSᵀ·Q. q, k, v, dq, dk, dv are rows of stride ld; go rows of
+ * stride D; p is T × T. */
+static inline void msq_attention_head_backward_ref(float *dq, float *dk, float *dv, double *ds, const float *go,
+                                                   const float *q, const float *k, const float *v, const float *p,
+                                                   int T, int d, int D, int ld, float scale) {
+    for (int j = 0; j < T; j++)
+        for (int c = 0; c < d; c++) {
+            double s = 0;
+            for (int i = 0; i < T; i++) s += (double)p[(size_t)i * T + j] * go[(size_t)i * D + c];
+            dv[(size_t)j * ld + c] += (float)s;
+        }
+    for (int i = 0; i < T; i++) {
+        double dot = 0;
+        for (int j = 0; j < T; j++) {
+            double s = 0;
+            for (int c = 0; c < d; c++) s += (double)go[(size_t)i * D + c] * v[(size_t)j * ld + c];
+            ds[(size_t)i * T + j] = s;
+            dot += s * p[(size_t)i * T + j];
+        }
+        for (int j = 0; j < T; j++) ds[(size_t)i * T + j] = p[(size_t)i * T + j] * (ds[(size_t)i * T + j] - dot);
+    }
+    for (int i = 0; i < T; i++)
+        for (int c = 0; c < d; c++) {
+            double sq = 0, sk = 0;
+            for (int j = 0; j < T; j++) {
+                sq += ds[(size_t)i * T + j] * k[(size_t)j * ld + c];
+                sk += ds[(size_t)j * T + i] * q[(size_t)j * ld + c];
+            }
+            dq[(size_t)i * ld + c] += (float)(scale * sq);
+            dk[(size_t)i * ld + c] += (float)(scale * sk);
+        }
+}
+
 #endif /* MSQ_ATTENTION_ROWS_H */
