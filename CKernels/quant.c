@@ -348,6 +348,32 @@ void msq_lsb_forward_backward(float *lsb, double *abs_sum, int64_t *nonzero, flo
     if (nonzero) *nonzero = nzc;
 }
 
+/* ---------------------------------------------------------------- proximal LSB step */
+
+/* One weight's proximal step (header: msq_lsb_prox). lsb_one gives the same lsb as the fused
+   pass's `_ref` arithmetic; the coarse code is recomputed to see the top clamp. */
+static inline float lsb_prox_one(float w, const lsb_params *p, float t) {
+    int nz;
+    float l = lsb_one(w, p, &nz);
+    if (rintf(p->scale_m * wtilde(w, p->two_s)) > p->hi_m) return w;
+    float mag = fabsf(l) - t;
+    float shrunk = mag > 0.0f ? sign_f(l) * mag : 0.0f;
+    return w + (shrunk - l) * (p->two_s / p->scale_n);
+}
+
+void msq_lsb_prox_ref(float *w, size_t count, float scale, int bits, int k, float threshold) {
+    if (scale == 0.0f || !(threshold > 0.0f)) return;
+    lsb_params p = lsb_make(scale, bits, k, 0.0f);
+    for (size_t i = 0; i < count; i++) w[i] = lsb_prox_one(w[i], &p, threshold);
+}
+
+void msq_lsb_prox(float *w, size_t count, float scale, int bits, int k, float threshold) {
+    if (scale == 0.0f || !(threshold > 0.0f)) return;
+    lsb_params p = lsb_make(scale, bits, k, 0.0f);
+    #pragma omp parallel for schedule(static) if (count > QUANT_PARALLEL_MIN)
+    for (size_t i = 0; i < count; i++) w[i] = lsb_prox_one(w[i], &p, threshold);
+}
+
 /* ---------------------------------------------------------------- PACT */
 
 static inline float pact_one(float x, float alpha, float levels) {

@@ -685,6 +685,20 @@ void msq_lsb_forward_backward_ref(float *lsb, double *abs_sum, int64_t *nonzero,
                                   const float *w, size_t count, float scale, int bits, int k,
                                   float coeff);
 
+/** The proximal LSB step: the proximal operator of t·|lsb| applied to every weight, in place,
+ *  over w[count] with the lsb of msq_lsb_forward_backward (n = bits, 1 <= k < n <= 16):
+ *
+ *      lsb' = sign(lsb) · max(0, |lsb| − t)            soft threshold, t = threshold in n-bit levels
+ *      w   += (lsb' − lsb) · (2s / 2^n)                 evaluated in float in that order
+ *
+ *  so each weight moves toward its nearest (n−k)-bit level by at most t n-bit levels and stops
+ *  there (a subgradient step would overshoot and oscillate around it). Weights whose coarse code
+ *  is clamped at the top (round(2^(n−k)·w~) > 2^(n−k) − 1, i.e. w near +s) are left unchanged:
+ *  pulling them down would shrink s = max|W| and move every level of the tensor.
+ *  s == 0 or t <= 0: w unchanged. Elementwise (no reductions): the same bits at any thread count. */
+void msq_lsb_prox(float *w, size_t count, float scale, int bits, int k, float threshold);
+void msq_lsb_prox_ref(float *w, size_t count, float scale, int bits, int k, float threshold);
+
 /** PACT activation quantizer forward (MSQ-SPEC §5), unsigned A-bit (A = bits in 1...16), alpha > 0:
  *
  *      c = clip(x, 0, alpha);   y = round((c · (2^A − 1)) / alpha) · alpha / (2^A − 1)

@@ -35,6 +35,8 @@ struct MSQArguments: ParsableArguments {
     var lambdaGrowth: Double?
     @Option(help: "How λ is weighted per layer as its precision falls: uniform (the paper's single λ) or constant-pull (λ·2^(8−n): the pull per weight keeps its 8-bit strength). msq only.")
     var lambdaScaling: String?
+    @Option(help: "ρ, the scheduled pull: the layers the pace would force at the next pruning interval get a proximal step of their LSB term after every backward pass (ρ·2^(k−1)/T n-bit levels per step, T steps per interval), so they reach r ≤ τ and drop unforced; 0 turns it off. msq only.")
+    var scheduledPull: Double?
     @Option(help: "Which layers are forced down when the target needs it: estimated-loss (least estimated loss increase per stored bit saved, Hessian-weighted when --hessian on; default) or nonzero-rate (the paper's wording: lowest LSB nonzero rate first). msq only.")
     var forcedOrder: String?
     @Option(help: "msq: a named set of defaults, overridden by any option given: default (the project's allocation rules) or paper (MSQ-SPEC read literally: lowest-r forcing with whole k-bit drops, one λ for all precisions, Hutchinson traces, per-tensor scales).")
@@ -70,7 +72,7 @@ struct MSQArguments: ParsableArguments {
             "--min-bits": minBits != nil, "--hessian": hessian != nil, "--hessian-mode": hessianMode != nil, "--hessian-trace": hessianTrace != nil, "--hessian-batch": hessianBatch != nil,
             "--hessian-probes": hessianProbes != nil, "--lambda-growth": lambdaGrowth != nil,
             "--lambda-scaling": lambdaScaling != nil, "--forced-order": forcedOrder != nil,
-            "--hawq-warmup": hawqWarmup != nil, "--preset": preset != nil,
+            "--scheduled-pull": scheduledPull != nil, "--hawq-warmup": hawqWarmup != nil, "--preset": preset != nil,
             "--dorefa-scaled": dorefaScaled, "--scale": scale != nil, "--selection": selection != nil,
             "--validation-fraction": validationFraction != nil, "--search-fraction": searchFraction != nil,
             "--budget-weight": budgetWeight != nil, "--shapley-batch": shapleyBatch != nil,
@@ -84,7 +86,7 @@ struct MSQArguments: ParsableArguments {
         "fp": [],
         "msq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
                 "--prune-deadline", "--min-bits", "--hessian", "--hessian-mode", "--hessian-trace", "--hessian-batch",
-                "--hessian-probes", "--lambda-growth", "--lambda-scaling", "--forced-order", "--scale", "--preset"],
+                "--hessian-probes", "--lambda-growth", "--lambda-scaling", "--forced-order", "--scheduled-pull", "--scale", "--preset"],
         "dorefa": ["--weight-bits", "--act-bits", "--dorefa-scaled", "--scale"],
         "bsq": ["--target-compression", "--weight-bits", "--act-bits", "--lambda", "--prune-threshold", "--prune-interval",
                 "--prune-deadline", "--min-bits"],
@@ -180,6 +182,7 @@ struct MSQArguments: ParsableArguments {
         if let lambdaGrowth { o.lambdaGrowth = lambdaGrowth }
         if let value: LambdaScaling = try choice(lambdaScaling, flag: "--lambda-scaling") { o.lambdaScaling = value }
         if let value: ForcedPruningOrder = try choice(forcedOrder, flag: "--forced-order") { o.forcedOrder = value }
+        if let scheduledPull { o.scheduledPull = scheduledPull }
         try checkActivationBits()
         if !(2...16).contains(msqWeightBits) { throw ValidationError("--weight-bits must be in 2...16 (got \(msqWeightBits))") }
         o.initialBits = msqWeightBits

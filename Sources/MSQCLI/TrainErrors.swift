@@ -21,7 +21,7 @@ let methodOptionFlags: [String: [String: String]] = {
                     "deadlineFraction": "--prune-deadline", "initialBits": "--weight-bits"]
     let hessian = ["hessian": "--hessian", "hessianBatch": "--hessian-batch", "hessianProbes": "--hessian-probes"]
     return [
-        "MSQOptions": schedule.merging(hessian) { a, _ in a }.merging(["lambdaGrowth": "--lambda-growth"]) { a, _ in a },
+        "MSQOptions": schedule.merging(hessian) { a, _ in a }.merging(["lambdaGrowth": "--lambda-growth", "scheduledPull": "--scheduled-pull"]) { a, _ in a },
         "BSQOptions": schedule, "CSQOptions": schedule,
         "DoReFaOptions": ["weightBits": "--weight-bits"],
         "HAWQOptions": ["targetCompression": "--target-compression", "minBits": "--min-bits", "maxBits": "--weight-bits",

@@ -326,6 +326,7 @@ struct BitSchemeTests {
             steps += 1
             return extra
         }
+        func afterStep(model: Module, step: Int) throws { try inner.afterStep(model: model, step: step) }
         func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws {
             try inner.endOfEpoch(model: model, epoch: epoch, log: log)
             #expect(layers.map(\.bits) == scheme)

@@ -20,6 +20,7 @@ final class CrashAfterEpoch: TrainingMethod {
     func afterBackward(model: Module, epoch: Int, step: Int) throws -> Double {
         try inner.afterBackward(model: model, epoch: epoch, step: step)
     }
+    func afterStep(model: Module, step: Int) throws { try inner.afterStep(model: model, step: step) }
     func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws {
         if epoch == crashEpoch { throw Crash() }
         try inner.endOfEpoch(model: model, epoch: epoch, log: log)

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs/allocation}
 SEEDS=${SEEDS:-"0 1 2"}
-ROWS=${ROWS:-"msq-10.67 dorefa3 msq-off-10.67 hawq-10.67 msq-12.8 fixed msq-slow-10.67 msq-off-slow-10.67 msq-slow-12.8 fixed-slow msq-paper-10.67 dorefa3-pc msq-pc-10.67 dorefa2 dorefa2-pc hawq-12.8 float"}
+ROWS=${ROWS:-"msq-10.67 dorefa3 msq-off-10.67 msq-pull-10.67 hawq-10.67 msq-12.8 fixed msq-slow-10.67 msq-off-slow-10.67 msq-slow-12.8 fixed-slow msq-paper-10.67 dorefa3-pc msq-pc-10.67 dorefa2 dorefa2-pc hawq-12.8 float"}
 mkdir -p "$RUNS"
 if [[ -z "${MSQ:-}" ]]; then
     swift build -c release >/dev/null
@@ -35,6 +35,8 @@ row() {  # row name, seed
         msq-pc-10.67)    run "$r-s$s" $RECIPE --seed "$s" --method msq --target-compression 10.67 --scale per-channel ;;
         msq-12.8)        run "$r-s$s" $RECIPE --seed "$s" --method msq --target-compression 12.8 ;;
         msq-off-10.67)   run "$r-s$s" $RECIPE --seed "$s" --method msq --target-compression 10.67 --hessian off ;;
+        # The scheduled pull (off by default): drops the pace plans are pulled to r ≤ τ first.
+        msq-pull-10.67)  run "$r-s$s" $RECIPE --seed "$s" --method msq --target-compression 10.67 --scheduled-pull 2 ;;
         # The pace before 2026-12-07 (the spec's: 0.5-epoch intervals, target met at 60 % of training).
         msq-slow-10.67)  run "$r-s$s" $RECIPE --seed "$s" --method msq --target-compression 10.67 $SLOW ;;
         msq-off-slow-10.67) run "$r-s$s" $RECIPE --seed "$s" --method msq --target-compression 10.67 --hessian off $SLOW ;;

@@ -22,6 +22,7 @@ ROWS = [
     ("msq-pc-10.67", "MSQ default, per-channel, 10.67x"),
     ("msq-12.8", "MSQ default, 12.8x"),
     ("msq-off-10.67", "MSQ default, Hessian off, 10.67x"),
+    ("msq-pull-10.67", "MSQ default + scheduled pull ρ = 2, 10.67x"),
     ("hawq-10.67", "HAWQ, 10.67x"),
     ("hawq-12.8", "HAWQ, 12.8x"),
     ("smpq-10.67", "SMPQ (Shapley selection), 10.67x"),

@@ -11,6 +11,9 @@ public protocol TrainingMethod: AnyObject {
     /// terms into the parameters and change the model between steps. `step` is the 0-based global
     /// step. Returns the value of any extra loss term (0 if none).
     func afterBackward(model: Module, epoch: Int, step: Int) throws -> Double
+    /// Called after the optimizer step of global step `step` (0-based), before the next forward
+    /// pass; may change the parameters (a proximal step). The default does nothing.
+    func afterStep(model: Module, step: Int) throws
     /// Called after each epoch's evaluation; may change the model (e.g. its precisions).
     func endOfEpoch(model: Module, epoch: Int, log: (String) -> Void) throws
     /// Method state as JSON, stored in checkpoints.
@@ -25,6 +28,8 @@ public protocol TrainingMethod: AnyObject {
 }
 
 extension TrainingMethod {
+    /// Nothing after the optimizer step.
+    public func afterStep(model: Module, step: Int) throws {}
     /// No scale choice.
     public var scaleGranularity: ScaleGranularity? { nil }
 }

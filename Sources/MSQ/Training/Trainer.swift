@@ -186,6 +186,7 @@ public final class Trainer {
                 }
                 let methodLoss = try method.afterBackward(model: model, epoch: epoch, step: progress.globalStep)
                 optimizer.step(learningRate: lr)
+                try method.afterStep(model: model, step: progress.globalStep)
 
                 lossSum += Double(loss) * Double(n)
                 correct += batchCorrect

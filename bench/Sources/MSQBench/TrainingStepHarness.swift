@@ -94,6 +94,7 @@ final class TrainingStepHarness {
         regularizer?.apply()
         if let libraryMethod { _ = try libraryMethod.afterBackward(model: net, epoch: 1, step: stepIndex) }
         sgd.step(learningRate: 0.01)
+        if let libraryMethod { try libraryMethod.afterStep(model: net, step: stepIndex) }
         stepIndex += 1
         return compute
     }

@@ -127,6 +127,30 @@ public final class LSBRegularizer {
     /// Computes R and the per-layer statistics without touching any gradient.
     public func measure() -> LSBReport { run(accumulateGradient: false) }
 
+    /// The proximal step of t·|lsb| on the layer at `index`, in place: every weight moves toward
+    /// its nearest (n−k)-bit level (k = ``effectiveK(_:)``) by at most t n-bit levels and stops
+    /// there (`msq_lsb_prox`, per scale group). Weights whose coarse code is clamped at the top are
+    /// left, so s = max|W| stays put. A layer at n_min is left unchanged.
+    ///
+    ///     t    = levels + extra · 2^n / (2s)      (`extra` in weight units, per scale group's s)
+    ///     lsb' = sign(lsb) · max(0, |lsb| − t),    W += (lsb' − lsb) · 2s / 2^n
+    public func proximalStep(layer index: Int, levels: Double, extra: Double = 0) {
+        let kk = effectiveK(index)
+        guard kk > 0 else { return }
+        let layer = layers[index]
+        let (groups, size) = layer.quantizer.granularity.groups(shape: layer.parameter.value.shape)
+        let perUnit = Foundation.pow(2, Double(layer.bits)) / 2
+        layer.parameter.value.withUnsafeMutablePointer { wp in
+            for c in 0..<groups {
+                let at = wp + c * size
+                let s = msq_absmax(at, size)
+                guard s > 0 else { continue }
+                let t = levels + extra * perUnit / Double(s)
+                msq_lsb_prox(at, size, s, Int32(layer.bits), Int32(kk), Float(t))
+            }
+        }
+    }
+
     private func run(accumulateGradient: Bool) -> LSBReport {
         guard totalCount > 0 else { return LSBReport(regularizer: 0, weightedRegularizer: 0, layers: []) }
         var total = 0.0, weighted = 0.0

@@ -41,6 +41,13 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
     public var lambdaGrowth: Double = 1
     /// How λ is weighted per layer as its precision falls [--lambda-scaling].
     public var lambdaScaling: LambdaScaling = .uniform
+    /// ρ, the strength of the scheduled pull [--scheduled-pull]; 0 turns it off. At every pruning
+    /// interval (and once at step 0) the layers the pace would force down at the next interval
+    /// are scheduled, and during that interval each gets a proximal step of its LSB term after every
+    /// backward pass, threshold t = ρ · 2^(k−1) / T n-bit levels per step (T = steps per interval,
+    /// 2^(k−1) the farthest a weight can be from its (n−k)-bit level), so the weights settle on the
+    /// coarser grid before the interval ends and the drop can be taken on r_l ≤ τ instead of forced.
+    public var scheduledPull: Double = 0
     /// The order of forced drops and how the deadline closes the gap [--forced-order].
     public var forcedOrder: ForcedPruningOrder = .estimatedLoss
     /// n at step 0, every quantized layer's starting precision, sign included [--weight-bits].
@@ -65,6 +72,7 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
         o.forcedOrder = .nonzeroRate
         o.lambdaScaling = .uniform
         o.hessianTrace = .hutchinson
+        o.scheduledPull = 0
         return o
     }
 
@@ -81,6 +89,7 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
         ]) { shared, _ in shared }
             // Only when chosen: checkpoints written before the option existed still resume.
             .merging(hessianMode.map { ["msq.hessian_mode": $0.rawValue] } ?? [:]) { shared, _ in shared }
+            .merging(scheduledPull > 0 ? ["msq.scheduled_pull": String(scheduledPull)] : [:]) { shared, _ in shared }
     }
 
     /// Checks ranges a user can get wrong; `layerCount`/`maxCompression` come from the model.
@@ -88,6 +97,7 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
         try validateSchedule(maxCompression: maxCompression, pruneThreshold: pruneThreshold)
         if !msqBitRange.contains(minBits) { throw .invalidMethodOption(options: "MSQOptions", property: "minBits", problem: "must be in 2...16 (got \(minBits))") }
         try validateHessianSampling(batch: hessianBatch, probes: hessianProbes, options: Self.optionsName)
+        if !(scheduledPull >= 0) || !scheduledPull.isFinite { throw .invalidMethodOption(options: "MSQOptions", property: "scheduledPull", problem: "must be a finite number ≥ 0 (got \(scheduledPull))") }
         if !(lambdaGrowth >= 1) || !lambdaGrowth.isFinite { throw .invalidMethodOption(options: "MSQOptions", property: "lambdaGrowth", problem: "must be ≥ 1 (got \(lambdaGrowth))") }
     }
 }

@@ -55,8 +55,14 @@ public final class MSQTraining: TrainingMethod {
         var hessianEstimates: Int = 0
         var hessianProbesUsed: Int = 0
         var hessianSeconds: Double = 0
+        /// Paths of the layers the scheduled pull acts on until the next interval; nil before
+        /// the first plan (``MSQOptions/scheduledPull``).
+        var scheduled: [String]? = nil
     }
     var state: State
+    /// The scheduled layers' weights before this step's optimizer update (by layer index), to
+    /// measure how far the update moved them; set in afterBackward, used and cleared in afterStep.
+    var pullSnapshots: [Int: [Float]] = [:]
     var plan = TrainingPlan(stepsPerEpoch: 1, epochs: 1, log: { _ in })
 
     /// An MSQ method over `layers`. `calibration` is the fixed Hessian batch (required when
@@ -138,12 +144,21 @@ public final class MSQTraining: TrainingMethod {
 
     public func afterBackward(model: Module, epoch: Int, step: Int) throws -> Double {
         guard !isFinetuning else { return 0 }
+        if options.scheduledPull > 0 && state.scheduled == nil {
+            try planFirstPull(model: model)
+        }
         let report = regularizer.apply()
         let done = step + 1
         if done % pace.intervalSteps == 0 || done == pace.deadlineStep {
             try pruningInterval(model: model, stepsDone: done, report: report)
         }
+        // After the interval, so a newly scheduled layer is pulled from this step on.
+        snapshotScheduledLayers()
         return report.weightedRegularizer
+    }
+
+    public func afterStep(model: Module, step: Int) throws {
+        pullScheduledLayers()
     }
 
     /// One pruning interval (MSQ-SPEC §3–4). `report` is this step's regulariser pass, on the grids
@@ -188,7 +203,9 @@ public final class MSQTraining: TrainingMethod {
         printTable(stepsDone: stepsDone, status: status, traces: hessian?.raw, standardErrors: hessian?.standardErrors,
                    omega: omega, before: before,
                    decisions: decisions, deadline: deadline, budget: budget)
+        schedulePull(stepsDone: stepsDone, traces: hessian?.traces)
         if compressionRatio(layers) >= options.targetCompression - 1e-9 {
+            state.scheduled = []
             state.phase = "finetuning"
             state.finalPhaseStartStep = stepsDone
             plan.log(String(format: "msq: target reached at step %d (epoch %.2f): C %.2fx (paper %.2fx), %.3f bits average, overshoot %.2f %%; finetuning at the fixed scheme %@",
@@ -313,6 +330,7 @@ public final class MSQTraining: TrainingMethod {
         fields.merge(overshootSummary(reached: compressionRatio(layers), target: options.targetCompression)) { _, new in new }
         fields["lambda_scaling"] = options.lambdaScaling.rawValue
         fields["forced_order"] = options.forcedOrder.rawValue
+        fields["scheduled_pull"] = options.scheduledPull
         fields["fixed_scheme"] = fixedScheme
         return fields
     }
