@@ -41,12 +41,15 @@ public struct MSQOptions: PruningScheduleOptions, Codable, Sendable, Equatable {
     public var lambdaGrowth: Double = 1
     /// How λ is weighted per layer as its precision falls [--lambda-scaling].
     public var lambdaScaling: LambdaScaling = .uniform
-    /// ρ, the strength of the scheduled pull [--scheduled-pull]; 0 turns it off. At every pruning
-    /// interval (and once at step 0) the layers the pace would force down at the next interval
-    /// are scheduled, and during that interval each gets a proximal step of its LSB term after every
-    /// backward pass, threshold t = ρ · 2^(k−1) / T n-bit levels per step (T = steps per interval,
-    /// 2^(k−1) the farthest a weight can be from its (n−k)-bit level), so the weights settle on the
-    /// coarser grid before the interval ends and the drop can be taken on r_l ≤ τ instead of forced.
+    /// ρ, the strength of the scheduled pull [--scheduled-pull]; 0 (the default) turns it off. At
+    /// every pruning interval (and once at step 0) the layers the pace would force down at the next
+    /// interval are scheduled, each with the bits planned for it as its k, and after every optimizer
+    /// step until then each takes a proximal step of its LSB term of
+    /// t = ρ · 2^(k−1) / T + 2 · (the step's mean |ΔW| in n-bit levels) levels (T = steps per
+    /// interval; 2^(k−1) is the farthest a weight can be from its (n−k)-bit level), so the weights
+    /// settle on the coarser grid and the drop is taken on r_l ≤ τ instead of forced
+    /// (``MSQTraining``'s scheduled-pull extension). Off by default: on the 10k recipe ρ = 2 left no
+    /// drop forced but cost 0.9 points (bench/README "Allocation").
     public var scheduledPull: Double = 0
     /// The order of forced drops and how the deadline closes the gap [--forced-order].
     public var forcedOrder: ForcedPruningOrder = .estimatedLoss
