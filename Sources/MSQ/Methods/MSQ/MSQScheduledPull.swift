@@ -18,7 +18,8 @@ import Foundation
 /// 7–8 bits is several levels (with the first part alone, 8-bit layers kept r ≈ 0.1–0.5).
 extension MSQTraining {
     /// At step 0 of a fresh run: the first interval's layers, ranked by quantization error alone
-    /// (no traces yet; k stays 1 until the first interval's traces set it, as without the pull).
+    /// (no traces yet), each with the bits planned for it as its k (1 at step 0 unless the first
+    /// interval is the deadline).
     func planFirstPull(model: Module) throws {
         schedulePull(stepsDone: 0, traces: nil)
     }
