@@ -123,32 +123,14 @@ public final class BatchNorm2d: Module {
             }
             LayerKit.require(n * hw > 1,
                              "\(layerDescription): training needs more than one value per channel (input \(input.shape))")
-            var mean = Tensor(shape: [channels])
-            var invstd = Tensor(shape: [channels])
-            input.withUnsafePointer { x in
-                weight.value.withUnsafePointer { g in
-                    bias.value.withUnsafePointer { b in
-                        y.withUnsafeMutablePointer { yp in
-                            mean.withUnsafeMutablePointer { m in
-                                invstd.withUnsafeMutablePointer { s in
-                                    runningMean.value.withUnsafeMutablePointer { rm in
-                                        runningVar.value.withUnsafeMutablePointer { rv in
-                                            let train = switch activation {
-                                            case .relu: msq_batchnorm_relu_forward_train
-                                            case .hardswish: msq_batchnorm_hardswish_forward_train
-                                            default: msq_batchnorm_forward_train
-                                            }
-                                            train(yp, m, s, rm, rv, x, g, b, cn, cc, chw, momentum, eps)
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
+            let train = switch activation {
+            case .relu: msq_batchnorm_relu_forward_train
+            case .hardswish: msq_batchnorm_hardswish_forward_train
+            default: msq_batchnorm_forward_train
             }
-            saveMean = mean
-            saveInvstd = invstd
+            trainingForward(input, into: &y) { yp, m, s, rm, rv, x, g, b in
+                train(yp, m, s, rm, rv, x, g, b, cn, cc, chw, momentum, eps)
+            }
         case .eval:
             let rmT = runningMean.value, rvT = runningVar.value
             input.withUnsafePointer { x in
@@ -339,6 +321,33 @@ extension BatchNorm2d {
         }
     }
 
+    /// Runs a training-mode forward kernel on the pointers they all take, outputs first (y, the
+    /// saved mean and 1/σ, the running mean and variance; then x, γ, β), and keeps the saved
+    /// statistics for the backward pass.
+    private func trainingForward(_ input: Tensor, into y: inout Tensor,
+                         _ kernel: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>,
+                                    UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>,
+                                    UnsafePointer<Float>, UnsafePointer<Float>, UnsafePointer<Float>) -> Void) {
+        var mean = Tensor(shape: [channels]), invstd = Tensor(shape: [channels])
+        input.withUnsafePointer { x in
+            weight.value.withUnsafePointer { g in
+                bias.value.withUnsafePointer { b in
+                    y.withUnsafeMutablePointer { yp in
+                        mean.withUnsafeMutablePointer { m in
+                            invstd.withUnsafeMutablePointer { s in
+                                runningMean.value.withUnsafeMutablePointer { rm in
+                                    runningVar.value.withUnsafeMutablePointer { rv in kernel(yp, m, s, rm, rv, x, g, b) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        saveMean = mean
+        saveInvstd = invstd
+    }
+
     private func synchronizedForward(_ input: Tensor, into y: inout Tensor, n: Int, hw: Int,
                                      activation: ActivationKind?, collective: any Collective) {
         let c = channels, m = n * hw
@@ -366,27 +375,9 @@ extension BatchNorm2d {
         case .hardswish: MSQ_BN_FUSE_HARDSWISH
         default: MSQ_BN_FUSE_NONE
         }
-        var saveM = Tensor(shape: [c]), saveS = Tensor(shape: [c])
-        input.withUnsafePointer { x in
-            weight.value.withUnsafePointer { g in
-                bias.value.withUnsafePointer { b in
-                    y.withUnsafeMutablePointer { yp in
-                        saveM.withUnsafeMutablePointer { sm in
-                            saveS.withUnsafeMutablePointer { ss in
-                                runningMean.value.withUnsafeMutablePointer { rm in
-                                    runningVar.value.withUnsafeMutablePointer { rv in
-                                        msq_batchnorm_apply_train(yp, sm, ss, rm, rv, x, g, b, mean, m2, globalCount,
-                                                                  cn, cc, chw, momentum, eps, fusion)
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+        trainingForward(input, into: &y) { yp, sm, ss, rm, rv, x, g, b in
+            msq_batchnorm_apply_train(yp, sm, ss, rm, rv, x, g, b, mean, m2, globalCount, cn, cc, chw, momentum, eps, fusion)
         }
-        saveMean = saveM
-        saveInvstd = saveS
         syncState = (collective, m, globalCount)
     }
 
