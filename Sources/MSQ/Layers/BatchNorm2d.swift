@@ -391,23 +391,10 @@ extension BatchNorm2d {
         let share = Double(sync.localCount) / Double(sync.globalCount)
         sums.withUnsafeMutableBufferPointer { p in
             let base = p.baseAddress!
-            gradOutput.withUnsafePointer { dy in
-                LayerKit.withOptionalPointer(reluOutput) { yp in
-                    LayerKit.withOptionalPointer(beta) { b in
-                        x.withUnsafePointer { xp in
-                            gamma.withUnsafePointer { g in
-                                saveMean.withUnsafePointer { sm in
-                                    saveInvstd.withUnsafePointer { ss in
-                                        LayerKit.withGradPointer(weight) { dg in
-                                            LayerKit.withGradPointer(bias) { db in
-                                                msq_batchnorm_backward_reduce(base, base + c, dg, db, dy, yp, xp, g, b, sm, ss,
-                                                                              cn, cc, chw)
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
+            withBackwardInputs(gradOutput, x: x, gamma: gamma, beta: beta, reluOutput: reluOutput) { dy, yp, xp, g, b, sm, ss in
+                LayerKit.withGradPointer(weight) { dg in
+                    LayerKit.withGradPointer(bias) { db in
+                        msq_batchnorm_backward_reduce(base, base + c, dg, db, dy, yp, xp, g, b, sm, ss, cn, cc, chw)
                     }
                 }
             }
@@ -415,20 +402,29 @@ extension BatchNorm2d {
             sum(p, over: sync.collective)
         }
         guard sync.localCount > 0 else { return }
+        withBackwardInputs(gradOutput, x: x, gamma: gamma, beta: beta, reluOutput: reluOutput) { dy, yp, xp, g, b, sm, ss in
+            sums.withUnsafeBufferPointer { p in
+                dx.withUnsafeMutablePointer { dxp in
+                    msq_batchnorm_backward_apply(dxp, dy, yp, xp, g, b, sm, ss, p.baseAddress!, p.baseAddress! + c,
+                                                 sync.localCount, cn, cc, chw)
+                }
+            }
+        }
+    }
+
+    /// The inputs both synchronised backward kernels read: dy, the fused activation's output (nil
+    /// without one), x, γ, β (nil without bias), the saved mean and 1/σ.
+    private func withBackwardInputs(_ gradOutput: Tensor, x: Tensor, gamma: Tensor, beta: Tensor?, reluOutput: Tensor?,
+                                    _ body: (UnsafePointer<Float>, UnsafePointer<Float>?, UnsafePointer<Float>,
+                                             UnsafePointer<Float>, UnsafePointer<Float>?, UnsafePointer<Float>,
+                                             UnsafePointer<Float>) -> Void) {
         gradOutput.withUnsafePointer { dy in
             LayerKit.withOptionalPointer(reluOutput) { yp in
                 LayerKit.withOptionalPointer(beta) { b in
                     x.withUnsafePointer { xp in
                         gamma.withUnsafePointer { g in
                             saveMean.withUnsafePointer { sm in
-                                saveInvstd.withUnsafePointer { ss in
-                                    sums.withUnsafeBufferPointer { p in
-                                        dx.withUnsafeMutablePointer { dxp in
-                                            msq_batchnorm_backward_apply(dxp, dy, yp, xp, g, b, sm, ss, p.baseAddress!,
-                                                                         p.baseAddress! + c, sync.localCount, cn, cc, chw)
-                                        }
-                                    }
-                                }
+                                saveInvstd.withUnsafePointer { ss in body(dy, yp, xp, g, b, sm, ss) }
                             }
                         }
                     }
