@@ -487,6 +487,25 @@ void msq_rademacher_ref(float *v, size_t count, uint64_t seed, uint64_t stream, 
 double msq_dot(const float *a, const float *b, size_t count);
 double msq_dot_ref(const float *a, const float *b, size_t count);
 
+/* ---------------------------------------------------------------- float64 convolution (conv_f64.c)
+ * The float64 Hessian-vector product's convolutions: the geometry of msq_conv2d_shape, in double.
+ * No result depends on the thread count. */
+
+/** y[n,c_out,h_out,w_out] = conv(x, w) + bias, or y += conv(x, w) + bias when accumulate != 0;
+ *  x [n,c_in,h_in,w_in], w [c_out,c_in/groups,kh,kw], bias [c_out] or NULL. */
+void msq_conv2d_forward_f64(double *y, const double *x, const double *w, const double *bias,
+                            const msq_conv2d_shape *s, int accumulate);
+void msq_conv2d_forward_f64_ref(double *y, const double *x, const double *w, const double *bias,
+                                const msq_conv2d_shape *s, int accumulate);
+
+/** dx[n,c_in,h_in,w_in] += conv_transpose(dy, w); dy [n,c_out,h_out,w_out]. */
+void msq_conv2d_backward_input_f64(double *dx, const double *dy, const double *w, const msq_conv2d_shape *s);
+void msq_conv2d_backward_input_f64_ref(double *dx, const double *dy, const double *w, const msq_conv2d_shape *s);
+
+/** dw[c_out,c_in/groups,kh,kw] += correlation of x [n,c_in,h_in,w_in] with dy [n,c_out,h_out,w_out]. */
+void msq_conv2d_backward_weight_f64(double *dw, const double *dy, const double *x, const msq_conv2d_shape *s);
+void msq_conv2d_backward_weight_f64_ref(double *dw, const double *dy, const double *x, const msq_conv2d_shape *s);
+
 /* ---------------------------------------------------------------- transformers (layernorm.c, attention.c, tokens.c) */
 
 /** Layer normalisation over the last axis of x[rows, dim]: y = (x − μ)·rstd·γ + β with

@@ -28,6 +28,8 @@ struct InspectCommand: ParsableCommand {
     var powerIterations: Int = 20
     @Option(help: "Hessian-vector products: auto, exact, gauss-newton, central-difference (default auto).")
     var hessianMode: String = "auto"
+    @Option(help: "Arithmetic of the exact and Gauss-Newton products: float32, or float64 (ResNets; a slower reference) (default float32).")
+    var hessianPrecision: String = "float32"
     @Option(help: "Probe seed (default 0).")
     var seed: UInt64 = 0
     @Option(help: "Dataset directory, for datasets read from files (default: the dataset's standard place).")
@@ -50,6 +52,12 @@ struct InspectCommand: ParsableCommand {
         if threads < 0 { throw ValidationError("--threads must be ≥ 0 (got \(threads); 0 means all cores)") }
         if hessianMode != "auto" && HessianMode(rawValue: hessianMode) == nil {
             throw ValidationError("--hessian-mode must be auto, \(HessianMode.allCases.map(\.rawValue).joined(separator: ", ")) (got \(hessianMode))")
+        }
+        guard let precision = HessianPrecision(rawValue: hessianPrecision) else {
+            throw ValidationError("--hessian-precision must be float32 or float64 (got \(hessianPrecision))")
+        }
+        if precision == .float64 && hessianMode == HessianMode.centralDifference.rawValue {
+            throw ValidationError("--hessian-precision float64 needs --hessian-mode auto, exact or gauss-newton: central differences run in float32")
         }
     }
 
@@ -76,10 +84,11 @@ struct InspectCommand: ParsableCommand {
         let start = Date()
         let result = try MSQ.inspectHessian(model: restored.model, layers: restored.layers, images: batch.images,
                                             labels: batch.labels, mode: HessianMode(rawValue: hessianMode), probes: probes,
-                                            seed: seed, maxIterations: powerIterations, quantized: restored.isQuantized)
+                                            seed: seed, maxIterations: powerIterations, quantized: restored.isQuantized,
+                                            precision: HessianPrecision(rawValue: hessianPrecision) ?? .float32)
         let seconds = Date().timeIntervalSince(start)
-        writeLine(String(format: "hessian (%@): %d probes on %d images, power iteration ≤ %d per layer, %.1f s",
-                         result.mode.rawValue, probes, batch.labels.count, powerIterations, seconds))
+        writeLine(String(format: "hessian (%@, %@): %d probes on %d images, power iteration ≤ %d per layer, %.1f s",
+                         result.mode.rawValue, hessianPrecision, probes, batch.labels.count, powerIterations, seconds))
         writeLine("  layer                    params  bits     Tr(H)      ± se   Tr(H)/N      λ_max  iters        Ω")
         for r in result.layers {
             let name = r.path.padding(toLength: max(22, r.path.count), withPad: " ", startingAt: 0)
@@ -89,13 +98,13 @@ struct InspectCommand: ParsableCommand {
                                r.averageTrace, r.topEigenvalue, r.powerIterations, r.omega ?? .nan))
         }
         struct Report: Encodable {
-            var checkpoint: String, mode: String, calibration: Int, probes: Int, seed: UInt64, seconds: Double
+            var checkpoint: String, mode: String, precision: String, calibration: Int, probes: Int, seed: UInt64, seconds: Double
             var layers: [LayerHessianReport]
         }
         let out = json ?? URL(fileURLWithPath: checkpoint).deletingLastPathComponent().appendingPathComponent("hessian.json").path
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let bytes = try encoder.encode(Report(checkpoint: checkpoint, mode: result.mode.rawValue, calibration: batch.labels.count,
+        let bytes = try encoder.encode(Report(checkpoint: checkpoint, mode: result.mode.rawValue, precision: hessianPrecision, calibration: batch.labels.count,
                                               probes: probes, seed: seed, seconds: seconds, layers: result.layers))
         do {
             try bytes.write(to: URL(fileURLWithPath: out), options: .atomic)

@@ -29,8 +29,9 @@ private func probe(_ rng: inout RandomSource, counts: [Int], layer: Int?) -> [Do
     }
 }
 
-/// Expects that neither a ReLU nor a max-pool window changes at any point the stencil evaluates.
-private func expectNoKinkCrossed(_ problem: ConvNetProblem, _ theta: [Double], _ v: [Double], _ what: String) {
+/// Expects that neither a ReLU nor a max-pool window changes at any point the stencil evaluates
+/// (also HessianFloat64Tests).
+func expectNoKinkCrossed(_ problem: ConvNetProblem, _ theta: [Double], _ v: [Double], _ what: String) {
     let reference = problem.reference
     let signs = reference.activationSigns(theta), winners = reference.maxPoolWinners(theta).argmax
     let t = ReferenceConvNet.stencilStep(theta, v, relativeStep: reference.stencilRelativeStep)

@@ -51,6 +51,9 @@ row() {  # row name, seed
         fixed)           # the control: MSQ default's seed-0 scheme, plain QAT from step 0
                          [[ -f "$RUNS/msq-10.67-s0/summary.json" ]] || row msq-10.67 0
                          run "$r-s$s" $RECIPE --seed "$s" --method msq --bit-scheme "$RUNS/msq-10.67-s0/summary.json" ;;
+        fixed-off)       # the same control for MSQ with the Hessian off: which scheme is better placed
+                         [[ -f "$RUNS/msq-off-10.67-s0/summary.json" ]] || row msq-off-10.67 0
+                         run "$r-s$s" $RECIPE --seed "$s" --method msq --bit-scheme "$RUNS/msq-off-10.67-s0/summary.json" ;;
         fixed-slow)      [[ -f "$RUNS/msq-slow-10.67-s0/summary.json" ]] || row msq-slow-10.67 0
                          run "$r-s$s" $RECIPE --seed "$s" --method msq --bit-scheme "$RUNS/msq-slow-10.67-s0/summary.json" ;;
         full)            [[ $s == 0 ]] || return 0

@@ -30,6 +30,7 @@ ROWS = [
     ("smpq-12.8", "SMPQ (Shapley selection), 12.8x"),
     ("dmpq-12.8", "DMPQ (α selection, same search), 12.8x"),
     ("fixed", "fixed scheme of MSQ default seed 0, QAT from step 0"),
+    ("fixed-off", "fixed scheme of MSQ Hessian-off seed 0, QAT from step 0"),
     ("msq-slow-10.67", "MSQ, spec pace (interval 0.5, deadline 0.6), 10.67x"),
     ("msq-off-slow-10.67", "MSQ, spec pace, Hessian off, 10.67x"),
     ("msq-slow-12.8", "MSQ, spec pace, 12.8x"),

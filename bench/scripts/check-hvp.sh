@@ -25,7 +25,10 @@
 #              /work/venv/bin/pip install --no-deps torchvision
 #   BIN      a built msq-bench (default: build bench in release mode and use that)
 #   SEED     seed of the base probe and of make_probes.py (default 0)
-#   MODES    which modes (default "exact gauss-newton central-difference")
+#   MODES    which modes (default "exact gauss-newton central-difference"; with PRECISION=float64
+#            "exact gauss-newton", the modes that have a float64 pass)
+#   PRECISION float32 (default) or float64: the arithmetic of the exact and Gauss-Newton passes
+#            (`msq-bench hvp --precision`); float64 reports are labelled MODE-float64
 #   THRESHOLD_EXACT, THRESHOLD_GN, THRESHOLD_CD
 #            fail (exit 1, after all modes ran) when that mode's worst relative error exceeds it
 #            (default: report only)
@@ -34,7 +37,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
 SEED=${SEED:-0}
-MODES=${MODES:-exact gauss-newton central-difference}
+PRECISION=${PRECISION:-float32}
+[[ "$PRECISION" == float32 || "$PRECISION" == float64 ]] || { echo "check-hvp: PRECISION is float32 or float64 (got '$PRECISION')" >&2; exit 2; }
+if [[ "$PRECISION" == float64 ]]; then MODES=${MODES:-exact gauss-newton}; else MODES=${MODES:-exact gauss-newton central-difference}; fi
 OUT_ROOT=${OUT:-bench/results/check-hvp}
 
 usage() {
@@ -58,6 +63,8 @@ done
 for m in $MODES; do
     [[ "$m" == exact || "$m" == gauss-newton || "$m" == central-difference ]] \
         || { echo "check-hvp: MODES holds exact, gauss-newton and/or central-difference (got '$m')" >&2; exit 2; }
+    [[ "$PRECISION" == float32 || "$m" != central-difference ]] \
+        || { echo "check-hvp: central-difference runs in float32 only; drop it from MODES with PRECISION=float64" >&2; exit 2; }
 done
 
 install_hint="torch, torchvision and safetensors are needed; install them in a virtual environment:
@@ -133,10 +140,12 @@ check() {
 }
 
 for mode in $MODES; do
-    echo "mode $mode…" >&2
+    label=$mode
+    [[ "$PRECISION" == float32 ]] || label=$mode-$PRECISION
+    echo "mode $mode ($PRECISION)…" >&2
     run "$BIN" hvp --checkpoint "$checkpoint" --calibration "$calibration" --probes "$dir/probes.safetensors" \
-        --mode "$mode" --out "$dir/out-$mode.safetensors"
-    check "$mode" "$dir/out-$mode.safetensors" "$mode"
+        --mode "$mode" --precision "$PRECISION" --out "$dir/out-$label.safetensors"
+    check "$label" "$dir/out-$label.safetensors" "$mode"
 done
 if [[ "$base_mode" != gauss-newton ]]; then
     check base "$dir/base.safetensors" "$base_mode"

@@ -36,6 +36,11 @@ extension CurvatureModule {
 public enum CurvatureError: Error, Equatable, CustomStringConvertible {
     /// The module at `path` (its type `type`) does not conform to ``CurvatureModule``.
     case unsupportedModule(path: String, type: String)
+    /// ``HessianPrecision/float64`` was asked for and the module at `path` (its type `type`) has no
+    /// double-precision R-pass, for `reason`.
+    case noFloat64Path(path: String, type: String, reason: String)
+    /// ``HessianPrecision/float64`` was asked for with ``HessianMode/centralDifference``, which only runs in float32.
+    case float64NeedsROperator
 
     /// Names the module and what to do.
     public var description: String {
@@ -43,6 +48,11 @@ public enum CurvatureError: Error, Equatable, CustomStringConvertible {
         case let .unsupportedModule(path, type):
             return "module '\(path.isEmpty ? "(model)" : path)' of type \(type) has no R-operator (CurvatureModule): "
                 + "use the central-difference Hessian mode for this model, or make the module conform to CurvatureModule"
+        case let .noFloat64Path(path, type, reason):
+            return "module '\(path.isEmpty ? "(model)" : path)' of type \(type) cannot take a float64 Hessian-vector product "
+                + "(\(reason)): use precision float32 for this model"
+        case .float64NeedsROperator:
+            return "float64 precision needs an R-operator mode (exact or gauss-newton); central differences run in float32 only"
         }
     }
 }

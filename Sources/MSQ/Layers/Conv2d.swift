@@ -111,7 +111,7 @@ public final class Conv2d: Module {
         return [Int(s.n), Int(s.c_out), Int(s.h_out), Int(s.w_out)]
     }
 
-    private func makeShape(_ d: [Int]) -> msq_conv2d_shape {
+    func makeShape(_ d: [Int]) -> msq_conv2d_shape {
         LayerKit.require(d.count == 4 && d[1] == inChannels,
                          "\(layerDescription): expected input [N, \(inChannels), H, W], got \(d)")
         var s = msq_conv2d_shape()

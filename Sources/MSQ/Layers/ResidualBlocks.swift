@@ -186,8 +186,8 @@ public final class BasicBlock: Module {
     /// The nonlinearity after `bn1` and after the residual sum (ReLU in ResNets).
     public let activation: ActivationKind
     private let shortcutName: String
-    private let act1: Activation
-    private let act2: Activation
+    let act1: Activation
+    let act2: Activation
 
     /// A basic block from `inChannels` to `outChannels` with the given stride; parameters from `rng`
     /// in the order conv1, conv2, shortcut.
@@ -272,9 +272,9 @@ public final class Bottleneck: Module {
     /// The nonlinearity after `bn1`, `bn2` and the residual sum (ReLU in ResNets).
     public let activation: ActivationKind
     private let shortcutName: String
-    private let act1: Activation
-    private let act2: Activation
-    private let act3: Activation
+    let act1: Activation
+    let act2: Activation
+    let act3: Activation
 
     /// A bottleneck block from `inChannels` to `4·width` channels; parameters from `rng` in the
     /// order conv1, conv2, conv3, shortcut.

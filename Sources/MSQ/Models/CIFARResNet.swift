@@ -20,7 +20,7 @@ public final class CIFARResNet: Module {
     public let layer1: Sequential, layer2: Sequential, layer3: Sequential
     /// Classifier Linear(64, numClasses).
     public let fc: Linear
-    private let body: Sequential
+    let body: Sequential
 
     /// The network's nonlinearity (ReLU for the paper's ResNets; a smooth one is useful for
     /// gradient checks, which ReLU kinks make noisy).

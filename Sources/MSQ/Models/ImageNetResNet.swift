@@ -33,7 +33,7 @@ public final class ImageNetResNet: Module {
     public let stages: [Sequential]
     /// Classifier Linear(512·expansion, numClasses).
     public let fc: Linear
-    private let body: Sequential
+    let body: Sequential
 
     /// A ResNet with `layers[i]` blocks in stage i+1 (exactly four stages).
     public init(block: ResNetBlock, layers: [Int], inputChannels: Int = 3, numClasses: Int = 1000,

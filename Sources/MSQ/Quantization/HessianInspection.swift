@@ -120,7 +120,8 @@ public struct LayerHessianReport: Codable, Sendable, Equatable {
 /// the Rayleigh quotient moves by less than `tolerance` relative). With `quantized` the Hessian is
 /// taken at the quantized weights with the quantizers bypassed (``atQuantizedWeights(model:layers:_:)``,
 /// as MSQ does) and Ω at the latent weights; without it (a float run) at the weights as they are,
-/// and Ω is nil. The model is as it was afterwards.
+/// and Ω is nil. `precision` is the HVPs' arithmetic (``HessianPrecision``). The model is as it was
+/// afterwards.
 ///
 /// With a `collective` of several ranks (each holding the same model and batch) the work is split
 /// and every rank gets the one-process report: the Hutchinson probes as
@@ -129,11 +130,12 @@ public struct LayerHessianReport: Codable, Sendable, Equatable {
 /// layers' entries, the others are zero, so the sums are exact).
 public func inspectHessian(model: any Module, layers: [QuantizedLayer], images: Tensor, labels: [Int32],
                            mode: HessianMode? = nil, probes: Int, seed: UInt64, maxIterations: Int = 20,
-                           tolerance: Double = 1e-3, quantized: Bool = true,
+                           tolerance: Double = 1e-3, quantized: Bool = true, precision: HessianPrecision = .float32,
                            collective: any Collective = SingleProcess()) throws -> (mode: HessianMode, layers: [LayerHessianReport]) {
     precondition(probes >= 1 && maxIterations >= 1, "inspectHessian: probes and maxIterations must be positive")
     let estimator = HutchinsonTrace(model: model, layers: layers, images: images, labels: labels, seed: seed,
-                                    maxProbes: probes, minProbes: probes, relativeTolerance: 0, mode: mode)
+                                    maxProbes: probes, minProbes: probes, relativeTolerance: 0, mode: mode,
+                                    precision: precision)
     let hvp = estimator.hvp
     let counts = hvp.layerCounts
     func measure() throws -> (HessianTraceEstimate, [(Double, Int)]) {

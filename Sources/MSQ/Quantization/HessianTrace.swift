@@ -69,13 +69,19 @@ public struct HessianVectorProduct {
     public let mode: HessianMode
     /// eps0 in ε = eps0 · ‖w‖ / ‖v‖ (central differences only).
     public let relativeStep: Double
+    /// The arithmetic of the R-operator modes (``HessianPrecision``); central differences are float32.
+    public let precision: HessianPrecision
     // Whether every module has an R-operator, checked once: the model's structure does not change.
     private let support: Result<CurvatureSupport, CurvatureError>
+    // Whether every module has a float64 R-pass (checked only for float64 precision).
+    private let float64Support: Result<Void, CurvatureError>
 
     /// An HVP on a fixed batch. `mode` nil picks ``HessianMode/automatic(for:)``; `relativeStep` is
-    /// eps0 of the central differences (see the type's documentation).
+    /// eps0 of the central differences (see the type's documentation); `precision` the R-operator's
+    /// arithmetic (``HessianPrecision/float64`` needs an R-operator mode and a model of the layers
+    /// it lists, else ``apply(_:)`` throws ``CurvatureError``).
     public init(model: any Module, layers: [QuantizedLayer], images: Tensor, labels: [Int32],
-                mode: HessianMode? = nil, relativeStep: Double = 1e-3) {
+                mode: HessianMode? = nil, relativeStep: Double = 1e-3, precision: HessianPrecision = .float32) {
         precondition(relativeStep > 0 && relativeStep.isFinite, "HessianVectorProduct: relativeStep must be positive")
         self.model = model
         self.layers = layers
@@ -85,6 +91,12 @@ public struct HessianVectorProduct {
         self.support = support
         self.mode = mode ?? HessianMode.automatic(for: try? support.get())
         self.relativeStep = relativeStep
+        self.precision = precision
+        if precision == .float64 {
+            float64Support = Result { () throws(CurvatureError) in try checkFloat64Curvature(of: model) }
+        } else {
+            float64Support = .success(())
+        }
     }
 
     /// Number of weights per layer (N_l), in `layers` order.
@@ -116,6 +128,9 @@ public struct HessianVectorProduct {
     ///   R-operator mode meets a module without one.
     public func apply(_ v: [[Double]]) throws -> [[Double]] {
         checkBlocks(v.map(\.count))
+        if precision == .float64 {
+            return try float64ROperator(zip(v, layers).map { Float64Tensor(shape: $1.parameter.value.shape, scalars: $0) })
+        }
         if mode == .centralDifference { return try centralDifference(v) }
         let tensors = zip(v, layers).map { row, layer in
             Tensor(shape: layer.parameter.value.shape, scalars: row.map(Float.init))
@@ -127,6 +142,10 @@ public struct HessianVectorProduct {
     /// estimator uses: no Double copies of a probe).
     public func apply(tensors v: [Tensor]) throws -> [Tensor] {
         checkBlocks(v.map(\.count))
+        if precision == .float64 {
+            let hv = try float64ROperator(zip(v, layers).map { Float64Tensor($0).reshaped($1.parameter.value.shape) })
+            return zip(hv, layers).map { Tensor(shape: $1.parameter.value.shape, scalars: $0.map(Float.init)) }
+        }
         switch mode {
         case .centralDifference:
             let hv = try centralDifference(v.map { $0.scalars.map(Double.init) })
@@ -166,6 +185,26 @@ public struct HessianVectorProduct {
         let rg = loss.hessianProduct(rz ?? Tensor(shape: logits.shape))
         _ = root.rBackward(exact ? loss.backward() : nil, tangent: rg, inputGradients: false)
         return layers.map { $0.parameter.hessianVector ?? Tensor(shape: $0.parameter.value.shape) }
+    }
+
+    /// ``rOperator(_:exact:)`` in double (``HessianPrecision/float64``): the same passes, on the
+    /// float64 R-passes of the modules.
+    private func float64ROperator(_ v: [Float64Tensor]) throws -> [[Double]] {
+        guard mode != .centralDifference else { throw CurvatureError.float64NeedsROperator }
+        try float64Support.get()
+        let context = Float64CurvatureContext()
+        for (layer, t) in zip(layers, v) { context.probe(layer.parameter, tangent: t) }
+        let pass = float64Child(model).float64RPass(Float64Tensor(images), tangent: nil, context: context,
+                                                    inputGradients: false)
+        let d = pass.output.shape
+        precondition(d.count == 2 && d[0] == labels.count, "HessianVectorProduct: logits \(d) for \(labels.count) labels")
+        if let bad = labels.firstIndex(where: { $0 < 0 || Int($0) >= d[1] }) {
+            throw LossError.labelOutOfRange(index: bad, label: labels[bad], numClasses: d[1])
+        }
+        let loss = Float64SoftmaxCrossEntropy(logits: pass.output, labels: labels)
+        let rg = loss.hessianProduct(pass.tangent ?? Float64Tensor(zeros: pass.output.shape))
+        _ = pass.backward(mode == .exact ? loss.gradient() : nil, rg)
+        return layers.map { context.hessianVector(of: $0.parameter) ?? [Double](repeating: 0, count: $0.parameter.value.count) }
     }
 
     private func centralDifference(_ v: [[Double]]) throws -> [[Double]] {
@@ -258,15 +297,15 @@ public final class HutchinsonTrace {
     public let relativeTolerance: Double
 
     /// A trace estimator on a fixed calibration batch; `mode` nil is ``HessianMode/automatic(for:)``,
-    /// `relativeStep` the central differences' eps0.
+    /// `relativeStep` the central differences' eps0, `precision` the R-operator's arithmetic.
     public init(model: any Module, layers: [QuantizedLayer], images: Tensor, labels: [Int32], seed: UInt64,
                 maxProbes: Int = 50, minProbes: Int = 4, relativeTolerance: Double = 0.05,
-                mode: HessianMode? = nil, relativeStep: Double = 1e-3) {
+                mode: HessianMode? = nil, relativeStep: Double = 1e-3, precision: HessianPrecision = .float32) {
         precondition(maxProbes >= 1, "HutchinsonTrace: maxProbes must be at least 1")
         precondition(minProbes >= 1, "HutchinsonTrace: minProbes must be at least 1")
         precondition(relativeTolerance >= 0, "HutchinsonTrace: relativeTolerance must be non-negative")
         self.hvp = HessianVectorProduct(model: model, layers: layers, images: images, labels: labels,
-                                        mode: mode, relativeStep: relativeStep)
+                                        mode: mode, relativeStep: relativeStep, precision: precision)
         self.seed = seed
         self.maxProbes = maxProbes
         self.minProbes = minProbes

@@ -15,12 +15,13 @@ struct HVPCommand: ParsableCommand {
         OUT holds: every parameter and batch-norm buffer under PyTorch's state_dict names (the weights at which H \
         was taken), calibration.images (float32 NCHW, normalised) and calibration.labels (int64), and for probe j and \
         each quantized weight NAME probe.j.NAME and hv.j.NAME (H·v restricted to that weight). Metadata: model, \
-        classes, in_channels, mode. Probes come from --probes IN (IN's probe.j.NAME; a NAME absent from a probe is \
+        classes, in_channels, mode, precision. Probes come from --probes IN (IN's probe.j.NAME; a NAME absent from a probe is \
         zero there) or --random M (Rademacher over all quantized weights, --seed).
         --time: for --model (default resnet20 at batch 64 on 1x28x28; resnet18, deit-tiny, deit-small at 224x224, \
         batch 16), fresh 8-bit MSQ \
         weights on random images: one training forward+backward and one HVP per mode, run alternately --repeats \
-        times after a warm-up; medians and ratios.
+        times after a warm-up; medians and ratios. With --precision float64 (ResNets) also the float64 \
+        Gauss-Newton and exact HVPs.
         """)
 
     @Option(help: "Checkpoint to take H at (not needed with --time).")
@@ -35,6 +36,8 @@ struct HVPCommand: ParsableCommand {
     var seed: UInt64 = 0
     @Option(help: "auto, exact, gauss-newton or central-difference (default auto).")
     var mode: String = "auto"
+    @Option(help: "float32 or float64: the R-operator modes' arithmetic (default float32; float64 for ResNets, a reference).")
+    var precision: String = "float32"
     @Option(help: "Output safetensors file.")
     var out: String?
     @Option(help: "Dataset directory for datasets read from files.")
@@ -57,6 +60,12 @@ struct HVPCommand: ParsableCommand {
         if mode != "auto" && HessianMode(rawValue: mode) == nil {
             throw ValidationError("--mode must be auto, exact, gauss-newton or central-difference (got \(mode))")
         }
+        guard let p = HessianPrecision(rawValue: precision) else {
+            throw ValidationError("--precision must be float32 or float64 (got \(precision))")
+        }
+        if p == .float64 && mode == HessianMode.centralDifference.rawValue {
+            throw ValidationError("--precision float64 needs --mode exact, gauss-newton or auto: central differences run in float32")
+        }
         if time { return }
         guard checkpoint != nil else { throw ValidationError("--checkpoint is required (or --time)") }
         guard out != nil else { throw ValidationError("--out is required") }
@@ -75,7 +84,7 @@ struct HVPCommand: ParsableCommand {
         let counts = layers.map(\.count)
         var file = SafeTensors()
         let hvp = HessianVectorProduct(model: restored.model, layers: layers, images: batch.images, labels: batch.labels,
-                                       mode: HessianMode(rawValue: mode))
+                                       mode: HessianMode(rawValue: mode), precision: HessianPrecision(rawValue: precision) ?? .float32)
         let vectors = try probeVectors(names: names, layers: layers, counts: counts)
         let start = Date()
         let products = try atQuantizedWeightsIfQuantized(restored) { () throws -> [[Tensor]] in
@@ -93,10 +102,10 @@ struct HVPCommand: ParsableCommand {
         file.tensors["calibration.labels"] = try SafeTensor(shape: [batch.labels.count], int64: batch.labels.map(Int64.init))
         file.metadata = ["model": restored.kind.rawValue, "classes": String(restored.dataset.numClasses),
                          "in_channels": String(restored.dataset.sampleShape[0]), "mode": hvp.mode.rawValue,
-                         "checkpoint": checkpoint, "probes": String(vectors.count)]
+                         "precision": hvp.precision.rawValue, "checkpoint": checkpoint, "probes": String(vectors.count)]
         try file.write(to: out)
-        print(String(format: "hvp: %d probes, mode %@, %d images, %.2f s; wrote %@", vectors.count, hvp.mode.rawValue,
-                     batch.labels.count, seconds, out))
+        print(String(format: "hvp: %d probes, mode %@, %@, %d images, %.2f s; wrote %@", vectors.count, hvp.mode.rawValue,
+                     hvp.precision.rawValue, batch.labels.count, seconds, out))
     }
 
     private func atQuantizedWeightsIfQuantized<T>(_ r: RestoredModel, _ body: () throws -> T) rethrows -> T {
@@ -153,6 +162,16 @@ struct HVPCommand: ParsableCommand {
             rows.append(("hvp \(m.rawValue)", {
                 _ = try atQuantizedWeights(model: net, layers: layers) { try hvp.apply(tensors: probe) }
             }))
+        }
+        if precision == HessianPrecision.float64.rawValue {
+            // The reference precision's cost beside the float32 rows (ResNets only).
+            for m in [HessianMode.gaussNewton, .exact] {
+                let hvp = HessianVectorProduct(model: net, layers: layers, images: images, labels: labels, mode: m,
+                                               precision: .float64)
+                rows.append(("hvp \(m.rawValue) float64", {
+                    _ = try atQuantizedWeights(model: net, layers: layers) { try hvp.apply(tensors: probe) }
+                }))
+            }
         }
         for row in rows { try row.body() } // warm-up
         var times = rows.map { _ in [Double]() }
