@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13, item 8: ResNet-20 on Fashion-MNIST, the 10k recipe (first 10k training images, 6 epochs,
 # batch 128, lr 0.1), seeds 0-2: float, uniform DoReFa, MSQ (paper preset and default), MSQ without
-# the Hessian, HAWQ, the fixed-scheme control (MSQ default's seed-0 scheme trained from step 0), and
+# the Hessian, HAWQ, the fixed-scheme controls (MSQ default's and Hessian-off's seed-0 schemes trained from step 0), and
 # (issue 16) SMPQ and DMPQ, whose weights train on 9k of the 10k images (1k held out for α and φ).
 # Then (ROWS=full) the full training set, 8 epochs, seed 0. One run per process, about 4 min each on
 # an idle 2-core machine (the full-set runs about 25 min). Finished runs in $RUNS are kept
@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs/allocation}
 SEEDS=${SEEDS:-"0 1 2"}
-ROWS=${ROWS:-"msq-10.67 dorefa3 msq-off-10.67 msq-pull-10.67 hawq-10.67 msq-12.8 fixed msq-slow-10.67 msq-off-slow-10.67 msq-slow-12.8 fixed-slow msq-paper-10.67 dorefa3-pc msq-pc-10.67 dorefa2 dorefa2-pc hawq-12.8 float"}
+ROWS=${ROWS:-"msq-10.67 dorefa3 msq-off-10.67 msq-pull-10.67 hawq-10.67 msq-12.8 fixed fixed-off msq-slow-10.67 msq-off-slow-10.67 msq-slow-12.8 fixed-slow msq-paper-10.67 dorefa3-pc msq-pc-10.67 dorefa2 dorefa2-pc hawq-12.8 float"}
 mkdir -p "$RUNS"
 if [[ -z "${MSQ:-}" ]]; then
     swift build -c release >/dev/null
