@@ -12,7 +12,8 @@ import CKernels
 
 /// How ``HessianVectorProduct`` computes H·v.
 public enum HessianMode: String, CaseIterable, Codable, Sendable {
-    /// Pearlmutter's R-operator, forward over reverse: the exact H·v (C kernels, float32).
+    /// Pearlmutter's R-operator, forward over reverse: the exact H·v (C kernels; float32, or double
+    /// with ``HessianPrecision/float64``).
     case exact
     /// The generalized Gauss-Newton product J^T H_L J v: one R-forward and one backward. Its
     /// diagonal blocks equal the Hessian's almost everywhere for networks piecewise linear in each
