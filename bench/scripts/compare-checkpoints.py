@@ -4,7 +4,7 @@
 Usage: compare-checkpoints.py A.msqckpt B.msqckpt
 Prints the worst tensor's max|A − B| / max|A| and the global relative L2 distance over every
 parameter (weights, biases, batch-norm γ and β; not the running statistics or the optimizer's
-momentum). File layout: Sources/MSQ/Training/Checkpoint.swift.
+momentum), then how many elements (and tensors) differ in any bit, running statistics included. File layout: Sources/MSQ/Training/Checkpoint.swift.
 """
 import json
 import math
@@ -42,8 +42,12 @@ def main():
         num += sum((p - q) ** 2 for p, q in zip(x, y))
         den += sum(p * p for p in x)
         compared += 1
+    model = [name for name in a if not name.startswith("optimizer")]
+    differing = [sum(1 for p, q in zip(a[n], b[n]) if p != q) for n in model]
     print(f"worst tensor max|Δ|/max|w| {worst:.3e} ({worst_name or '-'}); "
-          f"global relative L2 {math.sqrt(num / den) if den else 0:.3e}; {compared} parameters")
+          f"global relative L2 {math.sqrt(num / den) if den else 0:.3e}; {compared} parameters; "
+          f"{sum(differing)} of {sum(len(a[n]) for n in model)} elements differ "
+          f"({sum(1 for d in differing if d)} of {len(model)} tensors)")
 
 
 if __name__ == "__main__":
