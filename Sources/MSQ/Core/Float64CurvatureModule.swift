@@ -79,16 +79,12 @@ final class Float64CurvatureContext {
     /// V_θ for `parameter`, nil if it is not probed (zero).
     func tangent(of parameter: Parameter) -> Float64Tensor? { tangents[ObjectIdentifier(parameter)] }
 
-    /// Whether (H v) is wanted for `parameter`.
-    func wantsHessianVector(_ parameter: Parameter) -> Bool { hessianVectors[ObjectIdentifier(parameter)] != nil }
-
-    /// (H v)_θ += `values` (element count of the parameter).
-    func accumulate(_ values: [Double], into parameter: Parameter) {
+    /// Runs `body` on (H v)_θ of `parameter`, in place, if it is wanted (the parameter is probed);
+    /// `body` adds its terms.
+    func accumulateHessianVector(of parameter: Parameter, _ body: (inout [Double]) -> Void) {
         let key = ObjectIdentifier(parameter)
-        guard var acc = hessianVectors[key] else { return }
-        precondition(acc.count == values.count, "Float64CurvatureContext: \(values.count) values for \(acc.count)")
-        for i in acc.indices { acc[i] += values[i] }
-        hessianVectors[key] = acc
+        guard hessianVectors[key] != nil else { return }
+        body(&hessianVectors[key]!)
     }
 
     /// (H v)_θ so far (zeros if `parameter` is probed and nothing reached it).

@@ -35,17 +35,15 @@ private func float64ConvPass(_ x: Float64Tensor, tangent rx: Float64Tensor?, sha
     let xShape = x.shape
     return Float64RPass(output: y, tangent: ry) { g, rg in
         var s = shape
-        if context.wantsHessianVector(weight) {
-            var hv = [Double](repeating: 0, count: w.count)
+        context.accumulateHessianVector(of: weight) { hv in
             msq_conv2d_backward_weight_f64(&hv, rg.scalars, x.scalars, &s)
             if let g, let rx { msq_conv2d_backward_weight_f64(&hv, g.scalars, rx.scalars, &s) }
-            context.accumulate(hv, into: weight)
         }
-        if let bias, context.wantsHessianVector(bias) {
-            let hw = Int(s.h_out * s.w_out), c = Int(s.c_out)
-            var hv = [Double](repeating: 0, count: c)
-            for n in 0..<Int(s.n) { for ch in 0..<c { for p in 0..<hw { hv[ch] += rg.scalars[(n * c + ch) * hw + p] } } }
-            context.accumulate(hv, into: bias)
+        if let bias {
+            context.accumulateHessianVector(of: bias) { hv in
+                let hw = Int(s.h_out * s.w_out), c = Int(s.c_out)
+                for n in 0..<Int(s.n) { for ch in 0..<c { for p in 0..<hw { hv[ch] += rg.scalars[(n * c + ch) * hw + p] } } }
+            }
         }
         guard inputGradients else { return (nil, nil) }
         var gx: Float64Tensor? = nil

@@ -157,21 +157,15 @@ struct HVPCommand: ParsableCommand {
             _ = try loss.forward(logits: net.forward(images, mode: .train), labels: labels)
             net.backwardParameters(loss.backward())
         })]
-        for m in [HessianMode.gaussNewton, .exact, .centralDifference] {
-            let hvp = HessianVectorProduct(model: net, layers: layers, images: images, labels: labels, mode: m)
-            rows.append(("hvp \(m.rawValue)", {
+        // Row 3 is central differences (the ratios' denominator); with --precision float64 the
+        // reference precision's cost follows the float32 rows (ResNets only).
+        var variants: [(HessianMode, HessianPrecision)] = [(.gaussNewton, .float32), (.exact, .float32), (.centralDifference, .float32)]
+        if precision == HessianPrecision.float64.rawValue { variants += [(.gaussNewton, .float64), (.exact, .float64)] }
+        for (m, p) in variants {
+            let hvp = HessianVectorProduct(model: net, layers: layers, images: images, labels: labels, mode: m, precision: p)
+            rows.append(("hvp \(m.rawValue)" + (p == .float64 ? " float64" : ""), {
                 _ = try atQuantizedWeights(model: net, layers: layers) { try hvp.apply(tensors: probe) }
             }))
-        }
-        if precision == HessianPrecision.float64.rawValue {
-            // The reference precision's cost beside the float32 rows (ResNets only).
-            for m in [HessianMode.gaussNewton, .exact] {
-                let hvp = HessianVectorProduct(model: net, layers: layers, images: images, labels: labels, mode: m,
-                                               precision: .float64)
-                rows.append(("hvp \(m.rawValue) float64", {
-                    _ = try atQuantizedWeights(model: net, layers: layers) { try hvp.apply(tensors: probe) }
-                }))
-            }
         }
         for row in rows { try row.body() } // warm-up
         var times = rows.map { _ in [Double]() }
